@@ -1,0 +1,42 @@
+//! Liveness and readiness probes for load balancers and orchestrators.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::db::{self, NotReady};
+
+/// Readiness answers within this bound even while the database hangs.
+const READY_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// `GET /healthz`: the process is alive (no dependency checked).
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the database answers and every migration is applied; otherwise 503.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let outcome = tokio::time::timeout(READY_TIMEOUT, db::check_ready(&state.pool)).await;
+    let (code, message) = match outcome {
+        Ok(Ok(())) => return Ok(Json(json!({ "status": "ready" }))),
+        Ok(Err(NotReady::Database(e))) => {
+            ("database_unavailable", format!("database unreachable: {e}"))
+        }
+        Ok(Err(NotReady::Migrations(e))) => {
+            ("migrations_pending", format!("migrations not applied: {e}"))
+        }
+        Err(_) => (
+            "database_unavailable",
+            "database did not answer in time".to_owned(),
+        ),
+    };
+    tracing::warn!(code, %message, "not ready");
+    Err(ApiError::Unavailable {
+        code,
+        message: "not ready".into(),
+        details: json!({ "reason": code }),
+    })
+}

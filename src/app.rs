@@ -1,0 +1,113 @@
+//! Process roles (`serve`, `api`, `worker`, `migrate`): open the database, start what
+//! the role runs, and shut everything down in order on Ctrl-C or SIGTERM — HTTP server
+//! and workers first, then the pool, then the embedded PostgreSQL if this process owns it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::{Cli, Command, HttpArgs};
+use crate::db::{Database, DbError};
+
+/// Errors that end the process.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Runs the role the command line asked for until it finishes or is told to stop.
+pub async fn run(cli: Cli) -> Result<(), AppError> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_listener(shutdown.clone());
+
+    let db = Database::open(cli.command.common()).await?;
+    let result = match &cli.command {
+        Command::Migrate(_) => {
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Serve(args) => serve_http(&args.http, &db, shutdown.clone()).await,
+        Command::Api(args) => serve_http(&args.http, &db, shutdown.clone()).await,
+        Command::Worker(_) => {
+            tracing::info!("worker started; waiting for jobs");
+            shutdown.cancelled().await;
+            Ok(())
+        }
+    };
+    db.shutdown().await?;
+    result
+}
+
+async fn serve_http(
+    http: &HttpArgs,
+    db: &Database,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let listener = TcpListener::bind(http.listen_addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: http.listen_addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(AppError::Serve)?;
+    // Printed on stdout, apart from the logs, so scripts and tests can find the port.
+    println!("hitl-orchestrator listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, "HTTP API listening");
+
+    let app = api::router(AppState {
+        pool: db.pool.clone(),
+    });
+    let grace = http.shutdown_grace.0;
+    let stop = shutdown.clone();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    let server = tokio::spawn(async move { server.await });
+    shutdown.cancelled().await;
+    match tokio::time::timeout(grace + Duration::from_millis(100), server).await {
+        Ok(Ok(result)) => result.map_err(AppError::Serve),
+        Ok(Err(join)) => Err(AppError::Serve(std::io::Error::other(join))),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "in-flight requests did not finish within the shutdown grace period"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Cancels `token` on the first Ctrl-C (SIGINT) or SIGTERM.
+fn spawn_signal_listener(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("interrupt received; shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        }
+        token.cancel();
+    });
+}

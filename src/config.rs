@@ -1,0 +1,305 @@
+//! Settings: the command line and its environment variables, parsed and validated once at
+//! start, then passed down as typed values. Nothing else in the crate reads the environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A string that must never be printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// A PostgreSQL connection URL, checked at start; printing it hides the password.
+#[derive(Clone)]
+pub struct DatabaseUrl(Secret);
+
+impl DatabaseUrl {
+    /// The URL with its password, for connecting.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+            return Err("must be a postgres:// or postgresql:// URL".into());
+        }
+        sqlx::postgres::PgConnectOptions::from_str(s)
+            .map_err(|e| format!("is not a valid PostgreSQL URL: {e}"))?;
+        Ok(Self(Secret::new(s)))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DatabaseUrl([redacted])")
+    }
+}
+
+/// An API key: at least 16 characters, so a typo'd short value is refused at start.
+#[derive(Clone, Debug)]
+pub struct ApiKey(pub Secret);
+
+impl FromStr for ApiKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.chars().count() < 16 {
+            return Err("must be at least 16 characters long".into());
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not contain white space or control characters".into());
+        }
+        Ok(Self(Secret::new(s)))
+    }
+}
+
+/// A duration given in whole milliseconds (`250`) or with a unit (`250ms`, `5s`, `2m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Millis(pub Duration);
+
+impl FromStr for Millis {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (number, factor) = if let Some(n) = s.strip_suffix("ms") {
+            (n, 1)
+        } else if let Some(n) = s.strip_suffix('s') {
+            (n, 1_000)
+        } else if let Some(n) = s.strip_suffix('m') {
+            (n, 60_000)
+        } else {
+            (s, 1)
+        };
+        let n: u64 = number
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (examples: 500ms, 5s, 2m)"))?;
+        Ok(Self(Duration::from_millis(n.saturating_mul(factor))))
+    }
+}
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0.as_millis())
+    }
+}
+
+/// How log lines are written to standard error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The command line: one binary, several roles.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hitl-orchestrator",
+    version,
+    about = "Durable human-in-the-loop orchestration: runs pause for operators, survive \
+             restarts, and resume exactly once.",
+    long_about = "Durable human-in-the-loop orchestration service.\n\n\
+        Every piece of orchestrator state lives in PostgreSQL. Without DATABASE_URL the \
+        service starts its own PostgreSQL from the locally installed server binaries, in \
+        --data-dir, so one command runs it on a fresh machine. Every flag can also be \
+        given as the environment variable shown beside it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The roles the binary can run as.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and the queue workers in one process (the default for one machine).
+    Serve(ServeArgs),
+    /// Run only the HTTP API; pair it with one or more `worker` processes on the same database.
+    Api(ApiArgs),
+    /// Run only the queue workers; start as many as you like, on any host, against one database.
+    Worker(WorkerArgs),
+    /// Apply pending database migrations and exit (safe to run while other processes start).
+    Migrate(MigrateArgs),
+}
+
+/// Settings every role shares: where the database is and how to log.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// PostgreSQL URL. When unset, a private PostgreSQL is started in --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// Directory of the embedded PostgreSQL (used only when DATABASE_URL is unset).
+    #[arg(long, env = "HITL_DATA_DIR", default_value = "./.hitl-data")]
+    pub data_dir: PathBuf,
+
+    /// Directory holding initdb, pg_ctl and postgres for the embedded PostgreSQL.
+    /// When unset they are found through `pg_config --bindir`, then
+    /// /usr/lib/postgresql/*/bin, then PATH.
+    #[arg(long, env = "HITL_PG_BIN_DIR")]
+    pub pg_bin_dir: Option<PathBuf>,
+
+    /// Largest number of database connections this process opens.
+    #[arg(long, env = "HITL_DB_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub db_max_connections: u32,
+
+    /// How long a request waits for a database connection before it fails with 503.
+    #[arg(long, env = "HITL_DB_ACQUIRE_TIMEOUT", default_value = "1500ms")]
+    pub db_acquire_timeout: Millis,
+
+    /// How long start-up keeps retrying an unreachable database before giving up.
+    #[arg(long, env = "HITL_DB_STARTUP_TIMEOUT", default_value = "30s")]
+    pub db_startup_timeout: Millis,
+
+    /// Log line format on standard error (the level comes from RUST_LOG, default info).
+    #[arg(long, env = "HITL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Settings of the HTTP API.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Address the HTTP API listens on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Bearer token with every scope (at least 16 characters).
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<ApiKey>,
+
+    /// How long a graceful shutdown waits for in-flight requests before it gives up.
+    #[arg(long, env = "HITL_SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: Millis,
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Arguments of `api`.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Arguments of `worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// How long a graceful shutdown waits for in-flight jobs before it gives up.
+    #[arg(long, env = "HITL_SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: Millis,
+}
+
+/// Arguments of `migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl Command {
+    /// The settings every role has.
+    pub fn common(&self) -> &CommonArgs {
+        match self {
+            Command::Serve(a) => &a.common,
+            Command::Api(a) => &a.common,
+            Command::Worker(a) => &a.common,
+            Command::Migrate(a) => &a.common,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_accept_units_and_plain_milliseconds() {
+        assert_eq!(
+            "250".parse::<Millis>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            "250ms".parse::<Millis>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!("5s".parse::<Millis>().unwrap().0, Duration::from_secs(5));
+        assert_eq!("2m".parse::<Millis>().unwrap().0, Duration::from_secs(120));
+        assert!("soon".parse::<Millis>().is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let key: ApiKey = "a-very-secret-token-123".parse().unwrap();
+        assert!(!format!("{key:?}").contains("secret-token"));
+        let url: DatabaseUrl = "postgres://u:hunter2hunter2@localhost/db".parse().unwrap();
+        assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn short_api_keys_and_non_postgres_urls_are_refused() {
+        assert!("short".parse::<ApiKey>().is_err());
+        assert!("mysql://localhost/db".parse::<DatabaseUrl>().is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! hitl-orchestrator: a durable human-in-the-loop orchestration service.
+//!
+//! The binary in `main.rs` only parses the command line and hands over to [`app`];
+//! everything else lives here so that tests drive the same code the binary runs.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod telemetry;
