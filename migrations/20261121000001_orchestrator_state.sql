@@ -48,7 +48,7 @@ create table hitl_requests (
     request_id       text primary key check (request_id like 'hitl\_req\_%'),
     run_id           text not null,
     thread_id        text not null,
-    brief_id         text not null references briefs (brief_id),
+    brief_id         text not null,
     node_id          text not null check (length(node_id) between 1 and 200),
     operator_prompt  text not null check (length(operator_prompt) >= 1),
     response_types   text[] not null check (

@@ -312,18 +312,17 @@ impl EmbeddedPostgres {
     fn attach(&mut self, timeout: Duration) -> Result<(), EmbeddedError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.pgdata.join("PG_VERSION").is_file() {
-                if let Some((_, port)) = self.running_postmaster() {
-                    if port_accepts(port) {
-                        self.password = self.read_credentials()?;
-                        self.port = port;
-                        tracing::info!(
-                            port,
-                            "attached to the embedded PostgreSQL owned by another process"
-                        );
-                        return Ok(());
-                    }
-                }
+            if self.pgdata.join("PG_VERSION").is_file()
+                && let Some((_, port)) = self.running_postmaster()
+                && port_accepts(port)
+            {
+                self.password = self.read_credentials()?;
+                self.port = port;
+                tracing::info!(
+                    port,
+                    "attached to the embedded PostgreSQL owned by another process"
+                );
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(EmbeddedError::AttachTimeout(timeout));
@@ -415,6 +414,11 @@ impl EmbeddedPostgres {
     /// The cluster directory (`<data_dir>/pgdata`).
     pub fn pgdata(&self) -> &Path {
         &self.pgdata
+    }
+
+    /// The pid of the running postmaster, if any.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        self.running_postmaster().map(|(pid, _)| pid)
     }
 
     /// Whether this process owns the cluster (and so stops it).

@@ -1,1 +1,14 @@
-//! Placeholder, being written.
+//! The orchestrator's vocabulary: typed ids, statuses and the run/request state
+//! machine. Pure code: no I/O, no async, no SQL, so every other module can depend on it
+//! and its rules can be tested in isolation.
+
+pub mod ids;
+pub mod state_machine;
+pub mod status;
+
+pub use ids::{BriefId, CommandId, IdError, RequestId, ResponseId, RunId, ThreadId};
+pub use state_machine::{RunModel, Transition, TransitionError, TransitionOutcome, next_status};
+pub use status::{
+    AuditAction, CommandKind, CommandStatus, ParseStatusError, RejectionPolicy, RequestStatus,
+    ResponseType, RunStatus, TimeoutAction,
+};

@@ -1,0 +1,337 @@
+//! Test support shared by the integration tests: a real PostgreSQL for every test.
+//!
+//! With `DATABASE_URL` set, tests use that server. Otherwise each test process starts
+//! one throwaway cluster with the service's own embedded-PostgreSQL code; a watchdog
+//! process stops it and deletes its files when the test process exits, however it exits.
+//! Every test gets its own database, cloned from a migrated template so it is fast.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hitl_orchestrator::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use hitl_orchestrator::db::{self, PoolSettings};
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// The server tests run against: an admin URL (may create databases) and how to build
+/// the URL of another database on it.
+struct Server {
+    admin_url: String,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+/// Kept open for the life of the process: its closing tells the watchdog to clean up.
+static WATCHDOG: Mutex<Option<ChildStdin>> = Mutex::new(None);
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Server { admin_url: url },
+        _ => {
+            let dir = tempfile::Builder::new()
+                .prefix("hitl-test-pg-")
+                .tempdir()
+                .unwrap()
+                .keep();
+            let pg = start_ephemeral_cluster(&dir.join("data"));
+            arm_watchdog(&pg, &dir);
+            let server = Server {
+                admin_url: pg.url_for("postgres"),
+            };
+            // Left running on purpose: the watchdog stops it when this process exits.
+            std::mem::forget(pg);
+            server
+        }
+    })
+}
+
+/// Starts a throwaway cluster (fsync off) in `data_dir`.
+pub fn start_ephemeral_cluster(data_dir: &Path) -> EmbeddedPostgres {
+    let mut opts = EmbeddedOptions::new(data_dir);
+    opts.ephemeral = true;
+    EmbeddedPostgres::start(&opts).expect("start the embedded PostgreSQL for tests")
+}
+
+/// A shell that blocks reading its stdin; when this process exits the pipe closes and
+/// the shell stops the cluster at once and deletes its directory.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the watchdog must outlive this process; it is never waited for"
+)]
+fn arm_watchdog(pg: &EmbeddedPostgres, dir: &Path) {
+    let pid = pg.postmaster_pid().expect("postmaster pid");
+    let script = r#"read _ignored; kill -QUIT "$1" 2>/dev/null;
+        for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done;
+        rm -rf "$2""#;
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            script,
+            "watchdog",
+            &pid.to_string(),
+            &dir.to_string_lossy(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the test cluster watchdog");
+    *WATCHDOG.lock().unwrap() = child.stdin.take();
+}
+
+/// `url` with its database replaced by `database`.
+pub fn url_with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end);
+    let host = path_start.map_or(base, |i| &base[..i]);
+    format!("{host}/{database}{query}")
+}
+
+fn migrations_fingerprint() -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let queue = apalis_postgres::PostgresStorage::migrations();
+    for m in db::MIGRATOR.iter().chain(queue.iter()) {
+        for b in m.version.to_le_bytes().iter().chain(m.checksum.iter()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            let admin = &server().admin_url;
+            let name = format!("hitl_tpl_{}", migrations_fingerprint());
+            let mut conn = PgConnection::connect(admin)
+                .await
+                .expect("connect as admin");
+            // Several test processes may share one DATABASE_URL: one builds the template.
+            sqlx::query("select pg_advisory_lock(7391004)")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let ready: Option<bool> =
+                sqlx::query_scalar("select datistemplate from pg_database where datname = $1")
+                    .bind(&name)
+                    .fetch_optional(&mut conn)
+                    .await
+                    .unwrap();
+            if ready != Some(true) {
+                if ready.is_some() {
+                    exec(&mut conn, &format!("drop database \"{name}\"")).await;
+                }
+                exec(&mut conn, &format!("create database \"{name}\"")).await;
+                let pool = PgPool::connect(&url_with_database(admin, &name))
+                    .await
+                    .unwrap();
+                db::migrate(&pool)
+                    .await
+                    .expect("migrate the template database");
+                pool.close().await;
+                exec(
+                    &mut conn,
+                    &format!("alter database \"{name}\" is_template true"),
+                )
+                .await;
+            }
+            sqlx::query("select pg_advisory_unlock(7391004)")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+            name
+        })
+        .await
+}
+
+async fn exec(conn: &mut PgConnection, sql: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A fresh, migrated database of its own for one test.
+pub struct TestDb {
+    /// A pool on the test database.
+    pub pool: PgPool,
+    /// Its URL (with credentials), e.g. for a child process's DATABASE_URL.
+    pub url: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// Creates a fresh database cloned from the migrated template.
+pub async fn fresh_db() -> TestDb {
+    let template = template().await;
+    let admin = &server().admin_url;
+    let name = format!("hitl_test_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = PgConnection::connect(admin).await.unwrap();
+    let sql = format!("create database \"{name}\" template \"{template}\"");
+    let mut tries = 0;
+    loop {
+        match sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => break,
+            // "source database is being accessed by other users": a concurrent clone.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+    conn.close().await.unwrap();
+    let url = url_with_database(admin, &name);
+    let pool = db::lazy_pool(
+        &url,
+        PoolSettings {
+            max_connections: 20,
+            ..PoolSettings::default()
+        },
+    )
+    .unwrap();
+    TestDb { pool, url, name }
+}
+
+/// The built service binary.
+pub fn service_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hitl-orchestrator"))
+}
+
+/// A service process started by a test; killed when dropped.
+pub struct ServiceProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:<port>` once it listens.
+    pub base_url: String,
+    pub stderr_log: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Starts the binary with `args` and `env` (an empty value removes the variable),
+    /// waits for its "listening on" line, and returns its base URL.
+    pub fn start(args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
+        let stderr_log = log_dir.join(format!("service-{}.log", uuid::Uuid::now_v7().simple()));
+        let mut cmd = Command::new(service_binary());
+        cmd.args(args)
+            .env_remove("DATABASE_URL")
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).unwrap());
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let mut child = cmd.spawn().expect("start the service binary");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("hitl-orchestrator listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let base_url = match rx.recv_timeout(Duration::from_secs(90)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the service did not start listening; its log:\n{}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                );
+            }
+        };
+        Self {
+            child,
+            base_url,
+            stderr_log,
+        }
+    }
+
+    /// Sends `signal` and waits (bounded) for the process to exit.
+    pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal, timeout: Duration) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pids of live `postgres` processes whose command line mentions `pgdata`.
+pub fn postgres_processes_for(pgdata: &Path) -> Vec<u32> {
+    let needle = pgdata.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("postgres") && cmdline.contains(&needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A minimal blocking HTTP GET on loopback, returning (status, body).
+pub fn http_get(base_url: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base_url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the service");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
