@@ -63,8 +63,9 @@ impl FromStr for DatabaseUrl {
         if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
             return Err("must be a postgres:// or postgresql:// URL".into());
         }
+        // The parser's message may quote the URL, password included: say only that it failed.
         sqlx::postgres::PgConnectOptions::from_str(s)
-            .map_err(|e| format!("is not a valid PostgreSQL URL: {e}"))?;
+            .map_err(|_| "is not a valid PostgreSQL URL".to_owned())?;
         Ok(Self(Secret::new(s)))
     }
 }
@@ -170,7 +171,7 @@ pub enum Command {
 pub struct CommonArgs {
     /// PostgreSQL URL. When unset, a private PostgreSQL is started in --data-dir.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<DatabaseUrl>,
+    pub database_url: Option<Secret>,
 
     /// Directory of the embedded PostgreSQL (used only when DATABASE_URL is unset).
     #[arg(long, env = "HITL_DATA_DIR", default_value = "./.hitl-data")]
@@ -209,7 +210,7 @@ pub struct HttpArgs {
 
     /// Bearer token with every scope (at least 16 characters).
     #[arg(long, env = "API_KEY", hide_env_values = true)]
-    pub api_key: Option<ApiKey>,
+    pub api_key: Option<Secret>,
 
     /// How long a graceful shutdown waits for in-flight requests before it gives up.
     #[arg(long, env = "HITL_SHUTDOWN_GRACE", default_value = "10s")]
@@ -250,6 +251,33 @@ pub struct WorkerArgs {
 pub struct MigrateArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+impl Cli {
+    /// Checks the settings clap cannot check without echoing them: secrets are parsed
+    /// here so a refusal names the setting but never prints its value.
+    pub fn validate(&self) -> Result<(), clap::Error> {
+        use clap::CommandFactory;
+        let invalid = |setting: &str, why: String| {
+            Cli::command().error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for {setting}: {why}"),
+            )
+        };
+        if let Some(url) = &self.command.common().database_url {
+            DatabaseUrl::from_str(url.expose())
+                .map_err(|why| invalid("--database-url (DATABASE_URL)", why))?;
+        }
+        let http = match &self.command {
+            Command::Serve(a) => Some(&a.http),
+            Command::Api(a) => Some(&a.http),
+            _ => None,
+        };
+        if let Some(key) = http.and_then(|h| h.api_key.as_ref()) {
+            ApiKey::from_str(key.expose()).map_err(|why| invalid("--api-key (API_KEY)", why))?;
+        }
+        Ok(())
+    }
 }
 
 impl Command {

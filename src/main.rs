@@ -6,6 +6,9 @@ use hitl_orchestrator::{app, config::Cli, telemetry};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = cli.validate() {
+        e.exit();
+    }
     telemetry::init(cli.command.common().log_format);
     match app::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
