@@ -8,4 +8,6 @@ pub mod app;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod engine;
+pub mod persistence;
 pub mod telemetry;

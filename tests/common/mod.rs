@@ -335,3 +335,161 @@ pub fn http_get(base_url: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// Fixtures for persistence-level tests.
+pub mod fixtures {
+    use hitl_orchestrator::domain::{CommandKind, RequestId, ResponseType, RunId, TimeoutAction};
+    use hitl_orchestrator::persistence::{
+        self, BriefInput, NewCommand, NewRequest, NewRun, Operator, StepState,
+    };
+    use serde_json::{Value, json};
+    use sqlx::PgPool;
+
+    /// A plan document (the engine validates plans; persistence stores them).
+    pub fn plan() -> Value {
+        json!({ "nodes": [ { "id": "review", "type": "hitl", "prompt": "Approve?",
+                             "responseTypes": ["approval", "rejection", "option", "freeform"] } ] })
+    }
+
+    /// A new, queued run with a new brief.
+    pub fn new_run(thread: Option<&str>) -> NewRun {
+        NewRun {
+            brief: BriefInput::New {
+                title: "Spring launch".into(),
+                content: json!({ "text": "draft" }),
+            },
+            thread_id: thread.map(|t| hitl_orchestrator::domain::ThreadId::parse(t).unwrap()),
+            plan: plan(),
+            execution_context: json!({ "locale": "en" }),
+            runner_metadata: json!({}),
+        }
+    }
+
+    /// A request at node `node` accepting every response type, offering options a and b.
+    pub fn new_request(
+        node: &str,
+        deadline: Option<(chrono::DateTime<chrono::Utc>, TimeoutAction)>,
+    ) -> NewRequest {
+        NewRequest {
+            node_id: node.into(),
+            operator_prompt: format!("Decide on {node}"),
+            response_types: vec![
+                ResponseType::Approval,
+                ResponseType::Rejection,
+                ResponseType::Option,
+                ResponseType::Freeform,
+            ],
+            options: json!([ { "id": "a", "label": "Option A" }, { "id": "b", "label": "Option B" } ]),
+            contract_summary: json!({ "facets": ["tone"], "capabilityContract": { "output": "text" } }),
+            deadline,
+        }
+    }
+
+    pub fn state(n: u32) -> StepState {
+        StepState {
+            execution_context: json!({ "locale": "en", "step": n }),
+            runner_metadata: json!({ "cursor": n }),
+            plan: None,
+        }
+    }
+
+    /// A run paused at a pending request: (run, request, version).
+    pub async fn parked_run(pool: &PgPool) -> (RunId, RequestId, i64) {
+        let mut tx = pool.begin().await.unwrap();
+        let run = persistence::create_run(&mut tx, new_run(None))
+            .await
+            .unwrap();
+        let v = persistence::start_run(&mut tx, &run.run_id, run.version)
+            .await
+            .unwrap();
+        let (request, v) = persistence::raise_request(
+            &mut tx,
+            &run.run_id,
+            v,
+            &new_request("review", None),
+            &state(1),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        (run.run_id, request, v)
+    }
+
+    pub fn operator(id: &str) -> Operator {
+        Operator {
+            id: id.into(),
+            display_name: Some(format!("Operator {id}")),
+            email: Some(format!("{id}@example.com")),
+        }
+    }
+
+    /// A resume command approving `request`.
+    pub fn resume(run: &RunId, request: &RequestId, who: &str) -> NewCommand {
+        NewCommand {
+            kind: CommandKind::Resume,
+            run_id: run.clone(),
+            request_id: Some(request.clone()),
+            idempotency_key: None,
+            payload: json!({ "responses": [ { "requestId": request, "responseType": "approval",
+                             "approved": true, "freeformText": "Looks good", "responderId": who,
+                             "responderDisplayName": format!("Operator {who}") } ] }),
+            operator: operator(who),
+            note: Some("Approved after review".into()),
+            trace_context: None,
+        }
+    }
+
+    /// A remove command for `run` (naming `request` when given).
+    pub fn remove(run: &RunId, request: Option<&RequestId>, who: &str) -> NewCommand {
+        NewCommand {
+            kind: CommandKind::Remove,
+            run_id: run.clone(),
+            request_id: request.cloned(),
+            idempotency_key: None,
+            payload: json!({ "reason": "Duplicate request" }),
+            operator: operator(who),
+            note: Some("Removing".into()),
+            trace_context: None,
+        }
+    }
+
+    /// Records and commits a command, returning its id.
+    pub async fn submit(pool: &PgPool, cmd: NewCommand) -> hitl_orchestrator::domain::CommandId {
+        let mut tx = pool.begin().await.unwrap();
+        let recorded = persistence::record_command(&mut tx, cmd).await.unwrap();
+        tx.commit().await.unwrap();
+        recorded.command.command_id
+    }
+
+    /// Applies a command in its own transaction.
+    pub async fn apply(
+        pool: &PgPool,
+        id: &hitl_orchestrator::domain::CommandId,
+    ) -> persistence::ApplyOutcome {
+        let mut tx = pool.begin().await.unwrap();
+        let outcome = persistence::apply_command(&mut tx, id).await.unwrap();
+        tx.commit().await.unwrap();
+        outcome
+    }
+
+    /// Counts rows of the orchestrator tables, to show a refused call wrote nothing.
+    pub async fn table_counts(pool: &PgPool) -> Vec<i64> {
+        let mut counts = Vec::new();
+        for t in [
+            "briefs",
+            "orchestrator_runs",
+            "hitl_requests",
+            "hitl_responses",
+            "hitl_commands",
+            "run_audit_events",
+        ] {
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {t}")))
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            counts.push(n);
+        }
+        counts
+    }
+}

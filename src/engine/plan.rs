@@ -1,0 +1,647 @@
+//! The plan a run follows: its typed model, the validation that turns a client's JSON
+//! into it, and the canonical JSON the run stores.
+//!
+//! [`Plan::parse`] reads a `serde_json::Value` by hand rather than through serde derive,
+//! so that a refusal names the exact field (`plan.nodes[1].prompt`) and node (`review`)
+//! an API client has to fix. It reports the first error only: nodes in order, each
+//! node's id and type first, then unknown fields, then its other fields in the order
+//! `docs/PLANS.md` lists them; the rules across nodes (duplicate ids, `next` targets)
+//! come after every node is well formed. [`Plan::to_json`] writes the canonical form,
+//! with every default filled in, which parses back to the same plan.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use serde_json::{Map, Value, json};
+
+use crate::domain::status::{RejectionPolicy, ResponseType, TimeoutAction};
+
+/// The most nodes a plan may have.
+pub const MAX_NODES: usize = 500;
+
+/// The longest a node id may be, in characters.
+pub const MAX_NODE_ID_LEN: usize = 200;
+
+/// The longest deadline a HITL node may set: one year, in seconds.
+pub const MAX_TIMEOUT_SECONDS: u64 = 31_536_000;
+
+const PLAN_FIELDS: &[&str] = &["nodes"];
+const TASK_FIELDS: &[&str] = &["id", "type", "capability", "input", "config"];
+const HITL_FIELDS: &[&str] = &[
+    "id",
+    "type",
+    "prompt",
+    "responseTypes",
+    "options",
+    "contract",
+    "timeoutSeconds",
+    "onTimeout",
+    "onRejection",
+    "next",
+];
+const OPTION_FIELDS: &[&str] = &["id", "label"];
+const CONTRACT_FIELDS: &[&str] = &["facets", "capabilityContract"];
+
+/// A validated plan: the nodes a run goes through, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The nodes in execution order; at least one, at most [`MAX_NODES`], ids unique.
+    pub nodes: Vec<Node>,
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Unique within the plan: 1 to [`MAX_NODE_ID_LEN`] characters of `[A-Za-z0-9_.-]`.
+    pub id: String,
+    /// What the node does.
+    pub kind: NodeKind,
+}
+
+/// What a node does: its `type`, with that type's fields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeKind {
+    /// `"type": "task"`: run a capability.
+    Task(TaskNode),
+    /// `"type": "hitl"`: pause the run until an operator answers.
+    Hitl(HitlNode),
+}
+
+impl NodeKind {
+    /// The node's `type` as written in a plan: `task` or `hitl`.
+    pub const fn type_name(&self) -> &'static str {
+        match self {
+            Self::Task(_) => "task",
+            Self::Hitl(_) => "hitl",
+        }
+    }
+}
+
+/// A node that runs a capability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskNode {
+    /// The capability to run, e.g. `set`; known to the engine.
+    pub capability: String,
+    /// What the capability works on (default `{}`).
+    pub input: Map<String, Value>,
+    /// How the capability is set up, e.g. a webhook's `url` (default `{}`).
+    pub config: Map<String, Value>,
+}
+
+/// A node that pauses the run and raises a HITL request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HitlNode {
+    /// What the operator is asked; never blank.
+    pub prompt: String,
+    /// The kinds of answer accepted; at least one, no repeats.
+    pub response_types: Vec<ResponseType>,
+    /// The choices for an `option` answer; non-empty exactly when `response_types`
+    /// holds [`ResponseType::Option`], ids unique.
+    pub options: Vec<HitlOption>,
+    /// The guidance shown to the operator with the request.
+    pub contract: Contract,
+    /// The deadline, 1 to [`MAX_TIMEOUT_SECONDS`] seconds after the request is raised.
+    pub timeout_seconds: Option<u64>,
+    /// What the deadline does; `Some` exactly when `timeout_seconds` is.
+    pub on_timeout: Option<TimeoutAction>,
+    /// What a rejection does to the run (default `fail`).
+    pub on_rejection: RejectionPolicy,
+    /// Where an `option` answer goes: option id → node id (never this node's own id).
+    /// An option not listed goes on to the next node in order.
+    pub next: BTreeMap<String, String>,
+}
+
+/// One choice offered by a HITL node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HitlOption {
+    /// What an `option` answer sends as `optionId`; unique within the node.
+    pub id: String,
+    /// What the operator sees; never blank.
+    pub label: String,
+}
+
+/// The guidance a HITL request carries (`contractSummary` on the request).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Contract {
+    /// The aspects the operator should judge, e.g. `tone`.
+    pub facets: Vec<String>,
+    /// What the node's capability promises, as free-form JSON.
+    pub capability_contract: Map<String, Value>,
+}
+
+/// Why a plan was refused: where, and what is wrong there.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}{in_node}: {message}", in_node = InNode(self.node.as_deref()))]
+pub struct PlanError {
+    /// The id of the node at fault, once that node's id is known to be valid.
+    pub node: Option<String>,
+    /// The path of the field at fault, e.g. `plan.nodes[1].prompt` or
+    /// `plan.nodes[2].next.short`.
+    pub field: String,
+    /// What is wrong, for an API client, e.g. `is required`.
+    pub message: String,
+}
+
+/// Writes ` (node "id")` when the node is known, nothing otherwise.
+struct InNode<'a>(Option<&'a str>);
+
+impl fmt::Display for InNode<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, " (node \"{id}\")"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Plan {
+    /// Validates a plan as a client sent it; `is_known_capability` says which task
+    /// capabilities the engine can run. Returns the first error in document order.
+    pub fn parse(
+        value: &Value,
+        is_known_capability: &dyn Fn(&str) -> bool,
+    ) -> Result<Plan, PlanError> {
+        let at = At {
+            node: None,
+            path: "plan",
+        };
+        let Value::Object(plan) = value else {
+            return Err(at.error("plan", "must be a JSON object"));
+        };
+        at.refuse_unknown_fields(plan, PLAN_FIELDS, "a plan")?;
+        let items = match present(plan, "nodes") {
+            None => return Err(at.error_in("nodes", "is required")),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(at.error_in("nodes", "must be an array of nodes")),
+        };
+        if items.is_empty() {
+            return Err(at.error_in("nodes", "must list at least one node"));
+        }
+        if items.len() > MAX_NODES {
+            return Err(at.error_in(
+                "nodes",
+                format!("must list at most {MAX_NODES} nodes, not {}", items.len()),
+            ));
+        }
+        let nodes = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| parse_node(item, &format!("plan.nodes[{i}]"), is_known_capability))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = check_ids_are_unique(&nodes)?;
+        check_next_targets_exist(&nodes, &ids)?;
+        Ok(Plan { nodes })
+    }
+
+    /// The canonical JSON form (camelCase, defaults filled in) that
+    /// [`Plan::parse`] turns back into this plan.
+    pub fn to_json(&self) -> Value {
+        let nodes: Vec<Value> = self.nodes.iter().map(node_to_json).collect();
+        json!({ "nodes": nodes })
+    }
+
+    /// The node with this id, if any.
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.iter().find(|node| node.id == id)
+    }
+
+    /// The index of the node with this id in execution order, if any.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|node| node.id == id)
+    }
+}
+
+fn node_to_json(node: &Node) -> Value {
+    let mut out = Map::new();
+    out.insert("id".into(), node.id.clone().into());
+    out.insert("type".into(), node.kind.type_name().into());
+    match &node.kind {
+        NodeKind::Task(task) => {
+            out.insert("capability".into(), task.capability.clone().into());
+            out.insert("input".into(), Value::Object(task.input.clone()));
+            out.insert("config".into(), Value::Object(task.config.clone()));
+        }
+        NodeKind::Hitl(hitl) => {
+            let response_types: Vec<Value> = hitl
+                .response_types
+                .iter()
+                .map(|kind| kind.as_str().into())
+                .collect();
+            let options: Vec<Value> = hitl
+                .options
+                .iter()
+                .map(|option| json!({ "id": option.id, "label": option.label }))
+                .collect();
+            let next: Map<String, Value> = hitl
+                .next
+                .iter()
+                .map(|(option_id, target)| (option_id.clone(), target.clone().into()))
+                .collect();
+            out.insert("prompt".into(), hitl.prompt.clone().into());
+            out.insert("responseTypes".into(), response_types.into());
+            out.insert("options".into(), options.into());
+            out.insert(
+                "contract".into(),
+                json!({
+                    "facets": hitl.contract.facets,
+                    "capabilityContract": hitl.contract.capability_contract,
+                }),
+            );
+            if let Some(seconds) = hitl.timeout_seconds {
+                out.insert("timeoutSeconds".into(), seconds.into());
+            }
+            if let Some(action) = hitl.on_timeout {
+                out.insert("onTimeout".into(), action.as_str().into());
+            }
+            out.insert("onRejection".into(), hitl.on_rejection.as_str().into());
+            out.insert("next".into(), Value::Object(next));
+        }
+    }
+    Value::Object(out)
+}
+
+/// Where a check is: the node (once its id is valid) and the path of the object being
+/// read.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    node: Option<&'a str>,
+    path: &'a str,
+}
+
+impl<'a> At<'a> {
+    /// The same node, one object further down.
+    fn within(self, path: &'a str) -> At<'a> {
+        At { path, ..self }
+    }
+
+    fn error(&self, field: impl Into<String>, message: impl Into<String>) -> PlanError {
+        PlanError {
+            node: self.node.map(str::to_owned),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An error about the field `key` of the object at this path.
+    fn error_in(&self, key: &str, message: impl Into<String>) -> PlanError {
+        self.error(join(self.path, key), message)
+    }
+
+    fn refuse_unknown_fields(
+        &self,
+        object: &Map<String, Value>,
+        allowed: &[&str],
+        what: &str,
+    ) -> Result<(), PlanError> {
+        match object.keys().find(|key| !allowed.contains(&key.as_str())) {
+            Some(key) => Err(self.error_in(
+                key,
+                format!("unknown field; {what} has only: {}", allowed.join(", ")),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// A required string that is not blank.
+    fn text(&self, object: &Map<String, Value>, key: &str) -> Result<String, PlanError> {
+        match present(object, key) {
+            None => Err(self.error_in(key, "is required")),
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+            Some(Value::String(_)) => Err(self.error_in(key, "must not be empty")),
+            Some(_) => Err(self.error_in(key, "must be a string")),
+        }
+    }
+
+    /// An optional JSON object, `{}` when absent.
+    fn object(
+        &self,
+        object: &Map<String, Value>,
+        key: &str,
+    ) -> Result<Map<String, Value>, PlanError> {
+        match present(object, key) {
+            None => Ok(Map::new()),
+            Some(Value::Object(map)) => Ok(map.clone()),
+            Some(_) => Err(self.error_in(key, "must be a JSON object")),
+        }
+    }
+}
+
+/// The field `key`, treating an explicit `null` as absent.
+fn present<'v>(object: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
+    object.get(key).filter(|value| !value.is_null())
+}
+
+/// The path of field `key` inside `parent`: `parent.key`, or `parent["key"]` when the
+/// key would make the path ambiguous (dots, spaces, brackets, …).
+fn join(parent: &str, key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if plain {
+        format!("{parent}.{key}")
+    } else {
+        format!("{parent}[{}]", Value::from(key))
+    }
+}
+
+/// Reads one of an enum's spellings, or says which are allowed.
+fn choice<T>(
+    at: &At<'_>,
+    field: String,
+    value: &Value,
+    parse: impl Fn(&str) -> Option<T>,
+    allowed: &[&str],
+) -> Result<T, PlanError> {
+    value
+        .as_str()
+        .and_then(parse)
+        .ok_or_else(|| at.error(field, format!("must be one of: {}", allowed.join(", "))))
+}
+
+fn is_valid_node_id(id: &str) -> bool {
+    (1..=MAX_NODE_ID_LEN).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn parse_node(
+    value: &Value,
+    path: &str,
+    is_known_capability: &dyn Fn(&str) -> bool,
+) -> Result<Node, PlanError> {
+    let anonymous = At { node: None, path };
+    let Value::Object(object) = value else {
+        return Err(anonymous.error(path, "must be a JSON object (a node)"));
+    };
+    let id = match present(object, "id") {
+        None => return Err(anonymous.error_in("id", "is required")),
+        Some(Value::String(id)) if is_valid_node_id(id) => id.clone(),
+        Some(Value::String(_)) => {
+            return Err(anonymous.error_in(
+                "id",
+                format!(
+                    "must be 1 to {MAX_NODE_ID_LEN} characters, \
+                     each a letter, a digit, '_', '.' or '-'"
+                ),
+            ));
+        }
+        Some(_) => return Err(anonymous.error_in("id", "must be a string")),
+    };
+    let at = At {
+        node: Some(&id),
+        path,
+    };
+    let kind = match present(object, "type").map(Value::as_str) {
+        None => return Err(at.error_in("type", "is required")),
+        Some(Some("task")) => {
+            at.refuse_unknown_fields(object, TASK_FIELDS, "a task node")?;
+            NodeKind::Task(parse_task(object, at, is_known_capability)?)
+        }
+        Some(Some("hitl")) => {
+            at.refuse_unknown_fields(object, HITL_FIELDS, "a hitl node")?;
+            NodeKind::Hitl(parse_hitl(object, at)?)
+        }
+        Some(_) => return Err(at.error_in("type", "must be one of: task, hitl")),
+    };
+    Ok(Node { id, kind })
+}
+
+fn parse_task(
+    object: &Map<String, Value>,
+    at: At<'_>,
+    is_known_capability: &dyn Fn(&str) -> bool,
+) -> Result<TaskNode, PlanError> {
+    let capability = at.text(object, "capability")?;
+    if !is_known_capability(&capability) {
+        return Err(at.error_in("capability", "is not a known capability"));
+    }
+    Ok(TaskNode {
+        capability,
+        input: at.object(object, "input")?,
+        config: at.object(object, "config")?,
+    })
+}
+
+fn parse_hitl(object: &Map<String, Value>, at: At<'_>) -> Result<HitlNode, PlanError> {
+    let prompt = at.text(object, "prompt")?;
+    let response_types = parse_response_types(object, at)?;
+    let options = parse_options(object, at, response_types.contains(&ResponseType::Option))?;
+    let contract = parse_contract(object, at)?;
+    let timeout_seconds = match present(object, "timeoutSeconds") {
+        None => None,
+        Some(value) => match value.as_u64() {
+            Some(seconds) if (1..=MAX_TIMEOUT_SECONDS).contains(&seconds) => Some(seconds),
+            _ => {
+                return Err(at.error_in(
+                    "timeoutSeconds",
+                    format!("must be a whole number of seconds from 1 to {MAX_TIMEOUT_SECONDS}"),
+                ));
+            }
+        },
+    };
+    let on_timeout = match (present(object, "onTimeout"), timeout_seconds) {
+        (None, None) => None,
+        (None, Some(_)) => Some(TimeoutAction::Reject),
+        (Some(_), None) => {
+            return Err(at.error_in("onTimeout", "is only allowed together with timeoutSeconds"));
+        }
+        (Some(value), Some(_)) => Some(choice(
+            &at,
+            join(at.path, "onTimeout"),
+            value,
+            |s| TimeoutAction::parse(s).ok(),
+            TimeoutAction::ALLOWED,
+        )?),
+    };
+    let on_rejection = match present(object, "onRejection") {
+        None => RejectionPolicy::default(),
+        Some(value) => choice(
+            &at,
+            join(at.path, "onRejection"),
+            value,
+            |s| RejectionPolicy::parse(s).ok(),
+            RejectionPolicy::ALLOWED,
+        )?,
+    };
+    let next = parse_next(object, at, &options)?;
+    Ok(HitlNode {
+        prompt,
+        response_types,
+        options,
+        contract,
+        timeout_seconds,
+        on_timeout,
+        on_rejection,
+        next,
+    })
+}
+
+fn parse_response_types(
+    object: &Map<String, Value>,
+    at: At<'_>,
+) -> Result<Vec<ResponseType>, PlanError> {
+    let field = join(at.path, "responseTypes");
+    let items = match present(object, "responseTypes") {
+        None => return Err(at.error(field, "is required")),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(at.error(field, "must be an array of response types")),
+    };
+    if items.is_empty() {
+        let allowed = ResponseType::ALLOWED.join(", ");
+        return Err(at.error(field, format!("must list at least one of: {allowed}")));
+    }
+    let mut types = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let item_field = format!("{field}[{i}]");
+        let parse = |s: &str| ResponseType::parse(s).ok();
+        let kind = choice(&at, item_field.clone(), item, parse, ResponseType::ALLOWED)?;
+        if let Some(first) = types.iter().position(|seen| *seen == kind) {
+            return Err(at.error(item_field, format!("duplicates {field}[{first}]")));
+        }
+        types.push(kind);
+    }
+    Ok(types)
+}
+
+fn parse_options(
+    object: &Map<String, Value>,
+    at: At<'_>,
+    wanted: bool,
+) -> Result<Vec<HitlOption>, PlanError> {
+    let field = join(at.path, "options");
+    let items: &[Value] = match present(object, "options") {
+        None => &[],
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(at.error(field, "must be an array of options")),
+    };
+    if wanted && items.is_empty() {
+        return Err(at.error(
+            field,
+            "must list at least one option when responseTypes includes \"option\"",
+        ));
+    }
+    if !wanted && !items.is_empty() {
+        return Err(at.error(
+            field,
+            "must be empty unless responseTypes includes \"option\"",
+        ));
+    }
+    let mut options: Vec<HitlOption> = Vec::with_capacity(items.len());
+    // Nothing bounds the number of options but the body size, so look ids up in a map
+    // rather than rescanning the list for each one.
+    let mut first_index: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{field}[{i}]");
+        let at = at.within(&path);
+        let Value::Object(option) = item else {
+            return Err(at.error(
+                path.as_str(),
+                "must be a JSON object with an id and a label",
+            ));
+        };
+        at.refuse_unknown_fields(option, OPTION_FIELDS, "an option")?;
+        let id = at.text(option, "id")?;
+        if let Some(first) = first_index.insert(id.clone(), i) {
+            return Err(at.error_in("id", format!("duplicates the id of {field}[{first}]")));
+        }
+        let label = at.text(option, "label")?;
+        options.push(HitlOption { id, label });
+    }
+    Ok(options)
+}
+
+fn parse_contract(object: &Map<String, Value>, at: At<'_>) -> Result<Contract, PlanError> {
+    let path = join(at.path, "contract");
+    let contract = match present(object, "contract") {
+        None => return Ok(Contract::default()),
+        Some(Value::Object(contract)) => contract,
+        Some(_) => return Err(at.error(path, "must be a JSON object")),
+    };
+    let at = at.within(&path);
+    at.refuse_unknown_fields(contract, CONTRACT_FIELDS, "a contract")?;
+    let facets = match present(contract, "facets") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(facet) => Ok(facet.clone()),
+                _ => Err(at.error(format!("{path}.facets[{i}]"), "must be a string")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(at.error_in("facets", "must be an array of strings")),
+    };
+    Ok(Contract {
+        facets,
+        capability_contract: at.object(contract, "capabilityContract")?,
+    })
+}
+
+fn parse_next(
+    object: &Map<String, Value>,
+    at: At<'_>,
+    options: &[HitlOption],
+) -> Result<BTreeMap<String, String>, PlanError> {
+    let path = join(at.path, "next");
+    let routes = match present(object, "next") {
+        None => return Ok(BTreeMap::new()),
+        Some(Value::Object(routes)) => routes,
+        Some(_) => {
+            return Err(at.error(path, "must be a JSON object mapping option ids to node ids"));
+        }
+    };
+    let option_ids: HashSet<&str> = options.iter().map(|option| option.id.as_str()).collect();
+    let mut next = BTreeMap::new();
+    for (option_id, target) in routes {
+        let field = join(&path, option_id);
+        if !option_ids.contains(option_id.as_str()) {
+            return Err(at.error(field, "is not an option id of this node"));
+        }
+        let Value::String(target) = target else {
+            return Err(at.error(field, "must be a node id (a string)"));
+        };
+        if at.node == Some(target.as_str()) {
+            return Err(at.error(field, "routes the node to itself; name another node"));
+        }
+        next.insert(option_id.clone(), target.clone());
+    }
+    Ok(next)
+}
+
+/// Checks that no two nodes share an id; returns every id.
+fn check_ids_are_unique(nodes: &[Node]) -> Result<HashSet<&str>, PlanError> {
+    let mut first_index: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
+    for (i, node) in nodes.iter().enumerate() {
+        if let Some(first) = first_index.insert(&node.id, i) {
+            return Err(PlanError {
+                node: Some(node.id.clone()),
+                field: format!("plan.nodes[{i}].id"),
+                message: format!("duplicates the id of plan.nodes[{first}]"),
+            });
+        }
+    }
+    Ok(first_index.into_keys().collect())
+}
+
+fn check_next_targets_exist(nodes: &[Node], ids: &HashSet<&str>) -> Result<(), PlanError> {
+    for (i, node) in nodes.iter().enumerate() {
+        let NodeKind::Hitl(hitl) = &node.kind else {
+            continue;
+        };
+        for (option_id, target) in &hitl.next {
+            if !ids.contains(target.as_str()) {
+                return Err(PlanError {
+                    node: Some(node.id.clone()),
+                    field: join(&format!("plan.nodes[{i}].next"), option_id),
+                    message: "names no node of this plan".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

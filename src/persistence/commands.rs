@@ -1,0 +1,541 @@
+//! Commands: resume and remove submissions, recorded with their idempotency key and
+//! applied exactly once in effect.
+//!
+//! Applying locks the run, then the command row, and looks at the command's status
+//! first: a command already applied (a redelivered job) returns its stored outcome and
+//! changes nothing. A command that lost a race, or targets a run or request that moved
+//! on, ends `rejected` with a reason read from the audit trail (who won, and when); it is
+//! a normal outcome, never an error.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgExecutor};
+
+use super::requests::{RequestShape, ResponseInput, validate_responses};
+use super::{AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit, lock_run};
+use crate::domain::{
+    AuditAction, CommandId, CommandKind, CommandStatus, RequestId, ResponseId, RunId, RunStatus,
+    Transition, TransitionError,
+};
+
+/// A submission to record.
+#[derive(Clone, Debug)]
+pub struct NewCommand {
+    pub kind: CommandKind,
+    pub run_id: RunId,
+    /// Required for resume; optional for remove (when given, it must be pending).
+    pub request_id: Option<RequestId>,
+    pub idempotency_key: Option<String>,
+    /// The validated submission; for a resume it holds `responses`, for a remove
+    /// `reason`. A retry with the same key must carry an equal payload.
+    pub payload: Value,
+    pub operator: Operator,
+    pub note: Option<String>,
+    /// W3C trace context of the submitting request.
+    pub trace_context: Option<Value>,
+}
+
+/// A command row.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRecord {
+    pub command_id: CommandId,
+    pub kind: CommandKind,
+    pub run_id: RunId,
+    pub request_id: Option<RequestId>,
+    pub idempotency_key: Option<String>,
+    pub payload: Value,
+    #[sqlx(json)]
+    pub operator: Operator,
+    pub note: Option<String>,
+    pub status: CommandStatus,
+    pub outcome: Option<Value>,
+    pub error: Option<String>,
+    pub attempts: i32,
+    pub trace_context: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What recording returned: the command, and whether this call created it (`false`: an
+/// earlier submission with the same idempotency key).
+#[derive(Clone, Debug)]
+pub struct RecordedCommand {
+    pub command: CommandRecord,
+    pub created: bool,
+}
+
+const COMMAND_COLUMNS: &str = "command_id, kind, run_id, request_id, idempotency_key, payload, \
+    operator, note, status, outcome, error, attempts, trace_context, created_at, updated_at, \
+    started_at, finished_at";
+
+/// Records a submission, `queued`. With an idempotency key already used for the same
+/// kind, returns the earlier command unchanged when the payload is equal, and refuses
+/// with [`PersistenceError::IdempotencyKeyReused`] otherwise.
+pub async fn record_command(
+    tx: &mut Tx<'_>,
+    new: NewCommand,
+) -> Result<RecordedCommand, PersistenceError> {
+    let command_id = CommandId::new();
+    let inserted: Option<CommandRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "insert into hitl_commands (command_id, kind, run_id, request_id, idempotency_key, \
+             payload, operator, note, trace_context) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         on conflict (kind, idempotency_key) do nothing returning {COMMAND_COLUMNS}"
+    )))
+    .bind(&command_id)
+    .bind(new.kind)
+    .bind(&new.run_id)
+    .bind(&new.request_id)
+    .bind(&new.idempotency_key)
+    .bind(&new.payload)
+    .bind(sqlx::types::Json(&new.operator))
+    .bind(&new.note)
+    .bind(&new.trace_context)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(command) = inserted {
+        return Ok(RecordedCommand {
+            command,
+            created: true,
+        });
+    }
+    let key = new.idempotency_key.unwrap_or_default();
+    let existing = find_command_by_idempotency_key(&mut **tx, new.kind, &key)
+        .await?
+        .ok_or_else(|| PersistenceError::NotFound {
+            entity: "command",
+            id: key.clone(),
+        })?;
+    if existing.payload != new.payload {
+        return Err(PersistenceError::IdempotencyKeyReused(key));
+    }
+    Ok(RecordedCommand {
+        command: existing,
+        created: false,
+    })
+}
+
+/// The command with this id.
+pub async fn find_command(
+    executor: impl PgExecutor<'_>,
+    command_id: &CommandId,
+) -> Result<Option<CommandRecord>, PersistenceError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COMMAND_COLUMNS} from hitl_commands where command_id = $1"
+    )))
+    .bind(command_id)
+    .fetch_optional(executor)
+    .await?)
+}
+
+/// The command recorded with this idempotency key for this kind.
+pub async fn find_command_by_idempotency_key(
+    executor: impl PgExecutor<'_>,
+    kind: CommandKind,
+    key: &str,
+) -> Result<Option<CommandRecord>, PersistenceError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COMMAND_COLUMNS} from hitl_commands where kind = $1 and idempotency_key = $2"
+    )))
+    .bind(kind)
+    .bind(key)
+    .fetch_optional(executor)
+    .await?)
+}
+
+/// What applying a command did.
+#[derive(Clone, Debug)]
+pub enum ApplyOutcome {
+    /// Applied now: the run moved to `run_status` at `version`.
+    Applied {
+        command: CommandRecord,
+        run_status: RunStatus,
+        version: i64,
+    },
+    /// Refused now (conflict, terminal run, request not pending, invalid answer); the
+    /// reason is in the command's `outcome`.
+    Rejected { command: CommandRecord },
+    /// The command had already ended earlier: nothing changed (a redelivery).
+    AlreadyFinal { command: CommandRecord },
+}
+
+#[derive(Deserialize)]
+struct CommandPayload {
+    #[serde(default)]
+    responses: Vec<ResponseInput>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Applies a recorded resume or remove command, exactly once in effect.
+pub async fn apply_command(
+    tx: &mut Tx<'_>,
+    command_id: &CommandId,
+) -> Result<ApplyOutcome, PersistenceError> {
+    let run_id: RunId =
+        sqlx::query_scalar("select run_id from hitl_commands where command_id = $1")
+            .bind(command_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| PersistenceError::NotFound {
+                entity: "command",
+                id: command_id.to_string(),
+            })?;
+    let run = lock_run(tx, &run_id).await?;
+    let command: CommandRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COMMAND_COLUMNS} from hitl_commands where command_id = $1 for update"
+    )))
+    .bind(command_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if command.status.is_final() {
+        return Ok(ApplyOutcome::AlreadyFinal { command });
+    }
+    let payload: CommandPayload = match serde_json::from_value(command.payload.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            let outcome = json!({ "reason": "invalid_payload", "message": e.to_string() });
+            return reject(tx, &command, outcome).await;
+        }
+    };
+    match command.kind {
+        CommandKind::Resume => apply_resume(tx, &run, command, payload).await,
+        CommandKind::Remove => apply_remove(tx, &run, command, payload).await,
+    }
+}
+
+async fn apply_resume(
+    tx: &mut Tx<'_>,
+    run: &LockedRun,
+    command: CommandRecord,
+    payload: CommandPayload,
+) -> Result<ApplyOutcome, PersistenceError> {
+    let Some(request_id) = command.request_id.clone() else {
+        let outcome =
+            json!({ "reason": "invalid_payload", "message": "a resume names no request" });
+        return reject(tx, &command, outcome).await;
+    };
+    let transition = Transition::Resume {
+        request_id: request_id.clone(),
+    };
+    let outcome = match run.check(&transition, None) {
+        Ok(o) => o,
+        Err(PersistenceError::Transition { source, .. }) => {
+            let why = explain_refusal(tx, run, Some(&request_id), &source).await?;
+            return reject(tx, &command, why).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let (response_types, options): (Vec<String>, Value) =
+        sqlx::query_as("select response_types, options from hitl_requests where request_id = $1")
+            .bind(&request_id)
+            .fetch_one(&mut **tx)
+            .await?;
+    let shape = RequestShape {
+        request_id: &request_id,
+        response_types: &response_types,
+        options: &options,
+    };
+    if let Err(problem) = validate_responses(&shape, &payload.responses) {
+        let why = json!({ "reason": "invalid_response", "message": problem.to_string(),
+                          "field": problem.field });
+        return reject(tx, &command, why).await;
+    }
+    for (position, r) in payload.responses.iter().enumerate() {
+        sqlx::query(
+            "insert into hitl_responses (response_id, request_id, run_id, position, response_type, \
+                 approved, option_id, freeform_text, responder_id, responder_display_name, command_id) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(ResponseId::new())
+        .bind(&request_id)
+        .bind(&run.run_id)
+        .bind(i32::try_from(position).unwrap_or(i32::MAX))
+        .bind(r.response_type)
+        .bind(r.approved)
+        .bind(&r.option_id)
+        .bind(&r.freeform_text)
+        .bind(&r.responder_id)
+        .bind(&r.responder_display_name)
+        .bind(&command.command_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query(
+        "update hitl_requests set status = 'resolved', resolved_at = now(), resolved_by = $2 \
+         where request_id = $1",
+    )
+    .bind(&request_id)
+    .bind(&command.operator.id)
+    .execute(&mut **tx)
+    .await?;
+    let version = move_run(tx, &run.run_id, outcome.status, None).await?;
+    append_audit(
+        tx,
+        &run.run_id,
+        AuditEntry {
+            run_version: version,
+            action: Some(AuditAction::Resume),
+            request_id: Some(&request_id),
+            command_id: Some(&command.command_id),
+            operator: Some(&command.operator),
+            note: command.note.as_deref(),
+            from_status: Some(run.status),
+            to_status: Some(outcome.status),
+            details: Some(json!({ "responses": payload.responses.len() })),
+        },
+    )
+    .await?;
+    succeed(tx, command, &run.run_id, outcome.status, version).await
+}
+
+async fn apply_remove(
+    tx: &mut Tx<'_>,
+    run: &LockedRun,
+    command: CommandRecord,
+    payload: CommandPayload,
+) -> Result<ApplyOutcome, PersistenceError> {
+    let transition = Transition::Remove {
+        request_id: command.request_id.clone(),
+    };
+    let outcome = match run.check(&transition, None) {
+        Ok(o) => o,
+        Err(PersistenceError::Transition { source, .. }) => {
+            let why = explain_refusal(tx, run, command.request_id.as_ref(), &source).await?;
+            return reject(tx, &command, why).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let reason = payload
+        .reason
+        .clone()
+        .unwrap_or_else(|| "removed by an operator".to_owned());
+    let denied = run.pending_request_id.clone();
+    if let Some(request_id) = &denied {
+        sqlx::query(
+            "update hitl_requests set status = 'denied', denial_reason = $2, resolved_at = now(), \
+                 resolved_by = $3 where request_id = $1",
+        )
+        .bind(request_id)
+        .bind(&reason)
+        .bind(&command.operator.id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let version = move_run(tx, &run.run_id, outcome.status, Some(&reason)).await?;
+    append_audit(
+        tx,
+        &run.run_id,
+        AuditEntry {
+            run_version: version,
+            action: Some(AuditAction::Remove),
+            request_id: denied.as_ref(),
+            command_id: Some(&command.command_id),
+            operator: Some(&command.operator),
+            note: command.note.as_deref(),
+            from_status: Some(run.status),
+            to_status: Some(outcome.status),
+            details: Some(json!({ "reason": reason })),
+        },
+    )
+    .await?;
+    if command.request_id.is_none() && denied.is_some() {
+        // Record which request the remove denied, so the command names it.
+        sqlx::query("update hitl_commands set request_id = $2 where command_id = $1")
+            .bind(&command.command_id)
+            .bind(&denied)
+            .execute(&mut **tx)
+            .await?;
+    }
+    succeed(tx, command, &run.run_id, outcome.status, version).await
+}
+
+/// Moves the run to `status` with no pending request (resume → running, remove →
+/// cancelled), bumping its version.
+async fn move_run(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+    status: RunStatus,
+    status_reason: Option<&str>,
+) -> Result<i64, PersistenceError> {
+    Ok(sqlx::query_scalar(
+        "update orchestrator_runs set status = $2, pending_request_id = null, \
+             status_reason = coalesce($3, status_reason), \
+             finished_at = case when $2 in ('completed', 'failed', 'cancelled') then now() end, \
+             version = version + 1, updated_at = now() \
+         where run_id = $1 returning version",
+    )
+    .bind(run_id)
+    .bind(status)
+    .bind(status_reason)
+    .fetch_one(conn)
+    .await?)
+}
+
+async fn succeed(
+    tx: &mut Tx<'_>,
+    command: CommandRecord,
+    run_id: &RunId,
+    status: RunStatus,
+    version: i64,
+) -> Result<ApplyOutcome, PersistenceError> {
+    let outcome = json!({ "run": { "runId": run_id, "status": status, "version": version,
+                                   "pendingRequestId": null } });
+    let command = finish_command(
+        tx,
+        &command.command_id,
+        CommandStatus::Succeeded,
+        outcome,
+        None,
+    )
+    .await?;
+    Ok(ApplyOutcome::Applied {
+        command,
+        run_status: status,
+        version,
+    })
+}
+
+async fn reject(
+    tx: &mut Tx<'_>,
+    command: &CommandRecord,
+    outcome: Value,
+) -> Result<ApplyOutcome, PersistenceError> {
+    let command = finish_command(
+        tx,
+        &command.command_id,
+        CommandStatus::Rejected,
+        outcome,
+        None,
+    )
+    .await?;
+    Ok(ApplyOutcome::Rejected { command })
+}
+
+async fn finish_command(
+    conn: &mut PgConnection,
+    command_id: &CommandId,
+    status: CommandStatus,
+    outcome: Value,
+    error: Option<&str>,
+) -> Result<CommandRecord, PersistenceError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "update hitl_commands set status = $2, outcome = $3, error = $4, \
+             attempts = attempts + 1, started_at = coalesce(started_at, now()), \
+             finished_at = now(), updated_at = now() \
+         where command_id = $1 returning {COMMAND_COLUMNS}"
+    )))
+    .bind(command_id)
+    .bind(status)
+    .bind(outcome)
+    .bind(error)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Ends a command `failed` for good (its job ran out of attempts), unless it already
+/// ended. Returns the command as it now is.
+pub async fn fail_command(
+    tx: &mut Tx<'_>,
+    command_id: &CommandId,
+    error: &str,
+) -> Result<Option<CommandRecord>, PersistenceError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "update hitl_commands set status = 'failed', error = $2, outcome = null, \
+             finished_at = now(), updated_at = now() \
+         where command_id = $1 and status in ('queued', 'running') returning {COMMAND_COLUMNS}"
+    )))
+    .bind(command_id)
+    .bind(error)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+#[derive(sqlx::FromRow)]
+struct SettlingEvent {
+    action: AuditAction,
+    command_id: Option<CommandId>,
+    operator_id: Option<String>,
+    operator_display_name: Option<String>,
+    operator_email: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl SettlingEvent {
+    fn winner(&self) -> Value {
+        let operator = self.operator_id.as_ref().map(|id| {
+            json!({ "id": id, "displayName": self.operator_display_name, "email": self.operator_email })
+        });
+        json!({ "commandId": self.command_id, "action": self.action, "operator": operator,
+                "at": self.created_at })
+    }
+
+    fn by(&self) -> String {
+        match (&self.command_id, &self.operator_id) {
+            (Some(c), Some(o)) => format!("command {c} of operator {o}"),
+            (Some(c), None) => format!("command {c}"),
+            _ => format!("the system ({})", self.action),
+        }
+    }
+}
+
+/// Explains, from the audit trail, why a command cannot apply: another command (or the
+/// deadline) settled the request or ended the run first (`conflict`, naming the winner),
+/// the run ended on its own (`run_terminal`), or the request is simply not the pending
+/// one (`not_pending`).
+async fn explain_refusal(
+    conn: &mut PgConnection,
+    run: &LockedRun,
+    request_id: Option<&RequestId>,
+    error: &TransitionError,
+) -> Result<Value, PersistenceError> {
+    const EVENT: &str = "select action, command_id, operator_id, operator_display_name, \
+        operator_email, created_at from run_audit_events";
+    if let Some(request_id) = request_id {
+        let settled: Option<SettlingEvent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{EVENT} where run_id = $1 and request_id = $2 \
+             and action in ('resume', 'remove', 'expire') order by event_id limit 1"
+        )))
+        .bind(&run.run_id)
+        .bind(request_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(e) = settled {
+            return Ok(json!({
+                "reason": "conflict",
+                "message": format!("request {request_id} was already settled by {}", e.by()),
+                "winner": e.winner(),
+            }));
+        }
+    }
+    if run.status.is_terminal() {
+        let ended: Option<SettlingEvent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{EVENT} where run_id = $1 and to_status = $2 order by event_id desc limit 1"
+        )))
+        .bind(&run.run_id)
+        .bind(run.status)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(e) = ended.filter(|e| e.command_id.is_some()) {
+            return Ok(json!({
+                "reason": "conflict",
+                "message": format!("run {} was already {} by {}", run.run_id, run.status, e.by()),
+                "winner": e.winner(),
+            }));
+        }
+        return Ok(json!({
+            "reason": "run_terminal",
+            "message": format!("run {} is already {}", run.run_id, run.status),
+            "status": run.status,
+        }));
+    }
+    Ok(json!({
+        "reason": "not_pending",
+        "message": error.to_string(),
+        "pendingRequestId": run.pending_request_id,
+    }))
+}

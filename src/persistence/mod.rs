@@ -1,0 +1,197 @@
+//! The one module that reads and writes orchestrator state (story: "a single persistence
+//! module is the source of truth"). Nothing else in the crate writes SQL against the
+//! orchestrator tables.
+//!
+//! Every state change is one function taking the caller's transaction, so a caller can
+//! add the job enqueue to it. Each one locks the run row first (`for no key update`: it
+//! serialises transitions of one run but does not block the key-share locks that
+//! foreign-key checks of concurrent inserts take), checks the expected status, pending
+//! request and version against the domain state machine, writes everything that belongs
+//! together, bumps `version` and appends exactly one audit event. Locking the run before
+//! any of its requests or commands gives one lock order, so transitions cannot deadlock.
+
+mod commands;
+mod requests;
+mod runs;
+mod snapshot;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use crate::domain::{
+    AuditAction, CommandId, RequestId, RunId, RunStatus, Transition, TransitionError,
+    TransitionOutcome, next_status,
+};
+
+pub use commands::{
+    ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, fail_command,
+    find_command, find_command_by_idempotency_key, record_command,
+};
+pub use requests::{
+    ExpireOutcome, PendingFilter, PendingItem, RequestShape, ResponseInput, ResponseProblem,
+    expire_request, list_pending, validate_responses,
+};
+pub use runs::{
+    BriefInput, CreatedRun, Finish, NewRequest, NewRun, RunHeader, RunRef, StepState, checkpoint,
+    create_run, find_run, finish_run, raise_request, start_run,
+};
+pub use snapshot::{
+    AuditRecord, RequestRecord, ResponseRecord, RunRecord, RunSnapshot, load_snapshot,
+    load_snapshot_in,
+};
+
+/// A database transaction, as every transition takes it.
+pub type Tx<'a> = Transaction<'a, Postgres>;
+
+/// Why a persistence call refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistenceError {
+    /// The run, request, brief or command named does not exist.
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: String },
+    /// The caller's view of the run is out of date (fencing): someone else moved it on.
+    #[error("run {run_id} is at version {actual}, not the expected {expected}")]
+    StaleVersion {
+        run_id: RunId,
+        expected: i64,
+        actual: i64,
+    },
+    /// The state machine does not allow this transition now.
+    #[error("run {run_id}: {source}")]
+    Transition {
+        run_id: RunId,
+        #[source]
+        source: TransitionError,
+    },
+    /// The client's thread id is already used by another run.
+    #[error("thread id {0} is already used by another run")]
+    ThreadTaken(String),
+    /// The idempotency key was used before with a different submission.
+    #[error("idempotency key {0} was already used for a different request")]
+    IdempotencyKeyReused(String),
+    /// A response does not fit the request it answers.
+    #[error("{0}")]
+    InvalidResponse(ResponseProblem),
+    /// Anything the database reported.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl PersistenceError {
+    /// True when the database could not be reached (as opposed to refusing a statement).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            PersistenceError::Database(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+            )
+        )
+    }
+}
+
+/// Who acted: an operator, as the runbook's `operator` object gives it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operator {
+    /// Stable operator id.
+    pub id: String,
+    /// Name to show.
+    pub display_name: Option<String>,
+    /// Contact address.
+    pub email: Option<String>,
+}
+
+/// The run row's fields a transition needs, read under the row lock.
+#[derive(Debug, sqlx::FromRow)]
+struct LockedRun {
+    run_id: RunId,
+    status: RunStatus,
+    pending_request_id: Option<RequestId>,
+    version: i64,
+}
+
+async fn lock_run(conn: &mut PgConnection, run_id: &RunId) -> Result<LockedRun, PersistenceError> {
+    sqlx::query_as::<_, LockedRun>(
+        "select run_id, status, pending_request_id, version \
+         from orchestrator_runs where run_id = $1 for no key update",
+    )
+    .bind(run_id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| PersistenceError::NotFound {
+        entity: "run",
+        id: run_id.to_string(),
+    })
+}
+
+impl LockedRun {
+    /// Checks `t` against the state machine (and, when given, the caller's version).
+    fn check(
+        &self,
+        t: &Transition,
+        expected_version: Option<i64>,
+    ) -> Result<TransitionOutcome, PersistenceError> {
+        if let Some(expected) = expected_version
+            && expected != self.version
+        {
+            return Err(PersistenceError::StaleVersion {
+                run_id: self.run_id.clone(),
+                expected,
+                actual: self.version,
+            });
+        }
+        next_status(self.status, self.pending_request_id.as_ref(), t).map_err(|source| {
+            PersistenceError::Transition {
+                run_id: self.run_id.clone(),
+                source,
+            }
+        })
+    }
+}
+
+/// One audit event; `run_version` is the version the transition produced.
+#[derive(Debug, Default)]
+struct AuditEntry<'a> {
+    run_version: i64,
+    action: Option<AuditAction>,
+    request_id: Option<&'a RequestId>,
+    command_id: Option<&'a CommandId>,
+    operator: Option<&'a Operator>,
+    note: Option<&'a str>,
+    from_status: Option<RunStatus>,
+    to_status: Option<RunStatus>,
+    details: Option<Value>,
+}
+
+async fn append_audit(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+    e: AuditEntry<'_>,
+) -> Result<i64, PersistenceError> {
+    let id: i64 = sqlx::query_scalar(
+        "insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
+             operator_id, operator_display_name, operator_email, note, from_status, to_status, details) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, '{}'::jsonb)) \
+         returning event_id",
+    )
+    .bind(run_id)
+    .bind(e.run_version)
+    .bind(e.action)
+    .bind(e.request_id)
+    .bind(e.command_id)
+    .bind(e.operator.map(|o| o.id.as_str()))
+    .bind(e.operator.and_then(|o| o.display_name.as_deref()))
+    .bind(e.operator.and_then(|o| o.email.as_deref()))
+    .bind(e.note)
+    .bind(e.from_status)
+    .bind(e.to_status)
+    .bind(e.details)
+    .fetch_one(conn)
+    .await?;
+    Ok(id)
+}

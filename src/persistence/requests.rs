@@ -1,0 +1,316 @@
+//! HITL requests: checking answers against the request they answer, the pending inbox
+//! (oldest first, keyset-paginated), and expiry at the deadline.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::{PgExecutor, Postgres, QueryBuilder};
+
+use super::{AuditEntry, PersistenceError, Tx, append_audit, lock_run};
+use crate::domain::{
+    AuditAction, BriefId, RequestId, RequestStatus, ResponseType, RunId, RunStatus, ThreadId,
+    TimeoutAction, Transition,
+};
+
+/// One answer as an operator sends it (the runbook's `responses[]` items).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResponseInput {
+    /// The request answered; when present it must be the pending request.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// `approval`, `rejection`, `option` or `freeform`.
+    pub response_type: ResponseType,
+    /// Required for `approval`; `false` or absent for `rejection`.
+    #[serde(default)]
+    pub approved: Option<bool>,
+    /// Required for `option`: one of the request's option ids.
+    #[serde(default)]
+    pub option_id: Option<String>,
+    /// Required for `freeform`; allowed with any type.
+    #[serde(default)]
+    pub freeform_text: Option<String>,
+    /// Who answered.
+    #[serde(default)]
+    pub responder_id: Option<String>,
+    /// Their name to show.
+    #[serde(default)]
+    pub responder_display_name: Option<String>,
+}
+
+/// Why an answer does not fit its request, with the field path (`responses[1].optionId`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ResponseProblem {
+    /// The offending field, as a path into the request body.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The parts of a request its answers are checked against.
+pub struct RequestShape<'a> {
+    pub request_id: &'a RequestId,
+    pub response_types: &'a [String],
+    /// The offered options (`[{id, label}]`).
+    pub options: &'a Value,
+}
+
+/// Checks every answer against the request; the first problem found is returned and
+/// nothing may be written when there is one.
+pub fn validate_responses(
+    request: &RequestShape<'_>,
+    responses: &[ResponseInput],
+) -> Result<(), ResponseProblem> {
+    let problem = |field: String, message: String| Err(ResponseProblem { field, message });
+    if responses.is_empty() {
+        return problem(
+            "responses".into(),
+            "at least one response is required".into(),
+        );
+    }
+    if responses.len() > 100 {
+        return problem(
+            "responses".into(),
+            "at most 100 responses are accepted".into(),
+        );
+    }
+    let offered: Vec<&str> = request
+        .options
+        .as_array()
+        .map(|a| a.iter().filter_map(|o| o["id"].as_str()).collect())
+        .unwrap_or_default();
+    for (i, r) in responses.iter().enumerate() {
+        let at = |f: &str| format!("responses[{i}].{f}");
+        if let Some(id) = &r.request_id
+            && id != request.request_id.as_str()
+        {
+            return problem(
+                at("requestId"),
+                format!("must be the pending request {}", request.request_id),
+            );
+        }
+        if !request
+            .response_types
+            .iter()
+            .any(|t| t == r.response_type.as_str())
+        {
+            return problem(
+                at("responseType"),
+                format!(
+                    "\"{}\" is not accepted by this request (accepted: {})",
+                    r.response_type,
+                    request.response_types.join(", ")
+                ),
+            );
+        }
+        match r.response_type {
+            ResponseType::Approval if r.approved.is_none() => {
+                return problem(at("approved"), "is required for an approval".into());
+            }
+            ResponseType::Rejection if r.approved == Some(true) => {
+                return problem(
+                    at("approved"),
+                    "must be false or absent for a rejection".into(),
+                );
+            }
+            ResponseType::Option => match r.option_id.as_deref() {
+                None => return problem(at("optionId"), "is required for an option answer".into()),
+                Some(id) if !offered.contains(&id) => {
+                    return problem(
+                        at("optionId"),
+                        format!("\"{id}\" is not offered (offered: {})", offered.join(", ")),
+                    );
+                }
+                Some(_) => {}
+            },
+            ResponseType::Freeform
+                if r.freeform_text
+                    .as_deref()
+                    .is_none_or(|t| t.trim().is_empty()) =>
+            {
+                return problem(
+                    at("freeformText"),
+                    "is required for a freeform answer".into(),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Filters and position of one page of the pending inbox.
+#[derive(Clone, Debug, Default)]
+pub struct PendingFilter {
+    pub thread_id: Option<ThreadId>,
+    pub brief_id: Option<BriefId>,
+    pub node_id: Option<String>,
+    /// Start after this `(created_at, request_id)` (the last item of the previous page).
+    pub after: Option<(DateTime<Utc>, RequestId)>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// One pending request with what an operator needs to decide (the runbook's fields).
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingItem {
+    pub run_id: RunId,
+    pub thread_id: ThreadId,
+    pub brief_id: BriefId,
+    pub pending_request_id: RequestId,
+    pub pending_node_id: String,
+    pub operator_prompt: String,
+    pub contract_summary: Value,
+    pub response_types: Vec<String>,
+    pub options: Value,
+    pub execution_context: Value,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Lists pending requests, oldest first, by keyset (`created_at`, `request_id`), so a
+/// deep page costs the same as the first.
+pub async fn list_pending(
+    executor: impl PgExecutor<'_>,
+    filter: &PendingFilter,
+) -> Result<Vec<PendingItem>, PersistenceError> {
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+        "select r.run_id, r.thread_id, r.brief_id, r.request_id as pending_request_id, \
+             r.node_id as pending_node_id, r.operator_prompt, r.contract_summary, \
+             r.response_types, r.options, o.execution_context, r.created_at, r.expires_at \
+         from hitl_requests r join orchestrator_runs o on o.run_id = r.run_id \
+         where r.status = 'pending'",
+    );
+    if let Some(t) = &filter.thread_id {
+        q.push(" and r.thread_id = ")
+            .push_bind(t.as_str().to_owned());
+    }
+    if let Some(b) = &filter.brief_id {
+        q.push(" and r.brief_id = ")
+            .push_bind(b.as_str().to_owned());
+    }
+    if let Some(n) = &filter.node_id {
+        q.push(" and r.node_id = ").push_bind(n.clone());
+    }
+    if let Some((at, id)) = &filter.after {
+        q.push(" and (r.created_at, r.request_id) > (")
+            .push_bind(*at)
+            .push(", ")
+            .push_bind(id.as_str().to_owned())
+            .push(")");
+    }
+    q.push(" order by r.created_at, r.request_id limit ")
+        .push_bind(filter.limit);
+    Ok(q.build_query_as::<PendingItem>()
+        .fetch_all(executor)
+        .await?)
+}
+
+/// What an expiry did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpireOutcome {
+    /// The deadline passed and `action` was applied; the run is now `run_status`.
+    Expired {
+        action: TimeoutAction,
+        run_status: RunStatus,
+        version: i64,
+    },
+    /// The request was answered (or ended) first: nothing changed.
+    AlreadySettled(RequestStatus),
+    /// The deadline has not passed yet (or the request has none): nothing changed.
+    NotDue(Option<DateTime<Utc>>),
+}
+
+#[derive(sqlx::FromRow)]
+struct DeadlineRow {
+    run_id: RunId,
+    status: RequestStatus,
+    expires_at: Option<DateTime<Utc>>,
+    on_timeout: Option<TimeoutAction>,
+}
+
+/// Expires `request_id` if its deadline has passed by `now` and it is still pending:
+/// the request becomes `expired`, and the run goes back to `running` (the engine applies
+/// `reject` or `approve` on its next step) or, for `cancel`, ends `cancelled`. Racing
+/// with a resume, exactly one of them wins: both lock the run first.
+pub async fn expire_request(
+    tx: &mut Tx<'_>,
+    request_id: &RequestId,
+    now: DateTime<Utc>,
+) -> Result<ExpireOutcome, PersistenceError> {
+    let run_id: RunId =
+        sqlx::query_scalar("select run_id from hitl_requests where request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| PersistenceError::NotFound {
+                entity: "request",
+                id: request_id.to_string(),
+            })?;
+    let run = lock_run(tx, &run_id).await?;
+    // Read after the run lock: a request only changes under its run's lock.
+    let row: DeadlineRow = sqlx::query_as(
+        "select run_id, status, expires_at, on_timeout from hitl_requests where request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if row.status != RequestStatus::Pending {
+        return Ok(ExpireOutcome::AlreadySettled(row.status));
+    }
+    let (Some(expires_at), Some(action)) = (row.expires_at, row.on_timeout) else {
+        return Ok(ExpireOutcome::NotDue(None));
+    };
+    if expires_at > now {
+        return Ok(ExpireOutcome::NotDue(Some(expires_at)));
+    }
+    let outcome = run.check(
+        &Transition::Expire {
+            request_id: request_id.clone(),
+            action,
+        },
+        None,
+    )?;
+    sqlx::query(
+        "update hitl_requests set status = 'expired', resolved_at = now(), resolved_by = 'system' \
+         where request_id = $1",
+    )
+    .bind(request_id)
+    .execute(&mut **tx)
+    .await?;
+    let reason =
+        (outcome.status == RunStatus::Cancelled).then_some("the request's deadline passed");
+    let version: i64 = sqlx::query_scalar(
+        "update orchestrator_runs set status = $2, pending_request_id = null, \
+             status_reason = coalesce($3, status_reason), \
+             finished_at = case when $2 = 'cancelled' then now() end, \
+             version = version + 1, updated_at = now() \
+         where run_id = $1 returning version",
+    )
+    .bind(&row.run_id)
+    .bind(outcome.status)
+    .bind(reason)
+    .fetch_one(&mut **tx)
+    .await?;
+    append_audit(
+        tx,
+        &row.run_id,
+        AuditEntry {
+            run_version: version,
+            action: Some(AuditAction::Expire),
+            request_id: Some(request_id),
+            from_status: Some(run.status),
+            to_status: Some(outcome.status),
+            details: Some(json!({ "onTimeout": action, "expiresAt": expires_at })),
+            ..AuditEntry::default()
+        },
+    )
+    .await?;
+    Ok(ExpireOutcome::Expired {
+        action,
+        run_status: outcome.status,
+        version,
+    })
+}

@@ -1,0 +1,404 @@
+//! Runs: creation, lookup, and the transitions the engine makes while it executes a plan
+//! (start, checkpoint after a node, pause at a HITL node, finish).
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgExecutor};
+
+use super::{AuditEntry, PersistenceError, Tx, append_audit, lock_run};
+use crate::domain::{
+    AuditAction, BriefId, RequestId, ResponseType, RunId, RunStatus, ThreadId, TimeoutAction,
+    Transition,
+};
+
+/// The brief a new run works from.
+#[derive(Clone, Debug)]
+pub enum BriefInput {
+    /// Create a brief with this title and content.
+    New { title: String, content: Value },
+    /// Reuse an existing brief.
+    Existing(BriefId),
+}
+
+/// Everything a new run starts with.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    /// Its brief.
+    pub brief: BriefInput,
+    /// A client-chosen thread id; generated when absent.
+    pub thread_id: Option<ThreadId>,
+    /// The validated plan (JSON object).
+    pub plan: Value,
+    /// Initial execution context (JSON object).
+    pub execution_context: Value,
+    /// Initial runner metadata (JSON object).
+    pub runner_metadata: Value,
+}
+
+/// What creating a run returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedRun {
+    pub run_id: RunId,
+    pub thread_id: ThreadId,
+    pub brief_id: BriefId,
+    pub status: RunStatus,
+    pub version: i64,
+}
+
+/// Creates the brief (when new) and the run, `queued`, at version 1, with its
+/// `run_created` audit event.
+pub async fn create_run(tx: &mut Tx<'_>, new: NewRun) -> Result<CreatedRun, PersistenceError> {
+    let brief_id = match new.brief {
+        BriefInput::New { title, content } => {
+            let id = BriefId::new();
+            sqlx::query("insert into briefs (brief_id, title, content) values ($1, $2, $3)")
+                .bind(&id)
+                .bind(title)
+                .bind(content)
+                .execute(&mut **tx)
+                .await?;
+            id
+        }
+        BriefInput::Existing(id) => {
+            let exists: bool =
+                sqlx::query_scalar("select exists(select 1 from briefs where brief_id = $1)")
+                    .bind(&id)
+                    .fetch_one(&mut **tx)
+                    .await?;
+            if !exists {
+                return Err(PersistenceError::NotFound {
+                    entity: "brief",
+                    id: id.to_string(),
+                });
+            }
+            id
+        }
+    };
+    let run_id = RunId::new();
+    let thread_id = new.thread_id.unwrap_or_else(ThreadId::new);
+    // `on conflict do nothing` instead of catching the unique violation: a violation
+    // would abort the caller's transaction.
+    let inserted = sqlx::query(
+        "insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan, \
+             execution_context, runner_metadata) \
+         values ($1, $2, $3, 'queued', $4, $5, $6) on conflict (thread_id) do nothing",
+    )
+    .bind(&run_id)
+    .bind(&thread_id)
+    .bind(&brief_id)
+    .bind(&new.plan)
+    .bind(&new.execution_context)
+    .bind(&new.runner_metadata)
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(PersistenceError::ThreadTaken(thread_id.to_string()));
+    }
+    append_audit(
+        tx,
+        &run_id,
+        AuditEntry {
+            run_version: 1,
+            action: Some(AuditAction::RunCreated),
+            to_status: Some(RunStatus::Queued),
+            ..AuditEntry::default()
+        },
+    )
+    .await?;
+    Ok(CreatedRun {
+        run_id,
+        thread_id,
+        brief_id,
+        status: RunStatus::Queued,
+        version: 1,
+    })
+}
+
+/// How a caller names a run.
+#[derive(Clone, Debug)]
+pub enum RunRef {
+    /// By run id.
+    Id(RunId),
+    /// By thread id.
+    Thread(ThreadId),
+}
+
+/// The run's identity and position in the state machine, without its large documents.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RunHeader {
+    pub run_id: RunId,
+    pub thread_id: ThreadId,
+    pub brief_id: BriefId,
+    pub status: RunStatus,
+    pub pending_request_id: Option<RequestId>,
+    pub version: i64,
+}
+
+/// Finds a run by run id or thread id.
+pub async fn find_run(
+    executor: impl PgExecutor<'_>,
+    by: &RunRef,
+) -> Result<Option<RunHeader>, PersistenceError> {
+    const COLUMNS: &str = "select run_id, thread_id, brief_id, status, pending_request_id, version from orchestrator_runs";
+    let row = match by {
+        RunRef::Id(id) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{COLUMNS} where run_id = $1")))
+                .bind(id)
+                .fetch_optional(executor)
+                .await?
+        }
+        RunRef::Thread(id) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{COLUMNS} where thread_id = $1"
+            )))
+            .bind(id)
+            .fetch_optional(executor)
+            .await?
+        }
+    };
+    Ok(row)
+}
+
+/// The documents the engine writes back as a run moves on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepState {
+    /// The new execution context (JSON object).
+    pub execution_context: Value,
+    /// The new runner metadata: cursor, attempts, the agent runtime's runner state, agent
+    /// notes (JSON object).
+    pub runner_metadata: Value,
+    /// New plan artifacts, when the plan document itself changes (JSON object).
+    pub plan: Option<Value>,
+}
+
+async fn write_state(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+    status: RunStatus,
+    state: Option<&StepState>,
+    status_reason: Option<&str>,
+) -> Result<i64, PersistenceError> {
+    let version: i64 = sqlx::query_scalar(
+        "update orchestrator_runs set \
+             status = $2, \
+             execution_context = coalesce($3, execution_context), \
+             runner_metadata = coalesce($4, runner_metadata), \
+             plan = coalesce($5, plan), \
+             status_reason = coalesce($6, status_reason), \
+             finished_at = case when $2 in ('completed', 'failed', 'cancelled') then now() end, \
+             version = version + 1, updated_at = now() \
+         where run_id = $1 returning version",
+    )
+    .bind(run_id)
+    .bind(status)
+    .bind(state.map(|s| &s.execution_context))
+    .bind(state.map(|s| &s.runner_metadata))
+    .bind(state.and_then(|s| s.plan.as_ref()))
+    .bind(status_reason)
+    .fetch_one(conn)
+    .await?;
+    Ok(version)
+}
+
+/// `queued → running`: a worker begins executing the run.
+pub async fn start_run(
+    tx: &mut Tx<'_>,
+    run_id: &RunId,
+    expected_version: i64,
+) -> Result<i64, PersistenceError> {
+    let run = lock_run(tx, run_id).await?;
+    let outcome = run.check(&Transition::Start, Some(expected_version))?;
+    let version = write_state(tx, run_id, outcome.status, None, None).await?;
+    append_audit(
+        tx,
+        run_id,
+        AuditEntry {
+            run_version: version,
+            action: Some(outcome.audit_action),
+            from_status: Some(run.status),
+            to_status: Some(outcome.status),
+            ..AuditEntry::default()
+        },
+    )
+    .await?;
+    Ok(version)
+}
+
+/// Records that `node_id` finished and the run moved on (`running → running`), with the
+/// new state. Refused when `expected_version` is stale, so a worker that lost its lease
+/// cannot write. `action` is `node_completed`, or `hitl_disabled` when a HITL node was
+/// resolved by its policy because HITL is switched off.
+pub async fn checkpoint(
+    tx: &mut Tx<'_>,
+    run_id: &RunId,
+    expected_version: i64,
+    node_id: &str,
+    state: &StepState,
+    action: AuditAction,
+    details: Value,
+) -> Result<i64, PersistenceError> {
+    let run = lock_run(tx, run_id).await?;
+    let outcome = run.check(&Transition::Checkpoint, Some(expected_version))?;
+    let version = write_state(tx, run_id, outcome.status, Some(state), None).await?;
+    let mut details = details;
+    if let Value::Object(map) = &mut details {
+        map.insert("nodeId".into(), json!(node_id));
+    }
+    append_audit(
+        tx,
+        run_id,
+        AuditEntry {
+            run_version: version,
+            action: Some(action),
+            from_status: Some(run.status),
+            to_status: Some(outcome.status),
+            details: Some(details),
+            ..AuditEntry::default()
+        },
+    )
+    .await?;
+    Ok(version)
+}
+
+/// A HITL request to raise.
+#[derive(Clone, Debug)]
+pub struct NewRequest {
+    /// The node that pauses.
+    pub node_id: String,
+    /// What the operator is asked.
+    pub operator_prompt: String,
+    /// The kinds of answer accepted.
+    pub response_types: Vec<ResponseType>,
+    /// The options offered (`[{id, label}]`).
+    pub options: Value,
+    /// Facets and capability contract (JSON object).
+    pub contract_summary: Value,
+    /// The deadline, with what it does when it passes.
+    pub deadline: Option<(DateTime<Utc>, TimeoutAction)>,
+}
+
+/// `running → awaiting_hitl`: raises a request, makes it the run's pending request, and
+/// stores the state the run paused with.
+pub async fn raise_request(
+    tx: &mut Tx<'_>,
+    run_id: &RunId,
+    expected_version: i64,
+    request: &NewRequest,
+    state: &StepState,
+) -> Result<(RequestId, i64), PersistenceError> {
+    let request_id = RequestId::new();
+    let run = lock_run(tx, run_id).await?;
+    let outcome = run.check(
+        &Transition::RaiseRequest {
+            request_id: request_id.clone(),
+        },
+        Some(expected_version),
+    )?;
+    let response_types: Vec<&str> = request.response_types.iter().map(|t| t.as_str()).collect();
+    sqlx::query(
+        "insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, \
+             operator_prompt, response_types, options, contract_summary, expires_at, on_timeout) \
+         select $1, run_id, thread_id, brief_id, $3, $4, $5, $6, $7, $8, $9 \
+         from orchestrator_runs where run_id = $2",
+    )
+    .bind(&request_id)
+    .bind(run_id)
+    .bind(&request.node_id)
+    .bind(&request.operator_prompt)
+    .bind(&response_types)
+    .bind(&request.options)
+    .bind(&request.contract_summary)
+    .bind(request.deadline.map(|(at, _)| at))
+    .bind(request.deadline.map(|(_, action)| action))
+    .execute(&mut **tx)
+    .await?;
+    let version: i64 = sqlx::query_scalar(
+        "update orchestrator_runs set status = 'awaiting_hitl', pending_request_id = $2, \
+             execution_context = $3, runner_metadata = $4, plan = coalesce($5, plan), \
+             version = version + 1, updated_at = now() \
+         where run_id = $1 returning version",
+    )
+    .bind(run_id)
+    .bind(&request_id)
+    .bind(&state.execution_context)
+    .bind(&state.runner_metadata)
+    .bind(state.plan.as_ref())
+    .fetch_one(&mut **tx)
+    .await?;
+    append_audit(
+        tx,
+        run_id,
+        AuditEntry {
+            run_version: version,
+            action: Some(outcome.audit_action),
+            request_id: Some(&request_id),
+            from_status: Some(run.status),
+            to_status: Some(outcome.status),
+            details: Some(json!({ "nodeId": request.node_id })),
+            ..AuditEntry::default()
+        },
+    )
+    .await?;
+    Ok((request_id, version))
+}
+
+/// How the engine ends a run.
+#[derive(Clone, Debug)]
+pub struct Finish {
+    /// `completed`, `failed` or `cancelled`.
+    pub status: RunStatus,
+    /// Why (a failure message, the rejection that cancelled it).
+    pub reason: Option<String>,
+    /// The node that ended it, if one did.
+    pub node_id: Option<String>,
+    /// The final state, when it changed.
+    pub state: Option<StepState>,
+}
+
+/// `running → completed | failed | cancelled` (and `queued → failed`), by the engine.
+pub async fn finish_run(
+    tx: &mut Tx<'_>,
+    run_id: &RunId,
+    expected_version: i64,
+    finish: &Finish,
+) -> Result<i64, PersistenceError> {
+    let transition = match finish.status {
+        RunStatus::Completed => Transition::Complete,
+        RunStatus::Failed => Transition::Fail,
+        RunStatus::Cancelled => Transition::Cancel,
+        other => {
+            return Err(PersistenceError::Transition {
+                run_id: run_id.clone(),
+                source: crate::domain::TransitionError::IllegalFrom {
+                    from: other,
+                    transition: "finish",
+                },
+            });
+        }
+    };
+    let run = lock_run(tx, run_id).await?;
+    let outcome = run.check(&transition, Some(expected_version))?;
+    let version = write_state(
+        tx,
+        run_id,
+        outcome.status,
+        finish.state.as_ref(),
+        finish.reason.as_deref(),
+    )
+    .await?;
+    append_audit(
+        tx,
+        run_id,
+        AuditEntry {
+            run_version: version,
+            action: Some(outcome.audit_action),
+            note: finish.reason.as_deref(),
+            from_status: Some(run.status),
+            to_status: Some(outcome.status),
+            details: Some(json!({ "nodeId": finish.node_id })),
+            ..AuditEntry::default()
+        },
+    )
+    .await?;
+    Ok(version)
+}

@@ -1,0 +1,227 @@
+//! The full snapshot of a run — the run row with plan, context and runner metadata, every
+//! HITL request with its responses, and the audit log — read in one consistent view. It
+//! serialises to the run JSON of DESIGN.md (camelCase, every field present, `null` when
+//! empty), so the API and rehydration share one read model.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use super::PersistenceError;
+use crate::domain::{
+    AuditAction, BriefId, CommandId, RequestId, RequestStatus, ResponseId, ResponseType, RunId,
+    RunStatus, ThreadId, TimeoutAction,
+};
+
+/// The run row.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    pub run_id: RunId,
+    pub thread_id: ThreadId,
+    pub brief_id: BriefId,
+    pub status: RunStatus,
+    pub status_reason: Option<String>,
+    pub pending_request_id: Option<RequestId>,
+    pub version: i64,
+    pub plan: Value,
+    pub execution_context: Value,
+    pub runner_metadata: Value,
+    pub rehydrated_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One stored answer, with every field it was sent with.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseRecord {
+    pub response_id: ResponseId,
+    #[serde(skip)]
+    pub request_id: RequestId,
+    pub response_type: ResponseType,
+    pub approved: Option<bool>,
+    pub option_id: Option<String>,
+    pub freeform_text: Option<String>,
+    pub responder_id: Option<String>,
+    pub responder_display_name: Option<String>,
+    pub command_id: Option<CommandId>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One HITL request with its answers.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestRecord {
+    pub request_id: RequestId,
+    pub node_id: String,
+    pub status: RequestStatus,
+    pub operator_prompt: String,
+    pub response_types: Vec<String>,
+    pub options: Value,
+    pub contract_summary: Value,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub on_timeout: Option<TimeoutAction>,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<String>,
+    pub denial_reason: Option<String>,
+    #[sqlx(skip)]
+    pub responses: Vec<ResponseRecord>,
+}
+
+/// Who acted in an audit event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditOperator {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// One audit event (the run's `auditLog`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    pub event_id: i64,
+    pub run_version: i64,
+    pub action: AuditAction,
+    pub operator: Option<AuditOperator>,
+    pub note: Option<String>,
+    pub command_id: Option<CommandId>,
+    pub request_id: Option<RequestId>,
+    pub from_status: Option<RunStatus>,
+    pub to_status: RunStatus,
+    pub details: Value,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    event_id: i64,
+    run_version: i64,
+    action: AuditAction,
+    operator_id: Option<String>,
+    operator_display_name: Option<String>,
+    operator_email: Option<String>,
+    note: Option<String>,
+    command_id: Option<CommandId>,
+    request_id: Option<RequestId>,
+    from_status: Option<RunStatus>,
+    to_status: RunStatus,
+    details: Value,
+    created_at: DateTime<Utc>,
+}
+
+impl From<AuditRow> for AuditRecord {
+    fn from(r: AuditRow) -> Self {
+        Self {
+            event_id: r.event_id,
+            run_version: r.run_version,
+            action: r.action,
+            operator: r.operator_id.map(|id| AuditOperator {
+                id,
+                display_name: r.operator_display_name,
+                email: r.operator_email,
+            }),
+            note: r.note,
+            command_id: r.command_id,
+            request_id: r.request_id,
+            from_status: r.from_status,
+            to_status: r.to_status,
+            details: r.details,
+            at: r.created_at,
+        }
+    }
+}
+
+/// A run with everything that belongs to it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSnapshot {
+    #[serde(flatten)]
+    pub run: RunRecord,
+    /// Oldest first.
+    pub hitl_requests: Vec<RequestRecord>,
+    /// In the order the events were written.
+    pub audit_log: Vec<AuditRecord>,
+}
+
+/// Reads the snapshot in one repeatable-read, read-only transaction, so its parts agree
+/// with each other even while the run moves on.
+pub async fn load_snapshot(
+    pool: &PgPool,
+    run_id: &RunId,
+) -> Result<Option<RunSnapshot>, PersistenceError> {
+    let mut tx = pool
+        .begin_with("begin isolation level repeatable read read only")
+        .await?;
+    let snapshot = load_snapshot_in(&mut tx, run_id).await?;
+    tx.commit().await?;
+    Ok(snapshot)
+}
+
+/// Reads the snapshot on the caller's connection (inside its transaction, e.g. under the
+/// run's lock).
+pub async fn load_snapshot_in(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+) -> Result<Option<RunSnapshot>, PersistenceError> {
+    let Some(run) = sqlx::query_as::<_, RunRecord>(
+        "select run_id, thread_id, brief_id, status, status_reason, pending_request_id, version, \
+             plan, execution_context, runner_metadata, rehydrated_at, created_at, updated_at, \
+             finished_at \
+         from orchestrator_runs where run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let mut requests: Vec<RequestRecord> = sqlx::query_as(
+        "select request_id, node_id, status, operator_prompt, response_types, options, \
+             contract_summary, expires_at, on_timeout, created_at, resolved_at, resolved_by, \
+             denial_reason \
+         from hitl_requests where run_id = $1 order by created_at, request_id",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let responses: Vec<ResponseRecord> = sqlx::query_as(
+        "select response_id, request_id, response_type, approved, option_id, freeform_text, \
+             responder_id, responder_display_name, command_id, created_at \
+         from hitl_responses where run_id = $1 order by request_id, command_id, position",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut by_request: HashMap<RequestId, Vec<ResponseRecord>> = HashMap::new();
+    for r in responses {
+        by_request.entry(r.request_id.clone()).or_default().push(r);
+    }
+    for request in &mut requests {
+        request.responses = by_request.remove(&request.request_id).unwrap_or_default();
+    }
+    let audit_log = sqlx::query_as::<_, AuditRow>(
+        "select event_id, run_version, action, operator_id, operator_display_name, \
+             operator_email, note, command_id, request_id, from_status, to_status, details, \
+             created_at \
+         from run_audit_events where run_id = $1 order by event_id",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(AuditRecord::from)
+    .collect();
+    Ok(Some(RunSnapshot {
+        run,
+        hitl_requests: requests,
+        audit_log,
+    }))
+}
