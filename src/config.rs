@@ -196,6 +196,12 @@ pub struct CommonArgs {
     #[arg(long, env = "HITL_DB_STARTUP_TIMEOUT", default_value = "30s")]
     pub db_startup_timeout: Millis,
 
+    /// Whether HITL nodes pause for operators. When false, HITL nodes resolve by their
+    /// onTimeout policy (reject when they have none), audited as hitl_disabled, and
+    /// resume/remove answer 503 hitl_disabled.
+    #[arg(long, env = "HITL_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hitl_enabled: bool,
+
     /// Log line format on standard error (the level comes from RUST_LOG, default info).
     #[arg(long, env = "HITL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -36,6 +36,7 @@ fn each_role_documents_its_settings_and_their_environment_variables() {
     let common_vars = [
         "DATABASE_URL",
         "HITL_DATA_DIR",
+        "HITL_ENABLED",
         "HITL_PG_BIN_DIR",
         "HITL_DB_MAX_CONNECTIONS",
         "HITL_DB_ACQUIRE_TIMEOUT",

@@ -1,4 +1,99 @@
-//! Plan execution: the plans runs follow, and (as it grows) advancing a run node by
-//! node, pausing at HITL nodes and calling agents.
+//! Plan execution: a run advances node by node from its cursor, checkpointing through
+//! `persistence` after every node, until it pauses at a HITL node, completes, fails or
+//! is cancelled.
+//!
+//! [`Engine::advance`] is the one entry point that moves a run; the queue's advancement
+//! job calls it. It is safe to call at any time and any number of times: every write is
+//! fenced by the run's `version`, so a call that raced with another (or with an operator's
+//! remove) writes nothing once it falls behind.
 
+mod advance;
+pub mod capability;
 pub mod plan;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::domain::RunId;
+use crate::persistence::{self, CreatedRun, NewRun, PersistenceError, Tx};
+pub use advance::AdvanceOutcome;
+use capability::CapabilityRegistry;
+use plan::{Plan, PlanError};
+
+/// Why the engine could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The plan does not validate.
+    #[error("invalid plan: {0}")]
+    InvalidPlan(#[from] PlanError),
+    /// The run does not exist.
+    #[error("run {0} not found")]
+    RunNotFound(RunId),
+    /// A capability failed in a way worth retrying; nothing was written.
+    #[error("node {node_id} failed transiently: {message}")]
+    Transient { node_id: String, message: String },
+    /// The stored run is not something this engine can execute (a broken invariant).
+    #[error("run {run_id} cannot be executed: {message}")]
+    Corrupt { run_id: RunId, message: String },
+    /// The database refused or failed.
+    #[error(transparent)]
+    Persistence(#[from] PersistenceError),
+}
+
+/// The plan executor: the capabilities it can call and whether HITL pauses are on.
+#[derive(Clone)]
+pub struct Engine {
+    registry: Arc<CapabilityRegistry>,
+    hitl_enabled: bool,
+}
+
+impl Engine {
+    /// An engine calling `registry`'s capabilities. With `hitl_enabled` off (the
+    /// `HITL_ENABLED` flag), HITL nodes do not pause: they resolve by their `onTimeout`
+    /// policy (`reject` when they have none) and the audit says `hitl_disabled`.
+    pub fn new(registry: CapabilityRegistry, hitl_enabled: bool) -> Self {
+        Self {
+            registry: Arc::new(registry),
+            hitl_enabled,
+        }
+    }
+
+    /// An engine with the built-in capabilities only.
+    pub fn with_builtins(hitl_enabled: bool) -> Self {
+        Self::new(CapabilityRegistry::with_builtins(), hitl_enabled)
+    }
+
+    /// Whether HITL nodes pause for operators.
+    pub fn hitl_enabled(&self) -> bool {
+        self.hitl_enabled
+    }
+
+    /// The capabilities plans may name.
+    pub fn registry(&self) -> &CapabilityRegistry {
+        &self.registry
+    }
+
+    /// Validates a client's plan against this engine's capabilities.
+    pub fn validate_plan(&self, plan: &Value) -> Result<Plan, PlanError> {
+        Plan::parse(plan, &|name| self.registry.contains(name))
+    }
+
+    /// Validates the plan and creates the run (queued) with the plan in canonical form,
+    /// in the caller's transaction.
+    pub async fn create_run(
+        &self,
+        tx: &mut Tx<'_>,
+        mut new: NewRun,
+    ) -> Result<CreatedRun, EngineError> {
+        let plan = self.validate_plan(&new.plan)?;
+        new.plan = plan.to_json();
+        if !new.execution_context.is_object() {
+            new.execution_context = json!({});
+        }
+        if !new.runner_metadata.is_object() {
+            new.runner_metadata = json!({});
+        }
+        Ok(persistence::create_run(tx, new).await?)
+    }
+}

@@ -522,12 +522,8 @@ fn parse_options(
             "must list at least one option when responseTypes includes \"option\"",
         ));
     }
-    if !wanted && !items.is_empty() {
-        return Err(at.error(
-            field,
-            "must be empty unless responseTypes includes \"option\"",
-        ));
-    }
+    // Options without the `option` response type are allowed: DESIGN.md's own example
+    // offers them as suggestions the operator may mention in a freeform answer.
     let mut options: Vec<HitlOption> = Vec::with_capacity(items.len());
     // Nothing bounds the number of options but the body size, so look ids up in a map
     // rather than rescanning the list for each one.

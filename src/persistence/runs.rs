@@ -263,6 +263,9 @@ pub async fn checkpoint(
 /// A HITL request to raise.
 #[derive(Clone, Debug)]
 pub struct NewRequest {
+    /// The id to raise it under (the caller records it in the runner metadata it
+    /// writes in the same transaction).
+    pub request_id: RequestId,
     /// The node that pauses.
     pub node_id: String,
     /// What the operator is asked.
@@ -286,7 +289,7 @@ pub async fn raise_request(
     request: &NewRequest,
     state: &StepState,
 ) -> Result<(RequestId, i64), PersistenceError> {
-    let request_id = RequestId::new();
+    let request_id = request.request_id.clone();
     let run = lock_run(tx, run_id).await?;
     let outcome = run.check(
         &Transition::RaiseRequest {

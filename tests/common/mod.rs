@@ -371,6 +371,7 @@ pub mod fixtures {
         deadline: Option<(chrono::DateTime<chrono::Utc>, TimeoutAction)>,
     ) -> NewRequest {
         NewRequest {
+            request_id: RequestId::new(),
             node_id: node.into(),
             operator_prompt: format!("Decide on {node}"),
             response_types: vec![

@@ -1,0 +1,576 @@
+//! Advancing one run: execute nodes from the cursor, write a checkpoint after each, and
+//! stop at a pause or the end of the run.
+//!
+//! The cursor, the request a node waits on, and capabilities' runner state live in the
+//! run's `runner_metadata`:
+//! `{"cursor": "<node id>", "awaitingRequestId": "hitl_req_…", "runnerState": {"<node>": …},
+//!   "agentNotes": {"<node>": …}}` (other keys are kept as they are).
+//! A node's outcome and the checkpoint that moves the cursor past it are one transaction,
+//! so a crash between nodes repeats at most the node that was running.
+
+use chrono::{Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+
+use super::capability::{CapabilityCall, CapabilityOutcome, Interrupt};
+use super::plan::{HitlNode, NodeKind, Plan, TaskNode};
+use super::{Engine, EngineError};
+use crate::domain::{
+    AuditAction, RejectionPolicy, RequestId, RequestStatus, ResponseType, RunId, RunStatus,
+    TimeoutAction,
+};
+use crate::persistence::{
+    self, Finish, NewRequest, PersistenceError, RequestRecord, RunSnapshot, StepState,
+};
+
+/// What one call to [`Engine::advance`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdvanceOutcome {
+    /// The run paused at a HITL request.
+    Paused { request_id: RequestId, version: i64 },
+    /// The run ended.
+    Finished { status: RunStatus, version: i64 },
+    /// Nothing to do: the run waits on an operator or had already ended.
+    Idle { status: RunStatus },
+    /// Someone else moved the run on first (a racing advancement, an operator's remove);
+    /// this call stopped without writing anything more.
+    Superseded,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunnerMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    awaiting_request_id: Option<RequestId>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    runner_state: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    agent_notes: Map<String, Value>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// How an operator's (or a policy's) answer reads for the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Decision {
+    Approved,
+    Rejected,
+    Option(String),
+    Answered,
+    Cancel,
+}
+
+impl Decision {
+    fn name(&self) -> &'static str {
+        match self {
+            Decision::Approved => "approved",
+            Decision::Rejected => "rejected",
+            Decision::Option(_) => "option",
+            Decision::Answered => "answered",
+            Decision::Cancel => "cancel",
+        }
+    }
+}
+
+/// What the current node leads to.
+enum Step {
+    /// Move on to node `to` (`None`: the run is complete).
+    Next {
+        to: Option<usize>,
+        action: AuditAction,
+        details: Value,
+    },
+    /// Pause on a request.
+    Pause(NewRequest),
+    /// End the run.
+    End {
+        status: RunStatus,
+        reason: String,
+        /// Audit `hitl_disabled` first (a disabled HITL node decided this).
+        disabled: Option<Value>,
+    },
+}
+
+/// Maps a fencing refusal to "stop, someone else moved on"; other errors propagate.
+fn fenced<T>(result: Result<T, PersistenceError>) -> Result<Option<T>, EngineError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(PersistenceError::StaleVersion { .. } | PersistenceError::Transition { .. }) => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Engine {
+    /// Advances `run_id` as far as it can go now. See the module docs of `engine`.
+    pub async fn advance(
+        &self,
+        pool: &PgPool,
+        run_id: &RunId,
+    ) -> Result<AdvanceOutcome, EngineError> {
+        let snap = persistence::load_snapshot(pool, run_id)
+            .await?
+            .ok_or_else(|| EngineError::RunNotFound(run_id.clone()))?;
+        let status = snap.run.status;
+        if status.is_terminal() || status == RunStatus::AwaitingHitl {
+            return Ok(AdvanceOutcome::Idle { status });
+        }
+        let corrupt = |message: String| EngineError::Corrupt {
+            run_id: run_id.clone(),
+            message,
+        };
+        // Only `nodes` is the plan proper; other keys are artifacts kept beside it.
+        let plan = Plan::parse(&json!({ "nodes": snap.run.plan["nodes"] }), &|n| {
+            self.registry.contains(n)
+        })
+        .map_err(|e| corrupt(format!("stored plan: {e}")))?;
+        let mut meta: RunnerMeta = serde_json::from_value(snap.run.runner_metadata.clone())
+            .map_err(|e| corrupt(format!("runner metadata: {e}")))?;
+        let mut ctx = snap
+            .run
+            .execution_context
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let mut version = snap.run.version;
+
+        if status == RunStatus::Queued {
+            let mut tx = pool.begin().await.map_err(PersistenceError::from)?;
+            let Some(v) = fenced(persistence::start_run(&mut tx, run_id, version).await)? else {
+                return Ok(AdvanceOutcome::Superseded);
+            };
+            tx.commit().await.map_err(PersistenceError::from)?;
+            version = v;
+        }
+
+        let mut index = match &meta.cursor {
+            None => 0,
+            Some(id) => plan
+                .position(id)
+                .ok_or_else(|| corrupt(format!("cursor names no node: {id}")))?,
+        };
+        loop {
+            let node = &plan.nodes[index];
+            let step = match &node.kind {
+                NodeKind::Hitl(h) => self.hitl_step(&plan, index, h, &snap, &mut meta, &mut ctx)?,
+                NodeKind::Task(t) => {
+                    self.task_step(&snap, &node.id, index, t, &plan, &mut meta, &mut ctx)
+                        .await?
+                }
+            };
+            match step {
+                Step::Next {
+                    to,
+                    action,
+                    details,
+                } => {
+                    meta.cursor = to.map(|i| plan.nodes[i].id.clone());
+                    let state = step_state(&ctx, &meta)?;
+                    let mut tx = pool.begin().await.map_err(PersistenceError::from)?;
+                    let Some(i) = to else {
+                        let finish = Finish {
+                            status: RunStatus::Completed,
+                            reason: None,
+                            node_id: Some(node.id.clone()),
+                            state: Some(state),
+                        };
+                        let Some(v) = fenced(
+                            persistence::finish_run(&mut tx, run_id, version, &finish).await,
+                        )?
+                        else {
+                            return Ok(AdvanceOutcome::Superseded);
+                        };
+                        tx.commit().await.map_err(PersistenceError::from)?;
+                        return Ok(AdvanceOutcome::Finished {
+                            status: RunStatus::Completed,
+                            version: v,
+                        });
+                    };
+                    let result = persistence::checkpoint(
+                        &mut tx, run_id, version, &node.id, &state, action, details,
+                    )
+                    .await;
+                    let Some(v) = fenced(result)? else {
+                        return Ok(AdvanceOutcome::Superseded);
+                    };
+                    tx.commit().await.map_err(PersistenceError::from)?;
+                    version = v;
+                    index = i;
+                }
+                Step::Pause(request) => {
+                    meta.cursor = Some(node.id.clone());
+                    meta.awaiting_request_id = Some(request.request_id.clone());
+                    let state = step_state(&ctx, &meta)?;
+                    let mut tx = pool.begin().await.map_err(PersistenceError::from)?;
+                    let result =
+                        persistence::raise_request(&mut tx, run_id, version, &request, &state)
+                            .await;
+                    let Some((request_id, v)) = fenced(result)? else {
+                        return Ok(AdvanceOutcome::Superseded);
+                    };
+                    tx.commit().await.map_err(PersistenceError::from)?;
+                    return Ok(AdvanceOutcome::Paused {
+                        request_id,
+                        version: v,
+                    });
+                }
+                Step::End {
+                    status,
+                    reason,
+                    disabled,
+                } => {
+                    let state = step_state(&ctx, &meta)?;
+                    let mut tx = pool.begin().await.map_err(PersistenceError::from)?;
+                    if let Some(details) = disabled {
+                        let result = persistence::checkpoint(
+                            &mut tx,
+                            run_id,
+                            version,
+                            &node.id,
+                            &state,
+                            AuditAction::HitlDisabled,
+                            details,
+                        )
+                        .await;
+                        let Some(v) = fenced(result)? else {
+                            return Ok(AdvanceOutcome::Superseded);
+                        };
+                        version = v;
+                    }
+                    let finish = Finish {
+                        status,
+                        reason: Some(reason),
+                        node_id: Some(node.id.clone()),
+                        state: Some(state),
+                    };
+                    let Some(v) =
+                        fenced(persistence::finish_run(&mut tx, run_id, version, &finish).await)?
+                    else {
+                        return Ok(AdvanceOutcome::Superseded);
+                    };
+                    tx.commit().await.map_err(PersistenceError::from)?;
+                    return Ok(AdvanceOutcome::Finished { status, version: v });
+                }
+            }
+        }
+    }
+
+    fn hitl_step(
+        &self,
+        plan: &Plan,
+        index: usize,
+        h: &HitlNode,
+        snap: &RunSnapshot,
+        meta: &mut RunnerMeta,
+        ctx: &mut Map<String, Value>,
+    ) -> Result<Step, EngineError> {
+        let node_id = &plan.nodes[index].id;
+        if let Some(request_id) = meta.awaiting_request_id.take() {
+            let request = awaited(snap, &request_id)?;
+            let decision = match request.status {
+                RequestStatus::Resolved => decide(request),
+                RequestStatus::Expired => match request.on_timeout {
+                    Some(TimeoutAction::Approve) => Decision::Approved,
+                    _ => Decision::Rejected,
+                },
+                other => {
+                    return Err(EngineError::Corrupt {
+                        run_id: snap.run.run_id.clone(),
+                        message: format!("running, but request {request_id} is {other}"),
+                    });
+                }
+            };
+            ctx.insert(node_id.clone(), answer_record(request, &decision));
+            let details = json!({ "requestId": request_id, "decision": decision.name() });
+            return Ok(follow(
+                plan,
+                index,
+                h,
+                decision,
+                AuditAction::NodeCompleted,
+                details,
+                request,
+            ));
+        }
+        if !self.hitl_enabled {
+            let action = h.on_timeout.unwrap_or(TimeoutAction::Reject);
+            let decision = match action {
+                TimeoutAction::Approve => Decision::Approved,
+                TimeoutAction::Reject => Decision::Rejected,
+                TimeoutAction::Cancel => Decision::Cancel,
+            };
+            ctx.insert(
+                node_id.clone(),
+                json!({ "requestId": null, "status": "hitl_disabled", "decision": decision.name(),
+                        "optionId": null, "responses": [] }),
+            );
+            let details = json!({ "onTimeout": action, "decision": decision.name() });
+            let step = follow_policy(plan, index, h, decision, "HITL is disabled".into());
+            return Ok(match step {
+                Step::Next { to, .. } => Step::Next {
+                    to,
+                    action: AuditAction::HitlDisabled,
+                    details,
+                },
+                Step::End { status, reason, .. } => Step::End {
+                    status,
+                    reason,
+                    disabled: Some(details),
+                },
+                pause @ Step::Pause(_) => pause,
+            });
+        }
+        Ok(Step::Pause(NewRequest {
+            request_id: RequestId::new(),
+            node_id: node_id.clone(),
+            operator_prompt: h.prompt.clone(),
+            response_types: h.response_types.clone(),
+            options: options_json(&h.options),
+            contract_summary: json!({ "facets": h.contract.facets,
+                                      "capabilityContract": h.contract.capability_contract }),
+            deadline: h.timeout_seconds.map(|s| {
+                let at =
+                    Utc::now() + Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000));
+                (at, h.on_timeout.unwrap_or(TimeoutAction::Reject))
+            }),
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn task_step(
+        &self,
+        snap: &RunSnapshot,
+        node_id: &str,
+        index: usize,
+        t: &TaskNode,
+        plan: &Plan,
+        meta: &mut RunnerMeta,
+        ctx: &mut Map<String, Value>,
+    ) -> Result<Step, EngineError> {
+        let capability = self
+            .registry
+            .get(&t.capability)
+            .ok_or_else(|| EngineError::Corrupt {
+                run_id: snap.run.run_id.clone(),
+                message: format!("unknown capability {}", t.capability),
+            })?;
+        let resumed = match meta.awaiting_request_id.take() {
+            Some(id) => Some(awaited(snap, &id)?),
+            None => None,
+        };
+        let context = Value::Object(ctx.clone());
+        let call = CapabilityCall {
+            run_id: &snap.run.run_id,
+            thread_id: &snap.run.thread_id,
+            node_id,
+            input: &t.input,
+            config: &t.config,
+            execution_context: &context,
+            runner_state: meta.runner_state.get(node_id),
+            responses: resumed.map(|r| r.responses.as_slice()),
+        };
+        let outcome = capability
+            .call(call)
+            .await
+            .map_err(|e| EngineError::Transient {
+                node_id: node_id.to_owned(),
+                message: e.0,
+            })?;
+        Ok(match outcome {
+            CapabilityOutcome::Completed {
+                merge,
+                runner_state,
+                notes,
+            } => {
+                ctx.extend(merge);
+                if let Some(state) = runner_state {
+                    meta.runner_state.insert(node_id.to_owned(), state);
+                }
+                if let Some(notes) = notes {
+                    meta.agent_notes.insert(node_id.to_owned(), notes);
+                }
+                let to = (index + 1 < plan.nodes.len()).then_some(index + 1);
+                Step::Next {
+                    to,
+                    action: AuditAction::NodeCompleted,
+                    details: json!({ "capability": t.capability }),
+                }
+            }
+            CapabilityOutcome::Failed { message } => Step::End {
+                status: RunStatus::Failed,
+                reason: message,
+                disabled: None,
+            },
+            CapabilityOutcome::Interrupted {
+                request,
+                runner_state,
+            } => {
+                if let Some(state) = runner_state {
+                    meta.runner_state.insert(node_id.to_owned(), state);
+                }
+                Step::Pause(interrupt_request(node_id, request))
+            }
+        })
+    }
+}
+
+fn awaited<'s>(snap: &'s RunSnapshot, id: &RequestId) -> Result<&'s RequestRecord, EngineError> {
+    snap.hitl_requests
+        .iter()
+        .find(|r| &r.request_id == id)
+        .ok_or_else(|| EngineError::Corrupt {
+            run_id: snap.run.run_id.clone(),
+            message: format!("awaited request {id} does not exist"),
+        })
+}
+
+fn step_state(ctx: &Map<String, Value>, meta: &RunnerMeta) -> Result<StepState, EngineError> {
+    // Serialising maps and strings cannot fail; an error here would be a serde bug.
+    let runner_metadata = serde_json::to_value(meta).map_err(|e| {
+        EngineError::Persistence(PersistenceError::Database(sqlx::Error::Encode(Box::new(e))))
+    })?;
+    Ok(StepState {
+        execution_context: Value::Object(ctx.clone()),
+        runner_metadata,
+        plan: None,
+    })
+}
+
+/// A rejection (a `rejection` answer, or `approved: false`) wins over everything; else an
+/// option answer; else an approval, else a freeform-only answer.
+fn decide(request: &RequestRecord) -> Decision {
+    let rs = &request.responses;
+    if rs
+        .iter()
+        .any(|r| r.response_type == ResponseType::Rejection || r.approved == Some(false))
+    {
+        return Decision::Rejected;
+    }
+    if let Some(option) = rs.iter().find_map(|r| {
+        r.option_id
+            .clone()
+            .filter(|_| r.response_type == ResponseType::Option)
+    }) {
+        return Decision::Option(option);
+    }
+    if rs.iter().any(|r| r.response_type == ResponseType::Approval) {
+        return Decision::Approved;
+    }
+    Decision::Answered
+}
+
+/// What later nodes see of a HITL node's answer, under the node's id.
+fn answer_record(request: &RequestRecord, decision: &Decision) -> Value {
+    let option = match decision {
+        Decision::Option(id) => Some(id.clone()),
+        _ => None,
+    };
+    let responses: Vec<Value> = request
+        .responses
+        .iter()
+        .map(|r| {
+            json!({ "responseType": r.response_type, "approved": r.approved, "optionId": r.option_id,
+                    "freeformText": r.freeform_text, "responderId": r.responder_id,
+                    "responderDisplayName": r.responder_display_name })
+        })
+        .collect();
+    json!({ "requestId": request.request_id, "status": request.status, "decision": decision.name(),
+            "optionId": option, "responses": responses })
+}
+
+fn follow(
+    plan: &Plan,
+    index: usize,
+    h: &HitlNode,
+    decision: Decision,
+    action: AuditAction,
+    details: Value,
+    request: &RequestRecord,
+) -> Step {
+    let why = request
+        .responses
+        .iter()
+        .filter_map(|r| r.freeform_text.as_deref())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let who = if request.status == RequestStatus::Expired {
+        "its deadline passed".to_owned()
+    } else if why.is_empty() {
+        "rejected by the operator".to_owned()
+    } else {
+        format!("rejected by the operator: {why}")
+    };
+    match follow_policy(plan, index, h, decision, who) {
+        Step::Next { to, .. } => Step::Next {
+            to,
+            action,
+            details,
+        },
+        other => other,
+    }
+}
+
+/// Applies the node's policy to a decision: `onRejection` for a rejection, `next` for an
+/// option, else the next node in order.
+fn follow_policy(plan: &Plan, index: usize, h: &HitlNode, decision: Decision, why: String) -> Step {
+    let node_id = &plan.nodes[index].id;
+    let in_order = (index + 1 < plan.nodes.len()).then_some(index + 1);
+    let next = |to| Step::Next {
+        to,
+        action: AuditAction::NodeCompleted,
+        details: json!({}),
+    };
+    match decision {
+        Decision::Rejected => match h.on_rejection {
+            RejectionPolicy::Fail => Step::End {
+                status: RunStatus::Failed,
+                reason: format!("node {node_id}: {why}"),
+                disabled: None,
+            },
+            RejectionPolicy::Cancel => Step::End {
+                status: RunStatus::Cancelled,
+                reason: format!("node {node_id}: {why}"),
+                disabled: None,
+            },
+            RejectionPolicy::Continue => next(in_order),
+        },
+        Decision::Cancel => Step::End {
+            status: RunStatus::Cancelled,
+            reason: format!("node {node_id}: {why}"),
+            disabled: None,
+        },
+        Decision::Option(option) => {
+            match h.next.get(&option).and_then(|target| plan.position(target)) {
+                Some(target) => next(Some(target)),
+                None => next(in_order),
+            }
+        }
+        Decision::Approved | Decision::Answered => next(in_order),
+    }
+}
+
+fn options_json(options: &[super::plan::HitlOption]) -> Value {
+    Value::Array(
+        options
+            .iter()
+            .map(|o| json!({ "id": o.id, "label": o.label }))
+            .collect(),
+    )
+}
+
+fn interrupt_request(node_id: &str, i: Interrupt) -> NewRequest {
+    NewRequest {
+        request_id: RequestId::new(),
+        node_id: node_id.to_owned(),
+        operator_prompt: i.prompt,
+        response_types: i.response_types,
+        options: options_json(&i.options),
+        contract_summary: json!({ "facets": i.contract.facets,
+                                  "capabilityContract": i.contract.capability_contract }),
+        deadline: None,
+    }
+}

@@ -1,0 +1,152 @@
+//! Capabilities: what a `task` node runs. A registry maps names to implementations; the
+//! built-ins need no network (`set`, `fail`), and the agent webhook plugs in the same way.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::plan::{Contract, HitlOption};
+use crate::domain::{ResponseType, RunId, ThreadId};
+use crate::persistence::ResponseRecord;
+
+/// A boxed future, so capabilities can be stored as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything a capability is given for one call.
+#[derive(Clone, Copy, Debug)]
+pub struct CapabilityCall<'a> {
+    pub run_id: &'a RunId,
+    pub thread_id: &'a ThreadId,
+    pub node_id: &'a str,
+    /// The node's `input`.
+    pub input: &'a Map<String, Value>,
+    /// The node's `config`.
+    pub config: &'a Map<String, Value>,
+    /// The run's execution context as it is before this node.
+    pub execution_context: &'a Value,
+    /// The runner state this node returned last time (after an interruption).
+    pub runner_state: Option<&'a Value>,
+    /// The operator's answers, when this call resumes the node after it interrupted.
+    pub responses: Option<&'a [ResponseRecord]>,
+}
+
+/// A HITL request a capability raises of its own (an agent's tool-approval interruption).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interrupt {
+    pub prompt: String,
+    pub response_types: Vec<ResponseType>,
+    pub options: Vec<HitlOption>,
+    pub contract: Contract,
+}
+
+/// How a call ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CapabilityOutcome {
+    /// Done: `merge` is merged into the execution context (top-level keys replaced);
+    /// `runner_state` and `notes` are kept in the runner metadata under the node id.
+    Completed {
+        merge: Map<String, Value>,
+        runner_state: Option<Value>,
+        notes: Option<Value>,
+    },
+    /// Paused: the run waits on `request`; on resume the node is called again with the
+    /// answers and this `runner_state`.
+    Interrupted {
+        request: Interrupt,
+        runner_state: Option<Value>,
+    },
+    /// The node failed for good; the run fails with `message`.
+    Failed { message: String },
+}
+
+/// A failure worth retrying (network, timeout, 5xx): nothing is written, and the
+/// advancement is tried again later.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TransientError(pub String);
+
+/// What a task node can run.
+pub trait Capability: Send + Sync {
+    /// Runs the capability once.
+    fn call<'a>(
+        &'a self,
+        call: CapabilityCall<'a>,
+    ) -> BoxFuture<'a, Result<CapabilityOutcome, TransientError>>;
+}
+
+/// The capabilities by name.
+#[derive(Clone, Default)]
+pub struct CapabilityRegistry {
+    by_name: BTreeMap<String, Arc<dyn Capability>>,
+}
+
+impl CapabilityRegistry {
+    /// A registry with the built-in capabilities `set` and `fail`.
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::default();
+        registry.register("set", Arc::new(Set));
+        registry.register("fail", Arc::new(Fail));
+        registry
+    }
+
+    /// Adds (or replaces) a capability.
+    pub fn register(&mut self, name: impl Into<String>, capability: Arc<dyn Capability>) {
+        self.by_name.insert(name.into(), capability);
+    }
+
+    /// The capability called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Capability>> {
+        self.by_name.get(name)
+    }
+
+    /// Whether `name` is registered (plans naming others are refused).
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
+
+/// `set`: merges the node's `input` into the execution context.
+struct Set;
+
+impl Capability for Set {
+    fn call<'a>(
+        &'a self,
+        call: CapabilityCall<'a>,
+    ) -> BoxFuture<'a, Result<CapabilityOutcome, TransientError>> {
+        Box::pin(async move {
+            Ok(CapabilityOutcome::Completed {
+                merge: call.input.clone(),
+                runner_state: None,
+                notes: None,
+            })
+        })
+    }
+}
+
+/// `fail`: fails the node with `input.message`, to exercise failure paths.
+struct Fail;
+
+impl Capability for Fail {
+    fn call<'a>(
+        &'a self,
+        call: CapabilityCall<'a>,
+    ) -> BoxFuture<'a, Result<CapabilityOutcome, TransientError>> {
+        Box::pin(async move {
+            let message = call
+                .input
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("the node failed (capability `fail`)")
+                .to_owned();
+            Ok(CapabilityOutcome::Failed { message })
+        })
+    }
+}
