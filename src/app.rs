@@ -1,6 +1,7 @@
 //! Process roles (`serve`, `api`, `worker`, `migrate`): open the database, start what
 //! the role runs, and shut everything down in order on Ctrl-C or SIGTERM — HTTP server
-//! and workers first, then the pool, then the embedded PostgreSQL if this process owns it.
+//! and workers first (each within the grace period), then the pool, then the embedded
+//! PostgreSQL if this process owns it.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -10,8 +11,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::{Cli, Command, HttpArgs};
+use crate::config::{Cli, Command, HttpArgs, WorkerOptions};
 use crate::db::{Database, DbError};
+use crate::engine::Engine;
+use crate::jobs::{Worker, WorkerSettings};
 
 /// Errors that end the process.
 #[derive(Debug, thiserror::Error)]
@@ -33,17 +36,33 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let shutdown = CancellationToken::new();
     spawn_signal_listener(shutdown.clone());
 
-    let db = Database::open(cli.command.common()).await?;
+    let common = cli.command.common();
+    let db = Database::open(common).await?;
+    let engine = Engine::with_builtins(common.hitl_enabled);
+    let grace = common.shutdown_grace.0;
+    let worker = |options: &WorkerOptions| {
+        Worker::new(
+            db.pool.clone(),
+            engine.clone(),
+            WorkerSettings::from_options(options, grace),
+        )
+    };
     let result = match &cli.command {
         Command::Migrate(_) => {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Serve(args) => serve_http(&args.http, &db, shutdown.clone()).await,
-        Command::Api(args) => serve_http(&args.http, &db, shutdown.clone()).await,
-        Command::Worker(_) => {
-            tracing::info!("worker started; waiting for jobs");
-            shutdown.cancelled().await;
+        Command::Serve(args) => {
+            let worker = tokio::spawn(worker(&args.worker).run(shutdown.clone()));
+            let http = serve_http(&args.http, grace, &db, shutdown.clone()).await;
+            // A server that could not start takes the workers down with it.
+            shutdown.cancel();
+            let _ = worker.await;
+            http
+        }
+        Command::Api(args) => serve_http(&args.http, grace, &db, shutdown.clone()).await,
+        Command::Worker(args) => {
+            worker(&args.worker).run(shutdown.clone()).await;
             Ok(())
         }
     };
@@ -53,6 +72,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
 
 async fn serve_http(
     http: &HttpArgs,
+    grace: Duration,
     db: &Database,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
@@ -71,7 +91,6 @@ async fn serve_http(
     let app = api::router(AppState {
         pool: db.pool.clone(),
     });
-    let grace = http.shutdown_grace.0;
     let stop = shutdown.clone();
     let server =
         axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });

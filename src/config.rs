@@ -109,13 +109,17 @@ impl FromStr for Millis {
             (n, 1_000)
         } else if let Some(n) = s.strip_suffix('m') {
             (n, 60_000)
+        } else if let Some(n) = s.strip_suffix('h') {
+            (n, 3_600_000)
+        } else if let Some(n) = s.strip_suffix('d') {
+            (n, 86_400_000)
         } else {
             (s, 1)
         };
         let n: u64 = number
             .trim()
             .parse()
-            .map_err(|_| format!("`{s}` is not a duration (examples: 500ms, 5s, 2m)"))?;
+            .map_err(|_| format!("`{s}` is not a duration (examples: 500ms, 5s, 2m, 1h, 7d)"))?;
         Ok(Self(Duration::from_millis(n.saturating_mul(factor))))
     }
 }
@@ -202,6 +206,11 @@ pub struct CommonArgs {
     #[arg(long, env = "HITL_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub hitl_enabled: bool,
 
+    /// How long a graceful shutdown waits for in-flight requests and jobs; jobs still
+    /// running then are released back to the queue.
+    #[arg(long, env = "HITL_SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: Millis,
+
     /// Log line format on standard error (the level comes from RUST_LOG, default info).
     #[arg(long, env = "HITL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -217,10 +226,62 @@ pub struct HttpArgs {
     /// Bearer token with every scope (at least 16 characters).
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
+}
 
-    /// How long a graceful shutdown waits for in-flight requests before it gives up.
-    #[arg(long, env = "HITL_SHUTDOWN_GRACE", default_value = "10s")]
-    pub shutdown_grace: Millis,
+/// Settings of the queue workers (`serve` and `worker`).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerOptions {
+    /// Jobs one worker process runs at once (the pool needs this many connections plus 4).
+    #[arg(long, env = "HITL_WORKER_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub worker_concurrency: u32,
+
+    /// Most jobs claimed in one query.
+    #[arg(long, env = "HITL_WORKER_BATCH_SIZE", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub worker_batch_size: u32,
+
+    /// How often an idle worker looks for due jobs (delayed jobs and missed
+    /// notifications are found this way; new jobs wake it at once through LISTEN/NOTIFY).
+    #[arg(long, env = "HITL_WORKER_POLL_INTERVAL", default_value = "1s")]
+    pub worker_poll_interval: Millis,
+
+    /// Wake up on PostgreSQL notifications of new jobs (LISTEN/NOTIFY).
+    #[arg(long, env = "HITL_WORKER_LISTEN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub worker_listen: bool,
+
+    /// How often a worker records that it is alive.
+    #[arg(long, env = "HITL_WORKER_HEARTBEAT", default_value = "1s")]
+    pub worker_heartbeat: Millis,
+
+    /// After how long without heartbeats a worker's jobs are given to another worker.
+    #[arg(long, env = "HITL_WORKER_ORPHAN_TIMEOUT", default_value = "10s")]
+    pub worker_orphan_timeout: Millis,
+
+    /// Tries before a failing job is declared dead (its command then ends `failed`).
+    #[arg(long, env = "HITL_JOB_MAX_ATTEMPTS", default_value_t = 8,
+          value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub job_max_attempts: i32,
+
+    /// Delay before the first retry; it doubles with each further attempt.
+    #[arg(long, env = "HITL_JOB_BACKOFF_BASE", default_value = "500ms")]
+    pub job_backoff_base: Millis,
+
+    /// Longest delay between retries.
+    #[arg(long, env = "HITL_JOB_BACKOFF_MAX", default_value = "5m")]
+    pub job_backoff_max: Millis,
+
+    /// How often finished job rows are deleted.
+    #[arg(long, env = "HITL_CLEANUP_INTERVAL", default_value = "1m")]
+    pub cleanup_interval: Millis,
+
+    /// How long a finished (`Done`) job row is kept.
+    #[arg(long, env = "HITL_RETAIN_DONE", default_value = "10m")]
+    pub retain_done: Millis,
+
+    /// How long a dead (`Killed`) job row is kept for inspection.
+    #[arg(long, env = "HITL_RETAIN_DEAD", default_value = "7d")]
+    pub retain_dead: Millis,
 }
 
 /// Arguments of `serve`.
@@ -230,6 +291,8 @@ pub struct ServeArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub worker: WorkerOptions,
 }
 
 /// Arguments of `api`.
@@ -246,10 +309,8 @@ pub struct ApiArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-
-    /// How long a graceful shutdown waits for in-flight jobs before it gives up.
-    #[arg(long, env = "HITL_SHUTDOWN_GRACE", default_value = "10s")]
-    pub shutdown_grace: Millis,
+    #[command(flatten)]
+    pub worker: WorkerOptions,
 }
 
 /// Arguments of `migrate`.
@@ -281,6 +342,31 @@ impl Cli {
         };
         if let Some(key) = http.and_then(|h| h.api_key.as_ref()) {
             ApiKey::from_str(key.expose()).map_err(|why| invalid("--api-key (API_KEY)", why))?;
+        }
+        let worker = match &self.command {
+            Command::Serve(a) => Some(&a.worker),
+            Command::Worker(a) => Some(&a.worker),
+            _ => None,
+        };
+        if let Some(w) = worker {
+            let connections = self.command.common().db_max_connections;
+            if w.worker_concurrency + 4 > connections {
+                return Err(invalid(
+                    "--worker-concurrency (HITL_WORKER_CONCURRENCY)",
+                    format!(
+                        "{} jobs at once need {} database connections, but                          --db-max-connections (HITL_DB_MAX_CONNECTIONS) is {connections}",
+                        w.worker_concurrency,
+                        w.worker_concurrency + 4
+                    ),
+                ));
+            }
+            if w.worker_orphan_timeout.0 < w.worker_heartbeat.0 * 3 {
+                return Err(invalid(
+                    "--worker-orphan-timeout (HITL_WORKER_ORPHAN_TIMEOUT)",
+                    "must be at least three heartbeat intervals, or live workers lose their jobs"
+                        .to_owned(),
+                ));
+            }
         }
         Ok(())
     }

@@ -9,5 +9,6 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod engine;
+pub mod jobs;
 pub mod persistence;
 pub mod telemetry;

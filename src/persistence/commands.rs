@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgExecutor};
 
+use super::queue::{self, Job};
 use super::requests::{RequestShape, ResponseInput, validate_responses};
 use super::{AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit, lock_run};
 use crate::domain::{
@@ -98,6 +99,12 @@ pub async fn record_command(
     .fetch_optional(&mut **tx)
     .await?;
     if let Some(command) = inserted {
+        // The command's job, in the same transaction: no command without its job.
+        let job = match command.kind {
+            CommandKind::Resume => Job::ApplyResume(command.command_id.clone()),
+            CommandKind::Remove => Job::ApplyRemove(command.command_id.clone()),
+        };
+        queue::enqueue(tx, &job, None).await?;
         return Ok(RecordedCommand {
             command,
             created: true,
@@ -290,6 +297,8 @@ async fn apply_resume(
         },
     )
     .await?;
+    // The run moves on: its next advancement commits with the resume.
+    queue::enqueue(tx, &Job::Advance(run.run_id.clone()), None).await?;
     succeed(tx, command, &run.run_id, outcome.status, version).await
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 
+use super::queue::{self, Job};
 use super::{AuditEntry, PersistenceError, Tx, append_audit, lock_run};
 use crate::domain::{
     AuditAction, BriefId, RequestId, RequestStatus, ResponseType, RunId, RunStatus, ThreadId,
@@ -308,6 +309,9 @@ pub async fn expire_request(
         },
     )
     .await?;
+    if outcome.status == RunStatus::Running {
+        queue::enqueue(tx, &Job::Advance(row.run_id.clone()), None).await?;
+    }
     Ok(ExpireOutcome::Expired {
         action,
         run_status: outcome.status,

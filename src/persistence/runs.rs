@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgExecutor};
 
+use super::queue::{self, Job};
 use super::{AuditEntry, PersistenceError, Tx, append_audit, lock_run};
 use crate::domain::{
     AuditAction, BriefId, RequestId, ResponseType, RunId, RunStatus, ThreadId, TimeoutAction,
@@ -105,6 +106,8 @@ pub async fn create_run(tx: &mut Tx<'_>, new: NewRun) -> Result<CreatedRun, Pers
         },
     )
     .await?;
+    // The run's first advancement, in the same transaction: no run without its job.
+    queue::enqueue(tx, &Job::Advance(run_id.clone()), None).await?;
     Ok(CreatedRun {
         run_id,
         thread_id,
@@ -342,6 +345,9 @@ pub async fn raise_request(
         },
     )
     .await?;
+    if let Some((at, _)) = request.deadline {
+        queue::enqueue(tx, &Job::Expire(request_id.clone()), Some(at)).await?;
+    }
     Ok((request_id, version))
 }
 

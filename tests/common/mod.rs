@@ -222,6 +222,22 @@ impl ServiceProcess {
     /// Starts the binary with `args` and `env` (an empty value removes the variable),
     /// waits for its "listening on" line, and returns its base URL.
     pub fn start(args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
+        Self::start_until(args, env, log_dir, "hitl-orchestrator listening on ")
+    }
+
+    /// Starts a `worker` process and waits until it runs.
+    pub fn start_worker(env: &[(&str, &str)], log_dir: &Path) -> Self {
+        Self::start_until(&["worker"], env, log_dir, "hitl-orchestrator worker ")
+    }
+
+    /// Starts the binary and waits for a stdout line starting with `ready`; what follows
+    /// it is kept as `base_url`.
+    pub fn start_until(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+        ready: &'static str,
+    ) -> Self {
         let stderr_log = log_dir.join(format!("service-{}.log", uuid::Uuid::now_v7().simple()));
         let mut cmd = Command::new(service_binary());
         cmd.args(args)
@@ -242,7 +258,7 @@ impl ServiceProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("hitl-orchestrator listening on ") {
+                if let Some(url) = line.strip_prefix(ready) {
                     let _ = tx.send(url.trim().to_owned());
                 }
             }
@@ -492,5 +508,128 @@ pub mod fixtures {
             counts.push(n);
         }
         counts
+    }
+}
+
+/// Running the queue in tests: in-process workers with short timings, bulk run creation,
+/// and waiting for the database to reach a state.
+pub mod queue_support {
+    use std::time::{Duration, Instant};
+
+    use hitl_orchestrator::domain::RunId;
+    use hitl_orchestrator::engine::Engine;
+    use hitl_orchestrator::jobs::{Worker, WorkerSettings};
+    use hitl_orchestrator::persistence::{BriefInput, NewRun};
+    use serde_json::{Value, json};
+    use sqlx::PgPool;
+    use tokio_util::sync::CancellationToken;
+
+    /// Timings short enough for tests.
+    pub fn fast_settings() -> WorkerSettings {
+        WorkerSettings {
+            concurrency: 8,
+            batch_size: 8,
+            poll_interval: Duration::from_millis(100),
+            listen: true,
+            heartbeat: Duration::from_millis(200),
+            orphan_timeout: Duration::from_secs(2),
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(5),
+            cleanup_interval: Duration::from_secs(3600),
+            retain_done: Duration::from_secs(3600),
+            retain_dead: Duration::from_secs(7 * 86400),
+        }
+    }
+
+    /// An in-process worker; stop it with [`RunningWorker::stop`].
+    pub struct RunningWorker {
+        token: CancellationToken,
+        handle: tokio::task::JoinHandle<()>,
+    }
+
+    impl RunningWorker {
+        pub fn spawn(pool: &PgPool, engine: Engine, settings: WorkerSettings) -> Self {
+            let token = CancellationToken::new();
+            let worker = Worker::new(pool.clone(), engine, settings);
+            let handle = tokio::spawn(worker.run(token.clone()));
+            Self { token, handle }
+        }
+
+        pub async fn stop(self) {
+            self.token.cancel();
+            self.handle.await.unwrap();
+        }
+    }
+
+    /// A plan with one HITL node: runs pause there, and complete once answered.
+    pub fn review_plan() -> Value {
+        json!({ "nodes": [ { "id": "review", "type": "hitl", "prompt": "Approve?",
+                             "responseTypes": ["approval", "rejection"] } ] })
+    }
+
+    /// Creates `n` runs of `plan` (queued, each with its first advancement job).
+    pub async fn create_runs(pool: &PgPool, engine: &Engine, n: usize, plan: &Value) -> Vec<RunId> {
+        let mut ids = Vec::with_capacity(n);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+            let mut tx = pool.begin().await.unwrap();
+            for _ in chunk {
+                let run = engine
+                    .create_run(
+                        &mut tx,
+                        NewRun {
+                            brief: BriefInput::New {
+                                title: "Bulk".into(),
+                                content: json!({}),
+                            },
+                            thread_id: None,
+                            plan: plan.clone(),
+                            execution_context: json!({}),
+                            runner_metadata: json!({}),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                ids.push(run.run_id);
+            }
+            tx.commit().await.unwrap();
+        }
+        ids
+    }
+
+    /// Polls `sql` (one bigint) until it equals `expected`, failing after `timeout`.
+    pub async fn wait_for_count(pool: &PgPool, sql: &str, expected: i64, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            if n == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{sql}: still {n}, not {expected}, after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Creates `n` runs and lets an in-process worker pause them all at their request.
+    pub async fn parked_runs(pool: &PgPool, n: usize) -> Vec<RunId> {
+        let engine = Engine::with_builtins(true);
+        let ids = create_runs(pool, &engine, n, &review_plan()).await;
+        let worker = RunningWorker::spawn(pool, engine, fast_settings());
+        wait_for_count(
+            pool,
+            "select count(*) from orchestrator_runs where status = 'awaiting_hitl'",
+            n as i64,
+            Duration::from_secs(120),
+        )
+        .await;
+        worker.stop().await;
+        ids
     }
 }

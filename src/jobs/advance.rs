@@ -1,0 +1,31 @@
+//! Job `hitl_advance`: advance a run with the engine. The engine commits a checkpoint
+//! per node, each fenced by the run's version; the job completes after it.
+
+use super::{Handled, JobContext, JobError};
+use crate::domain::RunId;
+use crate::engine::EngineError;
+use crate::persistence::queue::{self, ClaimedJob};
+
+pub(super) async fn handle(
+    ctx: &JobContext,
+    claimed: &ClaimedJob,
+    run_id: &RunId,
+) -> Result<Handled, JobError> {
+    match ctx.engine.advance(&ctx.pool, run_id).await {
+        Ok(outcome) => tracing::debug!(%run_id, ?outcome, "run advanced"),
+        Err(
+            e @ (EngineError::RunNotFound(_)
+            | EngineError::Corrupt { .. }
+            | EngineError::InvalidPlan(_)),
+        ) => {
+            return Err(JobError::Fatal(e.to_string()));
+        }
+        Err(e) => return Err(JobError::Retry(e.to_string())),
+    }
+    let mut conn = ctx.pool.acquire().await?;
+    if queue::complete(&mut conn, &claimed.id, &ctx.worker_id).await? {
+        Ok(Handled::Done)
+    } else {
+        Ok(Handled::LostClaim)
+    }
+}

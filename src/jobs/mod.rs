@@ -1,0 +1,111 @@
+//! Queue work: one handler per job kind, and the [`runner`] that claims jobs from the
+//! PostgreSQL queue and runs them.
+//!
+//! Handlers are thin: they call `persistence` and the `engine`. A handler whose job's
+//! effect is a single transition commits the job's completion in that same transaction
+//! (`queue::complete`, fenced on the claim), so a redelivered job finds its effect
+//! already applied and a worker that lost its claim cannot commit anything.
+
+mod advance;
+mod apply_command;
+mod cleanup;
+mod expire;
+pub mod runner;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::engine::Engine;
+use crate::persistence::queue::{ClaimedJob, Job};
+use crate::persistence::{self, PersistenceError, Tx};
+pub use runner::{Worker, WorkerSettings};
+
+/// What a handler needs.
+pub(crate) struct JobContext {
+    pub pool: PgPool,
+    pub engine: Engine,
+    pub worker_id: String,
+    pub cleanup_interval: Duration,
+    pub retain_done: Duration,
+    pub retain_dead: Duration,
+}
+
+/// How a job ended, when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Handled {
+    /// Its effect and its completion are committed.
+    Done,
+    /// It ran too early and was put back for later (not an attempt).
+    Postponed,
+    /// Its claim was taken away before it could complete: nothing was committed.
+    LostClaim,
+}
+
+/// Why a job failed.
+#[derive(Debug)]
+pub(crate) enum JobError {
+    /// Worth another try later (database unreachable, an agent timing out).
+    Retry(String),
+    /// Will never succeed (undecodable payload, the thing it names is gone): dead now.
+    Fatal(String),
+}
+
+impl From<PersistenceError> for JobError {
+    fn from(e: PersistenceError) -> Self {
+        match e {
+            PersistenceError::NotFound { .. } => JobError::Fatal(e.to_string()),
+            other => JobError::Retry(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        JobError::Retry(e.to_string())
+    }
+}
+
+/// Runs one claimed job.
+pub(crate) async fn handle(
+    ctx: &JobContext,
+    claimed: &ClaimedJob,
+    job: &Job,
+) -> Result<Handled, JobError> {
+    match job {
+        Job::ApplyResume(id) | Job::ApplyRemove(id) => {
+            apply_command::handle(ctx, claimed, id).await
+        }
+        Job::Advance(run_id) => advance::handle(ctx, claimed, run_id).await,
+        Job::Expire(request_id) => expire::handle(ctx, claimed, request_id).await,
+        Job::Cleanup => cleanup::handle(ctx, claimed).await,
+    }
+}
+
+/// Records what a dead job leaves behind, in the transaction that kills it: a command
+/// whose job died ends `failed` with the error, never silently dropped.
+pub(crate) async fn on_dead(
+    tx: &mut Tx<'_>,
+    job: &Job,
+    error: &str,
+) -> Result<(), PersistenceError> {
+    if let Job::ApplyResume(id) | Job::ApplyRemove(id) = job {
+        persistence::fail_command(tx, id, error).await?;
+    }
+    Ok(())
+}
+
+/// Commits `tx` with the job's completion, or rolls it back when the claim was lost.
+pub(crate) async fn complete_with(
+    ctx: &JobContext,
+    mut tx: Tx<'_>,
+    claimed: &ClaimedJob,
+) -> Result<Handled, JobError> {
+    if persistence::queue::complete(&mut tx, &claimed.id, &ctx.worker_id).await? {
+        tx.commit().await?;
+        Ok(Handled::Done)
+    } else {
+        tx.rollback().await?;
+        Ok(Handled::LostClaim)
+    }
+}

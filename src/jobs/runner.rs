@@ -1,0 +1,455 @@
+//! The worker: claims jobs from apalis-postgres's queue and runs them, many at a time.
+//!
+//! apalis 1.0's own worker loop is not used; its measured traps (see ARCHITECTURE.md,
+//! "The queue") each have an answer here:
+//! - wake-up: LISTEN/NOTIFY on apalis's insert channel **and** an interval poll (delayed
+//!   jobs do not notify; a notification can be lost while reconnecting);
+//! - explicit concurrency and batch size; the claim never takes more than free slots;
+//! - a unique worker id per process (host, pid, a fresh UUIDv7), never reused;
+//! - heartbeats every `heartbeat` — also while draining — and a short orphan timeout:
+//!   every worker re-queues jobs of workers silent for longer;
+//! - retries with exponential backoff stored in `run_at` (apalis re-fetches failures at
+//!   once), a bounded number of attempts, then `Killed` with the error, and the
+//!   command `failed` in the same transaction;
+//! - a payload that cannot be decoded kills that one job; its batch-mates run;
+//! - database errors never end the loop: it backs off and carries on;
+//! - graceful shutdown: stop claiming, let in-flight jobs finish within the grace
+//!   period, then abort the rest and release their claims, so no job stays `Running`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Handled, JobContext, JobError, handle, on_dead};
+use crate::config::WorkerOptions;
+use crate::engine::Engine;
+use crate::persistence::queue::{self, ClaimedJob, Job, queue_names};
+
+/// The apalis-postgres channel its insert trigger notifies.
+const INSERT_CHANNEL: &str = "apalis::job::insert";
+
+/// How a worker behaves; see the `HITL_WORKER_*` and `HITL_JOB_*` settings.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub poll_interval: Duration,
+    pub listen: bool,
+    pub heartbeat: Duration,
+    pub orphan_timeout: Duration,
+    pub max_attempts: i32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub shutdown_grace: Duration,
+    pub cleanup_interval: Duration,
+    pub retain_done: Duration,
+    pub retain_dead: Duration,
+}
+
+impl WorkerSettings {
+    /// Settings from the command line.
+    pub fn from_options(o: &WorkerOptions, shutdown_grace: Duration) -> Self {
+        Self {
+            concurrency: o.worker_concurrency as usize,
+            batch_size: o.worker_batch_size as usize,
+            poll_interval: o.worker_poll_interval.0,
+            listen: o.worker_listen,
+            heartbeat: o.worker_heartbeat.0,
+            orphan_timeout: o.worker_orphan_timeout.0,
+            max_attempts: o.job_max_attempts,
+            backoff_base: o.job_backoff_base.0,
+            backoff_max: o.job_backoff_max.0,
+            shutdown_grace,
+            cleanup_interval: o.cleanup_interval.0,
+            retain_done: o.retain_done.0,
+            retain_dead: o.retain_dead.0,
+        }
+    }
+
+    /// The delay before attempt `attempt + 1`: base × 2^(attempt − 1), capped, ±20 %.
+    pub fn backoff(&self, attempt: i32) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(30);
+        let raw = self.backoff_base.saturating_mul(2u32.saturating_pow(exp));
+        let capped = raw.min(self.backoff_max);
+        // Jitter spreads retries of jobs that failed together (a database restart).
+        let noise = (uuid::Uuid::now_v7().as_u128() % 401) as f64 / 1000.0 - 0.2;
+        capped.mul_f64(1.0 + noise)
+    }
+}
+
+/// One worker process's job runner.
+pub struct Worker {
+    ctx: Arc<JobContext>,
+    settings: WorkerSettings,
+    queues: Vec<&'static str>,
+}
+
+impl Worker {
+    /// A worker on `pool` running `engine`, serving every queue.
+    pub fn new(pool: PgPool, engine: Engine, settings: WorkerSettings) -> Self {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".to_owned());
+        let worker_id = format!(
+            "{host}:{}:{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        );
+        let ctx = JobContext {
+            pool,
+            engine,
+            worker_id,
+            cleanup_interval: settings.cleanup_interval,
+            retain_done: settings.retain_done,
+            retain_dead: settings.retain_dead,
+        };
+        Self {
+            ctx: Arc::new(ctx),
+            settings,
+            queues: queue_names::ALL.to_vec(),
+        }
+    }
+
+    /// This process's worker id (unique; never reused).
+    pub fn id(&self) -> &str {
+        &self.ctx.worker_id
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let ctx = self.ctx.clone();
+        let settings = self.settings.clone();
+        tracing::info!(worker = %ctx.worker_id, concurrency = settings.concurrency, "worker starting");
+        while let Err(e) = queue::register_worker(&ctx.pool, &ctx.worker_id).await {
+            tracing::warn!(error = %e, "cannot register the worker yet; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        schedule_cleanup(&ctx).await;
+        // On stdout, apart from the logs, so scripts and tests know the worker is up.
+        println!("hitl-orchestrator worker {} running", ctx.worker_id);
+
+        let wake = Arc::new(Notify::new());
+        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let background = CancellationToken::new();
+        let heart = tokio::spawn(heartbeat_loop(
+            ctx.clone(),
+            settings.clone(),
+            in_flight.clone(),
+            background.clone(),
+        ));
+        let listener = settings.listen.then(|| {
+            tokio::spawn(listen_loop(
+                ctx.pool.clone(),
+                self.queues.clone(),
+                wake.clone(),
+                background.clone(),
+            ))
+        });
+
+        let slots = Arc::new(Semaphore::new(settings.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut failures: u32 = 0;
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    permit = slots.clone().acquire_owned() => drop(permit),
+                }
+                continue;
+            }
+            let limit = free.min(settings.batch_size) as i64;
+            let claimed = match queue::claim(&ctx.pool, &ctx.worker_id, &self.queues, limit).await {
+                Ok(jobs) => {
+                    failures = 0;
+                    jobs
+                }
+                Err(e) => {
+                    // The database is down or restarting: back off and try again.
+                    failures += 1;
+                    let pause = settings
+                        .poll_interval
+                        .min(Duration::from_millis(250) * failures.min(20));
+                    tracing::warn!(error = %e, ?pause, "claiming jobs failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    continue;
+                }
+            };
+            let got = claimed.len();
+            for job in claimed {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(job.id.clone());
+                let ctx = ctx.clone();
+                let settings = settings.clone();
+                let in_flight = in_flight.clone();
+                tasks.spawn(async move {
+                    run_one(&ctx, &settings, &job).await;
+                    in_flight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&job.id);
+                    drop(permit);
+                });
+            }
+            if got < limit as usize {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(settings.poll_interval) => {}
+                }
+            }
+        }
+
+        // Drain: in-flight jobs get the grace period (heartbeats continue meanwhile).
+        let drained = tokio::time::timeout(settings.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !drained {
+            tracing::warn!(
+                left = tasks.len(),
+                "jobs still running after the grace period; releasing them"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        match queue::release_claims(&ctx.pool, &ctx.worker_id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "released unfinished jobs to the queue"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release claims; the orphan timeout will")
+            }
+        }
+        background.cancel();
+        let _ = heart.await;
+        if let Some(l) = listener {
+            let _ = l.await;
+        }
+        tracing::info!(worker = %ctx.worker_id, "worker stopped");
+    }
+}
+
+/// Runs one job and records its result: backoff, death, or nothing more to do.
+async fn run_one(ctx: &JobContext, settings: &WorkerSettings, claimed: &ClaimedJob) {
+    let job = match Job::decode(&claimed.job_type, &claimed.job) {
+        Ok(job) => job,
+        Err(error) => {
+            // Retrying cannot make the payload readable: dead now, alone.
+            tracing::error!(job = %claimed.id, %error, "poison job");
+            bury(ctx, claimed, None, &error).await;
+            return;
+        }
+    };
+    // A panic in a handler is caught here and treated as a failed attempt.
+    let result = futures_catch(handle(ctx, claimed, &job)).await;
+    match result {
+        Ok(Handled::Done | Handled::Postponed) => {}
+        Ok(Handled::LostClaim) => {
+            tracing::warn!(job = %claimed.id, "claim lost before completion; nothing was committed");
+        }
+        Err(JobError::Fatal(error)) => {
+            tracing::error!(job = %claimed.id, %error, "job cannot succeed");
+            bury(ctx, claimed, Some(&job), &error).await;
+        }
+        Err(JobError::Retry(error)) => {
+            let attempt = claimed.attempts + 1;
+            if attempt >= settings.max_attempts {
+                tracing::error!(job = %claimed.id, attempt, %error, "job failed for the last time");
+                bury(
+                    ctx,
+                    claimed,
+                    Some(&job),
+                    &format!("{error} (after {attempt} attempts)"),
+                )
+                .await;
+            } else {
+                let delay = settings.backoff(attempt);
+                tracing::warn!(job = %claimed.id, attempt, ?delay, %error, "job failed; will retry");
+                let at =
+                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                if let Err(e) =
+                    queue::retry_later(&ctx.pool, &claimed.id, &ctx.worker_id, &error, at).await
+                {
+                    // The heartbeat loop releases claims we could not record.
+                    tracing::warn!(job = %claimed.id, error = %e, "could not schedule the retry");
+                }
+            }
+        }
+    }
+}
+
+/// Catches a panic in `fut` as a retryable error.
+async fn futures_catch<F>(fut: F) -> Result<Handled, JobError>
+where
+    F: std::future::Future<Output = Result<Handled, JobError>>,
+{
+    use std::panic::AssertUnwindSafe;
+    match futures_util::FutureExt::catch_unwind(AssertUnwindSafe(fut)).await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_owned());
+            Err(JobError::Retry(format!("handler panicked: {message}")))
+        }
+    }
+}
+
+/// Declares a job dead and records what it leaves behind, in one transaction.
+async fn bury(ctx: &JobContext, claimed: &ClaimedJob, job: Option<&Job>, error: &str) {
+    let result = async {
+        let mut tx = ctx.pool.begin().await?;
+        if queue::kill(&mut tx, &claimed.id, &ctx.worker_id, error).await?
+            && let Some(job) = job
+        {
+            on_dead(&mut tx, job, error).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, crate::persistence::PersistenceError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(job = %claimed.id, error = %e, "could not record a dead job; it will be retried");
+    }
+}
+
+/// Ensures one cleanup job is scheduled (a no-op when one is).
+async fn schedule_cleanup(ctx: &JobContext) {
+    let result = async {
+        let mut tx = ctx.pool.begin().await?;
+        queue::enqueue_singleton(&mut tx, &Job::Cleanup, None).await?;
+        tx.commit().await?;
+        Ok::<_, crate::persistence::PersistenceError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not schedule the cleanup job");
+    }
+}
+
+/// Heartbeats; re-queues other workers' orphans; releases claims of ours that no task
+/// holds any more (a result that could not be recorded while the database was down).
+async fn heartbeat_loop(
+    ctx: Arc<JobContext>,
+    settings: WorkerSettings,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    stop: CancellationToken,
+) {
+    let mut beat: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(settings.heartbeat) => {}
+        }
+        beat += 1;
+        if let Err(e) = queue::heartbeat(&ctx.pool, &ctx.worker_id).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+            continue;
+        }
+        match queue::requeue_orphans(&ctx.pool, settings.orphan_timeout).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(requeued = n, "re-queued jobs of a silent worker"),
+            Err(e) => tracing::warn!(error = %e, "orphan scan failed"),
+        }
+        if beat.is_multiple_of(10) {
+            let held: Vec<String> = in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            if let Err(e) = queue::release_stray_claims(&ctx.pool, &ctx.worker_id, &held).await {
+                tracing::warn!(error = %e, "stray-claim check failed");
+            }
+        }
+    }
+}
+
+/// Wakes the claim loop when a job is inserted into one of `queues`.
+async fn listen_loop(
+    pool: PgPool,
+    queues: Vec<&'static str>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(mut l) => match l.listen(INSERT_CHANNEL).await {
+                Ok(()) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; polling meanwhile");
+                    if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the notification connection; polling meanwhile");
+                if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        // Anything inserted while we were not listening is found by this poll.
+        wake.notify_one();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                message = listener.try_recv() => match message {
+                    Ok(Some(n)) => {
+                        let job_type = serde_json::from_str::<serde_json::Value>(n.payload())
+                            .ok()
+                            .and_then(|v| v["job_type"].as_str().map(str::to_owned));
+                        if job_type.is_some_and(|t| queues.contains(&t.as_str())) {
+                            wake.notify_one();
+                        }
+                    }
+                    // The connection dropped; sqlx reconnects on the next call.
+                    Ok(None) => wake.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "notification connection lost; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+        if sleep_or_stop(&stop, Duration::from_millis(500)).await {
+            return;
+        }
+    }
+}
+
+async fn sleep_or_stop(stop: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

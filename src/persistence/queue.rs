@@ -1,0 +1,411 @@
+//! The job queue's rows: apalis-postgres's `apalis.jobs` and `apalis.workers`.
+//!
+//! Jobs are pushed with apalis-postgres's own `push_tasks`, inside the caller's
+//! transaction, so a command never exists without its job (nor a job without its
+//! command). Claiming, completing, retrying and killing use apalis's status vocabulary
+//! (`Pending`, `Running`, `Failed`, `Done`, `Killed`), so apalis tooling still reads the
+//! queue, but every completion is fenced on `lock_by`: a worker whose claim was taken
+//! away (its heartbeats stopped and the job was re-queued) cannot complete it.
+
+use std::time::Duration;
+
+use apalis::prelude::TaskBuilder;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::PersistenceError;
+use crate::domain::{CommandId, RequestId, RunId};
+
+/// How many times a job is tried before it is declared dead, unless the worker's
+/// settings say otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 8;
+
+/// The queue (apalis `job_type`) names, one per job kind. Stable: they are stored in rows.
+pub mod queue_names {
+    pub const RESUME: &str = "hitl_resume";
+    pub const REMOVE: &str = "hitl_remove";
+    pub const ADVANCE: &str = "hitl_advance";
+    pub const EXPIRE: &str = "hitl_expire";
+    pub const CLEANUP: &str = "hitl_cleanup";
+    /// Every queue a worker serves.
+    pub const ALL: [&str; 5] = [RESUME, REMOVE, ADVANCE, EXPIRE, CLEANUP];
+}
+
+/// A unit of work on the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// Apply a resume command.
+    ApplyResume(CommandId),
+    /// Apply a remove command.
+    ApplyRemove(CommandId),
+    /// Advance a run as far as it can go.
+    Advance(RunId),
+    /// Expire a request whose deadline passed.
+    Expire(RequestId),
+    /// Delete finished job rows; reschedules itself.
+    Cleanup,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CommandPayload {
+    command_id: CommandId,
+}
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RunPayload {
+    run_id: RunId,
+}
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RequestPayload {
+    request_id: RequestId,
+}
+
+impl Job {
+    /// Its queue.
+    pub fn queue(&self) -> &'static str {
+        match self {
+            Job::ApplyResume(_) => queue_names::RESUME,
+            Job::ApplyRemove(_) => queue_names::REMOVE,
+            Job::Advance(_) => queue_names::ADVANCE,
+            Job::Expire(_) => queue_names::EXPIRE,
+            Job::Cleanup => queue_names::CLEANUP,
+        }
+    }
+
+    /// Its payload as stored in the row.
+    pub fn payload(&self) -> Value {
+        match self {
+            Job::ApplyResume(id) | Job::ApplyRemove(id) => json!({ "commandId": id }),
+            Job::Advance(id) => json!({ "runId": id }),
+            Job::Expire(id) => json!({ "requestId": id }),
+            Job::Cleanup => json!({}),
+        }
+    }
+
+    /// Reads a row's payload; any malformed payload is an error for that one job.
+    pub fn decode(queue: &str, bytes: &[u8]) -> Result<Job, String> {
+        let err = |e: serde_json::Error| format!("undecodable {queue} payload: {e}");
+        match queue {
+            queue_names::RESUME => Ok(Job::ApplyResume(
+                serde_json::from_slice::<CommandPayload>(bytes)
+                    .map_err(err)?
+                    .command_id,
+            )),
+            queue_names::REMOVE => Ok(Job::ApplyRemove(
+                serde_json::from_slice::<CommandPayload>(bytes)
+                    .map_err(err)?
+                    .command_id,
+            )),
+            queue_names::ADVANCE => Ok(Job::Advance(
+                serde_json::from_slice::<RunPayload>(bytes)
+                    .map_err(err)?
+                    .run_id,
+            )),
+            queue_names::EXPIRE => Ok(Job::Expire(
+                serde_json::from_slice::<RequestPayload>(bytes)
+                    .map_err(err)?
+                    .request_id,
+            )),
+            queue_names::CLEANUP => Ok(Job::Cleanup),
+            other => Err(format!("unknown queue {other}")),
+        }
+    }
+}
+
+fn task_for(job: &Job, run_at: Option<DateTime<Utc>>) -> apalis_postgres::PgTask {
+    let bytes = serde_json::to_vec(&job.payload()).unwrap_or_default();
+    let mut builder = TaskBuilder::new(bytes).max_attempts(DEFAULT_MAX_ATTEMPTS as usize);
+    if let Some(at) = run_at {
+        // The queue stores whole seconds; round up so a job never runs before its time.
+        let secs = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
+        builder = builder.run_at_timestamp(u64::try_from(secs).unwrap_or(0));
+    }
+    builder.build()
+}
+
+/// Pushes `job` in the caller's transaction (due now, or at `run_at`). Rolled back with
+/// it; its NOTIFY is delivered only on commit.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    job: &Job,
+    run_at: Option<DateTime<Utc>>,
+) -> Result<(), PersistenceError> {
+    apalis_postgres::queries::push_tasks(conn, job.queue(), vec![task_for(job, run_at)])
+        .await
+        .map_err(queue_error)
+}
+
+/// Pushes a job of a singleton kind unless one is already active; returns whether it
+/// was pushed. A savepoint keeps the refused insert from aborting the caller's work.
+pub async fn enqueue_singleton(
+    conn: &mut PgConnection,
+    job: &Job,
+    run_at: Option<DateTime<Utc>>,
+) -> Result<bool, PersistenceError> {
+    let mut savepoint = conn.begin().await?;
+    match apalis_postgres::queries::push_tasks(
+        &mut *savepoint,
+        job.queue(),
+        vec![task_for(job, run_at)],
+    )
+    .await
+    {
+        Ok(()) => {
+            savepoint.commit().await?;
+            Ok(true)
+        }
+        Err(apalis_postgres::Error::Database(sqlx::Error::Database(e)))
+            if e.code().as_deref() == Some("23505") =>
+        {
+            savepoint.rollback().await?;
+            Ok(false)
+        }
+        Err(e) => Err(queue_error(e)),
+    }
+}
+
+fn queue_error(e: apalis_postgres::Error) -> PersistenceError {
+    match e {
+        apalis_postgres::Error::Database(e) => PersistenceError::Database(e),
+        other => PersistenceError::Database(sqlx::Error::Protocol(other.to_string())),
+    }
+}
+
+/// A job this worker claimed.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub id: String,
+    pub job_type: String,
+    pub job: Vec<u8>,
+    /// Attempts before this one.
+    pub attempts: i32,
+}
+
+/// Registers (or refreshes) a worker; its id must be unique to the process.
+pub async fn register_worker(pool: &PgPool, worker_id: &str) -> Result<(), PersistenceError> {
+    sqlx::query(
+        "insert into apalis.workers (id, worker_type, storage_name, layers, last_seen, started_at) \
+         values ($1, 'hitl-orchestrator', 'apalis.jobs', '', now(), now()) \
+         on conflict (id) do update set last_seen = now()",
+    )
+    .bind(worker_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records that the worker is alive.
+pub async fn heartbeat(pool: &PgPool, worker_id: &str) -> Result<(), PersistenceError> {
+    sqlx::query("update apalis.workers set last_seen = now() where id = $1")
+        .bind(worker_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Claims up to `limit` due jobs of `queues`, oldest first (`for update skip locked`, so
+/// workers never block each other), marking them `Running` for this worker.
+pub async fn claim(
+    pool: &PgPool,
+    worker_id: &str,
+    queues: &[&str],
+    limit: i64,
+) -> Result<Vec<ClaimedJob>, PersistenceError> {
+    Ok(sqlx::query_as(
+        "with next as ( \
+             select id from apalis.jobs \
+             where job_type = any($2) \
+               and (status = 'Pending' or (status = 'Failed' and attempts < max_attempts)) \
+               and run_at <= now() \
+             order by priority desc, run_at \
+             limit $3 for update skip locked) \
+         update apalis.jobs j set status = 'Running', lock_by = $1, lock_at = now() \
+         from next where j.id = next.id \
+         returning j.id, j.job_type, j.job, j.attempts",
+    )
+    .bind(worker_id)
+    .bind(queues)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Marks a claimed job done, in the caller's transaction (the one that applied its
+/// effect). Returns false — and the caller must roll back — when the job is no longer
+/// this worker's.
+pub async fn complete(
+    conn: &mut PgConnection,
+    job_id: &str,
+    worker_id: &str,
+) -> Result<bool, PersistenceError> {
+    let done = sqlx::query(
+        "update apalis.jobs set status = 'Done', done_at = now(), attempts = attempts + 1, \
+             last_result = '{\"Ok\": null}'::jsonb \
+         where id = $1 and lock_by = $2 and status = 'Running'",
+    )
+    .bind(job_id)
+    .bind(worker_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives a failed attempt back to the queue, due again at `run_at` (the backoff).
+pub async fn retry_later(
+    pool: &PgPool,
+    job_id: &str,
+    worker_id: &str,
+    error: &str,
+    run_at: DateTime<Utc>,
+) -> Result<bool, PersistenceError> {
+    let r = sqlx::query(
+        "update apalis.jobs set status = 'Failed', attempts = attempts + 1, run_at = $4, \
+             lock_by = null, lock_at = null, last_result = jsonb_build_object('Err', $3::text) \
+         where id = $1 and lock_by = $2 and status = 'Running'",
+    )
+    .bind(job_id)
+    .bind(worker_id)
+    .bind(error)
+    .bind(run_at)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Puts a job back, due at `run_at`, without counting an attempt (it ran too early).
+pub async fn postpone(
+    conn: &mut PgConnection,
+    job_id: &str,
+    worker_id: &str,
+    run_at: DateTime<Utc>,
+) -> Result<bool, PersistenceError> {
+    let r = sqlx::query(
+        "update apalis.jobs set status = 'Pending', run_at = $3, lock_by = null, lock_at = null \
+         where id = $1 and lock_by = $2 and status = 'Running'",
+    )
+    .bind(job_id)
+    .bind(worker_id)
+    .bind(run_at)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Declares a job dead (`Killed`) with its error, in the caller's transaction, so the
+/// caller can record the consequence (a command `failed`) with it.
+pub async fn kill(
+    conn: &mut PgConnection,
+    job_id: &str,
+    worker_id: &str,
+    error: &str,
+) -> Result<bool, PersistenceError> {
+    let r = sqlx::query(
+        "update apalis.jobs set status = 'Killed', attempts = attempts + 1, done_at = now(), \
+             last_result = jsonb_build_object('Err', $3::text) \
+         where id = $1 and lock_by = $2 and status = 'Running'",
+    )
+    .bind(job_id)
+    .bind(worker_id)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Hands this worker's unfinished claims back to the queue (graceful shutdown).
+pub async fn release_claims(pool: &PgPool, worker_id: &str) -> Result<u64, PersistenceError> {
+    Ok(sqlx::query(
+        "update apalis.jobs set status = 'Pending', lock_by = null, lock_at = null \
+         where lock_by = $1 and status in ('Queued', 'Running')",
+    )
+    .bind(worker_id)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Hands back this worker's claims that none of its tasks holds (a result that could not
+/// be recorded while the database was unreachable). Claims younger than a few seconds
+/// are left alone: their task may not have registered yet.
+pub async fn release_stray_claims(
+    pool: &PgPool,
+    worker_id: &str,
+    held: &[String],
+) -> Result<u64, PersistenceError> {
+    Ok(sqlx::query(
+        "update apalis.jobs set status = 'Pending', lock_by = null, lock_at = null \
+         where lock_by = $1 and status in ('Queued', 'Running') and id <> all($2) \
+           and lock_at < now() - interval '5 seconds'",
+    )
+    .bind(worker_id)
+    .bind(held)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Re-queues jobs claimed by workers that stopped sending heartbeats `timeout` ago. A
+/// job that has used up its attempts this way (it keeps killing workers) is declared
+/// dead instead.
+pub async fn requeue_orphans(pool: &PgPool, timeout: Duration) -> Result<u64, PersistenceError> {
+    Ok(sqlx::query(
+        "with stale as ( \
+             select j.id from apalis.jobs j join apalis.workers w on w.id = j.lock_by \
+             where j.status in ('Queued', 'Running') \
+               and w.last_seen < now() - make_interval(secs => $1) \
+             for update of j skip locked) \
+         update apalis.jobs j set \
+             status = case when j.attempts + 1 >= j.max_attempts then 'Killed' else 'Pending' end, \
+             done_at = case when j.attempts + 1 >= j.max_attempts then now() end, \
+             lock_by = null, lock_at = null, attempts = j.attempts + 1, \
+             last_result = '{\"Err\": \"re-queued: its worker stopped sending heartbeats\"}'::jsonb \
+         from stale where j.id = stale.id",
+    )
+    .bind(timeout.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Deletes up to `limit` finished rows: `Done` ones finished before `done_before`,
+/// dead (`Killed`) ones before `dead_before`; and worker rows long silent that no job
+/// refers to any more.
+pub async fn delete_finished(
+    conn: &mut PgConnection,
+    done_before: DateTime<Utc>,
+    dead_before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, PersistenceError> {
+    let jobs = sqlx::query(
+        "delete from apalis.jobs where id in ( \
+             select id from apalis.jobs \
+             where (status = 'Done' and done_at < $1) or (status = 'Killed' and done_at < $2) \
+             limit $3)",
+    )
+    .bind(done_before)
+    .bind(dead_before)
+    .bind(limit)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "delete from apalis.workers w where w.last_seen < now() - interval '1 day' \
+         and not exists (select 1 from apalis.jobs j where j.lock_by = w.id)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(jobs)
+}
+
+/// Job counts by queue and status (for tests, metrics and operators).
+pub async fn job_counts(pool: &PgPool) -> Result<Vec<(String, String, i64)>, PersistenceError> {
+    Ok(sqlx::query_as(
+        "select job_type, status, count(*) from apalis.jobs group by 1, 2 order by 1, 2",
+    )
+    .fetch_all(pool)
+    .await?)
+}

@@ -1,0 +1,437 @@
+//! The queue workers: woken by NOTIFY, still polling without it, exactly once under
+//! duplicate delivery and several processes, poison jobs isolated, retries with growing
+//! delays, dead jobs visible, and a bounded graceful shutdown.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::fixtures;
+use common::queue_support::{RunningWorker, fast_settings, parked_runs, wait_for_count};
+use hitl_orchestrator::domain::{CommandId, RequestId, RunId, RunStatus};
+use hitl_orchestrator::engine::Engine;
+use hitl_orchestrator::engine::capability::{
+    BoxFuture, Capability, CapabilityCall, CapabilityOutcome, CapabilityRegistry, TransientError,
+};
+use hitl_orchestrator::persistence::{self, queue};
+use nix::sys::signal::Signal;
+use serde_json::json;
+use sqlx::PgPool;
+
+/// Records a resume approving the pending request of every run given, 200 per transaction.
+async fn submit_resumes(pool: &PgPool, runs: &[RunId]) -> Vec<CommandId> {
+    let mut ids = Vec::new();
+    for chunk in runs.chunks(200) {
+        let mut tx = pool.begin().await.unwrap();
+        for run in chunk {
+            let request: RequestId = sqlx::query_scalar(
+                "select pending_request_id from orchestrator_runs where run_id = $1",
+            )
+            .bind(run)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            let recorded =
+                persistence::record_command(&mut tx, fixtures::resume(run, &request, "op"))
+                    .await
+                    .unwrap();
+            ids.push(recorded.command.command_id);
+        }
+        tx.commit().await.unwrap();
+    }
+    ids
+}
+
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Every run answered once: one response, one resume event, completed, one audit event
+/// per version.
+async fn assert_applied_exactly_once(pool: &PgPool, n: i64) {
+    assert_eq!(
+        scalar(
+            pool,
+            "select count(*) from hitl_commands where status = 'succeeded'"
+        )
+        .await,
+        n
+    );
+    assert_eq!(scalar(pool, "select count(*) from hitl_responses").await, n);
+    assert_eq!(
+        scalar(
+            pool,
+            "select count(*) from run_audit_events where action = 'resume'"
+        )
+        .await,
+        n
+    );
+    assert_eq!(
+        scalar(
+            pool,
+            "select count(*) from orchestrator_runs where status = 'completed'"
+        )
+        .await,
+        n
+    );
+    let uneven = scalar(
+        pool,
+        "select count(*) from orchestrator_runs r where r.version <> \
+         (select count(*) from run_audit_events e where e.run_id = r.run_id)",
+    )
+    .await;
+    assert_eq!(uneven, 0, "one audit event per version on every run");
+}
+
+#[tokio::test]
+async fn a_notification_wakes_an_idle_worker_long_before_its_poll_and_the_poll_works_without_it() {
+    let db = common::fresh_db().await;
+    let runs = parked_runs(&db.pool, 2).await;
+
+    let mut settings = fast_settings();
+    settings.poll_interval = Duration::from_secs(30);
+    let worker = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), settings);
+    tokio::time::sleep(Duration::from_secs(2)).await; // idle: the start-up poll is long done
+    let submitted = Instant::now();
+    submit_resumes(&db.pool, &runs[..1]).await;
+    wait_for_count(
+        &db.pool,
+        "select count(*) from orchestrator_runs where status = 'completed'",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    let woke_in = submitted.elapsed();
+    worker.stop().await;
+    assert!(
+        woke_in < Duration::from_secs(5),
+        "NOTIFY, not the 30 s poll: {woke_in:?}"
+    );
+
+    let mut settings = fast_settings();
+    settings.listen = false;
+    settings.poll_interval = Duration::from_millis(300);
+    let worker = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), settings);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    submit_resumes(&db.pool, &runs[1..]).await;
+    wait_for_count(
+        &db.pool,
+        "select count(*) from orchestrator_runs where status = 'completed'",
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn three_worker_processes_drain_three_thousand_commands_exactly_once() {
+    let db = common::fresh_db().await;
+    let runs = parked_runs(&db.pool, 3000).await;
+    submit_resumes(&db.pool, &runs).await;
+
+    let logs = tempfile::tempdir().unwrap();
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("HITL_WORKER_HEARTBEAT", "200ms"),
+        ("HITL_WORKER_ORPHAN_TIMEOUT", "2s"),
+    ];
+    let mut workers: Vec<_> = (0..3)
+        .map(|_| common::ServiceProcess::start_worker(&env, logs.path()))
+        .collect();
+    wait_for_count(
+        &db.pool,
+        "select count(*) from orchestrator_runs where status = 'completed'",
+        3000,
+        Duration::from_secs(300),
+    )
+    .await;
+    for w in &mut workers {
+        assert!(
+            w.signal_and_wait(Signal::SIGTERM, Duration::from_secs(20)),
+            "{}",
+            w.log()
+        );
+    }
+    assert_applied_exactly_once(&db.pool, 3000).await;
+    let by_worker = scalar(
+        &db.pool,
+        "select count(distinct lock_by) from apalis.jobs where job_type = 'hitl_resume'",
+    )
+    .await;
+    assert!(by_worker >= 2, "the work was shared: {by_worker} workers");
+}
+
+#[tokio::test]
+async fn a_command_job_delivered_twice_applies_once() {
+    let db = common::fresh_db().await;
+    let runs = parked_runs(&db.pool, 1).await;
+    let ids = submit_resumes(&db.pool, &runs).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::enqueue(&mut conn, &queue::Job::ApplyResume(ids[0].clone()), None)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "select count(*) from apalis.jobs where job_type = 'hitl_resume'"
+        )
+        .await,
+        2
+    );
+
+    let worker = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), fast_settings());
+    wait_for_count(
+        &db.pool,
+        "select count(*) from apalis.jobs where job_type = 'hitl_resume' and status = 'Done'",
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_for_count(
+        &db.pool,
+        "select count(*) from orchestrator_runs where status = 'completed'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    worker.stop().await;
+    assert_applied_exactly_once(&db.pool, 1).await;
+}
+
+#[tokio::test]
+async fn a_poison_job_dies_alone_its_batch_mates_succeed_and_the_worker_keeps_running() {
+    let db = common::fresh_db().await;
+    let runs = parked_runs(&db.pool, 6).await;
+    sqlx::query(
+        "insert into apalis.jobs (id, job_type, job, status, run_at) \
+         values ('01POISON000000000000000000', 'hitl_resume', 'not json at all'::bytea, 'Pending', now() - interval '1 minute')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    submit_resumes(&db.pool, &runs[..5]).await;
+
+    let worker = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), fast_settings());
+    wait_for_count(
+        &db.pool,
+        "select count(*) from orchestrator_runs where status = 'completed'",
+        5,
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_for_count(&db.pool, "select count(*) from apalis.jobs where id = '01POISON000000000000000000' and status = 'Killed'", 1, Duration::from_secs(10)).await;
+    let error: String = sqlx::query_scalar(
+        "select last_result->>'Err' from apalis.jobs where id = '01POISON000000000000000000'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(error.contains("undecodable"), "{error}");
+
+    // Still running: a new command is applied.
+    submit_resumes(&db.pool, &runs[5..]).await;
+    wait_for_count(
+        &db.pool,
+        "select count(*) from orchestrator_runs where status = 'completed'",
+        6,
+        Duration::from_secs(10),
+    )
+    .await;
+    worker.stop().await;
+}
+
+/// Fails transiently `failures` times, then completes; records when it was called.
+struct Flaky {
+    failures: usize,
+    calls: Mutex<Vec<Instant>>,
+}
+
+impl Capability for Flaky {
+    fn call<'a>(
+        &'a self,
+        _: CapabilityCall<'a>,
+    ) -> BoxFuture<'a, Result<CapabilityOutcome, TransientError>> {
+        Box::pin(async move {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(Instant::now());
+            if calls.len() <= self.failures {
+                return Err(TransientError("agent unavailable".into()));
+            }
+            Ok(CapabilityOutcome::Completed {
+                merge: serde_json::Map::new(),
+                runner_state: None,
+                notes: None,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_job_failing_three_times_is_retried_with_growing_delays_then_succeeds() {
+    let db = common::fresh_db().await;
+    let flaky = Arc::new(Flaky {
+        failures: 3,
+        calls: Mutex::new(vec![]),
+    });
+    let mut registry = CapabilityRegistry::with_builtins();
+    registry.register("flaky", flaky.clone());
+    let engine = Engine::new(registry, true);
+    let plan = json!({ "nodes": [ { "id": "call", "type": "task", "capability": "flaky" } ] });
+    let runs = common::queue_support::create_runs(&db.pool, &engine, 1, &plan).await;
+
+    let mut settings = fast_settings();
+    settings.poll_interval = Duration::from_millis(20);
+    settings.backoff_base = Duration::from_millis(200);
+    let worker = RunningWorker::spawn(&db.pool, engine, settings);
+    wait_for_count(
+        &db.pool,
+        "select count(*) from orchestrator_runs where status = 'completed'",
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
+    worker.stop().await;
+
+    let calls = flaky.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 4);
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[0] < gaps[1] && gaps[1] < gaps[2],
+        "delays grow: {gaps:?}"
+    );
+    assert!(
+        gaps[0] >= Duration::from_millis(150),
+        "the first retry waited: {gaps:?}"
+    );
+    let (attempts, status): (i32, String) =
+        sqlx::query_as("select attempts, status from apalis.jobs where job_type = 'hitl_advance' and convert_from(job, 'UTF8') like '%' || $1 || '%'")
+            .bind(runs[0].as_str())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((attempts, status.as_str()), (4, "Done"));
+}
+
+#[tokio::test]
+async fn a_job_that_always_fails_ends_dead_and_its_command_failed_with_the_error() {
+    let db = common::fresh_db().await;
+    let runs = parked_runs(&db.pool, 1).await;
+    // A real fault inside the database: every response insert raises.
+    sqlx::raw_sql(
+        "create function inject_fault() returns trigger language plpgsql as \
+             $$ begin raise exception 'injected fault'; end $$; \
+         create trigger inject_fault before insert on hitl_responses \
+             for each row execute function inject_fault();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let ids = submit_resumes(&db.pool, &runs).await;
+
+    let mut settings = fast_settings();
+    settings.max_attempts = 3;
+    settings.poll_interval = Duration::from_millis(20);
+    let worker = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), settings);
+    wait_for_count(
+        &db.pool,
+        "select count(*) from hitl_commands where status = 'failed'",
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
+    worker.stop().await;
+
+    let command = persistence::find_command(&db.pool, &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    let error = command.error.unwrap();
+    assert!(
+        error.contains("injected fault") && error.contains("3 attempts"),
+        "{error}"
+    );
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("select status, attempts from apalis.jobs where job_type = 'hitl_resume'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("Killed", 3));
+    let run = persistence::find_run(&db.pool, &persistence::RunRef::Id(runs[0].clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        run.status,
+        RunStatus::AwaitingHitl,
+        "nothing was half-applied"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_during_a_drain_exits_within_the_grace_period_and_leaves_no_job_running() {
+    let db = common::fresh_db().await;
+    let runs = parked_runs(&db.pool, 1500).await;
+    submit_resumes(&db.pool, &runs).await;
+    let logs = tempfile::tempdir().unwrap();
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("HITL_SHUTDOWN_GRACE", "2s"),
+        ("HITL_WORKER_CONCURRENCY", "4"),
+        ("HITL_WORKER_BATCH_SIZE", "4"),
+    ];
+    let mut worker = common::ServiceProcess::start_worker(&env, logs.path());
+    wait_for_count(
+        &db.pool,
+        "select least(count(*), 50) from hitl_commands where status = 'succeeded'",
+        50,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let signalled = Instant::now();
+    assert!(
+        worker.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10)),
+        "{}",
+        worker.log()
+    );
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "grace 2 s plus release: {took:?}"
+    );
+    assert!(
+        worker.child.try_wait().unwrap().unwrap().success(),
+        "{}",
+        worker.log()
+    );
+    let left = scalar(
+        &db.pool,
+        "select count(*) from apalis.jobs where status in ('Running', 'Queued')",
+    )
+    .await;
+    assert_eq!(left, 0, "no job left claimed");
+    let done = scalar(
+        &db.pool,
+        "select count(*) from hitl_commands where status = 'succeeded'",
+    )
+    .await;
+    assert!(done < 1500, "the drain was interrupted ({done} applied)");
+
+    // A new worker finishes the rest, and nothing is applied twice.
+    let mut again = common::ServiceProcess::start_worker(&env, logs.path());
+    wait_for_count(
+        &db.pool,
+        "select count(*) from orchestrator_runs where status = 'completed'",
+        1500,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(again.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10)));
+    assert_applied_exactly_once(&db.pool, 1500).await;
+}
