@@ -435,3 +435,38 @@ async fn sigterm_during_a_drain_exits_within_the_grace_period_and_leaves_no_job_
     assert!(again.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10)));
     assert_applied_exactly_once(&db.pool, 1500).await;
 }
+
+#[tokio::test]
+async fn finished_job_rows_are_deleted_on_a_schedule_by_a_single_cleanup_job() {
+    let db = common::fresh_db().await;
+    parked_runs(&db.pool, 5).await;
+    assert!(
+        scalar(
+            &db.pool,
+            "select count(*) from apalis.jobs where status = 'Done' and job_type <> 'hitl_cleanup'"
+        )
+        .await
+            >= 5
+    );
+
+    let mut settings = fast_settings();
+    settings.retain_done = Duration::ZERO;
+    settings.cleanup_interval = Duration::from_millis(200);
+    let a = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), settings.clone());
+    let b = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), settings);
+    wait_for_count(
+        &db.pool,
+        "select count(*) from apalis.jobs where status = 'Done' and job_type <> 'hitl_cleanup'",
+        0,
+        Duration::from_secs(10),
+    )
+    .await;
+    let active = scalar(
+        &db.pool,
+        "select count(*) from apalis.jobs where job_type = 'hitl_cleanup' and status in ('Pending', 'Running', 'Failed')",
+    )
+    .await;
+    assert_eq!(active, 1, "two workers, one cleanup scheduled");
+    a.stop().await;
+    b.stop().await;
+}

@@ -343,7 +343,11 @@ async fn bury(ctx: &JobContext, claimed: &ClaimedJob, job: Option<&Job>, error: 
 async fn schedule_cleanup(ctx: &JobContext) {
     let result = async {
         let mut tx = ctx.pool.begin().await?;
-        queue::enqueue_singleton(&mut tx, &Job::Cleanup, None).await?;
+        if !queue::enqueue_singleton(&mut tx, &Job::Cleanup, None).await? {
+            let due = Utc::now()
+                + chrono::Duration::from_std(ctx.cleanup_interval).unwrap_or(chrono::Duration::MAX);
+            queue::bring_forward(&mut tx, &Job::Cleanup, due).await?;
+        }
         tx.commit().await?;
         Ok::<_, crate::persistence::PersistenceError>(())
     }

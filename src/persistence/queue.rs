@@ -175,6 +175,24 @@ fn queue_error(e: apalis_postgres::Error) -> PersistenceError {
     }
 }
 
+/// Moves a scheduled job of a singleton kind earlier, to `at` at the latest (a worker
+/// started with a shorter interval than the one that scheduled it).
+pub async fn bring_forward(
+    conn: &mut PgConnection,
+    job: &Job,
+    at: DateTime<Utc>,
+) -> Result<(), PersistenceError> {
+    sqlx::query(
+        "update apalis.jobs set run_at = $2 \
+         where job_type = $1 and status in ('Pending', 'Failed') and run_at > $2",
+    )
+    .bind(job.queue())
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// A job this worker claimed.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct ClaimedJob {
