@@ -5,12 +5,13 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Authenticator};
 use crate::config::{Cli, Command, HttpArgs, WorkerOptions};
 use crate::db::{Database, DbError};
 use crate::engine::Engine;
@@ -29,6 +30,8 @@ pub enum AppError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("invalid API token settings: {0}")]
+    Tokens(String),
 }
 
 /// Runs the role the command line asked for until it finishes or is told to stop.
@@ -54,13 +57,13 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         }
         Command::Serve(args) => {
             let worker = tokio::spawn(worker(&args.worker).run(shutdown.clone()));
-            let http = serve_http(&args.http, grace, &db, shutdown.clone()).await;
+            let http = serve_http(&args.http, grace, &db, &engine, shutdown.clone()).await;
             // A server that could not start takes the workers down with it.
             shutdown.cancel();
             let _ = worker.await;
             http
         }
-        Command::Api(args) => serve_http(&args.http, grace, &db, shutdown.clone()).await,
+        Command::Api(args) => serve_http(&args.http, grace, &db, &engine, shutdown.clone()).await,
         Command::Worker(args) => {
             worker(&args.worker).run(shutdown.clone()).await;
             Ok(())
@@ -74,8 +77,25 @@ async fn serve_http(
     http: &HttpArgs,
     grace: Duration,
     db: &Database,
+    engine: &Engine,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
+    let configured = Authenticator::from_settings(http.api_key.as_ref(), http.api_tokens.as_ref())
+        .map_err(AppError::Tokens)?;
+    let auth = match configured {
+        Some(auth) => auth,
+        None => {
+            // A local run with no token configured still needs one: made up here and
+            // shown once, on stdout only (never in the logs).
+            let (auth, token) = Authenticator::generated().map_err(AppError::Serve)?;
+            println!("hitl-orchestrator api key: {}", token.expose());
+            tracing::warn!(
+                "neither API_KEY nor API_TOKENS is set: generated an all-scopes token, \
+                 printed once on standard output"
+            );
+            auth
+        }
+    };
     let listener = TcpListener::bind(http.listen_addr)
         .await
         .map_err(|source| AppError::Bind {
@@ -90,6 +110,10 @@ async fn serve_http(
 
     let app = api::router(AppState {
         pool: db.pool.clone(),
+        engine: engine.clone(),
+        auth: Arc::new(auth),
+        max_body: http.max_body.0,
+        shutdown: shutdown.clone(),
     });
     let stop = shutdown.clone();
     let server =

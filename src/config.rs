@@ -130,6 +130,49 @@ impl fmt::Display for Millis {
     }
 }
 
+/// A size in bytes, given plainly (`262144`) or with a unit (`256KiB`, `1MiB`, `64kb`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl ByteSize {
+    /// The largest size accepted: bodies bigger than this are not what the API is for.
+    pub const MAX: usize = 64 * 1024 * 1024;
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let factor: usize = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1024,
+            "m" | "mb" | "mib" => 1024 * 1024,
+            _ => {
+                return Err(format!(
+                    "`{s}` is not a size (examples: 262144, 256KiB, 1MiB)"
+                ));
+            }
+        };
+        let n: usize = number
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size (examples: 262144, 256KiB, 1MiB)"))?;
+        let bytes = n.saturating_mul(factor);
+        if !(1024..=Self::MAX).contains(&bytes) {
+            return Err(format!("must be between 1KiB and {}MiB", Self::MAX >> 20));
+        }
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0)
+    }
+}
+
 /// How log lines are written to standard error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -223,9 +266,23 @@ pub struct HttpArgs {
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
 
-    /// Bearer token with every scope (at least 16 characters).
+    /// Bearer token with every scope (at least 16 characters). When neither this nor
+    /// --api-tokens is set, a random all-scopes token is generated at start and printed
+    /// once on standard output.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
+
+    /// More bearer tokens, each with its own scopes: `name:token:scope,scope` entries
+    /// separated by `;`, e.g. `ops:<token>:operate;ci:<token>:submit`. Scopes: `operate`
+    /// (pending, resume, remove, read runs and commands) and `submit` (create runs).
+    /// Tokens are at least 16 characters without white space, `:` or `;`.
+    #[arg(long, env = "API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<Secret>,
+
+    /// Largest request body accepted (bytes, or with a unit: 256KiB, 1MiB); larger bodies
+    /// are refused with 413 before they are read.
+    #[arg(long, env = "HITL_MAX_BODY", default_value = "256KiB")]
+    pub max_body: ByteSize,
 }
 
 /// Settings of the queue workers (`serve` and `worker`).
@@ -343,6 +400,10 @@ impl Cli {
         if let Some(key) = http.and_then(|h| h.api_key.as_ref()) {
             ApiKey::from_str(key.expose()).map_err(|why| invalid("--api-key (API_KEY)", why))?;
         }
+        if let Some(tokens) = http.and_then(|h| h.api_tokens.as_ref()) {
+            crate::api::auth::parse_token_list(tokens.expose())
+                .map_err(|why| invalid("--api-tokens (API_TOKENS)", why))?;
+        }
         let worker = match &self.command {
             Command::Serve(a) => Some(&a.worker),
             Command::Worker(a) => Some(&a.worker),
@@ -415,6 +476,16 @@ mod tests {
         assert!(!format!("{key:?}").contains("secret-token"));
         let url: DatabaseUrl = "postgres://u:hunter2hunter2@localhost/db".parse().unwrap();
         assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn body_sizes_accept_units_and_refuse_absurd_values() {
+        assert_eq!("262144".parse::<ByteSize>().unwrap().0, 262_144);
+        assert_eq!("256KiB".parse::<ByteSize>().unwrap().0, 262_144);
+        assert_eq!("1MiB".parse::<ByteSize>().unwrap().0, 1_048_576);
+        assert!("12".parse::<ByteSize>().is_err());
+        assert!("1GiB".parse::<ByteSize>().is_err());
+        assert!("lots".parse::<ByteSize>().is_err());
     }
 
     #[test]

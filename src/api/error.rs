@@ -1,35 +1,121 @@
-//! The one HTTP error type: each variant maps to one status code and one stable `code`
-//! string in a single match, and 5xx bodies never carry internal detail (the cause is
-//! logged once, here).
+//! The one HTTP error type: each variant maps to one status code in a single match, every
+//! answer is the envelope `{"error": {"code", "message", "details"}}`, and 5xx bodies
+//! never carry internal detail (the cause is logged once, here).
+//!
+//! The status contract: 400 malformed JSON or query, 401 no or unknown token, 403 the
+//! token lacks the scope, 404 unknown run, request, brief, command or route, 405 wrong
+//! method, 409 not pending / conflict / terminal run / thread taken, 413 body over the
+//! limit, 415 not JSON, 422 a field is invalid (`details.field` names it), 500 a fault of
+//! ours or a command that failed for good, 503 database unavailable or HITL disabled.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+
+use super::auth::Scope;
+use crate::engine::EngineError;
+use crate::persistence::PersistenceError;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// 400: the body or query cannot be read at all (not JSON, truncated, too deep).
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// 401: no token, or not one we know (one answer for both).
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// 403: a known token without the scope the route needs.
+    #[error("this token lacks the `{}` scope", scope.as_str())]
+    Forbidden { scope: Scope },
     /// 404: the route or the thing named does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// 503: the service cannot serve now (database down, not migrated).
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    /// 405: the route exists, not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// 409: the state moved on (request not pending, run ended, lost race, thread taken).
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        details: Value,
+    },
+    /// 413: the body is larger than the configured limit.
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 415: the body is not declared as JSON.
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    /// 422: a field is invalid; `details.field` names it.
+    #[error("{message}")]
+    Invalid {
+        code: &'static str,
+        message: String,
+        details: Value,
+    },
+    /// 503: the service cannot serve now (database down, not migrated, HITL disabled).
     #[error("{message}")]
     Unavailable {
         code: &'static str,
         message: String,
         details: Value,
     },
+    /// 500: the command was applied and failed for good (its job died).
+    #[error("command {command_id} failed")]
+    CommandFailed { command_id: String },
     /// 500: a fault of ours; the cause is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl ApiError {
+    /// 422 for `field`, with the field named in the message and in `details.field`.
+    pub fn invalid(field: impl Into<String>, message: impl AsRef<str>) -> Self {
+        let field = field.into();
+        ApiError::Invalid {
+            code: "invalid_field",
+            message: format!("{field}: {}", message.as_ref()),
+            details: json!({ "field": field }),
+        }
+    }
+
+    /// 404 with a code naming what was not found.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::NotFound {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 503: the database could not be reached.
+    pub fn database_unavailable() -> Self {
+        ApiError::Unavailable {
+            code: "database_unavailable",
+            message: "the database is unavailable; retry later".into(),
+            details: Value::Null,
+        }
+    }
+
+    /// The status and the stable `code` string: the single place a status is chosen.
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
+            ApiError::CommandFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "command_failed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -43,17 +129,118 @@ impl IntoResponse for ApiError {
                 tracing::error!(%cause, "request failed");
                 ("internal error".to_owned(), Value::Null)
             }
-            ApiError::Unavailable {
+            ApiError::Forbidden { scope } => {
+                (self.to_string(), json!({ "requiredScope": scope.as_str() }))
+            }
+            ApiError::PayloadTooLarge { limit } => (self.to_string(), json!({ "limit": limit })),
+            ApiError::CommandFailed { command_id } => (
+                format!("command {command_id} failed; see GET /api/hitl/commands/{command_id}"),
+                json!({ "commandId": command_id }),
+            ),
+            ApiError::Conflict {
+                message, details, ..
+            }
+            | ApiError::Invalid {
+                message, details, ..
+            }
+            | ApiError::Unavailable {
                 message, details, ..
             } => (message.clone(), details.clone()),
             other => (other.to_string(), Value::Null),
         };
         let body = json!({ "error": { "code": code, "message": message, "details": details } });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        match self {
+            ApiError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of the body is never read: do not keep the connection for more.
+            ApiError::PayloadTooLarge { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<PersistenceError> for ApiError {
+    fn from(e: PersistenceError) -> Self {
+        if e.is_unavailable() {
+            return ApiError::database_unavailable();
+        }
+        match e {
+            PersistenceError::NotFound { entity, id } => {
+                let code = match entity {
+                    "run" => "run_not_found",
+                    "request" => "request_not_found",
+                    "brief" => "brief_not_found",
+                    "command" => "command_not_found",
+                    _ => "not_found",
+                };
+                ApiError::not_found(code, format!("{entity} {id} not found"))
+            }
+            PersistenceError::ThreadTaken(thread) => ApiError::Conflict {
+                code: "thread_taken",
+                message: format!("thread id {thread} is already used by another run"),
+                details: json!({ "field": "threadId", "threadId": thread }),
+            },
+            e @ (PersistenceError::StaleVersion { .. } | PersistenceError::Transition { .. }) => {
+                ApiError::Conflict {
+                    code: "conflict",
+                    message: e.to_string(),
+                    details: Value::Null,
+                }
+            }
+            PersistenceError::IdempotencyKeyReused(_) => ApiError::Invalid {
+                code: "idempotency_key_reused",
+                message: "Idempotency-Key: this key was already used for a different request"
+                    .into(),
+                details: json!({ "field": "Idempotency-Key" }),
+            },
+            PersistenceError::InvalidResponse(problem) => {
+                ApiError::invalid(problem.field, problem.message)
+            }
+            e @ PersistenceError::Database(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        PersistenceError::from(e).into()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidPlan(plan) => ApiError::Invalid {
+                code: "invalid_plan",
+                message: format!("{}: {}", plan.field, plan.message),
+                details: json!({ "field": plan.field, "node": plan.node }),
+            },
+            EngineError::Persistence(e) => e.into(),
+            EngineError::RunNotFound(run) => {
+                ApiError::not_found("run_not_found", format!("run {run} not found"))
+            }
+            e @ (EngineError::Transient { .. } | EngineError::Corrupt { .. }) => {
+                ApiError::Internal(e.to_string())
+            }
+        }
     }
 }
 
 /// The answer for a path no route serves.
 pub async fn not_found() -> ApiError {
-    ApiError::NotFound("no such route".into())
+    ApiError::not_found("not_found", "no such route")
+}
+
+/// The answer for a known path with a method it does not serve.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }

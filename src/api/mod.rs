@@ -1,27 +1,79 @@
 //! The HTTP API: the axum router, its shared state, and the error envelope every route
 //! answers with (`{"error": {"code", "message", "details"}}`).
+//!
+//! Every `/api` route sits behind the bearer-token middleware ([`auth::require_token`]),
+//! so authentication comes before routing, parsing or any database work; each handler
+//! then checks its scope first among its extractors, before the body is read.
 
+pub mod auth;
+mod commands;
 pub mod error;
+pub mod extract;
 pub mod health;
+mod outcome;
+mod pending;
+mod runs;
+
+use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
+use crate::engine::Engine;
+pub use auth::Authenticator;
 pub use error::ApiError;
+
+/// The default largest request body: 256 KiB.
+pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     /// The database pool.
     pub pool: PgPool,
+    /// The plan engine: validates plans of new runs; its HITL flag gates resume/remove.
+    pub engine: Engine,
+    /// The accepted bearer tokens.
+    pub auth: Arc<Authenticator>,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Cancelled at shutdown: a request waiting for a command's outcome answers at once.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// State with the default body limit and a shutdown token of its own.
+    pub fn new(pool: PgPool, engine: Engine, auth: Authenticator) -> Self {
+        Self {
+            pool,
+            engine,
+            auth: Arc::new(auth),
+            max_body: DEFAULT_MAX_BODY,
+            shutdown: CancellationToken::new(),
+        }
+    }
 }
 
 /// The whole router.
 pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/hitl/pending", get(pending::list))
+        .route("/hitl/resume", post(commands::resume))
+        .route("/hitl/remove", post(commands::remove))
+        .route("/hitl/commands/{command_id}", get(commands::show))
+        .route("/runs", post(runs::create).get(runs::list))
+        .route("/runs/{run_id}", get(runs::show))
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .fallback(error::not_found)
+        .layer(from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .nest("/api", api)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .with_state(state)
 }
