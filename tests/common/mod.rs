@@ -16,6 +16,8 @@ use hitl_orchestrator::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use hitl_orchestrator::db::{self, PoolSettings};
 use sqlx::{Connection, PgConnection, PgPool};
 
+pub mod api;
+
 /// The server tests run against: an admin URL (may create databases) and how to build
 /// the URL of another database on it.
 struct Server {

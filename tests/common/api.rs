@@ -1,0 +1,288 @@
+//! Driving the real router over real HTTP: the app served by `axum::serve` on
+//! `127.0.0.1:0`, a fresh database, in-process workers, three scoped tokens, and helpers
+//! to create parked runs, wait for states and dump every orchestrator table.
+
+use std::time::{Duration, Instant};
+
+use hitl_orchestrator::api::auth::parse_token_list;
+use hitl_orchestrator::api::{self, AppState, Authenticator};
+use hitl_orchestrator::engine::Engine;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::queue_support::{RunningWorker, fast_settings};
+use super::{TestDb, fresh_db};
+
+/// A token with every scope.
+pub const ADMIN: &str = "admin-token-0123456789abcdef";
+/// A token with `operate` only.
+pub const OPERATOR: &str = "operator-token-0123456789abc";
+/// A token with `submit` only.
+pub const SUBMITTER: &str = "submitter-token-0123456789ab";
+/// A well-formed token nobody configured.
+pub const STRANGER: &str = "stranger-token-0123456789abc";
+
+/// The orchestrator's tables, for dumps.
+pub const TABLES: [&str; 6] = [
+    "briefs",
+    "orchestrator_runs",
+    "hitl_requests",
+    "hitl_responses",
+    "hitl_commands",
+    "run_audit_events",
+];
+
+/// The authenticator every test app uses.
+pub fn test_tokens() -> Authenticator {
+    Authenticator::new(
+        parse_token_list(&format!(
+            "admin:{ADMIN}:operate,submit;ops:{OPERATOR}:operate;ci:{SUBMITTER}:submit"
+        ))
+        .unwrap(),
+    )
+}
+
+/// What a test app starts with.
+pub struct AppOptions {
+    pub engine: Engine,
+    /// Run in-process workers (off: commands stay queued).
+    pub workers: bool,
+    pub max_body: usize,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            engine: Engine::with_builtins(true),
+            workers: true,
+            max_body: api::DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// `error.code` of an error answer.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    /// `error.details.field` of a 422.
+    pub fn field(&self) -> &str {
+        self.body["error"]["details"]["field"]
+            .as_str()
+            .unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A running app.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+    pub pool: PgPool,
+    worker: Option<RunningWorker>,
+    shutdown: CancellationToken,
+}
+
+/// Serves `state`'s router on a free loopback port; returns its base URL.
+pub async fn serve(state: AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = state.shutdown.clone();
+    let app = api::router(state);
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    base
+}
+
+impl TestApp {
+    /// The app with the built-in capabilities and workers running.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(AppOptions::default()).await
+    }
+
+    pub async fn spawn_with(options: AppOptions) -> Self {
+        let db = fresh_db().await;
+        let pool = db.pool.clone();
+        let worker = options
+            .workers
+            .then(|| RunningWorker::spawn(&pool, options.engine.clone(), fast_settings()));
+        let mut state = AppState::new(pool.clone(), options.engine, test_tokens());
+        state.max_body = options.max_body;
+        let shutdown = state.shutdown.clone();
+        let base = serve(state).await;
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            db,
+            pool,
+            worker,
+            shutdown,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        if let Some(w) = self.worker {
+            w.stop().await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends `request` and reads the answer (a body that is not JSON becomes a string).
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.send(self.client.get(self.url(path)).bearer_auth(token))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Reply {
+        self.send(
+            self.client
+                .post(self.url(path))
+                .bearer_auth(token)
+                .json(body),
+        )
+        .await
+    }
+
+    /// POST with extra headers.
+    pub async fn post_with(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(ADMIN)
+            .json(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        self.send(request).await
+    }
+
+    /// Creates a run of `plan` through the API; returns its run id.
+    pub async fn create_run(&self, plan: Value) -> String {
+        let reply = self
+            .post(
+                "/api/runs",
+                SUBMITTER,
+                &json!({ "brief": { "title": "Spring launch post", "content": { "text": "draft" } },
+                         "executionContext": { "locale": "en" }, "plan": plan }),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{reply:?}");
+        reply.body["runId"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a run that pauses at `review` (approval, rejection, option `short`|`long`,
+    /// freeform) and waits until it does; returns (run id, pending request id).
+    pub async fn parked_run(&self) -> (String, String) {
+        let run = self.create_run(review_plan()).await;
+        let snapshot = self.wait_for_run(&run, "awaiting_hitl").await;
+        let request = snapshot["pendingRequestId"].as_str().unwrap().to_owned();
+        (run, request)
+    }
+
+    /// Polls `GET /api/runs/{run}` until its status is `status`; returns the snapshot.
+    pub async fn wait_for_run(&self, run: &str, status: &str) -> Value {
+        self.poll(&format!("/api/runs/{run}"), |b| b["status"] == status)
+            .await
+    }
+
+    /// Polls `GET /api/hitl/commands/{id}` until it is final; returns the view.
+    pub async fn wait_for_command(&self, id: &str) -> Value {
+        self.poll(&format!("/api/hitl/commands/{id}"), |b| {
+            matches!(
+                b["status"].as_str(),
+                Some("succeeded" | "rejected" | "failed")
+            )
+        })
+        .await
+    }
+
+    /// Polls `GET path` until `done` holds for its body; returns the body.
+    pub async fn poll(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let reply = self.get(path, OPERATOR).await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            if done(&reply.body) {
+                return reply.body;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{path} never got there: {}",
+                reply.body
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every row of every orchestrator table, to show a refused request changed nothing.
+    pub async fn dump(&self) -> Vec<Vec<Value>> {
+        let mut tables = Vec::new();
+        for t in TABLES {
+            let rows: Vec<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "select to_jsonb(t) from {t} t order by 1"
+            )))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+            tables.push(rows);
+        }
+        tables
+    }
+}
+
+/// A plan that pauses at `review`, then completes.
+pub fn review_plan() -> Value {
+    json!({ "nodes": [
+        { "id": "prepare", "type": "task", "capability": "set", "input": { "draft": "v1" } },
+        { "id": "review", "type": "hitl", "prompt": "Approve the draft?",
+          "responseTypes": ["approval", "rejection", "option", "freeform"],
+          "options": [ { "id": "short", "label": "Shorten it" }, { "id": "long", "label": "Expand it" } ],
+          "contract": { "facets": ["tone"], "capabilityContract": { "output": "approved draft" } } },
+        { "id": "publish", "type": "task", "capability": "set", "input": { "published": true } } ] })
+}
+
+/// A resume body approving `request` as operator `who`.
+pub fn approval(run: &str, request: &str, who: &str) -> Value {
+    json!({ "runId": run, "requestId": request,
+            "responses": [ { "requestId": request, "responseType": "approval", "approved": true,
+                             "freeformText": "Looks good", "responderId": who,
+                             "responderDisplayName": format!("Operator {who}") } ],
+            "operator": { "id": who, "displayName": format!("Operator {who}"),
+                          "email": format!("{who}@example.com") },
+            "note": "Approved after review" })
+}
