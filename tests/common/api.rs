@@ -138,6 +138,13 @@ impl TestApp {
         }
     }
 
+    /// Stops the workers (the server keeps serving): commands submitted now stay queued.
+    pub async fn stop_workers(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop().await;
+        }
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         if let Some(w) = self.worker {
