@@ -71,9 +71,15 @@ async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     Ok(buf)
 }
 
-/// Parses a JSON document into `T`: 400 when it is not JSON, 422 naming the field when
-/// it is JSON of the wrong shape.
+/// Parses a JSON object into `T`: 400 when it is not JSON, 422 naming the field when it
+/// is JSON of the wrong shape. Every body of this API is an object: anything else is
+/// refused before serde could read a struct from an array's positions.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // Still tell JSON from not-JSON (and too deep to read) apart.
+        serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| shape_error(".", e))?;
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -221,6 +227,7 @@ mod tests {
             (422, json!("extra"))
         );
         assert_eq!(field_of(r#""text""#), (422, json!("body")));
+        assert_eq!(field_of("[1]"), (422, json!("body")));
     }
 
     #[test]
