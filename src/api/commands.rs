@@ -14,11 +14,11 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::auth::{Authorized, Operate};
+use super::auth::{Authorized, Operate, Principal};
 use super::extract::ApiJson;
 use super::outcome::{self, CommandView};
 use super::{ApiError, AppState};
-use crate::domain::{AuditAction, CommandId, CommandKind, RequestId, RunId, RunStatus, ThreadId};
+use crate::domain::{AuditAction, CommandId, CommandKind, RequestId, RunId, ThreadId};
 use crate::persistence::{
     self, AuditRecord, NewCommand, Operator, RequestShape, ResponseInput, RunHeader, RunRef,
     RunSnapshot,
@@ -87,7 +87,7 @@ struct Submission<'a> {
 
 /// `POST /api/hitl/resume`.
 pub async fn resume(
-    _: Authorized<Operate>,
+    Authorized { principal, .. }: Authorized<Operate>,
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ResumeIn>,
@@ -101,12 +101,20 @@ pub async fn resume(
         note: body.note.as_deref(),
         payload: serde_json::to_value(&body).map_err(|e| ApiError::Internal(e.to_string()))?,
     };
-    submit(&state, &headers, submission, Some(&body.responses), None).await
+    submit(
+        &state,
+        &principal,
+        &headers,
+        submission,
+        Some(&body.responses),
+        None,
+    )
+    .await
 }
 
 /// `POST /api/hitl/remove`.
 pub async fn remove(
-    _: Authorized<Operate>,
+    Authorized { principal, .. }: Authorized<Operate>,
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<RemoveIn>,
@@ -120,7 +128,15 @@ pub async fn remove(
         note: body.note.as_deref(),
         payload: serde_json::to_value(&body).map_err(|e| ApiError::Internal(e.to_string()))?,
     };
-    submit(&state, &headers, submission, None, body.reason.as_deref()).await
+    submit(
+        &state,
+        &principal,
+        &headers,
+        submission,
+        None,
+        body.reason.as_deref(),
+    )
+    .await
 }
 
 /// `GET /api/hitl/commands/{commandId}`: the command, and the run once it is final. An
@@ -142,6 +158,7 @@ pub async fn show(
 
 async fn submit(
     state: &AppState,
+    principal: &Principal,
     headers: &HeaderMap,
     s: Submission<'_>,
     responses: Option<&[ResponseInput]>,
@@ -208,18 +225,20 @@ async fn submit(
         CommandKind::Resume => tracing::info!(
             name: "hitl_resume_api",
             run_id = %command.run_id,
-            request_id = ?command.request_id.as_ref().map(RequestId::as_str),
+            request_id = command.request_id.as_ref().map_or("", RequestId::as_str),
             command_id = %command.command_id,
             operator_id = %command.operator.id,
+            token_name = %principal.name,
             created = recorded.created,
             "resume accepted"
         ),
         CommandKind::Remove => tracing::info!(
             name: "hitl_cancel_api",
             run_id = %command.run_id,
-            request_id = ?command.request_id.as_ref().map(RequestId::as_str),
+            request_id = command.request_id.as_ref().map_or("", RequestId::as_str),
             command_id = %command.command_id,
             operator_id = %command.operator.id,
+            token_name = %principal.name,
             created = recorded.created,
             "remove accepted"
         ),
@@ -423,7 +442,6 @@ fn check_target(
             details: details(ended),
         });
     }
-    debug_assert!(run.status != RunStatus::AwaitingHitl || run.pending_request_id.is_some());
     Ok(())
 }
 

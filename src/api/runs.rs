@@ -114,7 +114,7 @@ pub async fn create(
         name: "run_created_api",
         run_id = %created.run_id,
         brief_id = %created.brief_id,
-        token = %principal.name,
+        token_name = %principal.name,
         "run created"
     );
     let mut response = outcome::json(
