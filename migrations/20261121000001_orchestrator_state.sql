@@ -43,6 +43,9 @@ create index orchestrator_runs_brief_idx on orchestrator_runs (brief_id);
 -- Rescans and sweeps page through the runs that are not finished.
 create index orchestrator_runs_active_idx on orchestrator_runs (run_id)
     where status in ('queued', 'running', 'awaiting_hitl');
+-- The sweep looks only at runs that should be moving.
+create index orchestrator_runs_moving_idx on orchestrator_runs (updated_at)
+    where status in ('queued', 'running');
 
 create table hitl_requests (
     request_id       text primary key check (request_id like 'hitl\_req\_%'),

@@ -18,8 +18,16 @@ create index if not exists hitl_jobs_claimed_idx on apalis.jobs (lock_by)
 create index if not exists hitl_jobs_finished_idx on apalis.jobs (done_at)
     where status in ('Done', 'Killed');
 
--- At most one active job of a singleton kind (the periodic cleanup), however many
--- workers try to schedule one. apalis's own idempotency key is unique forever, so it
--- cannot express "one at a time".
+-- At most one active job of a singleton kind (the startup rescan and the periodic
+-- cleanup), however many workers try to schedule one. apalis's own idempotency key is
+-- unique forever, so it cannot express "one at a time".
 create unique index if not exists hitl_jobs_singleton_idx on apalis.jobs (job_type)
-    where job_type in ('hitl_cleanup') and status in ('Pending', 'Queued', 'Running', 'Failed');
+    where job_type in ('hitl_cleanup', 'hitl_rescan')
+      and status in ('Pending', 'Queued', 'Running', 'Failed');
+
+-- Advancement and expiry jobs carry the run / request they act on in apalis's metadata,
+-- so "does this run have a live advancement job?" is an index lookup, not a payload scan.
+create index if not exists hitl_jobs_live_run_idx on apalis.jobs ((metadata -> 'run_id'))
+    where job_type = 'hitl_advance' and status in ('Pending', 'Queued', 'Running', 'Failed');
+create index if not exists hitl_jobs_live_request_idx on apalis.jobs ((metadata -> 'request_id'))
+    where job_type = 'hitl_expire' and status in ('Pending', 'Queued', 'Running', 'Failed');

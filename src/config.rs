@@ -336,6 +336,11 @@ pub struct WorkerOptions {
     #[arg(long, env = "HITL_RETAIN_DONE", default_value = "10m")]
     pub retain_done: Millis,
 
+    /// How often each worker looks for runs stranded while the system runs (a queued or
+    /// running run with no job, a passed deadline with no expiry job) and repairs them.
+    #[arg(long, env = "HITL_SWEEP_INTERVAL", default_value = "30s")]
+    pub sweep_interval: Millis,
+
     /// How long a dead (`Killed`) job row is kept for inspection.
     #[arg(long, env = "HITL_RETAIN_DEAD", default_value = "7d")]
     pub retain_dead: Millis,

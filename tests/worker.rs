@@ -7,9 +7,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fixtures;
-use common::queue_support::{RunningWorker, fast_settings, parked_runs, wait_for_count};
-use hitl_orchestrator::domain::{CommandId, RequestId, RunId, RunStatus};
+use common::queue_support::{
+    RunningWorker, fast_settings, parked_runs, submit_resumes, wait_for_count,
+};
+use hitl_orchestrator::domain::RunStatus;
 use hitl_orchestrator::engine::Engine;
 use hitl_orchestrator::engine::capability::{
     BoxFuture, Capability, CapabilityCall, CapabilityOutcome, CapabilityRegistry, TransientError,
@@ -18,30 +19,6 @@ use hitl_orchestrator::persistence::{self, queue};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use sqlx::PgPool;
-
-/// Records a resume approving the pending request of every run given, 200 per transaction.
-async fn submit_resumes(pool: &PgPool, runs: &[RunId]) -> Vec<CommandId> {
-    let mut ids = Vec::new();
-    for chunk in runs.chunks(200) {
-        let mut tx = pool.begin().await.unwrap();
-        for run in chunk {
-            let request: RequestId = sqlx::query_scalar(
-                "select pending_request_id from orchestrator_runs where run_id = $1",
-            )
-            .bind(run)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-            let recorded =
-                persistence::record_command(&mut tx, fixtures::resume(run, &request, "op"))
-                    .await
-                    .unwrap();
-            ids.push(recorded.command.command_id);
-        }
-        tx.commit().await.unwrap();
-    }
-    ids
-}
 
 async fn scalar(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))

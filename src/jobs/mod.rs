@@ -10,7 +10,10 @@ mod advance;
 mod apply_command;
 mod cleanup;
 mod expire;
+mod rehydrate;
+mod rescan;
 pub mod runner;
+mod sweep;
 
 use std::time::Duration;
 
@@ -79,6 +82,8 @@ pub(crate) async fn handle(
         Job::Advance(run_id) => advance::handle(ctx, claimed, run_id).await,
         Job::Expire(request_id) => expire::handle(ctx, claimed, request_id).await,
         Job::Cleanup => cleanup::handle(ctx, claimed).await,
+        Job::Rescan(after) => rescan::handle(ctx, claimed, after.as_ref()).await,
+        Job::Rehydrate(run_ids) => rehydrate::handle(ctx, claimed, run_ids).await,
     }
 }
 

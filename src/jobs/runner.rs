@@ -51,6 +51,9 @@ pub struct WorkerSettings {
     pub cleanup_interval: Duration,
     pub retain_done: Duration,
     pub retain_dead: Duration,
+    pub sweep_interval: Duration,
+    /// How long a run must be still before the sweep repairs it.
+    pub sweep_settle: Duration,
 }
 
 impl WorkerSettings {
@@ -70,6 +73,8 @@ impl WorkerSettings {
             cleanup_interval: o.cleanup_interval.0,
             retain_done: o.retain_done.0,
             retain_dead: o.retain_dead.0,
+            sweep_interval: o.sweep_interval.0,
+            sweep_settle: super::sweep::SETTLE,
         }
     }
 
@@ -139,6 +144,7 @@ impl Worker {
             }
         }
         schedule_cleanup(&ctx).await;
+        schedule_rescan(&ctx).await;
         // On stdout, apart from the logs, so scripts and tests know the worker is up.
         println!("hitl-orchestrator worker {} running", ctx.worker_id);
 
@@ -149,6 +155,12 @@ impl Worker {
             ctx.clone(),
             settings.clone(),
             in_flight.clone(),
+            background.clone(),
+        ));
+        let sweeper = tokio::spawn(super::sweep::sweep_loop(
+            ctx.clone(),
+            settings.sweep_interval,
+            settings.sweep_settle,
             background.clone(),
         ));
         let listener = settings.listen.then(|| {
@@ -246,6 +258,7 @@ impl Worker {
         }
         background.cancel();
         let _ = heart.await;
+        let _ = sweeper.await;
         if let Some(l) = listener {
             let _ = l.await;
         }
@@ -354,6 +367,27 @@ async fn schedule_cleanup(ctx: &JobContext) {
     .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "could not schedule the cleanup job");
+    }
+}
+
+/// Enqueues this start's rescan of unfinished runs (a no-op while one is active).
+async fn schedule_rescan(ctx: &JobContext) {
+    let result = async {
+        let mut tx = ctx.pool.begin().await?;
+        // Workers of one deployment start within moments of each other; a short delay
+        // lets them all join the first one's rescan instead of each running its own.
+        let at = Utc::now() + chrono::Duration::milliseconds(500);
+        let scheduled = queue::enqueue_singleton(&mut tx, &Job::Rescan(None), Some(at)).await?;
+        tx.commit().await?;
+        Ok::<_, crate::persistence::PersistenceError>(scheduled)
+    }
+    .await;
+    match result {
+        Ok(true) => tracing::info!("rescan of unfinished runs scheduled"),
+        Ok(false) => tracing::info!("a rescan is already active"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not schedule the rescan; the sweep covers stranded runs")
+        }
     }
 }
 

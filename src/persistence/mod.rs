@@ -12,6 +12,7 @@
 
 mod commands;
 pub mod queue;
+pub mod rehydrate;
 mod requests;
 mod runs;
 mod snapshot;

@@ -29,8 +29,10 @@ pub mod queue_names {
     pub const ADVANCE: &str = "hitl_advance";
     pub const EXPIRE: &str = "hitl_expire";
     pub const CLEANUP: &str = "hitl_cleanup";
+    pub const RESCAN: &str = "hitl_rescan";
+    pub const REHYDRATE: &str = "hitl_rehydrate";
     /// Every queue a worker serves.
-    pub const ALL: [&str; 5] = [RESUME, REMOVE, ADVANCE, EXPIRE, CLEANUP];
+    pub const ALL: [&str; 7] = [RESUME, REMOVE, ADVANCE, EXPIRE, CLEANUP, RESCAN, REHYDRATE];
 }
 
 /// A unit of work on the queue.
@@ -46,6 +48,10 @@ pub enum Job {
     Expire(RequestId),
     /// Delete finished job rows; reschedules itself.
     Cleanup,
+    /// Page through unfinished runs (after this run id) and enqueue rehydration pages.
+    Rescan(Option<RunId>),
+    /// Check and repair one page of runs after a start.
+    Rehydrate(Vec<RunId>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -63,6 +69,17 @@ struct RunPayload {
 struct RequestPayload {
     request_id: RequestId,
 }
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RescanPayload {
+    #[serde(default)]
+    after: Option<RunId>,
+}
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PagePayload {
+    run_ids: Vec<RunId>,
+}
 
 impl Job {
     /// Its queue.
@@ -73,6 +90,8 @@ impl Job {
             Job::Advance(_) => queue_names::ADVANCE,
             Job::Expire(_) => queue_names::EXPIRE,
             Job::Cleanup => queue_names::CLEANUP,
+            Job::Rescan(_) => queue_names::RESCAN,
+            Job::Rehydrate(_) => queue_names::REHYDRATE,
         }
     }
 
@@ -83,6 +102,17 @@ impl Job {
             Job::Advance(id) => json!({ "runId": id }),
             Job::Expire(id) => json!({ "requestId": id }),
             Job::Cleanup => json!({}),
+            Job::Rescan(after) => json!({ "after": after }),
+            Job::Rehydrate(ids) => json!({ "runIds": ids }),
+        }
+    }
+
+    /// What the job acts on, as apalis metadata (indexed for the live-job checks).
+    fn metadata(&self) -> Option<(&'static str, String)> {
+        match self {
+            Job::Advance(id) => Some(("run_id", id.to_string())),
+            Job::Expire(id) => Some(("request_id", id.to_string())),
+            _ => None,
         }
     }
 
@@ -111,6 +141,16 @@ impl Job {
                     .request_id,
             )),
             queue_names::CLEANUP => Ok(Job::Cleanup),
+            queue_names::RESCAN => Ok(Job::Rescan(
+                serde_json::from_slice::<RescanPayload>(bytes)
+                    .map_err(err)?
+                    .after,
+            )),
+            queue_names::REHYDRATE => Ok(Job::Rehydrate(
+                serde_json::from_slice::<PagePayload>(bytes)
+                    .map_err(err)?
+                    .run_ids,
+            )),
             other => Err(format!("unknown queue {other}")),
         }
     }
@@ -119,6 +159,10 @@ impl Job {
 fn task_for(job: &Job, run_at: Option<DateTime<Utc>>) -> apalis_postgres::PgTask {
     let bytes = serde_json::to_vec(&job.payload()).unwrap_or_default();
     let mut builder = TaskBuilder::new(bytes).max_attempts(DEFAULT_MAX_ATTEMPTS as usize);
+    if let Some((key, value)) = job.metadata() {
+        let map = std::collections::HashMap::from([(key.to_owned(), value)]);
+        builder = builder.with_metadata(apalis::prelude::MetadataStore::from_map(map));
+    }
     if let Some(at) = run_at {
         // The queue stores whole seconds; round up so a job never runs before its time.
         let secs = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);

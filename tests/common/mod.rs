@@ -542,6 +542,8 @@ pub mod queue_support {
             cleanup_interval: Duration::from_secs(3600),
             retain_done: Duration::from_secs(3600),
             retain_dead: Duration::from_secs(7 * 86400),
+            sweep_interval: Duration::from_secs(3600),
+            sweep_settle: Duration::from_secs(5),
         }
     }
 
@@ -617,6 +619,77 @@ pub mod queue_support {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Inserts `n` runs parked at the `review` node of [`review_plan`] exactly as the
+    /// engine leaves them (request pending, cursor and awaited request in the runner
+    /// metadata, one audit event per version), in a few set-based statements.
+    pub async fn seed_parked_runs(pool: &PgPool, n: i64) {
+        let salt = uuid::Uuid::now_v7().simple().to_string();
+        let plan = Engine::with_builtins(true)
+            .validate_plan(&review_plan())
+            .unwrap()
+            .to_json();
+        let sql = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "insert into briefs (brief_id, title) values ('brief_{salt}', 'seeded');
+             create temporary table seed on commit drop as
+                 select 'run_' || md5('r' || i || '{salt}') as run_id,
+                        'hitl_req_' || md5('q' || i || '{salt}') as request_id
+                 from generate_series(1, {n}) i;
+             insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan, runner_metadata, version)
+                 select run_id, 'thread_' || substr(run_id, 5), 'brief_{salt}', 'running', '{plan}'::jsonb,
+                        jsonb_build_object('cursor', 'review', 'awaitingRequestId', request_id), 3
+                 from seed;
+             insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, operator_prompt, response_types)
+                 select request_id, run_id, 'thread_' || substr(run_id, 5), 'brief_{salt}', 'review', 'Approve?',
+                        array['approval', 'rejection']
+                 from seed;
+             update orchestrator_runs o set status = 'awaiting_hitl', pending_request_id = s.request_id
+                 from seed s where o.run_id = s.run_id;
+             insert into run_audit_events (run_id, run_version, action, from_status, to_status, request_id)
+                 select run_id, v, a, f, t, case when v = 3 then request_id end
+                 from seed, (values (1, 'run_created', null, 'queued'), (2, 'run_started', 'queued', 'running'),
+                                    (3, 'hitl_requested', 'running', 'awaiting_hitl')) as e(v, a, f, t);"
+        )));
+        let mut tx = pool.begin().await.unwrap();
+        sql.execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// Records a resume approving the pending request of every run given, 200 per
+    /// transaction (each with its job).
+    pub async fn submit_resumes(
+        pool: &PgPool,
+        runs: &[RunId],
+    ) -> Vec<hitl_orchestrator::domain::CommandId> {
+        let mut ids = Vec::new();
+        for chunk in runs.chunks(200) {
+            let mut tx = pool.begin().await.unwrap();
+            for run in chunk {
+                let request: hitl_orchestrator::domain::RequestId = sqlx::query_scalar(
+                    "select pending_request_id from orchestrator_runs where run_id = $1",
+                )
+                .bind(run)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+                let cmd = super::fixtures::resume(run, &request, "op");
+                let recorded = hitl_orchestrator::persistence::record_command(&mut tx, cmd)
+                    .await
+                    .unwrap();
+                ids.push(recorded.command.command_id);
+            }
+            tx.commit().await.unwrap();
+        }
+        ids
+    }
+
+    /// Ids of every unfinished run.
+    pub async fn unfinished_runs(pool: &PgPool) -> Vec<RunId> {
+        sqlx::query_scalar("select run_id from orchestrator_runs where status in ('queued', 'running', 'awaiting_hitl') order by run_id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
     }
 
     /// Creates `n` runs and lets an in-process worker pause them all at their request.

@@ -1,0 +1,28 @@
+//! Job `hitl_rehydrate`: check one page of unfinished runs after a start and repair what
+//! would not move on its own (a lost advancement job, a deadline with no expiry job).
+//! Idempotent: a second pass over the same page finds nothing to repair.
+
+use super::{Handled, JobContext, JobError, complete_with};
+use crate::domain::RunId;
+use crate::persistence::queue::ClaimedJob;
+use crate::persistence::rehydrate;
+
+pub(super) async fn handle(
+    ctx: &JobContext,
+    claimed: &ClaimedJob,
+    run_ids: &[RunId],
+) -> Result<Handled, JobError> {
+    let mut tx = ctx.pool.begin().await?;
+    let report = rehydrate::rehydrate_page(&mut tx, run_ids).await?;
+    let handled = complete_with(ctx, tx, claimed).await?;
+    if handled == Handled::Done {
+        let repaired = report.continued.len() + report.deadlines_rearmed.len();
+        if repaired > 0 {
+            tracing::info!(runs_scanned = report.scanned, runs_repaired = repaired,
+                continued = ?report.continued, deadlines = ?report.deadlines_rearmed, "rehydrated a page");
+        } else {
+            tracing::debug!(runs_scanned = report.scanned, "rehydrated a page");
+        }
+    }
+    Ok(handled)
+}
