@@ -41,7 +41,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
 
     let common = cli.command.common();
     let db = Database::open(common).await?;
-    let engine = Engine::with_builtins(common.hitl_enabled);
+    let engine = Engine::for_service(common);
     let grace = common.shutdown_grace.0;
     let worker = |options: &WorkerOptions| {
         Worker::new(

@@ -249,6 +249,28 @@ pub struct CommonArgs {
     #[arg(long, env = "HITL_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub hitl_enabled: bool,
 
+    /// URL prefixes `agent.webhook` nodes may call, comma-separated
+    /// (e.g. `http://agents.internal/,http://127.0.0.1:9000/`). Empty: agent calls are refused.
+    #[arg(long, env = "HITL_AGENT_ALLOWED_URLS", value_delimiter = ',', num_args = 0..)]
+    pub agent_allowed_urls: Vec<String>,
+
+    /// Timeout of one agent call.
+    #[arg(long, env = "HITL_AGENT_TIMEOUT", default_value = "30s")]
+    pub agent_timeout: Millis,
+
+    /// Tries per agent call (network errors, timeouts, 5xx) before the node fails.
+    #[arg(long, env = "HITL_AGENT_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub agent_max_attempts: u32,
+
+    /// Delay before the first agent retry; doubles each time.
+    #[arg(long, env = "HITL_AGENT_BACKOFF", default_value = "500ms")]
+    pub agent_backoff: Millis,
+
+    /// Secret for signing agent calls: `X-Hitl-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    #[arg(long, env = "HITL_AGENT_SIGNING_SECRET", hide_env_values = true)]
+    pub agent_signing_secret: Option<Secret>,
+
     /// How long a graceful shutdown waits for in-flight requests and jobs; jobs still
     /// running then are released back to the queue.
     #[arg(long, env = "HITL_SHUTDOWN_GRACE", default_value = "10s")]

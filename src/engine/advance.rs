@@ -158,8 +158,10 @@ impl Engine {
             let step = match &node.kind {
                 NodeKind::Hitl(h) => self.hitl_step(&plan, index, h, &snap, &mut meta, &mut ctx)?,
                 NodeKind::Task(t) => {
-                    self.task_step(&snap, &node.id, index, t, &plan, &mut meta, &mut ctx)
-                        .await?
+                    self.task_step(
+                        &snap, &node.id, index, t, &plan, version, &mut meta, &mut ctx,
+                    )
+                    .await?
                 }
             };
             match step {
@@ -348,6 +350,7 @@ impl Engine {
         index: usize,
         t: &TaskNode,
         plan: &Plan,
+        version: i64,
         meta: &mut RunnerMeta,
         ctx: &mut Map<String, Value>,
     ) -> Result<Step, EngineError> {
@@ -363,6 +366,7 @@ impl Engine {
             None => None,
         };
         let context = Value::Object(ctx.clone());
+        let attempt_key = format!("{}:{node_id}:{version}", snap.run.run_id);
         let call = CapabilityCall {
             run_id: &snap.run.run_id,
             thread_id: &snap.run.thread_id,
@@ -372,6 +376,7 @@ impl Engine {
             execution_context: &context,
             runner_state: meta.runner_state.get(node_id),
             responses: resumed.map(|r| r.responses.as_slice()),
+            attempt_key: &attempt_key,
         };
         let outcome = capability
             .call(call)

@@ -31,6 +31,9 @@ pub struct CapabilityCall<'a> {
     pub runner_state: Option<&'a Value>,
     /// The operator's answers, when this call resumes the node after it interrupted.
     pub responses: Option<&'a [ResponseRecord]>,
+    /// Stable for one attempt at the node (the same after a crash or a retry, new when
+    /// the node is entered again): `<run>:<node>:<run version>`.
+    pub attempt_key: &'a str,
 }
 
 /// A HITL request a capability raises of its own (an agent's tool-approval interruption).
@@ -70,6 +73,12 @@ pub struct TransientError(pub String);
 
 /// What a task node can run.
 pub trait Capability: Send + Sync {
+    /// Checks a node's `config` when a plan is created; `Err((field, message))` names
+    /// the field under `config`. Most capabilities accept any config.
+    fn validate(&self, _config: &Map<String, Value>) -> Result<(), (String, String)> {
+        Ok(())
+    }
+
     /// Runs the capability once.
     fn call<'a>(
         &'a self,

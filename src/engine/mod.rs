@@ -10,6 +10,7 @@
 mod advance;
 pub mod capability;
 pub mod plan;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -74,9 +75,41 @@ impl Engine {
         &self.registry
     }
 
-    /// Validates a client's plan against this engine's capabilities.
+    /// An engine for the service: the built-ins and `agent.webhook`, configured by
+    /// the `HITL_AGENT_*` settings.
+    pub fn for_service(common: &crate::config::CommonArgs) -> Self {
+        let mut registry = CapabilityRegistry::with_builtins();
+        let settings = webhook::WebhookSettings {
+            allowed_urls: common.agent_allowed_urls.clone(),
+            timeout: common.agent_timeout.0,
+            max_attempts: common.agent_max_attempts,
+            backoff: common.agent_backoff.0,
+            signing_secret: common.agent_signing_secret.clone(),
+        };
+        registry.register(
+            "agent.webhook",
+            Arc::new(webhook::AgentWebhook::new(settings)),
+        );
+        Self::new(registry, common.hitl_enabled)
+    }
+
+    /// Validates a client's plan against this engine's capabilities, including each
+    /// task node's `config` as its capability requires.
     pub fn validate_plan(&self, plan: &Value) -> Result<Plan, PlanError> {
-        Plan::parse(plan, &|name| self.registry.contains(name))
+        let parsed = Plan::parse(plan, &|name| self.registry.contains(name))?;
+        for (i, node) in parsed.nodes.iter().enumerate() {
+            if let plan::NodeKind::Task(task) = &node.kind
+                && let Some(capability) = self.registry.get(&task.capability)
+                && let Err((field, message)) = capability.validate(&task.config)
+            {
+                return Err(PlanError {
+                    node: Some(node.id.clone()),
+                    field: format!("plan.nodes[{i}].config.{field}"),
+                    message,
+                });
+            }
+        }
+        Ok(parsed)
     }
 
     /// Validates the plan and creates the run (queued) with the plan in canonical form,
