@@ -347,6 +347,14 @@ async fn the_sweep_repairs_a_run_stranded_while_the_system_runs_and_a_quiet_swee
     settings.sweep_interval = Duration::from_millis(200);
     settings.sweep_settle = Duration::ZERO;
     let worker = RunningWorker::spawn(&db.pool, engine.clone(), settings);
+    // Let the start-up rescan finish first, so what follows is the sweep's to find.
+    wait_for_count(
+        &db.pool,
+        "select count(*) from apalis.jobs where job_type = 'hitl_rescan' and status = 'Done'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
 
     // A run whose advancement job is lost before any worker saw it.
     let mut tx = db.pool.begin().await.unwrap();
