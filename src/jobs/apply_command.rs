@@ -13,6 +13,12 @@ pub(super) async fn handle(
 ) -> Result<Handled, JobError> {
     let mut tx = ctx.pool.begin().await?;
     let outcome = persistence::apply_command(&mut tx, command_id).await?;
-    tracing::debug!(%command_id, ?outcome, "command applied");
+    // Ids and the kind of outcome only: commands carry operators' free text.
+    let applied = match &outcome {
+        persistence::ApplyOutcome::Applied { .. } => "applied",
+        persistence::ApplyOutcome::Rejected { .. } => "rejected",
+        persistence::ApplyOutcome::AlreadyFinal { .. } => "already final",
+    };
+    tracing::debug!(%command_id, outcome = applied, "command handled");
     complete_with(ctx, tx, claimed).await
 }
