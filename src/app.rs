@@ -114,8 +114,10 @@ async fn serve_http(
         auth: Arc::new(auth),
         max_body: http.max_body.0,
         shutdown: shutdown.clone(),
+        events: api::EventHub::new(db.pool.clone(), api::EventSettings::default()),
     });
     let stop = shutdown.clone();
+    let listener = api::listener::TimeoutListener::new(listener, http.http_write_timeout.0);
     let server =
         axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
     let server = tokio::spawn(async move { server.await });

@@ -288,6 +288,11 @@ pub struct HttpArgs {
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
 
+    /// A connection whose client stops reading is closed after its writes made no
+    /// progress this long (a stalled event stream cannot hold the server's memory).
+    #[arg(long, env = "HITL_HTTP_WRITE_TIMEOUT", default_value = "30s")]
+    pub http_write_timeout: Millis,
+
     /// Bearer token with every scope (at least 16 characters). When neither this nor
     /// --api-tokens is set, a random all-scopes token is generated at start and printed
     /// once on standard output.
@@ -429,6 +434,12 @@ impl Cli {
         }
         if let Some(tokens) = http.and_then(|h| h.api_tokens.as_ref()) {
             crate::api::auth::parse_token_list(tokens.expose())
+                .map_err(|why| invalid("--api-tokens (API_TOKENS)", why))?;
+        }
+        // Every token rule, the combination of both settings included, is checked here,
+        // before any database is opened.
+        if let Some(h) = http {
+            crate::api::Authenticator::from_settings(h.api_key.as_ref(), h.api_tokens.as_ref())
                 .map_err(|why| invalid("--api-tokens (API_TOKENS)", why))?;
         }
         let worker = match &self.command {

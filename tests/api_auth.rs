@@ -183,10 +183,17 @@ async fn authentication_comes_before_routing_parsing_and_validation() {
 
 fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = std::process::Command::new(common::service_binary());
+    // Every case here must be refused before any database is opened; were one not, it
+    // fails for want of server binaries instead of starting a cluster in the checkout.
     cmd.args(args)
         .env_remove("DATABASE_URL")
         .env_remove("API_KEY")
-        .env_remove("API_TOKENS");
+        .env_remove("API_TOKENS")
+        .env(
+            "HITL_DATA_DIR",
+            std::env::temp_dir().join("hitl-never-started"),
+        )
+        .env("HITL_PG_BIN_DIR", "/nonexistent/bin");
     for (k, v) in env {
         cmd.env(k, v);
     }

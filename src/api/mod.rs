@@ -8,8 +8,10 @@
 pub mod auth;
 mod commands;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
+pub mod listener;
 mod outcome;
 mod pending;
 mod runs;
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::Engine;
 pub use auth::Authenticator;
 pub use error::ApiError;
+pub use events::{EventHub, EventSettings};
 
 /// The default largest request body: 256 KiB.
 pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
@@ -40,14 +43,18 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
-    /// Cancelled at shutdown: a request waiting for a command's outcome answers at once.
+    /// Cancelled at shutdown: a request waiting for a command's outcome answers at once,
+    /// and event streams end.
     pub shutdown: CancellationToken,
+    /// The live event fan-out of this process.
+    pub events: EventHub,
 }
 
 impl AppState {
     /// State with the default body limit and a shutdown token of its own.
     pub fn new(pool: PgPool, engine: Engine, auth: Authenticator) -> Self {
         Self {
+            events: EventHub::new(pool.clone(), EventSettings::default()),
             pool,
             engine,
             auth: Arc::new(auth),
@@ -66,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/hitl/commands/{command_id}", get(commands::show))
         .route("/runs", post(runs::create).get(runs::list))
         .route("/runs/{run_id}", get(runs::show))
+        .route("/events", get(events::stream))
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(from_fn_with_state(state.clone(), auth::require_token));

@@ -11,6 +11,7 @@
 //! any of its requests or commands gives one lock order, so transitions cannot deadlock.
 
 mod commands;
+pub mod events;
 pub mod queue;
 pub mod rehydrate;
 mod requests;

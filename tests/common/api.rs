@@ -50,6 +50,10 @@ pub struct AppOptions {
     /// Run in-process workers (off: commands stay queued).
     pub workers: bool,
     pub max_body: usize,
+    /// The live event hub's settings.
+    pub events: api::EventSettings,
+    /// Stalled writes fail after this long.
+    pub write_timeout: Duration,
 }
 
 impl Default for AppOptions {
@@ -58,6 +62,8 @@ impl Default for AppOptions {
             engine: Engine::with_builtins(true),
             workers: true,
             max_body: api::DEFAULT_MAX_BODY,
+            events: api::EventSettings::default(),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -100,8 +106,14 @@ pub struct TestApp {
 
 /// Serves `state`'s router on a free loopback port; returns its base URL.
 pub async fn serve(state: AppState) -> String {
+    serve_with(state, Duration::from_secs(30)).await
+}
+
+/// [`serve`], with stalled writes failing after `write_timeout`.
+pub async fn serve_with(state: AppState, write_timeout: Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    let listener = api::listener::TimeoutListener::new(listener, write_timeout);
     let stop = state.shutdown.clone();
     let app = api::router(state);
     tokio::spawn(async move {
@@ -126,8 +138,9 @@ impl TestApp {
             .then(|| RunningWorker::spawn(&pool, options.engine.clone(), fast_settings()));
         let mut state = AppState::new(pool.clone(), options.engine, test_tokens());
         state.max_body = options.max_body;
+        state.events = api::EventHub::new(pool.clone(), options.events);
         let shutdown = state.shutdown.clone();
-        let base = serve(state).await;
+        let base = serve_with(state, options.write_timeout).await;
         Self {
             base,
             client: reqwest::Client::new(),
