@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Authorized, Operate, Principal};
 use super::extract::ApiJson;
+use super::openapi::{CommandAccepted, ErrorBody};
 use super::outcome::{self, CommandView};
 use super::{ApiError, AppState};
 use crate::domain::{AuditAction, CommandId, CommandKind, RequestId, RunId, ThreadId};
@@ -30,7 +31,7 @@ const MAX_SHORT_TEXT: usize = 256;
 const MAX_LONG_TEXT: usize = 4000;
 
 /// Who acts, as the runbook's `operator` object gives it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct OperatorIn {
     id: String,
@@ -41,7 +42,7 @@ struct OperatorIn {
 }
 
 /// The body of `POST /api/hitl/resume`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResumeIn {
     #[serde(default)]
@@ -57,7 +58,7 @@ pub struct ResumeIn {
 }
 
 /// The body of `POST /api/hitl/remove`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RemoveIn {
     #[serde(default)]
@@ -86,6 +87,23 @@ struct Submission<'a> {
 }
 
 /// `POST /api/hitl/resume`.
+#[utoipa::path(post, path = "/api/hitl/resume", tag = "hitl", security(("bearer" = [])),
+    request_body = ResumeIn, params(
+        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and body returns the same command"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): wait up to N seconds for the outcome")),
+    responses(
+        (status = 202, description = "accepted (or still running after Prefer: wait)", body = CommandAccepted),
+        (status = 200, description = "with Prefer: wait, applied: the command and the updated run", body = CommandView),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 404, description = "unknown run or request", body = ErrorBody),
+        (status = 409, description = "not pending, run ended, or another command won (named)", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 422, description = "a field is invalid (named in details.field)", body = ErrorBody),
+        (status = 500, description = "with Prefer: wait, the command failed for good", body = ErrorBody),
+        (status = 401, description = "no or unknown token", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope", body = ErrorBody),
+        (status = 503, description = "database unavailable", body = ErrorBody)))]
 pub async fn resume(
     Authorized { principal, .. }: Authorized<Operate>,
     State(state): State<AppState>,
@@ -113,6 +131,23 @@ pub async fn resume(
 }
 
 /// `POST /api/hitl/remove`.
+#[utoipa::path(post, path = "/api/hitl/remove", tag = "hitl", security(("bearer" = [])),
+    request_body = RemoveIn, params(
+        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and body returns the same command"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): wait up to N seconds for the outcome")),
+    responses(
+        (status = 202, description = "accepted (or still running after Prefer: wait)", body = CommandAccepted),
+        (status = 200, description = "with Prefer: wait, applied: the command and the updated run", body = CommandView),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 404, description = "unknown run or request", body = ErrorBody),
+        (status = 409, description = "not pending, run ended, or another command won (named)", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 422, description = "a field is invalid (named in details.field)", body = ErrorBody),
+        (status = 500, description = "with Prefer: wait, the command failed for good", body = ErrorBody),
+        (status = 401, description = "no or unknown token", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope", body = ErrorBody),
+        (status = 503, description = "database unavailable", body = ErrorBody)))]
 pub async fn remove(
     Authorized { principal, .. }: Authorized<Operate>,
     State(state): State<AppState>,
@@ -141,6 +176,14 @@ pub async fn remove(
 
 /// `GET /api/hitl/commands/{commandId}`: the command, and the run once it is final. An
 /// id that cannot be a command id names nothing: 404 like an unknown one.
+#[utoipa::path(get, path = "/api/hitl/commands/{commandId}", tag = "hitl", security(("bearer" = [])),
+    params(("commandId" = String, Path, description = "the command id")),
+    responses(
+        (status = 200, description = "the command, with the run once it is final", body = CommandView),
+        (status = 404, description = "no such command", body = ErrorBody),
+        (status = 401, description = "no or unknown token", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope", body = ErrorBody),
+        (status = 503, description = "database unavailable", body = ErrorBody)))]
 pub async fn show(
     _: Authorized<Operate>,
     State(state): State<AppState>,

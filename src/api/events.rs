@@ -28,6 +28,7 @@ use tokio::sync::{Notify, OnceCell, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Authorized, Operate};
+use super::openapi::ErrorBody;
 use super::{ApiError, AppState};
 use crate::domain::{AuditAction, RunId};
 use crate::persistence::events::{self, StreamEvent, StreamPosition};
@@ -202,6 +203,17 @@ fn sse_event(event: &StreamEvent) -> Event {
 }
 
 /// `GET /api/events` (scope `operate`; optional `runId`; honours `Last-Event-ID`).
+#[utoipa::path(get, path = "/api/events", tag = "events", security(("bearer" = [])),
+    params(
+        ("runId" = Option<String>, Query, description = "only this run's events"),
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id")),
+    responses(
+        (status = 200, description = "Server-Sent Events; each event's data is a StreamEvent",
+         content_type = "text/event-stream", body = String),
+        (status = 422, description = "runId or Last-Event-ID is malformed", body = ErrorBody),
+        (status = 401, description = "no or unknown token", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope", body = ErrorBody),
+        (status = 503, description = "database unavailable", body = ErrorBody)))]
 pub async fn stream(
     _: Authorized<Operate>,
     State(state): State<AppState>,

@@ -13,11 +13,17 @@ use crate::db::{self, NotReady};
 const READY_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// `GET /healthz`: the process is alive (no dependency checked).
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    responses((status = 200, description = "the process is alive")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: the database answers and every migration is applied; otherwise 503.
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses(
+        (status = 200, description = "database reachable, migrations applied"),
+        (status = 503, description = "not ready", body = super::openapi::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let outcome = tokio::time::timeout(READY_TIMEOUT, db::check_ready(&state.pool)).await;
     let (code, message) = match outcome {

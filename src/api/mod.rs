@@ -12,6 +12,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod listener;
+pub mod openapi;
 mod outcome;
 mod pending;
 mod runs;
@@ -64,6 +65,22 @@ impl AppState {
     }
 }
 
+/// Every (method, path) the router serves. `tests/openapi.rs` checks that this is exactly
+/// what `/openapi.json` documents, that each is served, and that other methods are not.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/hitl/pending"),
+    ("POST", "/api/hitl/resume"),
+    ("POST", "/api/hitl/remove"),
+    ("GET", "/api/hitl/commands/{commandId}"),
+    ("POST", "/api/runs"),
+    ("GET", "/api/runs"),
+    ("GET", "/api/runs/{runId}"),
+    ("GET", "/api/events"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/openapi.json"),
+];
+
 /// The whole router.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -80,6 +97,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
         .nest("/api", api)
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)

@@ -30,7 +30,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(15);
 
 /// A command as `GET /api/hitl/commands/{id}` and a successful wait show it: the row,
 /// and the run's snapshot once the command is final (`null` before).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandView {
     command_id: CommandId,

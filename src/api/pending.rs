@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Authorized, Operate};
 use super::extract::QueryParams;
+use super::openapi::{ErrorBody, PendingPage};
 use super::{ApiError, AppState};
 use crate::domain::{BriefId, RequestId, ThreadId};
 use crate::persistence::{self, PendingFilter, PendingItem};
@@ -18,6 +19,19 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
 /// Lists pending requests.
+#[utoipa::path(get, path = "/api/hitl/pending", tag = "hitl", security(("bearer" = [])),
+    params(
+        ("limit" = Option<i64>, Query, description = "page size, 1 to 500 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "the `nextCursor` of the previous page"),
+        ("threadId" = Option<String>, Query, description = "only this thread's request"),
+        ("briefId" = Option<String>, Query, description = "only requests of runs of this brief"),
+        ("nodeId" = Option<String>, Query, description = "only requests raised at this node")),
+    responses(
+        (status = 200, description = "pending requests, oldest first", body = PendingPage),
+        (status = 422, description = "a parameter is invalid (named in details.field)", body = ErrorBody),
+        (status = 401, description = "no or unknown token", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope", body = ErrorBody),
+        (status = 503, description = "database unavailable", body = ErrorBody)))]
 pub async fn list(
     _: Authorized<Operate>,
     State(state): State<AppState>,

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Authorized, Operate, Submit};
 use super::extract::{ApiJson, QueryParams};
+use super::openapi::{ErrorBody, RunAccepted, RunPage};
 use super::outcome;
 use super::{ApiError, AppState};
 use crate::domain::{BriefId, RunId, ThreadId};
@@ -19,7 +20,7 @@ use crate::persistence::{self, BriefInput, NewRun, RunRef};
 const MAX_TITLE: usize = 500;
 
 /// A new brief.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct BriefIn {
     title: String,
@@ -28,7 +29,7 @@ struct BriefIn {
 }
 
 /// The body of `POST /api/runs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateRunIn {
     #[serde(default)]
@@ -44,6 +45,19 @@ pub struct CreateRunIn {
 
 /// `POST /api/runs`: validates, then creates the brief (when new) and the run with its
 /// first job in one transaction; 202 with the run's ids and `Location`.
+#[utoipa::path(post, path = "/api/runs", tag = "runs", security(("bearer" = [])),
+    request_body = CreateRunIn,
+    responses(
+        (status = 202, description = "created, queued", body = RunAccepted),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 404, description = "unknown briefId", body = ErrorBody),
+        (status = 409, description = "threadId in use", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 422, description = "a field or the plan is invalid (details: field, node)", body = ErrorBody),
+        (status = 401, description = "no or unknown token", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope", body = ErrorBody),
+        (status = 503, description = "database unavailable", body = ErrorBody)))]
 pub async fn create(
     Authorized { principal, .. }: Authorized<Submit>,
     State(state): State<AppState>,
@@ -130,6 +144,14 @@ pub async fn create(
 
 /// `GET /api/runs/{runId}`: the run's snapshot. An id that cannot be a run id names
 /// nothing: 404 like an unknown one.
+#[utoipa::path(get, path = "/api/runs/{runId}", tag = "runs", security(("bearer" = [])),
+    params(("runId" = String, Path, description = "the run id")),
+    responses(
+        (status = 200, description = "the run with its requests, answers and audit log", body = crate::persistence::RunSnapshot),
+        (status = 404, description = "no such run", body = ErrorBody),
+        (status = 401, description = "no or unknown token", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope", body = ErrorBody),
+        (status = 503, description = "database unavailable", body = ErrorBody)))]
 pub async fn show(
     _: Authorized<Operate>,
     State(state): State<AppState>,
@@ -146,6 +168,14 @@ pub async fn show(
 
 /// `GET /api/runs?threadId=…`: the run of a thread (a thread has at most one), as a
 /// list. Listing every run is not offered: `threadId` is required.
+#[utoipa::path(get, path = "/api/runs", tag = "runs", security(("bearer" = [])),
+    params(("threadId" = String, Query, description = "the thread whose run to show")),
+    responses(
+        (status = 200, description = "the thread's run, if any", body = RunPage),
+        (status = 422, description = "threadId missing or invalid", body = ErrorBody),
+        (status = 401, description = "no or unknown token", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope", body = ErrorBody),
+        (status = 503, description = "database unavailable", body = ErrorBody)))]
 pub async fn list(
     _: Authorized<Operate>,
     State(state): State<AppState>,

@@ -68,7 +68,7 @@ macro_rules! prefixed_id {
         )]
         // Decoding from the database skips `parse`: the column only ever receives ids
         // written through these types, and a CHECK there is the place to enforce more.
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type, utoipa::ToSchema)]
         #[sqlx(transparent)]
         pub struct $name(String);
 
@@ -181,7 +181,7 @@ prefixed_id!(
 /// with no control characters that is not only whitespace. Generated thread ids are
 /// `thread_` followed by 32 lowercase hex digits. Stored as TEXT; serialized as the
 /// plain string.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(transparent)]
 pub struct ThreadId(String);
 

@@ -32,7 +32,7 @@ macro_rules! text_enum {
         $(#[$meta])*
         #[derive(
             Copy, Clone, Debug, PartialEq, Eq, Hash,
-            serde::Serialize, serde::Deserialize, sqlx::Type,
+            serde::Serialize, serde::Deserialize, sqlx::Type, utoipa::ToSchema,
         )]
         #[serde(rename_all = "snake_case")]
         #[sqlx(type_name = "text", rename_all = "snake_case")]

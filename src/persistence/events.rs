@@ -19,7 +19,7 @@ use crate::domain::{AuditAction, CommandId, RequestId, RunId, RunStatus};
 pub type StreamPosition = (i64, i64);
 
 /// One event as streamed.
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamEvent {
     pub event_id: i64,

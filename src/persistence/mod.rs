@@ -98,7 +98,7 @@ impl PersistenceError {
 }
 
 /// Who acted: an operator, as the runbook's `operator` object gives it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Operator {
     /// Stable operator id.

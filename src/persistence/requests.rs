@@ -14,7 +14,7 @@ use crate::domain::{
 };
 
 /// One answer as an operator sends it (the runbook's `responses[]` items).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResponseInput {
     /// The request answered; when present it must be the pending request.
@@ -154,7 +154,7 @@ pub struct PendingFilter {
 }
 
 /// One pending request with what an operator needs to decide (the runbook's fields).
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingItem {
     pub run_id: RunId,

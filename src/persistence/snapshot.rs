@@ -17,7 +17,7 @@ use crate::domain::{
 };
 
 /// The run row.
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunRecord {
     pub run_id: RunId,
@@ -37,7 +37,7 @@ pub struct RunRecord {
 }
 
 /// One stored answer, with every field it was sent with.
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResponseRecord {
     pub response_id: ResponseId,
@@ -54,7 +54,7 @@ pub struct ResponseRecord {
 }
 
 /// One HITL request with its answers.
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestRecord {
     pub request_id: RequestId,
@@ -75,7 +75,7 @@ pub struct RequestRecord {
 }
 
 /// Who acted in an audit event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditOperator {
     pub id: String,
@@ -84,7 +84,7 @@ pub struct AuditOperator {
 }
 
 /// One audit event (the run's `auditLog`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
     pub event_id: i64,
@@ -140,7 +140,7 @@ impl From<AuditRow> for AuditRecord {
 }
 
 /// A run with everything that belongs to it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSnapshot {
     #[serde(flatten)]
