@@ -43,6 +43,11 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let db = Database::open(common).await?;
     let engine = Engine::for_service(common);
     let grace = common.shutdown_grace.0;
+    let refresher = tokio::spawn(crate::telemetry::metrics::refresh_loop(
+        db.pool.clone(),
+        Duration::from_secs(15),
+        shutdown.clone(),
+    ));
     let worker = |options: &WorkerOptions| {
         Worker::new(
             db.pool.clone(),
@@ -69,6 +74,8 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             Ok(())
         }
     };
+    shutdown.cancel();
+    let _ = refresher.await;
     db.shutdown().await?;
     result
 }

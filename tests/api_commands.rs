@@ -259,6 +259,9 @@ async fn resume_and_remove_emit_named_events_without_tokens_or_freeform_text() {
     // The test runtime has one thread, so the server's tasks log to this subscriber.
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    // Callsite interest is cached process-wide; a test on another thread may have cached
+    // "no one listens" before this subscriber existed.
+    tracing::callsite::rebuild_interest_cache();
     let app = TestApp::spawn().await;
     let (run, request) = app.parked_run().await;
     let resume = app

@@ -258,7 +258,8 @@ async fn submit(
             payload: s.payload,
             operator,
             note: s.note.map(str::to_owned),
-            trace_context: None,
+            trace_context: crate::telemetry::current_trace_context()
+                .and_then(|c| serde_json::to_value(c).ok()),
         },
     )
     .await?;
@@ -267,6 +268,7 @@ async fn submit(
     match s.kind {
         CommandKind::Resume => tracing::info!(
             name: "hitl_resume_api",
+            event = "hitl_resume_api",
             run_id = %command.run_id,
             request_id = command.request_id.as_ref().map_or("", RequestId::as_str),
             command_id = %command.command_id,
@@ -277,6 +279,7 @@ async fn submit(
         ),
         CommandKind::Remove => tracing::info!(
             name: "hitl_cancel_api",
+            event = "hitl_cancel_api",
             run_id = %command.run_id,
             request_id = command.request_id.as_ref().map_or("", RequestId::as_str),
             command_id = %command.command_id,

@@ -46,3 +46,20 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         details: json!({ "reason": code }),
     })
 }
+
+/// `GET /metrics`: every metric in the Prometheus text format; the state gauges are read
+/// from the database first, so a scrape is current.
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    if let Err(e) = crate::telemetry::metrics::refresh_from_db(&state.pool).await {
+        tracing::warn!(error = %e, "metrics: database gauges not refreshed");
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::telemetry::metrics::metrics().render_prometheus(),
+    )
+}

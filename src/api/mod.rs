@@ -16,6 +16,7 @@ pub mod openapi;
 mod outcome;
 mod pending;
 mod runs;
+mod tracing_layer;
 
 use std::sync::Arc;
 
@@ -79,6 +80,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
 ];
 
 /// The whole router.
@@ -98,8 +100,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(health::metrics))
         .nest("/api", api)
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn(tracing_layer::trace_request))
         .with_state(state)
 }

@@ -94,6 +94,7 @@ impl Modify for BearerAuth {
         super::events::stream,
         super::health::healthz,
         super::health::readyz,
+        super::health::metrics,
         openapi_json,
     ),
     components(schemas(ErrorBody, CommandAccepted, RunAccepted, PendingPage, RunPage,

@@ -30,6 +30,7 @@ use super::capability::{
 use super::plan::{Contract, HitlOption};
 use crate::config::Secret;
 use crate::domain::ResponseType;
+use crate::telemetry::metrics::metrics;
 
 /// How agent calls are made.
 #[derive(Clone, Debug)]
@@ -191,9 +192,23 @@ impl Capability for AgentWebhook {
                 if let Some(sig) = &signature {
                     request = request.header("x-hitl-signature", sig.as_str());
                 }
+                // The agent's spans join the run's trace.
+                for (k, v) in crate::telemetry::current_trace_context().unwrap_or_default() {
+                    request = request.header(k, v);
+                }
+                let started = std::time::Instant::now();
+                let record = |outcome: &str| {
+                    let m = metrics();
+                    let took = started.elapsed().as_secs_f64();
+                    m.observe("hitl_agent_call_seconds", &[("outcome", outcome)], took);
+                    if outcome != "ok" {
+                        m.inc("hitl_agent_errors_total", &[("kind", outcome)]);
+                    }
+                };
                 let response = match request.send().await {
                     Ok(r) => r,
                     Err(e) => {
+                        record(if e.is_timeout() { "timeout" } else { "network" });
                         last_error = if e.is_timeout() {
                             "timed out".to_owned()
                         } else {
@@ -211,6 +226,13 @@ impl Capability for AgentWebhook {
                         continue;
                     }
                 };
+                record(if status.is_server_error() {
+                    "http_5xx"
+                } else if status.is_success() {
+                    "ok"
+                } else {
+                    "http_4xx"
+                });
                 if status.is_server_error() {
                     last_error = format!("HTTP {status}");
                     tracing::warn!(node = call.node_id, attempt, %status, "agent answered with a server error");

@@ -5,6 +5,7 @@
 use super::{Handled, JobContext, JobError, complete_with};
 use crate::domain::CommandId;
 use crate::persistence::{self, queue::ClaimedJob};
+use crate::telemetry::metrics::metrics;
 
 pub(super) async fn handle(
     ctx: &JobContext,
@@ -20,5 +21,36 @@ pub(super) async fn handle(
         persistence::ApplyOutcome::AlreadyFinal { .. } => "already final",
     };
     tracing::debug!(%command_id, outcome = applied, "command handled");
-    complete_with(ctx, tx, claimed).await
+    let handled = complete_with(ctx, tx, claimed).await?;
+    // Counted once committed, so a lost claim or a retry does not count twice.
+    if handled == Handled::Done {
+        let m = metrics();
+        let (command, result) = match &outcome {
+            persistence::ApplyOutcome::Applied {
+                command,
+                run_status,
+                ..
+            } => {
+                m.inc("hitl_run_transitions_total", &[("to", run_status.as_str())]);
+                (Some(command), "succeeded")
+            }
+            persistence::ApplyOutcome::Rejected { command } => (Some(command), "rejected"),
+            persistence::ApplyOutcome::AlreadyFinal { .. } => (None, ""),
+        };
+        if let Some(c) = command {
+            m.inc(
+                "hitl_commands_total",
+                &[("kind", c.kind.as_str()), ("outcome", result)],
+            );
+            let latency = (chrono::Utc::now() - c.created_at)
+                .to_std()
+                .unwrap_or_default();
+            m.observe(
+                "hitl_command_latency_seconds",
+                &[("kind", c.kind.as_str())],
+                latency.as_secs_f64(),
+            );
+        }
+    }
+    Ok(handled)
 }

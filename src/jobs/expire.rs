@@ -27,7 +27,13 @@ pub(super) async fn handle(
         }
         outcome => {
             tracing::debug!(%request_id, ?outcome, "deadline checked");
-            complete_with(ctx, tx, claimed).await
+            let handled = complete_with(ctx, tx, claimed).await?;
+            if let (Handled::Done, ExpireOutcome::Expired { run_status, .. }) = (&handled, &outcome)
+            {
+                crate::telemetry::metrics::metrics()
+                    .inc("hitl_run_transitions_total", &[("to", run_status.as_str())]);
+            }
+            Ok(handled)
         }
     }
 }

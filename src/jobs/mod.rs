@@ -94,8 +94,18 @@ pub(crate) async fn on_dead(
     job: &Job,
     error: &str,
 ) -> Result<(), PersistenceError> {
-    if let Job::ApplyResume(id) | Job::ApplyRemove(id) = job {
-        persistence::fail_command(tx, id, error).await?;
+    if let Job::ApplyResume(id) | Job::ApplyRemove(id) = job
+        && persistence::fail_command(tx, id, error).await?.is_some()
+    {
+        let kind = if matches!(job, Job::ApplyResume(_)) {
+            "resume"
+        } else {
+            "remove"
+        };
+        crate::telemetry::metrics::metrics().inc(
+            "hitl_commands_total",
+            &[("kind", kind), ("outcome", "failed")],
+        );
     }
     Ok(())
 }

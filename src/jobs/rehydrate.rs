@@ -17,6 +17,17 @@ pub(super) async fn handle(
     let handled = complete_with(ctx, tx, claimed).await?;
     if handled == Handled::Done {
         let repaired = report.continued.len() + report.deadlines_rearmed.len();
+        let m = crate::telemetry::metrics::metrics();
+        m.add(
+            "hitl_runs_rehydrated_total",
+            &[("result", "scanned")],
+            report.scanned,
+        );
+        m.add(
+            "hitl_runs_rehydrated_total",
+            &[("result", "repaired")],
+            repaired as u64,
+        );
         if repaired > 0 {
             tracing::info!(runs_scanned = report.scanned, runs_repaired = repaired,
                 continued = ?report.continued, deadlines = ?report.deadlines_rearmed, "rehydrated a page");

@@ -31,6 +31,8 @@ use super::{Handled, JobContext, JobError, handle, on_dead};
 use crate::config::WorkerOptions;
 use crate::engine::Engine;
 use crate::persistence::queue::{self, ClaimedJob, Job, queue_names};
+use crate::telemetry::metrics::metrics;
+use tracing::Instrument;
 
 /// The apalis-postgres channel its insert trigger notifies.
 const INSERT_CHANNEL: &str = "apalis::job::insert";
@@ -268,17 +270,65 @@ impl Worker {
 
 /// Runs one job and records its result: backoff, death, or nothing more to do.
 async fn run_one(ctx: &JobContext, settings: &WorkerSettings, claimed: &ClaimedJob) {
-    let job = match Job::decode(&claimed.job_type, &claimed.job) {
-        Ok(job) => job,
+    let decoded = Job::decode_traced(&claimed.job_type, &claimed.job);
+    let span = tracing::info_span!("job", job.queue = %claimed.job_type, job.id = %claimed.id,
+        job.attempt = claimed.attempts + 1, run.id = tracing::field::Empty,
+        request.id = tracing::field::Empty, command.id = tracing::field::Empty,
+        job.outcome = tracing::field::Empty);
+    // The parent must be set before the span is first entered.
+    if let Ok((_, Some(carrier))) = &decoded {
+        crate::telemetry::continue_trace(&span, carrier);
+    }
+    let job = decoded.map(|(job, _)| job);
+    run_in_span(ctx, settings, claimed, job, &span)
+        .instrument(span.clone())
+        .await;
+}
+
+async fn run_in_span(
+    ctx: &JobContext,
+    settings: &WorkerSettings,
+    claimed: &ClaimedJob,
+    decoded: Result<Job, String>,
+    span: &tracing::Span,
+) {
+    let count = |outcome: &str| {
+        span.record("job.outcome", outcome);
+        metrics().inc(
+            "hitl_jobs_total",
+            &[("queue", &claimed.job_type), ("outcome", outcome)],
+        );
+    };
+    let job = match decoded {
+        Ok(job) => {
+            match &job {
+                Job::ApplyResume(id) | Job::ApplyRemove(id) => {
+                    span.record("command.id", id.as_str())
+                }
+                Job::Advance(id) => span.record("run.id", id.as_str()),
+                Job::Expire(id) => span.record("request.id", id.as_str()),
+                _ => span,
+            };
+            job
+        }
         Err(error) => {
             // Retrying cannot make the payload readable: dead now, alone.
             tracing::error!(job = %claimed.id, %error, "poison job");
             bury(ctx, claimed, None, &error).await;
+            count("dead");
             return;
         }
     };
     // A panic in a handler is caught here and treated as a failed attempt.
     let result = futures_catch(handle(ctx, claimed, &job)).await;
+    match &result {
+        Ok(Handled::Done) => count("done"),
+        Ok(Handled::Postponed) => count("postponed"),
+        Ok(Handled::LostClaim) => count("lost_claim"),
+        Err(JobError::Fatal(_)) => count("dead"),
+        Err(JobError::Retry(_)) if claimed.attempts + 1 >= settings.max_attempts => count("dead"),
+        Err(JobError::Retry(_)) => count("retried"),
+    }
     match result {
         Ok(Handled::Done | Handled::Postponed) => {}
         Ok(Handled::LostClaim) => {

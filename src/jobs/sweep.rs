@@ -29,7 +29,14 @@ pub(crate) async fn sweep_loop(
         }
         match sweep_once(&ctx, settle).await {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(runs_repaired = n, "sweep repaired stranded runs"),
+            Ok(n) => {
+                tracing::warn!(runs_repaired = n, "sweep repaired stranded runs");
+                crate::telemetry::metrics::metrics().add(
+                    "hitl_runs_rehydrated_total",
+                    &[("result", "swept")],
+                    n as u64,
+                );
+            }
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
     }

@@ -17,6 +17,7 @@ pub mod rehydrate;
 mod requests;
 mod runs;
 mod snapshot;
+pub mod stats;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -116,6 +116,22 @@ impl Job {
         }
     }
 
+    /// Reads a row's payload and the trace context it carries, if any; any malformed
+    /// payload is an error for that one job.
+    pub fn decode_traced(
+        queue: &str,
+        bytes: &[u8],
+    ) -> Result<(Job, Option<std::collections::HashMap<String, String>>), String> {
+        let mut value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| format!("undecodable {queue} payload: {e}"))?;
+        let trace = value
+            .as_object_mut()
+            .and_then(|m| m.remove("trace"))
+            .and_then(|t| serde_json::from_value(t).ok());
+        let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+        Ok((Self::decode(queue, &bytes)?, trace))
+    }
+
     /// Reads a row's payload; any malformed payload is an error for that one job.
     pub fn decode(queue: &str, bytes: &[u8]) -> Result<Job, String> {
         let err = |e: serde_json::Error| format!("undecodable {queue} payload: {e}");
@@ -157,7 +173,13 @@ impl Job {
 }
 
 fn task_for(job: &Job, run_at: Option<DateTime<Utc>>) -> apalis_postgres::PgTask {
-    let bytes = serde_json::to_vec(&job.payload()).unwrap_or_default();
+    let mut payload = job.payload();
+    // The trace of whatever enqueues the job travels with it, so the worker's span
+    // continues it (an API request → the command's application → the next advancement).
+    if let Some(carrier) = crate::telemetry::current_trace_context() {
+        payload["trace"] = json!(carrier);
+    }
+    let bytes = serde_json::to_vec(&payload).unwrap_or_default();
     let mut builder = TaskBuilder::new(bytes).max_attempts(DEFAULT_MAX_ATTEMPTS as usize);
     if let Some((key, value)) = job.metadata() {
         let map = std::collections::HashMap::from([(key.to_owned(), value)]);
