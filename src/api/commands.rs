@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Authorized, Operate, Principal};
 use super::extract::ApiJson;
-use super::openapi::{CommandAccepted, ErrorBody};
+use super::openapi::{AuthErrors, BodyErrors, CommandAccepted, ErrorBody};
 use super::outcome::{self, CommandView};
 use super::{ApiError, AppState};
 use crate::domain::{AuditAction, CommandId, CommandKind, RequestId, RunId, ThreadId};
@@ -94,16 +94,11 @@ struct Submission<'a> {
     responses(
         (status = 202, description = "accepted (or still running after Prefer: wait)", body = CommandAccepted),
         (status = 200, description = "with Prefer: wait, applied: the command and the updated run", body = CommandView),
-        (status = 400, description = "malformed JSON", body = ErrorBody),
         (status = 404, description = "unknown run or request", body = ErrorBody),
         (status = 409, description = "not pending, run ended, or another command won (named)", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not application/json", body = ErrorBody),
-        (status = 422, description = "a field is invalid (named in details.field)", body = ErrorBody),
+        BodyErrors,
         (status = 500, description = "with Prefer: wait, the command failed for good", body = ErrorBody),
-        (status = 401, description = "no or unknown token", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope", body = ErrorBody),
-        (status = 503, description = "database unavailable", body = ErrorBody)))]
+        AuthErrors))]
 pub async fn resume(
     Authorized { principal, .. }: Authorized<Operate>,
     State(state): State<AppState>,
@@ -138,16 +133,11 @@ pub async fn resume(
     responses(
         (status = 202, description = "accepted (or still running after Prefer: wait)", body = CommandAccepted),
         (status = 200, description = "with Prefer: wait, applied: the command and the updated run", body = CommandView),
-        (status = 400, description = "malformed JSON", body = ErrorBody),
         (status = 404, description = "unknown run or request", body = ErrorBody),
         (status = 409, description = "not pending, run ended, or another command won (named)", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not application/json", body = ErrorBody),
-        (status = 422, description = "a field is invalid (named in details.field)", body = ErrorBody),
+        BodyErrors,
         (status = 500, description = "with Prefer: wait, the command failed for good", body = ErrorBody),
-        (status = 401, description = "no or unknown token", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope", body = ErrorBody),
-        (status = 503, description = "database unavailable", body = ErrorBody)))]
+        AuthErrors))]
 pub async fn remove(
     Authorized { principal, .. }: Authorized<Operate>,
     State(state): State<AppState>,
@@ -181,9 +171,7 @@ pub async fn remove(
     responses(
         (status = 200, description = "the command, with the run once it is final", body = CommandView),
         (status = 404, description = "no such command", body = ErrorBody),
-        (status = 401, description = "no or unknown token", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope", body = ErrorBody),
-        (status = 503, description = "database unavailable", body = ErrorBody)))]
+        AuthErrors))]
 pub async fn show(
     _: Authorized<Operate>,
     State(state): State<AppState>,

@@ -28,7 +28,7 @@ use tokio::sync::{Notify, OnceCell, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Authorized, Operate};
-use super::openapi::ErrorBody;
+use super::openapi::{AuthErrors, ErrorBody};
 use super::{ApiError, AppState};
 use crate::domain::{AuditAction, RunId};
 use crate::persistence::events::{self, StreamEvent, StreamPosition};
@@ -211,9 +211,7 @@ fn sse_event(event: &StreamEvent) -> Event {
         (status = 200, description = "Server-Sent Events; each event's data is a StreamEvent",
          content_type = "text/event-stream", body = String),
         (status = 422, description = "runId or Last-Event-ID is malformed", body = ErrorBody),
-        (status = 401, description = "no or unknown token", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope", body = ErrorBody),
-        (status = 503, description = "database unavailable", body = ErrorBody)))]
+        AuthErrors))]
 pub async fn stream(
     _: Authorized<Operate>,
     State(state): State<AppState>,

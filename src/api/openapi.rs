@@ -28,6 +28,41 @@ pub struct ErrorDetail {
     details: Option<Value>,
 }
 
+/// The answers every `/api` route can give before its own: no token, wrong scope, no
+/// database.
+#[derive(utoipa::IntoResponses)]
+pub enum AuthErrors {
+    /// No token, or one nobody configured.
+    #[response(status = 401, description = "no or unknown token")]
+    Unauthorized(ErrorBody),
+    /// The token lacks the route's scope.
+    #[response(status = 403, description = "the token lacks the scope")]
+    Forbidden(ErrorBody),
+    /// The database is unreachable.
+    #[response(status = 503, description = "database unavailable")]
+    Unavailable(ErrorBody),
+}
+
+/// The answers to a bad JSON body.
+#[derive(utoipa::IntoResponses)]
+pub enum BodyErrors {
+    /// Not JSON.
+    #[response(status = 400, description = "malformed JSON")]
+    Malformed(ErrorBody),
+    /// Larger than `HITL_MAX_BODY`.
+    #[response(status = 413, description = "body over the limit")]
+    TooLarge(ErrorBody),
+    /// Not `application/json`.
+    #[response(status = 415, description = "not application/json")]
+    WrongType(ErrorBody),
+    /// A field is invalid; `details.field` names it.
+    #[response(
+        status = 422,
+        description = "a field is invalid (named in details.field)"
+    )]
+    Invalid(ErrorBody),
+}
+
 /// `202 Accepted` for a resume or remove.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Authorized, Operate};
 use super::extract::QueryParams;
-use super::openapi::{ErrorBody, PendingPage};
+use super::openapi::{AuthErrors, ErrorBody, PendingPage};
 use super::{ApiError, AppState};
 use crate::domain::{BriefId, RequestId, ThreadId};
 use crate::persistence::{self, PendingFilter, PendingItem};
@@ -29,9 +29,7 @@ const MAX_LIMIT: i64 = 500;
     responses(
         (status = 200, description = "pending requests, oldest first", body = PendingPage),
         (status = 422, description = "a parameter is invalid (named in details.field)", body = ErrorBody),
-        (status = 401, description = "no or unknown token", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope", body = ErrorBody),
-        (status = 503, description = "database unavailable", body = ErrorBody)))]
+        AuthErrors))]
 pub async fn list(
     _: Authorized<Operate>,
     State(state): State<AppState>,

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Authorized, Operate, Submit};
 use super::extract::{ApiJson, QueryParams};
-use super::openapi::{ErrorBody, RunAccepted, RunPage};
+use super::openapi::{AuthErrors, BodyErrors, ErrorBody, RunAccepted, RunPage};
 use super::outcome;
 use super::{ApiError, AppState};
 use crate::domain::{BriefId, RunId, ThreadId};
@@ -49,15 +49,10 @@ pub struct CreateRunIn {
     request_body = CreateRunIn,
     responses(
         (status = 202, description = "created, queued", body = RunAccepted),
-        (status = 400, description = "malformed JSON", body = ErrorBody),
         (status = 404, description = "unknown briefId", body = ErrorBody),
         (status = 409, description = "threadId in use", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not application/json", body = ErrorBody),
-        (status = 422, description = "a field or the plan is invalid (details: field, node)", body = ErrorBody),
-        (status = 401, description = "no or unknown token", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope", body = ErrorBody),
-        (status = 503, description = "database unavailable", body = ErrorBody)))]
+        BodyErrors,
+        AuthErrors))]
 pub async fn create(
     Authorized { principal, .. }: Authorized<Submit>,
     State(state): State<AppState>,
@@ -149,9 +144,7 @@ pub async fn create(
     responses(
         (status = 200, description = "the run with its requests, answers and audit log", body = crate::persistence::RunSnapshot),
         (status = 404, description = "no such run", body = ErrorBody),
-        (status = 401, description = "no or unknown token", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope", body = ErrorBody),
-        (status = 503, description = "database unavailable", body = ErrorBody)))]
+        AuthErrors))]
 pub async fn show(
     _: Authorized<Operate>,
     State(state): State<AppState>,
@@ -173,9 +166,7 @@ pub async fn show(
     responses(
         (status = 200, description = "the thread's run, if any", body = RunPage),
         (status = 422, description = "threadId missing or invalid", body = ErrorBody),
-        (status = 401, description = "no or unknown token", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope", body = ErrorBody),
-        (status = 503, description = "database unavailable", body = ErrorBody)))]
+        AuthErrors))]
 pub async fn list(
     _: Authorized<Operate>,
     State(state): State<AppState>,
