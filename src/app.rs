@@ -32,6 +32,8 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
     #[error("invalid API token settings: {0}")]
     Tokens(String),
+    #[error("benchmark failed: {0}")]
+    Bench(String),
 }
 
 /// Runs the role the command line asked for until it finishes or is told to stop.
@@ -40,6 +42,13 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     spawn_signal_listener(shutdown.clone());
 
     let common = cli.command.common();
+    if let Command::Bench(args) = &cli.command {
+        let result = crate::bench::run(common, args)
+            .await
+            .map_err(|e| AppError::Bench(e.to_string()))?;
+        println!("{result}");
+        return Ok(());
+    }
     let db = Database::open(common).await?;
     let engine = Engine::for_service(common);
     let grace = common.shutdown_grace.0;
@@ -73,6 +82,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             worker(&args.worker).run(shutdown.clone()).await;
             Ok(())
         }
+        Command::Bench(_) => Ok(()),
     };
     shutdown.cancel();
     let _ = refresher.await;

@@ -211,6 +211,50 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Apply pending database migrations and exit (safe to run while other processes start).
     Migrate(MigrateArgs),
+    /// Run a benchmark scenario on a fresh database and print its results as JSON
+    /// (also written to target/bench/<scenario>.json). See docs/BENCHMARKS.md.
+    Bench(BenchArgs),
+}
+
+/// The benchmark scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchScenario {
+    /// PostgreSQL's own ceiling for one resume's work, one commit per resume.
+    Baseline,
+    /// Queued resume commands applied by the service's workers.
+    Drain,
+}
+
+impl BenchScenario {
+    /// Its name on the command line and in result files.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchScenario::Baseline => "baseline",
+            BenchScenario::Drain => "drain",
+        }
+    }
+}
+
+/// Arguments of `bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Which scenario.
+    #[arg(value_enum)]
+    pub scenario: BenchScenario,
+    /// How many resumes (parked runs, each with one queued resume command).
+    #[arg(long, default_value_t = 5000)]
+    pub n: usize,
+    /// Connections (baseline) or jobs at once across all workers (drain).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Workers (drain).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Run the workers as separate `worker` processes (drain).
+    #[arg(long)]
+    pub processes: bool,
 }
 
 /// Settings every role shares: where the database is and how to log.
@@ -479,6 +523,7 @@ impl Command {
             Command::Api(a) => &a.common,
             Command::Worker(a) => &a.common,
             Command::Migrate(a) => &a.common,
+            Command::Bench(a) => &a.common,
         }
     }
 }

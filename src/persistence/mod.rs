@@ -16,6 +16,7 @@ pub mod queue;
 pub mod rehydrate;
 mod requests;
 mod runs;
+pub mod seed;
 mod snapshot;
 pub mod stats;
 

@@ -622,37 +622,16 @@ pub mod queue_support {
     }
 
     /// Inserts `n` runs parked at the `review` node of [`review_plan`] exactly as the
-    /// engine leaves them (request pending, cursor and awaited request in the runner
-    /// metadata, one audit event per version), in a few set-based statements.
+    /// engine leaves them (see `persistence::seed`).
     pub async fn seed_parked_runs(pool: &PgPool, n: i64) {
-        let salt = uuid::Uuid::now_v7().simple().to_string();
         let plan = Engine::with_builtins(true)
             .validate_plan(&review_plan())
             .unwrap()
             .to_json();
-        let sql = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "insert into briefs (brief_id, title) values ('brief_{salt}', 'seeded');
-             create temporary table seed on commit drop as
-                 select 'run_' || md5('r' || i || '{salt}') as run_id,
-                        'hitl_req_' || md5('q' || i || '{salt}') as request_id
-                 from generate_series(1, {n}) i;
-             insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan, runner_metadata, version)
-                 select run_id, 'thread_' || substr(run_id, 5), 'brief_{salt}', 'running', '{plan}'::jsonb,
-                        jsonb_build_object('cursor', 'review', 'awaitingRequestId', request_id), 3
-                 from seed;
-             insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, operator_prompt, response_types)
-                 select request_id, run_id, 'thread_' || substr(run_id, 5), 'brief_{salt}', 'review', 'Approve?',
-                        array['approval', 'rejection']
-                 from seed;
-             update orchestrator_runs o set status = 'awaiting_hitl', pending_request_id = s.request_id
-                 from seed s where o.run_id = s.run_id;
-             insert into run_audit_events (run_id, run_version, action, from_status, to_status, request_id)
-                 select run_id, v, a, f, t, case when v = 3 then request_id end
-                 from seed, (values (1, 'run_created', null, 'queued'), (2, 'run_started', 'queued', 'running'),
-                                    (3, 'hitl_requested', 'running', 'awaiting_hitl')) as e(v, a, f, t);"
-        )));
         let mut tx = pool.begin().await.unwrap();
-        sql.execute(&mut *tx).await.unwrap();
+        hitl_orchestrator::persistence::seed::parked_runs(&mut tx, n, &plan)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
     }
 

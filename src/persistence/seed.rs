@@ -1,0 +1,66 @@
+//! Bulk seeding for benchmarks and tests: many runs parked at a HITL node exactly as the
+//! engine leaves them, in a few set-based statements instead of a transaction per run.
+
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use super::PersistenceError;
+
+/// Inserts `n` runs of `plan` (whose first node must be a HITL node with id `review`),
+/// parked there: request pending, cursor and awaited request in the runner metadata,
+/// one audit event per version (created, started, request raised). One brief for all.
+pub async fn parked_runs(
+    conn: &mut PgConnection,
+    n: i64,
+    plan: &Value,
+) -> Result<(), PersistenceError> {
+    let salt = uuid::Uuid::now_v7().simple().to_string();
+    sqlx::query("insert into briefs (brief_id, title) values ($1, 'seeded')")
+        .bind(format!("brief_{salt}"))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "create temporary table seed on commit drop as \
+         select 'run_' || md5('r' || i || $1) as run_id, 'hitl_req_' || md5('q' || i || $1) as request_id \
+         from generate_series(1, $2) i",
+    )
+    .bind(&salt)
+    .bind(n)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan, runner_metadata, version) \
+         select run_id, 'thread_' || substr(run_id, 5), $1, 'running', $2, \
+                jsonb_build_object('cursor', 'review', 'awaitingRequestId', request_id), 3 \
+         from seed",
+    )
+    .bind(format!("brief_{salt}"))
+    .bind(plan)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, operator_prompt, response_types) \
+         select request_id, run_id, 'thread_' || substr(run_id, 5), $1, 'review', 'Approve?', \
+                array['approval', 'rejection'] \
+         from seed",
+    )
+    .bind(format!("brief_{salt}"))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "update orchestrator_runs o set status = 'awaiting_hitl', pending_request_id = s.request_id \
+         from seed s where o.run_id = s.run_id",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "insert into run_audit_events (run_id, run_version, action, from_status, to_status, request_id) \
+         select run_id, v, a, f, t, case when v = 3 then request_id end \
+         from seed, (values (1, 'run_created', null, 'queued'), (2, 'run_started', 'queued', 'running'), \
+                            (3, 'hitl_requested', 'running', 'awaiting_hitl')) as e(v, a, f, t)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("drop table seed").execute(&mut *conn).await?;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! The benchmark command stays runnable: every scenario at a tiny size, on the test
+//! server, prints its JSON and writes its file. (Figures come from full runs, never from
+//! tests: see docs/BENCHMARKS.md.)
+
+mod common;
+
+use serde_json::Value;
+
+fn bench(args: &[&str], database_url: &str) -> Value {
+    let out = std::process::Command::new(common::service_binary())
+        .arg("bench")
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap()).expect("one JSON object")
+}
+
+#[tokio::test]
+async fn every_scenario_runs_and_reports() {
+    let db = common::fresh_db().await;
+    let baseline = bench(&["baseline", "--n", "50", "--concurrency", "4"], &db.url);
+    assert_eq!(baseline["resumes"], 50);
+    assert!(baseline["resumes_per_second"].as_f64().unwrap() > 0.0);
+
+    let drain = bench(&["drain", "--n", "50", "--concurrency", "4"], &db.url);
+    assert_eq!(
+        (drain["commands"].clone(), drain["succeeded"].clone()),
+        (50.into(), 50.into())
+    );
+
+    let processes = bench(
+        &[
+            "drain",
+            "--n",
+            "50",
+            "--concurrency",
+            "4",
+            "--workers",
+            "2",
+            "--processes",
+        ],
+        &db.url,
+    );
+    assert_eq!(processes["succeeded"], 50);
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/drain.json");
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    assert_eq!(written["processes"], true);
+}
