@@ -10,6 +10,15 @@
 //! - `drain`: the same number of queued resume commands applied by the service's workers
 //!   (`--workers` in this process, or as separate `worker` processes with `--processes`).
 //!   The workers also advance each resumed run to completion, which the baseline does not.
+//!   Reports throughput per 10 s window, for the sustained-speed check.
+//! - `submit`: resume commands over HTTP from `--concurrency` clients, no workers:
+//!   accepted per second and latency percentiles.
+//! - `e2e`: resumes at `--rate` per second for `--seconds`, workers running: submit →
+//!   applied latency (command `created_at` → `finished_at`, both set by the database).
+//! - `rehydrate`: `--n` parked runs plus `--stranded` runs whose job was lost; a fresh
+//!   `worker` process: time from its start until every run is rehydrated and the stranded
+//!   ones completed, and its peak RSS.
+//! - `pending`: `--n` pending requests; latency of the first page and of a page 90 % deep.
 
 use std::time::{Duration, Instant};
 
@@ -66,13 +75,39 @@ pub async fn run(common: &CommonArgs, args: &BenchArgs) -> Result<Value, BenchEr
     )?;
     db::migrate(&pool).await?;
 
-    eprintln!("seeding {} parked runs and their resume commands…", args.n);
-    seed(&pool, args.n).await?;
-    eprintln!("measuring {:?}…", args.scenario);
+    let n = args.n.unwrap_or(args.scenario.default_n());
     let result = match args.scenario {
-        BenchScenario::Baseline => baseline(&pool, args).await?,
-        BenchScenario::Drain => drain(&pool, &url, args).await?,
+        BenchScenario::Baseline => {
+            seed(&pool, n, true).await?;
+            baseline(&pool, args).await?
+        }
+        BenchScenario::Drain => {
+            seed(&pool, n, true).await?;
+            drain(&pool, &url, args, n).await?
+        }
+        BenchScenario::Submit => {
+            seed(&pool, n, false).await?;
+            submit(&pool, args, n).await?
+        }
+        BenchScenario::E2e => {
+            let offered = (args.rate * args.seconds as f64).ceil() as usize;
+            seed(&pool, offered, false).await?;
+            e2e(&pool, args, offered).await?
+        }
+        BenchScenario::Rehydrate => {
+            seed(&pool, n, false).await?;
+            rehydrate(&pool, &url, args, n).await?
+        }
+        BenchScenario::Pending => {
+            seed(&pool, n, false).await?;
+            pending(&pool, args, n).await?
+        }
     };
+    let version: String = sqlx::query_scalar("show server_version")
+        .fetch_one(&pool)
+        .await?;
+    let mut result = result;
+    result["postgres"] = json!(version);
     pool.close().await;
     let mut admin = PgConnection::connect(&server).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -106,8 +141,16 @@ fn with_database(url: &str, database: &str) -> String {
     format!("{}/{database}{query}", &base[..host_end])
 }
 
-/// `n` parked runs, each with one queued resume command (and its job).
-async fn seed(pool: &PgPool, n: usize) -> Result<(), BenchError> {
+/// `n` parked runs, each with one queued resume command (and its job) when `commands`.
+async fn seed(pool: &PgPool, n: usize, commands: bool) -> Result<(), BenchError> {
+    eprintln!(
+        "seeding {n} parked runs{}…",
+        if commands {
+            " and their resume commands"
+        } else {
+            ""
+        }
+    );
     let plan = Engine::with_builtins(true)
         .validate_plan(
             &json!({ "nodes": [ { "id": "review", "type": "hitl", "prompt": "Approve?",
@@ -118,6 +161,10 @@ async fn seed(pool: &PgPool, n: usize) -> Result<(), BenchError> {
     let mut tx = pool.begin().await?;
     persistence::seed::parked_runs(&mut tx, n as i64, &plan).await?;
     tx.commit().await?;
+    if !commands {
+        sqlx::query("vacuum analyze").execute(pool).await?;
+        return Ok(());
+    }
     let parked: Vec<(RunId, RequestId)> = sqlx::query_as(
         "select run_id, pending_request_id from orchestrator_runs where status = 'awaiting_hitl'",
     )
@@ -245,24 +292,9 @@ async fn baseline(pool: &PgPool, args: &BenchArgs) -> Result<Value, BenchError> 
     )
 }
 
-async fn drain(pool: &PgPool, url: &str, args: &BenchArgs) -> Result<Value, BenchError> {
-    let settings = WorkerSettings {
-        concurrency: args.concurrency.div_ceil(args.workers.max(1)).max(1),
-        batch_size: args.concurrency.div_ceil(args.workers.max(1)).max(1),
-        poll_interval: Duration::from_millis(100),
-        listen: true,
-        heartbeat: Duration::from_secs(1),
-        orphan_timeout: Duration::from_secs(10),
-        max_attempts: 8,
-        backoff_base: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(5),
-        shutdown_grace: Duration::from_secs(10),
-        cleanup_interval: Duration::from_secs(3600),
-        retain_done: Duration::from_secs(3600),
-        retain_dead: Duration::from_secs(86400),
-        sweep_interval: Duration::from_secs(3600),
-        sweep_settle: Duration::from_secs(5),
-    };
+async fn drain(pool: &PgPool, url: &str, args: &BenchArgs, n: usize) -> Result<Value, BenchError> {
+    let per_worker = args.concurrency.div_ceil(args.workers.max(1)).max(1);
+    let settings = worker_settings(per_worker);
     let stop = CancellationToken::new();
     let started = Instant::now();
     let mut children = Vec::new();
@@ -290,18 +322,31 @@ async fn drain(pool: &PgPool, url: &str, args: &BenchArgs) -> Result<Value, Benc
             handles.push(tokio::spawn(worker.run(stop.clone())));
         }
     }
-    let total = args.n as i64;
+    let total = n as i64;
+    // Finished count every second, for throughput per 10 s window.
+    let mut marks: Vec<(f64, i64)> = vec![(0.0, 0)];
+    let mut next_mark = 1.0;
     loop {
         let finished: i64 =
             sqlx::query_scalar("select count(*) from hitl_commands where status in ('succeeded', 'rejected', 'failed')")
                 .fetch_one(pool)
                 .await?;
+        let now = started.elapsed().as_secs_f64();
+        if now >= next_mark {
+            marks.push((now, finished));
+            next_mark += 1.0;
+        }
         if finished >= total {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let windows: Vec<f64> = marks
+        .windows(11)
+        .step_by(10)
+        .map(|w| (w[10].1 - w[0].1) as f64 / (w[10].0 - w[0].0))
+        .collect();
     stop.cancel();
     for h in handles {
         let _ = h.await;
@@ -319,10 +364,331 @@ async fn drain(pool: &PgPool, url: &str, args: &BenchArgs) -> Result<Value, Benc
         sqlx::query_scalar("select count(*) from hitl_commands where status = 'succeeded'")
             .fetch_one(pool)
             .await?;
+    let sustained = match (windows.first(), windows.last()) {
+        (Some(first), Some(last)) if windows.len() >= 2 => json!(last / first),
+        _ => Value::Null,
+    };
     Ok(
         json!({ "scenario": "drain", "commands": total, "succeeded": succeeded, "workers": args.workers,
                "processes": args.processes, "concurrency": args.concurrency, "seconds": seconds,
-               "commands_per_second": total as f64 / seconds, "machine": machine() }),
+               "commands_per_second": total as f64 / seconds, "per_10s_windows": windows,
+               "last_window_over_first": sustained, "machine": machine() }),
+    )
+}
+
+/// Worker settings for benchmarks: `concurrency` jobs at once, quiet background tasks.
+fn worker_settings(concurrency: usize) -> WorkerSettings {
+    WorkerSettings {
+        concurrency,
+        batch_size: concurrency,
+        poll_interval: Duration::from_millis(100),
+        listen: true,
+        heartbeat: Duration::from_secs(1),
+        orphan_timeout: Duration::from_secs(10),
+        max_attempts: 8,
+        backoff_base: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(10),
+        cleanup_interval: Duration::from_secs(3600),
+        retain_done: Duration::from_secs(3600),
+        retain_dead: Duration::from_secs(86400),
+        sweep_interval: Duration::from_secs(3600),
+        sweep_settle: Duration::from_secs(5),
+    }
+}
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+/// Serves the API in this process on a free loopback port.
+async fn start_api(pool: &PgPool, stop: &CancellationToken) -> Result<String, BenchError> {
+    let auth =
+        crate::api::Authenticator::from_settings(Some(&crate::config::Secret::new(TOKEN)), None)
+            .map_err(BenchError::Other)?
+            .ok_or_else(|| BenchError::Other("no token".into()))?;
+    let mut state = crate::api::AppState::new(pool.clone(), Engine::with_builtins(true), auth);
+    state.shutdown = stop.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let base = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .map_err(|e| BenchError::Other(e.to_string()))?
+    );
+    let listener = crate::api::listener::TimeoutListener::new(listener, Duration::from_secs(30));
+    let app = crate::api::router(state);
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    Ok(base)
+}
+
+/// p50, p95, p99 and max of `samples` (seconds), in milliseconds.
+fn percentiles(mut samples: Vec<f64>) -> Value {
+    if samples.is_empty() {
+        return Value::Null;
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1] * 1000.0
+    };
+    json!({ "p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": at(1.0), "samples": samples.len() })
+}
+
+async fn parked(pool: &PgPool) -> Result<Vec<(String, String)>, BenchError> {
+    Ok(sqlx::query_as("select run_id, pending_request_id from orchestrator_runs where status = 'awaiting_hitl' order by run_id")
+        .fetch_all(pool)
+        .await?)
+}
+
+fn resume_body(run: &str, request: &str) -> Value {
+    json!({ "runId": run, "requestId": request,
+            "responses": [ { "responseType": "approval", "approved": true } ],
+            "operator": { "id": "bench" } })
+}
+
+async fn submit(pool: &PgPool, args: &BenchArgs, n: usize) -> Result<Value, BenchError> {
+    let stop = CancellationToken::new();
+    let base = start_api(pool, &stop).await?;
+    let work = std::sync::Arc::new(std::sync::Mutex::new(parked(pool).await?));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (work, client, base) = (work.clone(), client.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let next = work.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let Some((run, request)) = next else {
+                    return Ok::<_, String>(latencies);
+                };
+                let t0 = Instant::now();
+                let response = client
+                    .post(format!("{base}/api/hitl/resume"))
+                    .bearer_auth(TOKEN)
+                    .json(&resume_body(&run, &request))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if response.status() != 202 {
+                    return Err(format!("HTTP {}", response.status()));
+                }
+                latencies.push(t0.elapsed().as_secs_f64());
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(
+            t.await
+                .map_err(|e| BenchError::Other(e.to_string()))?
+                .map_err(BenchError::Other)?,
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.cancel();
+    Ok(
+        json!({ "scenario": "submit", "commands": n, "concurrency": args.concurrency, "seconds": seconds,
+               "accepted_per_second": latencies.len() as f64 / seconds, "latency": percentiles(latencies),
+               "machine": machine() }),
+    )
+}
+
+async fn e2e(pool: &PgPool, args: &BenchArgs, offered: usize) -> Result<Value, BenchError> {
+    let stop = CancellationToken::new();
+    let base = start_api(pool, &stop).await?;
+    let worker = Worker::new(
+        pool.clone(),
+        Engine::with_builtins(true),
+        worker_settings(args.concurrency.max(1)),
+    );
+    let worker = tokio::spawn(worker.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await; // past the worker's start-up rescan
+    let work = parked(pool).await?;
+    let client = reqwest::Client::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(0.1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut sends = Vec::new();
+    for (run, request) in work.into_iter().take(offered) {
+        ticker.tick().await;
+        let (client, base) = (client.clone(), base.clone());
+        sends.push(tokio::spawn(async move {
+            client
+                .post(format!("{base}/api/hitl/resume"))
+                .bearer_auth(TOKEN)
+                .json(&resume_body(&run, &request))
+                .send()
+                .await
+        }));
+    }
+    for s in sends {
+        let _ = s.await;
+    }
+    let offered_seconds = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let open: i64 =
+            sqlx::query_scalar("select count(*) from hitl_commands where finished_at is null")
+                .fetch_one(pool)
+                .await?;
+        if open == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let latencies: Vec<f64> = sqlx::query_scalar(
+        "select extract(epoch from finished_at - created_at)::float8 from hitl_commands where finished_at is not null",
+    )
+    .fetch_all(pool)
+    .await?;
+    stop.cancel();
+    let _ = worker.await;
+    Ok(
+        json!({ "scenario": "e2e", "offered_per_second": args.rate, "offered": offered,
+               "achieved_offer_per_second": offered as f64 / offered_seconds, "applied": latencies.len(),
+               "submit_to_applied": percentiles(latencies), "machine": machine() }),
+    )
+}
+
+async fn rehydrate(
+    pool: &PgPool,
+    url: &str,
+    args: &BenchArgs,
+    n: usize,
+) -> Result<Value, BenchError> {
+    let engine = Engine::with_builtins(true);
+    let plan = json!({ "nodes": [ { "id": "finish", "type": "task", "capability": "set", "input": { "done": true } } ] });
+    for chunk in (0..args.stranded).collect::<Vec<_>>().chunks(500) {
+        let mut tx = pool.begin().await?;
+        for _ in chunk {
+            let new = persistence::NewRun {
+                brief: persistence::BriefInput::New {
+                    title: "stranded".into(),
+                    content: json!({}),
+                },
+                thread_id: None,
+                plan: plan.clone(),
+                execution_context: json!({}),
+                runner_metadata: json!({}),
+            };
+            engine
+                .create_run(&mut tx, new)
+                .await
+                .map_err(|e| BenchError::Other(e.to_string()))?;
+        }
+        tx.commit().await?;
+    }
+    // Their advancement jobs are lost, as if the queue had been truncated.
+    sqlx::query("delete from apalis.jobs").execute(pool).await?;
+    sqlx::query("vacuum analyze").execute(pool).await?;
+    let pages = (n + args.stranded).div_ceil(500) as i64;
+    let exe = std::env::current_exe().map_err(|e| BenchError::Other(e.to_string()))?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(exe)
+        .arg("worker")
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let pid = child.id().unwrap_or(0);
+    let mut peak_kib = 0u64;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:"))
+        {
+            peak_kib = peak_kib.max(
+                line.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            );
+        }
+        let (done_pages, completed): (i64, i64) = sqlx::query_as(
+            "select (select count(*) from apalis.jobs where job_type = 'hitl_rehydrate' and status = 'Done'),                     (select count(*) from orchestrator_runs where status = 'completed')",
+        )
+        .fetch_one(pool)
+        .await?;
+        if done_pages >= pages && completed >= args.stranded as i64 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(BenchError::Other(
+                "rehydration did not finish in 10 minutes".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let untouched: i64 = sqlx::query_scalar(
+        "select count(*) from orchestrator_runs where status = 'awaiting_hitl' and version = 3",
+    )
+    .fetch_one(pool)
+    .await?;
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let _ = child.wait().await;
+    Ok(
+        json!({ "scenario": "rehydrate", "parked": n, "stranded": args.stranded, "pages": pages,
+               "seconds_from_process_start": seconds, "runs_per_second": (n + args.stranded) as f64 / seconds,
+               "peak_rss_mb": peak_kib as f64 / 1024.0, "parked_left_untouched": untouched, "machine": machine() }),
+    )
+}
+
+async fn pending(pool: &PgPool, args: &BenchArgs, n: usize) -> Result<Value, BenchError> {
+    let stop = CancellationToken::new();
+    let base = start_api(pool, &stop).await?;
+    let deep: (chrono::DateTime<chrono::Utc>, RequestId) = sqlx::query_as(
+        "select created_at, request_id from hitl_requests where status = 'pending'          order by created_at, request_id offset $1 limit 1",
+    )
+    // 90 % deep, leaving at least one full page after it.
+    .bind((n as i64 * 9 / 10).min(n as i64 - 51).max(0))
+    .fetch_one(pool)
+    .await?;
+    let cursor = crate::api::cursor_after(deep.0, &deep.1);
+    let client = reqwest::Client::new();
+    let mut results = serde_json::Map::new();
+    for (label, query) in [
+        ("first_page", String::new()),
+        ("deep_page", format!("&cursor={cursor}")),
+    ] {
+        let mut latencies = Vec::new();
+        for i in 0..args.samples + 10 {
+            let t0 = Instant::now();
+            let response = client
+                .get(format!("{base}/api/hitl/pending?limit=50{query}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .map_err(|e| BenchError::Other(e.to_string()))?;
+            let body: Value = response
+                .json()
+                .await
+                .map_err(|e| BenchError::Other(e.to_string()))?;
+            if body["items"].as_array().is_none_or(|a| a.len() != 50) {
+                return Err(BenchError::Other(format!("{label}: expected 50 items")));
+            }
+            // The first few warm the connection and the plan cache.
+            if i >= 10 {
+                latencies.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        results.insert(label.into(), percentiles(latencies));
+    }
+    stop.cancel();
+    Ok(
+        json!({ "scenario": "pending", "pending_requests": n, "page_size": 50, "latency": results, "machine": machine() }),
     )
 }
 

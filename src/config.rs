@@ -223,6 +223,14 @@ pub enum BenchScenario {
     Baseline,
     /// Queued resume commands applied by the service's workers.
     Drain,
+    /// Resume commands submitted over HTTP by concurrent clients (no workers).
+    Submit,
+    /// Resumes submitted at a fixed rate with workers running: submit → applied latency.
+    E2e,
+    /// A fresh worker process rehydrating parked runs and continuing stranded ones.
+    Rehydrate,
+    /// Listing pending requests (first page and a deep page) over HTTP.
+    Pending,
 }
 
 impl BenchScenario {
@@ -231,6 +239,19 @@ impl BenchScenario {
         match self {
             BenchScenario::Baseline => "baseline",
             BenchScenario::Drain => "drain",
+            BenchScenario::Submit => "submit",
+            BenchScenario::E2e => "e2e",
+            BenchScenario::Rehydrate => "rehydrate",
+            BenchScenario::Pending => "pending",
+        }
+    }
+
+    /// The default size: resumes, parked runs (rehydrate) or pending requests (pending).
+    pub fn default_n(self) -> usize {
+        match self {
+            BenchScenario::Rehydrate => 100_000,
+            BenchScenario::Pending => 1_000_000,
+            _ => 10_000,
         }
     }
 }
@@ -243,9 +264,22 @@ pub struct BenchArgs {
     /// Which scenario.
     #[arg(value_enum)]
     pub scenario: BenchScenario,
-    /// How many resumes (parked runs, each with one queued resume command).
-    #[arg(long, default_value_t = 5000)]
-    pub n: usize,
+    /// How many resumes (baseline, drain, submit), parked runs (rehydrate, default
+    /// 100,000) or pending requests (pending, default 1,000,000). Default 10,000.
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Offered resumes per second (e2e).
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// How long to offer them, in seconds (e2e).
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Runs left mid-execution with their job lost (rehydrate).
+    #[arg(long, default_value_t = 1000)]
+    pub stranded: usize,
+    /// Requests per measured page (pending).
+    #[arg(long, default_value_t = 200)]
+    pub samples: usize,
     /// Connections (baseline) or jobs at once across all workers (drain).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,

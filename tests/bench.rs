@@ -51,6 +51,32 @@ async fn every_scenario_runs_and_reports() {
         &db.url,
     );
     assert_eq!(processes["succeeded"], 50);
+    let submit = bench(&["submit", "--n", "40", "--concurrency", "4"], &db.url);
+    assert!(submit["accepted_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(submit["latency"]["samples"], 40);
+
+    let e2e = bench(
+        &[
+            "e2e",
+            "--rate",
+            "20",
+            "--seconds",
+            "1",
+            "--concurrency",
+            "4",
+        ],
+        &db.url,
+    );
+    assert_eq!(e2e["applied"], 20);
+    assert!(e2e["submit_to_applied"]["p99_ms"].as_f64().unwrap() > 0.0);
+
+    let rehydrate = bench(&["rehydrate", "--n", "300", "--stranded", "20"], &db.url);
+    assert_eq!(rehydrate["parked_left_untouched"], 300);
+    assert!(rehydrate["peak_rss_mb"].as_f64().unwrap() > 0.0);
+
+    let pending = bench(&["pending", "--n", "300", "--samples", "5"], &db.url);
+    assert_eq!(pending["latency"]["deep_page"]["samples"], 5);
+
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/drain.json");
     let written: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     assert_eq!(written["processes"], true);

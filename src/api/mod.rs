@@ -30,6 +30,7 @@ use crate::engine::Engine;
 pub use auth::Authenticator;
 pub use error::ApiError;
 pub use events::{EventHub, EventSettings};
+pub use pending::cursor_after;
 
 /// The default largest request body: 256 KiB.
 pub const DEFAULT_MAX_BODY: usize = 256 * 1024;

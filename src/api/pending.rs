@@ -82,11 +82,12 @@ pub async fn list(
 /// The position after `item`: its `(created_at, request_id)` keyset, hex-encoded so that
 /// clients treat it as opaque.
 fn encode_cursor(item: &PendingItem) -> String {
-    let raw = format!(
-        "{}:{}",
-        item.created_at.timestamp_micros(),
-        item.pending_request_id
-    );
+    cursor_after(item.created_at, &item.pending_request_id)
+}
+
+/// The cursor of the page that starts after the request `(created_at, request_id)`.
+pub fn cursor_after(created_at: DateTime<Utc>, request_id: &RequestId) -> String {
+    let raw = format!("{}:{}", created_at.timestamp_micros(), request_id);
     raw.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
