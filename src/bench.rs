@@ -339,7 +339,9 @@ async fn drain(pool: &PgPool, url: &str, args: &BenchArgs, n: usize) -> Result<V
         if finished >= total {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The count scans the commands table: poll gently, or the measuring slows the
+        // measured (more so as the table grows).
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     let windows: Vec<f64> = marks
@@ -624,7 +626,7 @@ async fn rehydrate(
                 "rehydration did not finish in 10 minutes".into(),
             ));
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     let untouched: i64 = sqlx::query_scalar(
