@@ -10,6 +10,12 @@ alter table apalis.jobs set (
     autovacuum_analyze_scale_factor = 0.02
 );
 
+-- Workers claim due jobs of every queue at once, oldest first. apalis's own fetch index
+-- leads with job_type, so a claim over several types sorted every due row (9.8 ms per
+-- claim at 35,000 due jobs, measured); in claim order it is an index scan (0.08 ms).
+create index if not exists hitl_jobs_due_idx on apalis.jobs (priority desc, run_at)
+    where status = 'Pending' or (status = 'Failed' and attempts < max_attempts);
+
 -- The orphan scan looks only at claimed jobs; without this it scans the whole table.
 create index if not exists hitl_jobs_claimed_idx on apalis.jobs (lock_by)
     where status in ('Queued', 'Running');
