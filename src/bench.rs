@@ -201,7 +201,7 @@ async fn baseline_one(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     let mut tx = conn.begin().await?;
     let job: Option<(String, Vec<u8>)> = sqlx::query_as(
         "select id, job from apalis.jobs where job_type = 'hitl_resume' and status = 'Pending' \
-         order by run_at limit 1 for update skip locked",
+         order by priority desc, run_at limit 1 for update skip locked",
     )
     .fetch_optional(&mut *tx)
     .await?;
