@@ -64,7 +64,7 @@ pub async fn run(common: &CommonArgs, args: &BenchArgs) -> Result<Value, BenchEr
     };
     let name = format!("hitl_bench_{}", uuid::Uuid::now_v7().simple());
     db::ensure_database(&server, &name).await?;
-    let url = with_database(&server, &name);
+    let url = db::url_with_database(&server, &name);
     let connections = (args.concurrency as u32 + 8).max(16);
     let pool = db::lazy_pool(
         &url,
@@ -128,17 +128,6 @@ pub async fn run(common: &CommonArgs, args: &BenchArgs) -> Result<Value, BenchEr
         );
     }
     Ok(result)
-}
-
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, String::new()), |(b, q)| (b, format!("?{q}")));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| i + scheme_end);
-    format!("{}/{database}{query}", &base[..host_end])
 }
 
 /// `n` parked runs, each with one queued resume command (and its job) when `commands`.

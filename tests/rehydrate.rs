@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::ServiceProcess;
 use common::queue_support::{
-    RunningWorker, create_runs, fast_settings, seed_parked_runs, submit_resumes, unfinished_runs,
-    wait_for_count,
+    RunningWorker, create_runs, fast_settings, scalar, seed_parked_runs, submit_resumes,
+    unfinished_runs, wait_for_count,
 };
 use hitl_orchestrator::db;
 use hitl_orchestrator::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
@@ -19,13 +19,6 @@ use hitl_orchestrator::engine::Engine;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-
-async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
 
 /// Everything about parked runs that rehydration must not change.
 async fn parked_digest(pool: &PgPool) -> Vec<(String, String, i64, Value, Option<String>, i64)> {

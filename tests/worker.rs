@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::queue_support::{
-    RunningWorker, fast_settings, parked_runs, submit_resumes, wait_for_count,
+    RunningWorker, fast_settings, parked_runs, scalar, submit_resumes, wait_for_count,
 };
 use hitl_orchestrator::domain::RunStatus;
 use hitl_orchestrator::engine::Engine;
@@ -19,13 +19,6 @@ use hitl_orchestrator::persistence::{self, queue};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use sqlx::PgPool;
-
-async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
 
 /// Every run answered once: one response, one resume event, completed, one audit event
 /// per version.

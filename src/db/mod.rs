@@ -181,6 +181,18 @@ impl Database {
     }
 }
 
+/// `url` with its database replaced by `database` (credentials, host and query kept).
+pub fn url_with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, String::new()), |(b, q)| (b, format!("?{q}")));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| i + scheme_end);
+    format!("{}/{database}{query}", &base[..host_end])
+}
+
 /// Creates `name` in the server behind `admin_url` unless it exists. Safe when several
 /// processes race: a concurrent creation's duplicate error counts as success.
 pub async fn ensure_database(admin_url: &str, name: &str) -> Result<(), DbError> {

@@ -85,16 +85,7 @@ fn arm_watchdog(pg: &EmbeddedPostgres, dir: &Path) {
 }
 
 /// `url` with its database replaced by `database`.
-pub fn url_with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end);
-    let host = path_start.map_or(base, |i| &base[..i]);
-    format!("{host}/{database}{query}")
-}
+pub use hitl_orchestrator::db::url_with_database;
 
 fn migrations_fingerprint() -> String {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -600,6 +591,14 @@ pub mod queue_support {
             tx.commit().await.unwrap();
         }
         ids
+    }
+
+    /// The one bigint `sql` returns.
+    pub async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(pool)
+            .await
+            .unwrap()
     }
 
     /// Polls `sql` (one bigint) until it equals `expected`, failing after `timeout`.
