@@ -489,9 +489,10 @@ async fn an_unanswered_deadline_applies_on_timeout_and_an_answer_racing_its_expi
         let expire = tokio::spawn(async move {
             let mut tx = pb.begin().await.unwrap();
             let later = chrono::Utc::now() + chrono::Duration::hours(2);
-            let outcome = persistence::expire_request(&mut tx, &request, later)
-                .await
-                .unwrap();
+            let outcome =
+                persistence::expire_request(&mut tx, &request, later, persistence::AdvanceBy::Job)
+                    .await
+                    .unwrap();
             tx.commit().await.unwrap();
             outcome
         });

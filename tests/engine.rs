@@ -19,7 +19,7 @@ use hitl_orchestrator::engine::capability::{
 use hitl_orchestrator::engine::plan::Contract;
 use hitl_orchestrator::engine::{AdvanceOutcome, Engine, EngineError};
 use hitl_orchestrator::persistence::{
-    self, BriefInput, ExpireOutcome, NewCommand, NewRun, PendingFilter, RunSnapshot,
+    self, AdvanceBy, BriefInput, ExpireOutcome, NewCommand, NewRun, PendingFilter, RunSnapshot,
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -503,10 +503,14 @@ async fn an_expired_request_continues_by_on_timeout() {
                 && expires <= Utc::now() + Duration::seconds(31)
         );
         let mut tx = db.pool.begin().await.unwrap();
-        let expired =
-            persistence::expire_request(&mut tx, &request, expires + Duration::seconds(1))
-                .await
-                .unwrap();
+        let expired = persistence::expire_request(
+            &mut tx,
+            &request,
+            expires + Duration::seconds(1),
+            AdvanceBy::Job,
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
         assert!(matches!(expired, ExpireOutcome::Expired { .. }));
         let outcome = engine.advance(&db.pool, &run).await.unwrap();

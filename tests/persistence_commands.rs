@@ -8,7 +8,7 @@ use hitl_orchestrator::domain::{
     AuditAction, CommandKind, CommandStatus, RequestId, RequestStatus, ResponseType, RunStatus,
 };
 use hitl_orchestrator::persistence::{
-    self, ApplyOutcome, PersistenceError, RequestShape, ResponseInput, RunRef,
+    self, AdvanceBy, ApplyOutcome, PersistenceError, RequestShape, ResponseInput, RunRef,
 };
 use serde_json::json;
 
@@ -418,8 +418,12 @@ async fn sixteen_operators_racing_on_one_request_apply_exactly_one_command_fifty
                 let recorded = persistence::record_command(&mut tx, cmd).await?;
                 tx.commit().await?;
                 let mut tx = pool.begin().await?;
-                let outcome =
-                    persistence::apply_command(&mut tx, &recorded.command.command_id).await?;
+                let outcome = persistence::apply_command(
+                    &mut tx,
+                    &recorded.command.command_id,
+                    AdvanceBy::Job,
+                )
+                .await?;
                 tx.commit().await?;
                 Ok::<_, PersistenceError>(outcome)
             }));
@@ -533,9 +537,13 @@ async fn random_sequences_of_transitions_keep_the_invariants_in_the_database() {
                         remove(&h.run_id, None, "op")
                     };
                     match persistence::record_command(&mut tx, cmd).await {
-                        Ok(c) => persistence::apply_command(&mut tx, &c.command.command_id)
-                            .await
-                            .map(drop),
+                        Ok(c) => persistence::apply_command(
+                            &mut tx,
+                            &c.command.command_id,
+                            AdvanceBy::Job,
+                        )
+                        .await
+                        .map(drop),
                         Err(e) => Err(e),
                     }
                 }

@@ -482,17 +482,19 @@ async fn a_passed_deadline_expires_the_request_by_its_policy_and_only_once() {
         tx.commit().await.unwrap();
 
         let mut tx = db.pool.begin().await.unwrap();
-        let early = persistence::expire_request(&mut tx, &req, Utc::now())
-            .await
-            .unwrap();
+        let early =
+            persistence::expire_request(&mut tx, &req, Utc::now(), persistence::AdvanceBy::Job)
+                .await
+                .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(early, ExpireOutcome::NotDue(Some(deadline)));
 
         let later = deadline + Duration::seconds(1);
         let mut tx = db.pool.begin().await.unwrap();
-        let expired = persistence::expire_request(&mut tx, &req, later)
-            .await
-            .unwrap();
+        let expired =
+            persistence::expire_request(&mut tx, &req, later, persistence::AdvanceBy::Job)
+                .await
+                .unwrap();
         tx.commit().await.unwrap();
         assert!(
             matches!(expired, ExpireOutcome::Expired { action: a, run_status: s, .. } if a == action && s == run_status),
@@ -512,7 +514,7 @@ async fn a_passed_deadline_expires_the_request_by_its_policy_and_only_once() {
         );
 
         let mut tx = db.pool.begin().await.unwrap();
-        let again = persistence::expire_request(&mut tx, &req, later)
+        let again = persistence::expire_request(&mut tx, &req, later, persistence::AdvanceBy::Job)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -544,9 +546,14 @@ async fn an_answered_request_does_not_expire() {
     let id = submit(&db.pool, fixtures::resume(&run.run_id, &req, "op")).await;
     apply(&db.pool, &id).await;
     let mut tx = db.pool.begin().await.unwrap();
-    let outcome = persistence::expire_request(&mut tx, &req, deadline + Duration::seconds(5))
-        .await
-        .unwrap();
+    let outcome = persistence::expire_request(
+        &mut tx,
+        &req,
+        deadline + Duration::seconds(5),
+        persistence::AdvanceBy::Job,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
         outcome,

@@ -195,13 +195,14 @@ async fn a_resume_traced_from_the_api_to_the_worker_and_metrics_arrive_over_otlp
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The run's next advancement continued the same trace too.
+    // The run's next advancement continued the same trace too (inline, in the resume's
+    // job: the plan's remaining nodes are local).
     assert!(spans(&got.lock().unwrap()).iter().any(|s| {
         s.trace_id == trace_id
-            && s.name == "job"
+            && s.name == "advance"
             && s.attributes
                 .iter()
-                .any(|(k, v)| k == "job.queue" && v == "hitl_advance")
+                .any(|(k, v)| k == "run.id" && v == run.as_str())
     }));
 
     assert!(service.signal_and_wait(Signal::SIGTERM, Duration::from_secs(20)));

@@ -440,3 +440,208 @@ async fn finished_job_rows_are_deleted_on_a_schedule_by_a_single_cleanup_job() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Runs `plan` to its first pause with an in-process worker; returns the run.
+async fn run_to_first_pause(
+    pool: &PgPool,
+    plan: &serde_json::Value,
+) -> hitl_orchestrator::domain::RunId {
+    let engine = Engine::with_builtins(true);
+    let runs = common::queue_support::create_runs(pool, &engine, 1, plan).await;
+    let worker = RunningWorker::spawn(pool, engine, fast_settings());
+    wait_for_count(
+        pool,
+        "select count(*) from orchestrator_runs where status = 'awaiting_hitl'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    worker.stop().await;
+    runs[0].clone()
+}
+
+#[tokio::test]
+async fn a_resume_moves_the_run_through_local_nodes_to_its_next_pause_in_one_commit() {
+    let db = common::fresh_db().await;
+    let plan = json!({ "nodes": [
+        { "id": "review", "type": "hitl", "prompt": "First?", "responseTypes": ["approval", "rejection"] },
+        { "id": "note", "type": "task", "capability": "set", "input": { "noted": true } },
+        { "id": "again", "type": "hitl", "prompt": "Second?", "responseTypes": ["approval", "rejection"] },
+    ] });
+    let run = run_to_first_pause(&db.pool, &plan).await;
+    let advance_jobs = "select count(*) from apalis.jobs where job_type = 'hitl_advance'";
+    let before = scalar(&db.pool, advance_jobs).await;
+    let first: String =
+        sqlx::query_scalar("select pending_request_id from orchestrator_runs where run_id = $1")
+            .bind(&run)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+
+    submit_resumes(&db.pool, std::slice::from_ref(&run)).await;
+    let worker = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), fast_settings());
+    wait_for_count(
+        &db.pool,
+        "select count(*) from hitl_commands where status = 'succeeded'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    worker.stop().await;
+
+    let (status, pending, context): (String, String, serde_json::Value) = sqlx::query_as(
+        "select status, pending_request_id, execution_context from orchestrator_runs where run_id = $1",
+    )
+    .bind(&run)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "awaiting_hitl", "paused at the second node");
+    assert_ne!(pending, first);
+    assert_eq!(context["noted"], true, "the local node ran");
+    assert_eq!(
+        scalar(&db.pool, advance_jobs).await,
+        before,
+        "no advancement job: the resume's own job moved the run on"
+    );
+    // resume, node_completed (review), node_completed (note), hitl_requested: one
+    // transaction wrote them all (`now()`, their `created_at`, is the transaction's start;
+    // `xmin` would differ, the engine writes in a savepoint).
+    let (events, transactions): (i64, i64) = sqlx::query_as(
+        "select count(*), count(distinct created_at) from run_audit_events \
+         where run_id = $1 and run_version > (select run_version from run_audit_events \
+             where run_id = $1 and action = 'resume') - 1",
+    )
+    .bind(&run)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((events, transactions), (4, 1));
+}
+
+#[tokio::test]
+async fn a_resume_before_a_node_that_calls_out_commits_and_leaves_that_node_to_a_job() {
+    let db = common::fresh_db().await;
+    let mut registry = CapabilityRegistry::with_builtins();
+    let calls = Arc::new(Mutex::new(0u32));
+    registry.register("remote", Arc::new(Remote(calls.clone())));
+    let engine = Engine::new(registry, true);
+    let plan = json!({ "nodes": [
+        { "id": "review", "type": "hitl", "prompt": "Go?", "responseTypes": ["approval", "rejection"] },
+        { "id": "call", "type": "task", "capability": "remote" },
+    ] });
+    let runs = common::queue_support::create_runs(&db.pool, &engine, 1, &plan).await;
+    let worker = RunningWorker::spawn(&db.pool, engine.clone(), fast_settings());
+    wait_for_count(
+        &db.pool,
+        "select count(*) from orchestrator_runs where status = 'awaiting_hitl'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    submit_resumes(&db.pool, &runs).await;
+    wait_for_count(
+        &db.pool,
+        "select count(*) from orchestrator_runs where status = 'completed'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    worker.stop().await;
+    assert_eq!(*calls.lock().unwrap(), 1);
+    // The resume's transaction checkpointed the HITL node and enqueued the job; the
+    // remote node ran in that job, outside the resume's transaction.
+    let resumed_in: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "select created_at from run_audit_events where run_id = $1 and action = 'resume'",
+    )
+    .bind(&runs[0])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let completed_in: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "select created_at from run_audit_events where run_id = $1 and action = 'run_completed'",
+    )
+    .bind(&runs[0])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_ne!(resumed_in, completed_in);
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "select count(*) from apalis.jobs where job_type = 'hitl_advance' and status = 'Done'"
+        )
+        .await,
+        2,
+        "the first advancement and the one after the resume"
+    );
+}
+
+/// A capability that is not local (it would call out); counts its calls.
+struct Remote(Arc<Mutex<u32>>);
+
+impl Capability for Remote {
+    fn call<'a>(
+        &'a self,
+        _call: CapabilityCall<'a>,
+    ) -> BoxFuture<'a, Result<CapabilityOutcome, TransientError>> {
+        Box::pin(async move {
+            *self.0.lock().unwrap() += 1;
+            Ok(CapabilityOutcome::Completed {
+                merge: serde_json::Map::new(),
+                runner_state: None,
+                notes: None,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_fault_in_the_inline_advancement_still_commits_the_resume_and_the_advancement_fails_alone()
+ {
+    let db = common::fresh_db().await;
+    let runs = parked_runs(&db.pool, 1).await;
+    // A real fault inside the database, in the advancement's write only.
+    sqlx::raw_sql(
+        "create function inject_fault() returns trigger language plpgsql as \
+             $$ begin if new.action = 'run_completed' then raise exception 'injected fault'; end if; \
+                return new; end $$; \
+         create trigger inject_fault before insert on run_audit_events \
+             for each row execute function inject_fault();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut settings = fast_settings();
+    settings.max_attempts = 2;
+    settings.backoff_base = Duration::from_millis(50);
+    submit_resumes(&db.pool, &runs).await;
+    let worker = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), settings);
+    wait_for_count(
+        &db.pool,
+        "select count(*) from apalis.jobs where job_type = 'hitl_advance' and status = 'Killed'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    worker.stop().await;
+    let (command, response, run): (String, i64, String) = sqlx::query_as(
+        "select (select status from hitl_commands), (select count(*) from hitl_responses), \
+                (select status from orchestrator_runs)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (command.as_str(), response, run.as_str()),
+        ("succeeded", 1, "running"),
+        "the operator's answer stands; the run waits for a repaired advancement"
+    );
+    let error: String = sqlx::query_scalar(
+        "select last_result->>'Err' from apalis.jobs where job_type = 'hitl_advance' and status = 'Killed'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(error.contains("injected fault"), "{error}");
+}

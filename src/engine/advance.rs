@@ -7,6 +7,14 @@
 //!   "agentNotes": {"<node>": …}}` (other keys are kept as they are).
 //! A node's outcome and the checkpoint that moves the cursor past it are one transaction,
 //! so a crash between nodes repeats at most the node that was running.
+//!
+//! Two ways to advance, one loop:
+//! - [`Engine::advance`], the advancement job: every node's checkpoint commits on its own,
+//!   so a node that calls out (an agent) never runs inside a transaction;
+//! - [`Engine::advance_in`], inline: every write goes into the caller's transaction (the
+//!   one applying a resume or an expiry, which holds the run's lock), and the loop stops
+//!   before the first node whose capability is not local, leaving it to a job. A resume
+//!   that leads through local nodes to the next pause or the end is then one commit.
 
 use chrono::{Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,8 +29,9 @@ use crate::domain::{
     TimeoutAction,
 };
 use crate::persistence::{
-    self, Finish, NewRequest, PersistenceError, RequestRecord, RunSnapshot, StepState,
+    self, Finish, NewRequest, PersistenceError, RequestRecord, RunSnapshot, StepState, Tx,
 };
+use tracing::Instrument;
 
 /// What one call to [`Engine::advance`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +45,41 @@ pub enum AdvanceOutcome {
     /// Someone else moved the run on first (a racing advancement, an operator's remove);
     /// this call stopped without writing anything more.
     Superseded,
+    /// Inline only: the next node calls out (its capability is not local), so the run
+    /// stopped before it, still `running`; an advancement job must continue it.
+    Deferred { version: i64 },
+}
+
+/// Where an advancement's writes go.
+enum Store<'a, 'c> {
+    /// A transaction per node, committed before the next node runs.
+    Pool(&'a PgPool),
+    /// The caller's transaction, which it commits.
+    Tx(&'a mut Tx<'c>),
+}
+
+/// Runs `$body` (a `Result<Option<T>, EngineError>` where `None` is a fencing refusal)
+/// with `$tx` bound to a transaction of `$store`: a fresh one committed when the body
+/// succeeded, or the caller's. Written as a macro because the two arms' transactions
+/// differ in type and a closure cannot lend a borrowed transaction to a future.
+macro_rules! write_step {
+    ($store:expr, |$tx:ident| $body:expr) => {
+        match $store {
+            Store::Pool(pool) => {
+                let mut owned = pool.begin().await.map_err(PersistenceError::from)?;
+                let $tx = &mut owned;
+                let result = $body;
+                if let Ok(Some(_)) = &result {
+                    owned.commit().await.map_err(PersistenceError::from)?;
+                }
+                result
+            }
+            Store::Tx(outer) => {
+                let $tx = &mut **outer;
+                $body
+            }
+        }
+    };
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -106,15 +150,45 @@ fn fenced<T>(result: Result<T, PersistenceError>) -> Result<Option<T>, EngineErr
 }
 
 impl Engine {
-    /// Advances `run_id` as far as it can go now. See the module docs of `engine`.
+    /// Advances `run_id` as far as it can go now, committing a checkpoint per node. See
+    /// the module docs of `engine`.
     pub async fn advance(
         &self,
         pool: &PgPool,
         run_id: &RunId,
     ) -> Result<AdvanceOutcome, EngineError> {
-        let snap = persistence::load_snapshot(pool, run_id)
-            .await?
-            .ok_or_else(|| EngineError::RunNotFound(run_id.clone()))?;
+        let span = tracing::info_span!("advance", run.id = %run_id, advance.inline = false);
+        self.advance_on(Store::Pool(pool), run_id)
+            .instrument(span)
+            .await
+    }
+
+    /// Advances `run_id` inside `tx` through local nodes only, to the next pause, the
+    /// end, or [`AdvanceOutcome::Deferred`] before a node that calls out. Nothing is
+    /// committed here; on an error the caller should roll back what this call wrote (a
+    /// savepoint) and leave the run to an advancement job, which retries or gives up.
+    pub async fn advance_in(
+        &self,
+        tx: &mut Tx<'_>,
+        run_id: &RunId,
+    ) -> Result<AdvanceOutcome, EngineError> {
+        let span = tracing::info_span!("advance", run.id = %run_id, advance.inline = true);
+        self.advance_on(Store::Tx(tx), run_id)
+            .instrument(span)
+            .await
+    }
+
+    async fn advance_on(
+        &self,
+        mut store: Store<'_, '_>,
+        run_id: &RunId,
+    ) -> Result<AdvanceOutcome, EngineError> {
+        let snap = match &mut store {
+            Store::Pool(pool) => persistence::load_run_state(pool, run_id).await?,
+            Store::Tx(tx) => persistence::load_run_state_in(tx, run_id).await?,
+        }
+        .ok_or_else(|| EngineError::RunNotFound(run_id.clone()))?;
+        let inline = matches!(store, Store::Tx(_));
         let status = snap.run.status;
         if status.is_terminal() || status == RunStatus::AwaitingHitl {
             return Ok(AdvanceOutcome::Idle { status });
@@ -139,11 +213,12 @@ impl Engine {
         let mut version = snap.run.version;
 
         if status == RunStatus::Queued {
-            let mut tx = pool.begin().await.map_err(PersistenceError::from)?;
-            let Some(v) = fenced(persistence::start_run(&mut tx, run_id, version).await)? else {
+            let started = write_step!(&mut store, |tx| fenced(
+                persistence::start_run(tx, run_id, version).await
+            ));
+            let Some(v) = started? else {
                 return Ok(AdvanceOutcome::Superseded);
             };
-            tx.commit().await.map_err(PersistenceError::from)?;
             version = v;
         }
 
@@ -155,6 +230,15 @@ impl Engine {
         };
         loop {
             let node = &plan.nodes[index];
+            if inline
+                && let NodeKind::Task(t) = &node.kind
+                && !self
+                    .registry
+                    .get(&t.capability)
+                    .is_some_and(|c| c.is_local())
+            {
+                return Ok(AdvanceOutcome::Deferred { version });
+            }
             let step = match &node.kind {
                 NodeKind::Hitl(h) => self.hitl_step(&plan, index, h, &snap, &mut meta, &mut ctx)?,
                 NodeKind::Task(t) => {
@@ -172,7 +256,6 @@ impl Engine {
                 } => {
                     meta.cursor = to.map(|i| plan.nodes[i].id.clone());
                     let state = step_state(&ctx, &meta)?;
-                    let mut tx = pool.begin().await.map_err(PersistenceError::from)?;
                     let Some(i) = to else {
                         let finish = Finish {
                             status: RunStatus::Completed,
@@ -180,26 +263,26 @@ impl Engine {
                             node_id: Some(node.id.clone()),
                             state: Some(state),
                         };
-                        let Some(v) = fenced(
-                            persistence::finish_run(&mut tx, run_id, version, &finish).await,
-                        )?
-                        else {
+                        let finished = write_step!(&mut store, |tx| fenced(
+                            persistence::finish_run(tx, run_id, version, &finish).await
+                        ));
+                        let Some(v) = finished? else {
                             return Ok(AdvanceOutcome::Superseded);
                         };
-                        tx.commit().await.map_err(PersistenceError::from)?;
                         return Ok(AdvanceOutcome::Finished {
                             status: RunStatus::Completed,
                             version: v,
                         });
                     };
-                    let result = persistence::checkpoint(
-                        &mut tx, run_id, version, &node.id, &state, action, details,
-                    )
-                    .await;
-                    let Some(v) = fenced(result)? else {
+                    let checkpointed = write_step!(&mut store, |tx| fenced(
+                        persistence::checkpoint(
+                            tx, run_id, version, &node.id, &state, action, details,
+                        )
+                        .await
+                    ));
+                    let Some(v) = checkpointed? else {
                         return Ok(AdvanceOutcome::Superseded);
                     };
-                    tx.commit().await.map_err(PersistenceError::from)?;
                     version = v;
                     index = i;
                 }
@@ -207,14 +290,12 @@ impl Engine {
                     meta.cursor = Some(node.id.clone());
                     meta.awaiting_request_id = Some(request.request_id.clone());
                     let state = step_state(&ctx, &meta)?;
-                    let mut tx = pool.begin().await.map_err(PersistenceError::from)?;
-                    let result =
-                        persistence::raise_request(&mut tx, run_id, version, &request, &state)
-                            .await;
-                    let Some((request_id, v)) = fenced(result)? else {
+                    let raised = write_step!(&mut store, |tx| fenced(
+                        persistence::raise_request(tx, run_id, version, &request, &state).await
+                    ));
+                    let Some((request_id, v)) = raised? else {
                         return Ok(AdvanceOutcome::Superseded);
                     };
-                    tx.commit().await.map_err(PersistenceError::from)?;
                     return Ok(AdvanceOutcome::Paused {
                         request_id,
                         version: v,
@@ -226,35 +307,36 @@ impl Engine {
                     disabled,
                 } => {
                     let state = step_state(&ctx, &meta)?;
-                    let mut tx = pool.begin().await.map_err(PersistenceError::from)?;
-                    if let Some(details) = disabled {
-                        let result = persistence::checkpoint(
-                            &mut tx,
-                            run_id,
-                            version,
-                            &node.id,
-                            &state,
-                            AuditAction::HitlDisabled,
-                            details,
-                        )
-                        .await;
-                        let Some(v) = fenced(result)? else {
-                            return Ok(AdvanceOutcome::Superseded);
-                        };
-                        version = v;
-                    }
                     let finish = Finish {
                         status,
                         reason: Some(reason),
                         node_id: Some(node.id.clone()),
-                        state: Some(state),
+                        state: Some(state.clone()),
                     };
-                    let Some(v) =
-                        fenced(persistence::finish_run(&mut tx, run_id, version, &finish).await)?
-                    else {
+                    let ended = write_step!(&mut store, |tx| async {
+                        let mut at = version;
+                        if let Some(details) = disabled {
+                            let result = persistence::checkpoint(
+                                tx,
+                                run_id,
+                                at,
+                                &node.id,
+                                &state,
+                                AuditAction::HitlDisabled,
+                                details,
+                            )
+                            .await;
+                            let Some(v) = fenced(result)? else {
+                                return Ok(None);
+                            };
+                            at = v;
+                        }
+                        fenced(persistence::finish_run(tx, run_id, at, &finish).await)
+                    }
+                    .await);
+                    let Some(v) = ended? else {
                         return Ok(AdvanceOutcome::Superseded);
                     };
-                    tx.commit().await.map_err(PersistenceError::from)?;
                     return Ok(AdvanceOutcome::Finished { status, version: v });
                 }
             }

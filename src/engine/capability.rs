@@ -79,6 +79,13 @@ pub trait Capability: Send + Sync {
         Ok(())
     }
 
+    /// Whether a call is local: no I/O, returns at once, and the same answer again for
+    /// the same input. Local nodes may run inside the transaction that resumed the run
+    /// (holding its lock); any other node runs in an advancement job, outside one.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Runs the capability once.
     fn call<'a>(
         &'a self,
@@ -126,6 +133,10 @@ impl CapabilityRegistry {
 struct Set;
 
 impl Capability for Set {
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn call<'a>(
         &'a self,
         call: CapabilityCall<'a>,
@@ -144,6 +155,10 @@ impl Capability for Set {
 struct Fail;
 
 impl Capability for Fail {
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn call<'a>(
         &'a self,
         call: CapabilityCall<'a>,

@@ -14,12 +14,7 @@ pub(super) async fn handle(
     match ctx.engine.advance(&ctx.pool, run_id).await {
         Ok(outcome) => {
             tracing::debug!(%run_id, ?outcome, "run advanced");
-            let to = match &outcome {
-                crate::engine::AdvanceOutcome::Paused { .. } => Some("awaiting_hitl"),
-                crate::engine::AdvanceOutcome::Finished { status, .. } => Some(status.as_str()),
-                _ => None,
-            };
-            if let Some(to) = to {
+            if let Some(to) = super::reached(&outcome) {
                 crate::telemetry::metrics::metrics()
                     .inc("hitl_run_transitions_total", &[("to", to)]);
             }

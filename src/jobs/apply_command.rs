@@ -1,10 +1,14 @@
 //! Jobs `hitl_resume` and `hitl_remove`: apply a recorded command. The transition and
 //! the job's completion commit together; applying a command that already ended is a
 //! no-op that returns its stored outcome, so redelivery applies nothing twice.
+//!
+//! A resume moves the run on in the same transaction through its local nodes
+//! ([`super::continue_run`]): one commit from the operator's answer to the run's next
+//! pause or its end, unless a node calls out, which an advancement job then runs.
 
 use super::{Handled, JobContext, JobError, complete_with};
-use crate::domain::CommandId;
-use crate::persistence::{self, queue::ClaimedJob};
+use crate::domain::{CommandId, RunStatus};
+use crate::persistence::{self, AdvanceBy, queue::ClaimedJob};
 use crate::telemetry::metrics::metrics;
 
 pub(super) async fn handle(
@@ -13,7 +17,16 @@ pub(super) async fn handle(
     command_id: &CommandId,
 ) -> Result<Handled, JobError> {
     let mut tx = ctx.pool.begin().await?;
-    let outcome = persistence::apply_command(&mut tx, command_id).await?;
+    let outcome = persistence::apply_command(&mut tx, command_id, AdvanceBy::Caller).await?;
+    let mut reached = None;
+    if let persistence::ApplyOutcome::Applied {
+        command,
+        run_status: RunStatus::Running,
+        ..
+    } = &outcome
+    {
+        reached = super::continue_run(ctx, &mut tx, &command.run_id).await?;
+    }
     // Ids and the kind of outcome only: commands carry operators' free text.
     let applied = match &outcome {
         persistence::ApplyOutcome::Applied { .. } => "applied",
@@ -32,6 +45,9 @@ pub(super) async fn handle(
                 ..
             } => {
                 m.inc("hitl_run_transitions_total", &[("to", run_status.as_str())]);
+                if let Some(to) = reached {
+                    m.inc("hitl_run_transitions_total", &[("to", to)]);
+                }
                 (Some(command), "succeeded")
             }
             persistence::ApplyOutcome::Rejected { command } => (Some(command), "rejected"),

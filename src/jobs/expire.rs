@@ -4,9 +4,9 @@
 use chrono::Utc;
 
 use super::{Handled, JobContext, JobError, complete_with};
-use crate::domain::RequestId;
+use crate::domain::{RequestId, RunStatus};
 use crate::persistence::queue::{self, ClaimedJob};
-use crate::persistence::{self, ExpireOutcome};
+use crate::persistence::{self, AdvanceBy, ExpireOutcome};
 
 pub(super) async fn handle(
     ctx: &JobContext,
@@ -14,7 +14,7 @@ pub(super) async fn handle(
     request_id: &RequestId,
 ) -> Result<Handled, JobError> {
     let mut tx = ctx.pool.begin().await?;
-    match persistence::expire_request(&mut tx, request_id, Utc::now()).await? {
+    match persistence::expire_request(&mut tx, request_id, Utc::now(), AdvanceBy::Caller).await? {
         // The queue keeps whole seconds; if it woke us early, come back at the deadline.
         ExpireOutcome::NotDue(Some(at)) => {
             let postponed = queue::postpone(&mut tx, &claimed.id, &ctx.worker_id, at).await?;
@@ -27,11 +27,24 @@ pub(super) async fn handle(
         }
         outcome => {
             tracing::debug!(%request_id, ?outcome, "deadline checked");
+            let mut reached = None;
+            if let ExpireOutcome::Expired {
+                run_id,
+                run_status: RunStatus::Running,
+                ..
+            } = &outcome
+            {
+                // As with a resume, the run moves on inline where its nodes allow.
+                reached = super::continue_run(ctx, &mut tx, run_id).await?;
+            }
             let handled = complete_with(ctx, tx, claimed).await?;
             if let (Handled::Done, ExpireOutcome::Expired { run_status, .. }) = (&handled, &outcome)
             {
-                crate::telemetry::metrics::metrics()
-                    .inc("hitl_run_transitions_total", &[("to", run_status.as_str())]);
+                let m = crate::telemetry::metrics::metrics();
+                m.inc("hitl_run_transitions_total", &[("to", run_status.as_str())]);
+                if let Some(to) = reached {
+                    m.inc("hitl_run_transitions_total", &[("to", to)]);
+                }
             }
             Ok(handled)
         }

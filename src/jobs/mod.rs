@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::engine::Engine;
+use crate::engine::{AdvanceOutcome, Engine};
 use crate::persistence::queue::{ClaimedJob, Job};
 use crate::persistence::{self, PersistenceError, Tx};
 pub use runner::{Worker, WorkerSettings};
@@ -108,6 +108,47 @@ pub(crate) async fn on_dead(
         );
     }
     Ok(())
+}
+
+/// Moves a run that a transition in `tx` left `running` on, inline in `tx` through its
+/// local nodes (one commit for the resume and everything up to the next pause or the
+/// end). In a savepoint: when the engine cannot (a node calls out, a broken plan, a
+/// failing write), what it wrote is undone and an advancement job takes over, so the
+/// resume itself still commits and the job retries or buries the advancement alone.
+/// Returns the status the run reached (`awaiting_hitl` or a final one), if it moved to
+/// one, for the caller to count once `tx` commits.
+pub(crate) async fn continue_run(
+    ctx: &JobContext,
+    tx: &mut Tx<'_>,
+    run_id: &crate::domain::RunId,
+) -> Result<Option<&'static str>, PersistenceError> {
+    use sqlx::Connection;
+    let mut savepoint = (&mut **tx).begin().await?;
+    match ctx.engine.advance_in(&mut savepoint, run_id).await {
+        Ok(AdvanceOutcome::Deferred { .. }) => {
+            savepoint.commit().await?;
+        }
+        Ok(outcome) => {
+            savepoint.commit().await?;
+            tracing::debug!(%run_id, ?outcome, "run advanced inline");
+            return Ok(reached(&outcome));
+        }
+        Err(e) => {
+            savepoint.rollback().await?;
+            tracing::info!(%run_id, error = %e, "inline advancement failed; handing it to a job");
+        }
+    }
+    persistence::queue::enqueue(tx, &Job::Advance(run_id.clone()), None).await?;
+    Ok(None)
+}
+
+/// The status an advancement left the run in, when it moved it to a new one.
+pub(crate) fn reached(outcome: &AdvanceOutcome) -> Option<&'static str> {
+    match outcome {
+        AdvanceOutcome::Paused { .. } => Some("awaiting_hitl"),
+        AdvanceOutcome::Finished { status, .. } => Some(status.as_str()),
+        _ => None,
+    }
 }
 
 /// Commits `tx` with the job's completion, or rolls it back when the claim was lost.

@@ -14,7 +14,9 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::queue::{self, Job};
 use super::requests::{RequestShape, ResponseInput, validate_responses};
-use super::{AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit, lock_run};
+use super::{
+    AdvanceBy, AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit, lock_run,
+};
 use crate::domain::{
     AuditAction, CommandId, CommandKind, CommandStatus, RequestId, ResponseId, RunId, RunStatus,
     Transition, TransitionError,
@@ -179,9 +181,11 @@ struct CommandPayload {
 }
 
 /// Applies a recorded resume or remove command, exactly once in effect.
+/// A resume that applies leaves the run `running`; `advance` says who moves it on.
 pub async fn apply_command(
     tx: &mut Tx<'_>,
     command_id: &CommandId,
+    advance: AdvanceBy,
 ) -> Result<ApplyOutcome, PersistenceError> {
     let run_id: RunId =
         sqlx::query_scalar("select run_id from hitl_commands where command_id = $1")
@@ -210,7 +214,7 @@ pub async fn apply_command(
         }
     };
     match command.kind {
-        CommandKind::Resume => apply_resume(tx, &run, command, payload).await,
+        CommandKind::Resume => apply_resume(tx, &run, command, payload, advance).await,
         CommandKind::Remove => apply_remove(tx, &run, command, payload).await,
     }
 }
@@ -220,6 +224,7 @@ async fn apply_resume(
     run: &LockedRun,
     command: CommandRecord,
     payload: CommandPayload,
+    advance: AdvanceBy,
 ) -> Result<ApplyOutcome, PersistenceError> {
     let Some(request_id) = command.request_id.clone() else {
         let outcome =
@@ -298,7 +303,9 @@ async fn apply_resume(
     )
     .await?;
     // The run moves on: its next advancement commits with the resume.
-    queue::enqueue(tx, &Job::Advance(run.run_id.clone()), None).await?;
+    if advance == AdvanceBy::Job {
+        queue::enqueue(tx, &Job::Advance(run.run_id.clone()), None).await?;
+    }
     succeed(tx, command, &run.run_id, outcome.status, version).await
 }
 

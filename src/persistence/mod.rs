@@ -42,12 +42,23 @@ pub use runs::{
     create_run, find_run, finish_run, raise_request, start_run,
 };
 pub use snapshot::{
-    AuditRecord, RequestRecord, ResponseRecord, RunRecord, RunSnapshot, load_snapshot,
-    load_snapshot_in,
+    AuditRecord, RequestRecord, ResponseRecord, RunRecord, RunSnapshot, load_run_state,
+    load_run_state_in, load_snapshot, load_snapshot_in,
 };
 
 /// A database transaction, as every transition takes it.
 pub type Tx<'a> = Transaction<'a, Postgres>;
+
+/// Who moves a run on after a transition leaves it `running` (a resume, an expiry that
+/// approves or rejects).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdvanceBy {
+    /// An advancement job, enqueued in the same transaction.
+    Job,
+    /// The caller, in the same transaction: the worker advances the run inline through
+    /// local nodes (`Engine::advance_in`) and enqueues the job only when it must.
+    Caller,
+}
 
 /// Why a persistence call refused or failed.
 #[derive(Debug, thiserror::Error)]

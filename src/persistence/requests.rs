@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 
 use super::queue::{self, Job};
-use super::{AuditEntry, PersistenceError, Tx, append_audit, lock_run};
+use super::{AdvanceBy, AuditEntry, PersistenceError, Tx, append_audit, lock_run};
 use crate::domain::{
     AuditAction, BriefId, RequestId, RequestStatus, ResponseType, RunId, RunStatus, ThreadId,
     TimeoutAction, Transition,
@@ -214,6 +214,7 @@ pub async fn list_pending(
 pub enum ExpireOutcome {
     /// The deadline passed and `action` was applied; the run is now `run_status`.
     Expired {
+        run_id: RunId,
         action: TimeoutAction,
         run_status: RunStatus,
         version: i64,
@@ -235,11 +236,13 @@ struct DeadlineRow {
 /// Expires `request_id` if its deadline has passed by `now` and it is still pending:
 /// the request becomes `expired`, and the run goes back to `running` (the engine applies
 /// `reject` or `approve` on its next step) or, for `cancel`, ends `cancelled`. Racing
-/// with a resume, exactly one of them wins: both lock the run first.
+/// with a resume, exactly one of them wins: both lock the run first. `advance` says who
+/// moves a run left `running` on.
 pub async fn expire_request(
     tx: &mut Tx<'_>,
     request_id: &RequestId,
     now: DateTime<Utc>,
+    advance: AdvanceBy,
 ) -> Result<ExpireOutcome, PersistenceError> {
     let run_id: RunId =
         sqlx::query_scalar("select run_id from hitl_requests where request_id = $1")
@@ -309,10 +312,11 @@ pub async fn expire_request(
         },
     )
     .await?;
-    if outcome.status == RunStatus::Running {
+    if outcome.status == RunStatus::Running && advance == AdvanceBy::Job {
         queue::enqueue(tx, &Job::Advance(row.run_id.clone()), None).await?;
     }
     Ok(ExpireOutcome::Expired {
+        run_id: row.run_id,
         action,
         run_status: outcome.status,
         version,

@@ -171,6 +171,38 @@ pub async fn load_snapshot_in(
     conn: &mut PgConnection,
     run_id: &RunId,
 ) -> Result<Option<RunSnapshot>, PersistenceError> {
+    load_parts(conn, run_id, true).await
+}
+
+/// What the engine reads to advance a run: the snapshot **without its audit log** (left
+/// empty), which grows with every step and which execution never consults. One
+/// repeatable-read transaction, as [`load_snapshot`].
+pub async fn load_run_state(
+    pool: &PgPool,
+    run_id: &RunId,
+) -> Result<Option<RunSnapshot>, PersistenceError> {
+    let mut tx = pool
+        .begin_with("begin isolation level repeatable read read only")
+        .await?;
+    let snapshot = load_parts(&mut tx, run_id, false).await?;
+    tx.commit().await?;
+    Ok(snapshot)
+}
+
+/// [`load_run_state`] on the caller's connection (inside its transaction, under the
+/// run's lock).
+pub async fn load_run_state_in(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+) -> Result<Option<RunSnapshot>, PersistenceError> {
+    load_parts(conn, run_id, false).await
+}
+
+async fn load_parts(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+    with_audit: bool,
+) -> Result<Option<RunSnapshot>, PersistenceError> {
     let Some(run) = sqlx::query_as::<_, RunRecord>(
         "select run_id, thread_id, brief_id, status, status_reason, pending_request_id, version, \
              plan, execution_context, runner_metadata, rehydrated_at, created_at, updated_at, \
@@ -206,6 +238,13 @@ pub async fn load_snapshot_in(
     }
     for request in &mut requests {
         request.responses = by_request.remove(&request.request_id).unwrap_or_default();
+    }
+    if !with_audit {
+        return Ok(Some(RunSnapshot {
+            run,
+            hitl_requests: requests,
+            audit_log: Vec::new(),
+        }));
     }
     let audit_log = sqlx::query_as::<_, AuditRow>(
         "select event_id, run_version, action, operator_id, operator_display_name, \

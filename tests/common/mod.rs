@@ -477,7 +477,9 @@ pub mod fixtures {
         id: &hitl_orchestrator::domain::CommandId,
     ) -> persistence::ApplyOutcome {
         let mut tx = pool.begin().await.unwrap();
-        let outcome = persistence::apply_command(&mut tx, id).await.unwrap();
+        let outcome = persistence::apply_command(&mut tx, id, persistence::AdvanceBy::Job)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         outcome
     }
