@@ -123,7 +123,7 @@ pub(crate) async fn continue_run(
     run_id: &crate::domain::RunId,
 ) -> Result<Option<&'static str>, PersistenceError> {
     use sqlx::Connection;
-    let mut savepoint = (&mut **tx).begin().await?;
+    let mut savepoint = (**tx).begin().await?;
     match ctx.engine.advance_in(&mut savepoint, run_id).await {
         Ok(AdvanceOutcome::Deferred { .. }) => {
             savepoint.commit().await?;
