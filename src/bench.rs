@@ -90,7 +90,7 @@ pub async fn run(common: &CommonArgs, args: &BenchArgs) -> Result<Value, BenchEr
             submit(&pool, args, n).await?
         }
         BenchScenario::E2e => {
-            let offered = (args.rate * args.seconds as f64).ceil() as usize;
+            let offered = (args.rate * args.e2e_seconds() as f64).ceil() as usize;
             seed(&pool, offered, false).await?;
             e2e(&pool, args, offered).await?
         }
@@ -186,7 +186,9 @@ async fn seed(pool: &PgPool, n: usize, commands: bool) -> Result<(), BenchError>
 }
 
 /// One resume's minimal work in one transaction; `false` when no job was left.
-async fn baseline_one(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+/// With `complete`, the same commit also ends the run (one more run update and audit
+/// event), as the service's resume of a one-node plan does.
+async fn baseline_one(conn: &mut PgConnection, complete: bool) -> Result<bool, sqlx::Error> {
     let mut tx = conn.begin().await?;
     let job: Option<(String, Vec<u8>)> = sqlx::query_as(
         "select id, job from apalis.jobs where job_type = 'hitl_resume' and status = 'Pending' \
@@ -240,6 +242,24 @@ async fn baseline_one(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     .bind(&command_id)
     .execute(&mut *tx)
     .await?;
+    if complete {
+        sqlx::query(
+            "update orchestrator_runs set status = 'completed', version = version + 1, \
+             execution_context = $2, runner_metadata = '{}', finished_at = now(), updated_at = now() \
+             where run_id = $1",
+        )
+        .bind(&run_id)
+        .bind(json!({ "review": { "decision": "approved" } }))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "insert into run_audit_events (run_id, run_version, action, from_status, to_status) \
+             values ($1, 5, 'run_completed', 'running', 'completed')",
+        )
+        .bind(&run_id)
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query(
         "update hitl_commands set status = 'succeeded', outcome = '{}', finished_at = now(), updated_at = now() \
          where command_id = $1",
@@ -258,12 +278,13 @@ async fn baseline_one(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
 async fn baseline(pool: &PgPool, args: &BenchArgs) -> Result<Value, BenchError> {
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let complete = args.with_completion;
     for _ in 0..args.concurrency {
         let pool = pool.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = pool.acquire().await?;
             let mut done = 0u64;
-            while baseline_one(&mut conn).await? {
+            while baseline_one(&mut conn, complete).await? {
                 done += 1;
             }
             Ok::<_, sqlx::Error>(done)
@@ -277,7 +298,8 @@ async fn baseline(pool: &PgPool, args: &BenchArgs) -> Result<Value, BenchError> 
     Ok(
         json!({ "scenario": "baseline", "resumes": total, "concurrency": args.concurrency,
                "seconds": seconds, "resumes_per_second": total as f64 / seconds,
-               "commits_per_resume": 1, "machine": machine() }),
+               "commits_per_resume": 1, "with_completion": args.with_completion,
+               "machine": machine() }),
     )
 }
 
@@ -315,24 +337,36 @@ async fn drain(pool: &PgPool, url: &str, args: &BenchArgs, n: usize) -> Result<V
     // Finished count every second, for throughput per 10 s window.
     let mut marks: Vec<(f64, i64)> = vec![(0.0, 0)];
     let mut next_mark = 1.0;
-    loop {
-        let finished: i64 =
-            sqlx::query_scalar("select count(*) from hitl_commands where status in ('succeeded', 'rejected', 'failed')")
-                .fetch_one(pool)
-                .await?;
+    let limit = args.seconds.map(|s| s as f64);
+    let (done, seconds) = loop {
+        // Done means every command ended and every resumed run settled (paused again or
+        // ended), not merely that the commands were applied.
+        let (finished, moving): (i64, i64) = sqlx::query_as(
+            "select (select count(*) from hitl_commands \
+                     where status in ('succeeded', 'rejected', 'failed')), \
+                    (select count(*) from orchestrator_runs where status in ('queued', 'running'))",
+        )
+        .fetch_one(pool)
+        .await?;
         let now = started.elapsed().as_secs_f64();
         if now >= next_mark {
             marks.push((now, finished));
             next_mark += 1.0;
         }
-        if finished >= total {
-            break;
+        if finished >= total && moving == 0 {
+            break (finished, now);
+        }
+        if limit.is_some_and(|l| now >= l) {
+            eprintln!(
+                "{}s elapsed: stopping with {finished} of {total} commands done",
+                now.round()
+            );
+            break (finished, now);
         }
         // The count scans the commands table: poll gently, or the measuring slows the
         // measured (more so as the table grows).
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    };
     let windows: Vec<f64> = marks
         .windows(11)
         .step_by(10)
@@ -362,7 +396,8 @@ async fn drain(pool: &PgPool, url: &str, args: &BenchArgs, n: usize) -> Result<V
     Ok(
         json!({ "scenario": "drain", "commands": total, "succeeded": succeeded, "workers": args.workers,
                "processes": args.processes, "concurrency": args.concurrency, "seconds": seconds,
-               "commands_per_second": total as f64 / seconds, "per_10s_windows": windows,
+               "ended": done, "commands_per_second": done as f64 / seconds,
+               "per_10s_windows": windows,
                "last_window_over_first": sustained, "machine": machine() }),
     )
 }

@@ -271,9 +271,10 @@ pub struct BenchArgs {
     /// Offered resumes per second (e2e).
     #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
-    /// How long to offer them, in seconds (e2e).
-    #[arg(long, default_value_t = 20)]
-    pub seconds: u64,
+    /// Seconds: how long e2e offers resumes (default 20); drain stops measuring after
+    /// it, for a sustained run (default: when every command has ended).
+    #[arg(long)]
+    pub seconds: Option<u64>,
     /// Runs left mid-execution with their job lost (rehydrate).
     #[arg(long, default_value_t = 1000)]
     pub stranded: usize,
@@ -289,6 +290,17 @@ pub struct BenchArgs {
     /// Run the workers as separate `worker` processes (drain).
     #[arg(long)]
     pub processes: bool,
+    /// Baseline only: also complete each run in the same commit (one more run update
+    /// and audit event), the work a resume of a one-node plan does in the service.
+    #[arg(long)]
+    pub with_completion: bool,
+}
+
+impl BenchArgs {
+    /// How long e2e offers resumes.
+    pub fn e2e_seconds(&self) -> u64 {
+        self.seconds.unwrap_or(20)
+    }
 }
 
 /// Settings every role shares: where the database is and how to log.

@@ -4,7 +4,8 @@
 //! "The queue") each have an answer here:
 //! - wake-up: LISTEN/NOTIFY on apalis's insert channel **and** an interval poll (delayed
 //!   jobs do not notify; a notification can be lost while reconnecting);
-//! - explicit concurrency and batch size; the claim never takes more than free slots;
+//! - explicit concurrency and batch size; the claim never takes more than free slots, and
+//!   during a backlog it waits (at most a few milliseconds) for half a batch of them;
 //! - a unique worker id per process (host, pid, a fresh UUIDv7), never reused;
 //! - heartbeats every `heartbeat` — also while draining — and a short orphan timeout:
 //!   every worker re-queues jobs of workers silent for longer;
@@ -36,6 +37,9 @@ use tracing::Instrument;
 
 /// The apalis-postgres channel its insert trigger notifies.
 const INSERT_CHANNEL: &str = "apalis::job::insert";
+
+/// How long a worker with a backlog waits for enough free slots to claim a batch.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
 
 /// How a worker behaves; see the `HITL_WORKER_*` and `HITL_JOB_*` settings.
 #[derive(Clone, Debug)]
@@ -177,6 +181,11 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(settings.concurrency));
         let mut tasks = JoinSet::new();
         let mut failures: u32 = 0;
+        // While a backlog lasts (the last claim came back full), claim in batches of at
+        // least half the batch size instead of one job per freed slot: each claim is a
+        // commit of its own, and one per job costs a drain a third of its speed.
+        let batch_floor = (settings.batch_size.min(settings.concurrency) / 2).max(1);
+        let mut backlog = false;
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits();
@@ -185,6 +194,18 @@ impl Worker {
                     _ = shutdown.cancelled() => break,
                     permit = slots.clone().acquire_owned() => drop(permit),
                 }
+                continue;
+            }
+            if backlog && free < batch_floor {
+                // Briefly: slots held by long jobs (agent calls) must not stall the rest.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    permits = slots.clone().acquire_many_owned(batch_floor as u32) => drop(permits),
+                    _ = tokio::time::sleep(BATCH_WAIT) => {}
+                }
+            }
+            let free = slots.available_permits();
+            if free == 0 {
                 continue;
             }
             let limit = free.min(settings.batch_size) as i64;
@@ -208,6 +229,7 @@ impl Worker {
                 }
             };
             let got = claimed.len();
+            backlog = got == limit as usize;
             for job in claimed {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break;

@@ -14,9 +14,7 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::queue::{self, Job};
 use super::requests::{RequestShape, ResponseInput, validate_responses};
-use super::{
-    AdvanceBy, AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit, lock_run,
-};
+use super::{AdvanceBy, AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit};
 use crate::domain::{
     AuditAction, CommandId, CommandKind, CommandStatus, RequestId, ResponseId, RunId, RunStatus,
     Transition, TransitionError,
@@ -172,6 +170,17 @@ pub enum ApplyOutcome {
     AlreadyFinal { command: CommandRecord },
 }
 
+/// A command with the shape of the request it names (absent for a remove of a run).
+#[derive(sqlx::FromRow)]
+struct ToApply {
+    #[sqlx(flatten)]
+    command: CommandRecord,
+    #[sqlx(rename = "shape_response_types")]
+    response_types: Option<Vec<String>>,
+    #[sqlx(rename = "shape_options")]
+    options: Option<Value>,
+}
+
 #[derive(Deserialize)]
 struct CommandPayload {
     #[serde(default)]
@@ -187,22 +196,41 @@ pub async fn apply_command(
     command_id: &CommandId,
     advance: AdvanceBy,
 ) -> Result<ApplyOutcome, PersistenceError> {
-    let run_id: RunId =
-        sqlx::query_scalar("select run_id from hitl_commands where command_id = $1")
-            .bind(command_id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| PersistenceError::NotFound {
-                entity: "command",
-                id: command_id.to_string(),
-            })?;
-    let run = lock_run(tx, &run_id).await?;
-    let command: CommandRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {COMMAND_COLUMNS} from hitl_commands where command_id = $1 for update"
+    // The run is found through the command and locked in one statement (a command's
+    // run never changes); the command itself is read after the lock, so its status is
+    // the one the run's last transition left.
+    let run = sqlx::query_as::<_, LockedRun>(
+        "select run_id, status, pending_request_id, version from orchestrator_runs \
+         where run_id = (select run_id from hitl_commands where command_id = $1) \
+         for no key update",
+    )
+    .bind(command_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| PersistenceError::NotFound {
+        entity: "command",
+        id: command_id.to_string(),
+    })?;
+    // The named request's shape comes along: it never changes once raised.
+    let ToApply {
+        command,
+        response_types,
+        options,
+    } = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COMMAND_COLUMNS}, \
+             (select q.response_types from hitl_requests q where q.request_id = c.request_id) \
+                 as shape_response_types, \
+             (select q.options from hitl_requests q where q.request_id = c.request_id) \
+                 as shape_options \
+         from hitl_commands c where command_id = $1 for update of c"
     )))
     .bind(command_id)
     .fetch_one(&mut **tx)
     .await?;
+    let shape = (
+        response_types.unwrap_or_default(),
+        options.unwrap_or(Value::Null),
+    );
     if command.status.is_final() {
         return Ok(ApplyOutcome::AlreadyFinal { command });
     }
@@ -214,7 +242,7 @@ pub async fn apply_command(
         }
     };
     match command.kind {
-        CommandKind::Resume => apply_resume(tx, &run, command, payload, advance).await,
+        CommandKind::Resume => apply_resume(tx, &run, command, payload, &shape, advance).await,
         CommandKind::Remove => apply_remove(tx, &run, command, payload).await,
     }
 }
@@ -224,6 +252,7 @@ async fn apply_resume(
     run: &LockedRun,
     command: CommandRecord,
     payload: CommandPayload,
+    (response_types, options): &(Vec<String>, Value),
     advance: AdvanceBy,
 ) -> Result<ApplyOutcome, PersistenceError> {
     let Some(request_id) = command.request_id.clone() else {
@@ -242,15 +271,10 @@ async fn apply_resume(
         }
         Err(e) => return Err(e),
     };
-    let (response_types, options): (Vec<String>, Value) =
-        sqlx::query_as("select response_types, options from hitl_requests where request_id = $1")
-            .bind(&request_id)
-            .fetch_one(&mut **tx)
-            .await?;
     let shape = RequestShape {
         request_id: &request_id,
-        response_types: &response_types,
-        options: &options,
+        response_types,
+        options,
     };
     if let Err(problem) = validate_responses(&shape, &payload.responses) {
         let why = json!({ "reason": "invalid_response", "message": problem.to_string(),
