@@ -329,7 +329,8 @@ async fn drain(pool: &PgPool, url: &str, args: &BenchArgs, n: usize) -> Result<V
                 .map_err(|e| BenchError::Other(e.to_string()))?;
             children.push(child);
         } else {
-            let worker = Worker::new(pool.clone(), Engine::with_builtins(true), settings.clone());
+            let worker =
+                Worker::new(pool.clone(), Engine::with_builtins(true), settings.clone()).quiet();
             handles.push(tokio::spawn(worker.run(stop.clone())));
         }
     }
@@ -532,7 +533,8 @@ async fn e2e(pool: &PgPool, args: &BenchArgs, offered: usize) -> Result<Value, B
         pool.clone(),
         Engine::with_builtins(true),
         worker_settings(args.concurrency.max(1)),
-    );
+    )
+    .quiet();
     let worker = tokio::spawn(worker.run(stop.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await; // past the worker's start-up rescan
     let work = parked(pool).await?;

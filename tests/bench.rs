@@ -21,7 +21,8 @@ fn bench(args: &[&str], database_url: &str) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap()).expect("one JSON object")
+    // Nothing but the result on stdout, so it can be piped to jq.
+    serde_json::from_str(stdout.trim()).expect("stdout is one JSON object")
 }
 
 #[tokio::test]
@@ -30,12 +31,45 @@ async fn every_scenario_runs_and_reports() {
     let baseline = bench(&["baseline", "--n", "50", "--concurrency", "4"], &db.url);
     assert_eq!(baseline["resumes"], 50);
     assert!(baseline["resumes_per_second"].as_f64().unwrap() > 0.0);
+    let completing = bench(
+        &[
+            "baseline",
+            "--n",
+            "20",
+            "--concurrency",
+            "2",
+            "--with-completion",
+        ],
+        &db.url,
+    );
+    assert_eq!(
+        (
+            completing["resumes"].clone(),
+            completing["with_completion"].clone()
+        ),
+        (20.into(), true.into())
+    );
 
     let drain = bench(&["drain", "--n", "50", "--concurrency", "4"], &db.url);
     assert_eq!(
         (drain["commands"].clone(), drain["succeeded"].clone()),
         (50.into(), 50.into())
     );
+
+    // Time-boxed: stops measuring after --seconds even though work is left.
+    let boxed = bench(
+        &[
+            "drain",
+            "--n",
+            "3000",
+            "--concurrency",
+            "2",
+            "--seconds",
+            "1",
+        ],
+        &db.url,
+    );
+    assert!(boxed["ended"].as_i64().unwrap() < 3000, "{boxed}");
 
     let processes = bench(
         &[

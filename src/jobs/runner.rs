@@ -102,6 +102,7 @@ pub struct Worker {
     ctx: Arc<JobContext>,
     settings: WorkerSettings,
     queues: Vec<&'static str>,
+    announce: bool,
 }
 
 impl Worker {
@@ -129,7 +130,15 @@ impl Worker {
             ctx: Arc::new(ctx),
             settings,
             queues: queue_names::ALL.to_vec(),
+            announce: true,
         }
+    }
+
+    /// Does not print the "running" line on stdout (a worker inside a program whose
+    /// stdout is its result, such as `bench`).
+    pub fn quiet(mut self) -> Self {
+        self.announce = false;
+        self
     }
 
     /// This process's worker id (unique; never reused).
@@ -152,7 +161,9 @@ impl Worker {
         schedule_cleanup(&ctx).await;
         schedule_rescan(&ctx).await;
         // On stdout, apart from the logs, so scripts and tests know the worker is up.
-        println!("hitl-orchestrator worker {} running", ctx.worker_id);
+        if self.announce {
+            println!("hitl-orchestrator worker {} running", ctx.worker_id);
+        }
 
         let wake = Arc::new(Notify::new());
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
