@@ -54,7 +54,9 @@ pub async fn run(common: &CommonArgs, args: &BenchArgs) -> Result<Value, BenchEr
         None => {
             let dir =
                 std::env::temp_dir().join(format!("hitl-bench-{}", uuid::Uuid::now_v7().simple()));
-            let opts = EmbeddedOptions::new(dir.join("data"));
+            let mut opts = EmbeddedOptions::new(dir.join("data"));
+            // e2e reads each command's commit time (pg_xact_commit_timestamp).
+            opts.settings.push("track_commit_timestamp=on".into());
             let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
                 .await
                 .map_err(|e| BenchError::Other(e.to_string()))?
@@ -547,16 +549,27 @@ async fn e2e(pool: &PgPool, args: &BenchArgs, offered: usize) -> Result<Value, B
         ticker.tick().await;
         let (client, base) = (client.clone(), base.clone());
         sends.push(tokio::spawn(async move {
-            client
+            // Submitted: just before the request leaves the client (same host and clock
+            // as the database).
+            let submitted = chrono::Utc::now();
+            let reply: Value = client
                 .post(format!("{base}/api/hitl/resume"))
                 .bearer_auth(TOKEN)
                 .json(&resume_body(&run, &request))
                 .send()
                 .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            Some((reply["commandId"].as_str()?.to_owned(), submitted))
         }));
     }
+    let mut submitted = std::collections::HashMap::new();
     for s in sends {
-        let _ = s.await;
+        if let Ok(Some((id, at))) = s.await {
+            submitted.insert(id, at);
+        }
     }
     let offered_seconds = started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -570,17 +583,49 @@ async fn e2e(pool: &PgPool, args: &BenchArgs, offered: usize) -> Result<Value, B
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let latencies: Vec<f64> = sqlx::query_scalar(
-        "select extract(epoch from finished_at - created_at)::float8 from hitl_commands where finished_at is not null",
-    )
+    // Applied: the commit of the transaction that applied the command (and moved the run
+    // on), when the server tracks commit times; else the command's `finished_at`, the
+    // start of that transaction.
+    let exact: bool = sqlx::query_scalar("select current_setting('track_commit_timestamp') = 'on'")
+        .fetch_one(pool)
+        .await?;
+    type At = chrono::DateTime<chrono::Utc>;
+    let applied: Vec<(String, At, At, At)> = sqlx::query_as(if exact {
+        "select command_id, created_at, finished_at, pg_xact_commit_timestamp(xmin) \
+         from hitl_commands where finished_at is not null"
+    } else {
+        "select command_id, created_at, finished_at, finished_at \
+         from hitl_commands where finished_at is not null"
+    })
     .fetch_all(pool)
     .await?;
+    let secs = |from: &At, to: &At| (*to - *from).num_microseconds().map(|us| us as f64 / 1e6);
+    let mut latencies = Vec::new();
+    let mut phases: [Vec<f64>; 3] = Default::default();
+    for (id, created, started, committed) in &applied {
+        let Some(sent) = submitted.get(id) else {
+            continue;
+        };
+        latencies.extend(secs(sent, committed));
+        phases[0].extend(secs(sent, created));
+        phases[1].extend(secs(created, started));
+        phases[2].extend(secs(started, committed));
+    }
+    let [to_recording, to_applying, applying] = phases;
     stop.cancel();
     let _ = worker.await;
     Ok(
         json!({ "scenario": "e2e", "offered_per_second": args.rate, "offered": offered,
                "achieved_offer_per_second": offered as f64 / offered_seconds, "applied": latencies.len(),
-               "submit_to_applied": percentiles(latencies), "machine": machine() }),
+               "submit_to_applied": percentiles(latencies),
+               // Where the time goes: the client and the API until the recording
+               // transaction starts; until the applying transaction starts (recording,
+               // its commit, the wake-up, the claim); applying until its commit.
+               "phases": { "submit_to_recording": percentiles(to_recording),
+                           "recording_to_applying": percentiles(to_applying),
+                           "applying_to_commit": percentiles(applying) },
+               "applied_at": if exact { "commit time" } else { "start of the applying transaction" },
+               "machine": machine() }),
     )
 }
 

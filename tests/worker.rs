@@ -645,3 +645,39 @@ async fn a_fault_in_the_inline_advancement_still_commits_the_resume_and_the_adva
     .unwrap();
     assert!(error.contains("injected fault"), "{error}");
 }
+
+#[tokio::test]
+async fn a_claims_asynchronous_commit_does_not_leak_into_the_connections_later_work() {
+    let db = common::fresh_db().await;
+    parked_runs(&db.pool, 1).await;
+    let runs: Vec<hitl_orchestrator::domain::RunId> =
+        sqlx::query_scalar("select run_id from orchestrator_runs")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    submit_resumes(&db.pool, &runs).await;
+    // One connection: the claim and the check below share it.
+    let single = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    // The test cluster commits asynchronously everywhere; make this session durable.
+    sqlx::query("set synchronous_commit = on")
+        .execute(&single)
+        .await
+        .unwrap();
+    queue::register_worker(&single, "w-async").await.unwrap();
+    let claimed = queue::claim(&single, "w-async", &[queue::queue_names::RESUME], 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let setting: String = sqlx::query_scalar("show synchronous_commit")
+        .fetch_one(&single)
+        .await
+        .unwrap();
+    assert_eq!(
+        setting, "on",
+        "the async commit was the claim's transaction's alone"
+    );
+}

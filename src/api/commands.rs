@@ -230,12 +230,24 @@ async fn submit(
     check_text("reason", reason, MAX_LONG_TEXT)?;
 
     let run = find_run(state, &target, s.thread_id).await?;
-    let snapshot = persistence::load_snapshot(&state.pool, &run.run_id)
+    // The early check reads in the recording transaction (one fewer commit per
+    // submission). It only spares a doomed command: the worker checks again under the
+    // run's lock, so a race here cannot apply a wrong answer.
+    let mut tx = state.pool.begin().await?;
+    let mut snapshot = persistence::load_run_state_in(&mut tx, &run.run_id)
         .await?
         .ok_or_else(|| run_not_found(&run.run_id))?;
+    let refused = snapshot.run.status.is_terminal()
+        || request_id
+            .as_ref()
+            .is_some_and(|id| snapshot.run.pending_request_id.as_ref() != Some(id));
+    if refused {
+        // Only a refusal names who settled the request or ended the run: the audit log.
+        snapshot = persistence::load_snapshot_in(&mut tx, &run.run_id)
+            .await?
+            .ok_or_else(|| run_not_found(&run.run_id))?;
+    }
     check_target(&snapshot, request_id.as_ref(), responses)?;
-
-    let mut tx = state.pool.begin().await?;
     let recorded = persistence::record_command(
         &mut tx,
         NewCommand {

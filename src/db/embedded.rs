@@ -180,6 +180,8 @@ pub struct EmbeddedOptions {
     pub ephemeral: bool,
     /// How long an attaching process waits for the owner to bring the cluster up.
     pub attach_timeout: Duration,
+    /// More server settings, `name=value` each (the benchmark's `track_commit_timestamp`).
+    pub settings: Vec<String>,
 }
 
 impl EmbeddedOptions {
@@ -190,6 +192,7 @@ impl EmbeddedOptions {
             binaries: BinarySearch::default(),
             ephemeral: false,
             attach_timeout: Duration::from_secs(60),
+            settings: Vec::new(),
         }
     }
 }
@@ -290,6 +293,9 @@ impl EmbeddedPostgres {
             if opts.ephemeral {
                 settings
                     .push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+            }
+            for extra in &opts.settings {
+                settings.push_str(&format!(" -c {extra}"));
             }
             let log = self.pgdata.join("server.log");
             let log = log.to_string_lossy().into_owned();

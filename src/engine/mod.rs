@@ -2,10 +2,12 @@
 //! `persistence` after every node, until it pauses at a HITL node, completes, fails or
 //! is cancelled.
 //!
-//! [`Engine::advance`] is the one entry point that moves a run; the queue's advancement
-//! job calls it. It is safe to call at any time and any number of times: every write is
-//! fenced by the run's `version`, so a call that raced with another (or with an operator's
-//! remove) writes nothing once it falls behind.
+//! [`Engine::advance`] moves a run, a transaction per node; the queue's advancement job
+//! calls it. [`Engine::advance_in`] does the same inside the caller's transaction through
+//! local nodes only (the worker applying a resume or an expiry calls it, so the answer and
+//! what it unlocks commit together). Both are safe to call at any time and any number of
+//! times: every write is fenced by the run's `version`, so a call that raced with another
+//! (or with an operator's remove) writes nothing once it falls behind.
 
 mod advance;
 pub mod capability;

@@ -25,7 +25,7 @@ pub(super) async fn handle(
         ..
     } = &outcome
     {
-        reached = super::continue_run(ctx, &mut tx, &command.run_id).await?;
+        reached = super::continue_run(ctx, &mut tx, claimed, &command.run_id).await?;
     }
     // Ids and the kind of outcome only: commands carry operators' free text.
     let applied = match &outcome {

@@ -35,7 +35,7 @@ pub(super) async fn handle(
             } = &outcome
             {
                 // As with a resume, the run moves on inline where its nodes allow.
-                reached = super::continue_run(ctx, &mut tx, run_id).await?;
+                reached = super::continue_run(ctx, &mut tx, claimed, run_id).await?;
             }
             let handled = complete_with(ctx, tx, claimed).await?;
             if let (Handled::Done, ExpireOutcome::Expired { run_status, .. }) = (&handled, &outcome)

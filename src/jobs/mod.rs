@@ -111,31 +111,39 @@ pub(crate) async fn on_dead(
 }
 
 /// Moves a run that a transition in `tx` left `running` on, inline in `tx` through its
-/// local nodes (one commit for the resume and everything up to the next pause or the
-/// end). In a savepoint: when the engine cannot (a node calls out, a broken plan, a
-/// failing write), what it wrote is undone and an advancement job takes over, so the
-/// resume itself still commits and the job retries or buries the advancement alone.
+/// local nodes: one commit from the operator's answer to the run's next pause or its end.
+///
+/// Only on a job's first attempt. When the engine stops before a node that calls out, or
+/// refuses the run (a broken stored plan), what it wrote so far is consistent (a
+/// checkpoint per node) and an advancement job takes over from there. When a write fails,
+/// the transaction is lost: the error makes the job retry, and a retry applies the
+/// command alone and leaves the advancement to a job, so a fault in the advancement can
+/// never keep an operator's answer from committing. (A savepoint would do the same at
+/// two more round trips on every resume.)
+///
 /// Returns the status the run reached (`awaiting_hitl` or a final one), if it moved to
 /// one, for the caller to count once `tx` commits.
 pub(crate) async fn continue_run(
     ctx: &JobContext,
     tx: &mut Tx<'_>,
+    claimed: &ClaimedJob,
     run_id: &crate::domain::RunId,
-) -> Result<Option<&'static str>, PersistenceError> {
-    use sqlx::Connection;
-    let mut savepoint = (**tx).begin().await?;
-    match ctx.engine.advance_in(&mut savepoint, run_id).await {
-        Ok(AdvanceOutcome::Deferred { .. }) => {
-            savepoint.commit().await?;
-        }
-        Ok(outcome) => {
-            savepoint.commit().await?;
-            tracing::debug!(%run_id, ?outcome, "run advanced inline");
-            return Ok(reached(&outcome));
-        }
-        Err(e) => {
-            savepoint.rollback().await?;
-            tracing::info!(%run_id, error = %e, "inline advancement failed; handing it to a job");
+) -> Result<Option<&'static str>, JobError> {
+    if claimed.attempts == 0 {
+        match ctx.engine.advance_in(tx, run_id).await {
+            Ok(AdvanceOutcome::Deferred { .. }) => {}
+            Ok(outcome) => {
+                tracing::debug!(%run_id, ?outcome, "run advanced inline");
+                return Ok(reached(&outcome));
+            }
+            Err(crate::engine::EngineError::Persistence(e)) => {
+                return Err(JobError::Retry(format!(
+                    "advancing the run inline failed ({e}); the retry leaves it to a job"
+                )));
+            }
+            Err(e) => {
+                tracing::info!(%run_id, error = %e, "inline advancement stopped; handing it to a job");
+            }
         }
     }
     persistence::queue::enqueue(tx, &Job::Advance(run_id.clone()), None).await?;

@@ -293,6 +293,13 @@ pub async fn heartbeat(pool: &PgPool, worker_id: &str) -> Result<(), Persistence
 
 /// Claims up to `limit` due jobs of `queues`, oldest first (`for update skip locked`, so
 /// workers never block each other), marking them `Running` for this worker.
+///
+/// The claim commits without waiting for its WAL flush (`synchronous_commit` off for this
+/// one statement's transaction): a claim lost in a crash only returns its jobs to
+/// `Pending`, and nothing can act on a lost claim, because every completion is fenced on
+/// `lock_by` and `status = 'Running'`. The job's own transaction, which commits durably,
+/// flushes the claim's WAL with it. This takes one disk flush off the path from a
+/// submission to its application.
 pub async fn claim(
     pool: &PgPool,
     worker_id: &str,
@@ -300,7 +307,8 @@ pub async fn claim(
     limit: i64,
 ) -> Result<Vec<ClaimedJob>, PersistenceError> {
     Ok(sqlx::query_as(
-        "with next as ( \
+        "with async_commit as (select set_config('synchronous_commit', 'off', true)), \
+         next as ( \
              select id from apalis.jobs \
              where job_type = any($2) \
                and (status = 'Pending' or (status = 'Failed' and attempts < max_attempts)) \
@@ -308,7 +316,7 @@ pub async fn claim(
              order by priority desc, run_at \
              limit $3 for update skip locked) \
          update apalis.jobs j set status = 'Running', lock_by = $1, lock_at = now() \
-         from next where j.id = next.id \
+         from next, async_commit where j.id = next.id \
          returning j.id, j.job_type, j.job, j.attempts",
     )
     .bind(worker_id)
