@@ -229,30 +229,41 @@ async fn submit(
     check_text("note", s.note, MAX_LONG_TEXT)?;
     check_text("reason", reason, MAX_LONG_TEXT)?;
 
-    let run = find_run(state, &target, s.thread_id).await?;
     // The early check reads in the recording transaction (one fewer commit per
     // submission). It only spares a doomed command: the worker checks again under the
     // run's lock, so a race here cannot apply a wrong answer.
     let mut tx = state.pool.begin().await?;
-    let mut snapshot = persistence::load_run_state_in(&mut tx, &run.run_id)
+    let run_id = match &target {
+        RunRef::Id(id) => id.clone(),
+        RunRef::Thread(_) => find_run(&mut tx, &target).await?.run_id,
+    };
+    let mut snapshot = persistence::load_run_state_in(&mut tx, &run_id)
         .await?
-        .ok_or_else(|| run_not_found(&run.run_id))?;
+        .ok_or_else(|| run_not_found(&run_id))?;
+    if let Some(t) = s.thread_id
+        && t != snapshot.run.thread_id.as_str()
+    {
+        return Err(ApiError::invalid(
+            "threadId",
+            "names a different run than runId",
+        ));
+    }
     let refused = snapshot.run.status.is_terminal()
         || request_id
             .as_ref()
             .is_some_and(|id| snapshot.run.pending_request_id.as_ref() != Some(id));
     if refused {
         // Only a refusal names who settled the request or ended the run: the audit log.
-        snapshot = persistence::load_snapshot_in(&mut tx, &run.run_id)
+        snapshot = persistence::load_snapshot_in(&mut tx, &run_id)
             .await?
-            .ok_or_else(|| run_not_found(&run.run_id))?;
+            .ok_or_else(|| run_not_found(&run_id))?;
     }
     check_target(&snapshot, request_id.as_ref(), responses)?;
     let recorded = persistence::record_command(
         &mut tx,
         NewCommand {
             kind: s.kind,
-            run_id: run.run_id.clone(),
+            run_id: run_id.clone(),
             request_id: request_id.clone(),
             idempotency_key: key,
             payload: s.payload,
@@ -329,28 +340,16 @@ fn run_ref(run_id: Option<&str>, thread_id: Option<&str>) -> Result<RunRef, ApiE
     }
 }
 
-async fn find_run(
-    state: &AppState,
-    target: &RunRef,
-    thread_id: Option<&str>,
-) -> Result<RunHeader, ApiError> {
-    let run = persistence::find_run(&state.pool, target)
+/// The run a thread id names (404 when none does).
+async fn find_run(conn: &mut sqlx::PgConnection, target: &RunRef) -> Result<RunHeader, ApiError> {
+    persistence::find_run(conn, target)
         .await?
         .ok_or_else(|| match target {
             RunRef::Id(id) => run_not_found(id),
             RunRef::Thread(t) => {
                 ApiError::not_found("run_not_found", format!("no run has thread id {t}"))
             }
-        })?;
-    if let Some(t) = thread_id
-        && t != run.thread_id.as_str()
-    {
-        return Err(ApiError::invalid(
-            "threadId",
-            "names a different run than runId",
-        ));
-    }
-    Ok(run)
+        })
 }
 
 fn run_not_found(id: &RunId) -> ApiError {

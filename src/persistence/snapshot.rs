@@ -3,8 +3,6 @@
 //! serialises to the run JSON of DESIGN.md (camelCase, every field present, `null` when
 //! empty), so the API and rehydration share one read model.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -98,6 +96,22 @@ pub struct AuditRecord {
     pub to_status: RunStatus,
     pub details: Value,
     pub at: DateTime<Utc>,
+}
+
+/// A request joined with one of its answers (all `None` when it has none).
+#[derive(sqlx::FromRow)]
+struct RequestAnswerRow {
+    #[sqlx(flatten)]
+    request: RequestRecord,
+    response_id: Option<ResponseId>,
+    response_type: Option<ResponseType>,
+    approved: Option<bool>,
+    option_id: Option<String>,
+    freeform_text: Option<String>,
+    responder_id: Option<String>,
+    responder_display_name: Option<String>,
+    command_id: Option<CommandId>,
+    answered_at: Option<DateTime<Utc>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -215,29 +229,54 @@ async fn load_parts(
     else {
         return Ok(None);
     };
-    let mut requests: Vec<RequestRecord> = sqlx::query_as(
-        "select request_id, node_id, status, operator_prompt, response_types, options, \
-             contract_summary, expires_at, on_timeout, created_at, resolved_at, resolved_by, \
-             denial_reason \
-         from hitl_requests where run_id = $1 order by created_at, request_id",
+    // Requests and their answers in one read: a row per answer, or one with no answer.
+    let rows: Vec<RequestAnswerRow> = sqlx::query_as(
+        "select q.request_id, q.node_id, q.status, q.operator_prompt, q.response_types, \
+             q.options, q.contract_summary, q.expires_at, q.on_timeout, q.created_at, \
+             q.resolved_at, q.resolved_by, q.denial_reason, \
+             s.response_id, s.response_type, s.approved, s.option_id, s.freeform_text, \
+             s.responder_id, s.responder_display_name, s.command_id, \
+             s.created_at as answered_at \
+         from hitl_requests q left join hitl_responses s on s.request_id = q.request_id \
+         where q.run_id = $1 \
+         order by q.created_at, q.request_id, s.command_id, s.position",
     )
     .bind(run_id)
     .fetch_all(&mut *conn)
     .await?;
-    let responses: Vec<ResponseRecord> = sqlx::query_as(
-        "select response_id, request_id, response_type, approved, option_id, freeform_text, \
-             responder_id, responder_display_name, command_id, created_at \
-         from hitl_responses where run_id = $1 order by request_id, command_id, position",
-    )
-    .bind(run_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut by_request: HashMap<RequestId, Vec<ResponseRecord>> = HashMap::new();
-    for r in responses {
-        by_request.entry(r.request_id.clone()).or_default().push(r);
-    }
-    for request in &mut requests {
-        request.responses = by_request.remove(&request.request_id).unwrap_or_default();
+    let mut requests: Vec<RequestRecord> = Vec::new();
+    for row in rows {
+        let RequestAnswerRow {
+            request,
+            response_id,
+            response_type,
+            approved,
+            option_id,
+            freeform_text,
+            responder_id,
+            responder_display_name,
+            command_id,
+            answered_at,
+        } = row;
+        if requests.last().map(|r| &r.request_id) != Some(&request.request_id) {
+            requests.push(request);
+        }
+        if let (Some(response_id), Some(response_type), Some(created_at), Some(request)) =
+            (response_id, response_type, answered_at, requests.last_mut())
+        {
+            request.responses.push(ResponseRecord {
+                response_id,
+                request_id: request.request_id.clone(),
+                response_type,
+                approved,
+                option_id,
+                freeform_text,
+                responder_id,
+                responder_display_name,
+                command_id,
+                created_at,
+            });
+        }
     }
     if !with_audit {
         return Ok(Some(RunSnapshot {
