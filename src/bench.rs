@@ -153,7 +153,7 @@ async fn seed(pool: &PgPool, n: usize, commands: bool) -> Result<(), BenchError>
     persistence::seed::parked_runs(&mut tx, n as i64, &plan).await?;
     tx.commit().await?;
     if !commands {
-        sqlx::query("vacuum analyze").execute(pool).await?;
+        settle(pool).await?;
         return Ok(());
     }
     let parked: Vec<(RunId, RequestId)> = sqlx::query_as(
@@ -182,8 +182,18 @@ async fn seed(pool: &PgPool, n: usize, commands: bool) -> Result<(), BenchError>
         }
         tx.commit().await?;
     }
-    // Measurements start from a vacuumed, analysed table, as a steady system would be.
+    settle(pool).await
+}
+
+/// Measurements start from vacuumed, analysed tables and a fresh checkpoint, as a steady
+/// system would be: seeding writes far more WAL than the measured phase, and a checkpoint
+/// or autovacuum set off by it in the middle of a measurement is noise, not the service.
+async fn settle(pool: &PgPool) -> Result<(), BenchError> {
     sqlx::query("vacuum analyze").execute(pool).await?;
+    // Needs superuser (or pg_checkpoint); on a server where the bench lacks it, skip.
+    if let Err(e) = sqlx::query("checkpoint").execute(pool).await {
+        eprintln!("no checkpoint before measuring ({e})");
+    }
     Ok(())
 }
 
@@ -659,10 +669,11 @@ async fn rehydrate(
     }
     // Their advancement jobs are lost, as if the queue had been truncated.
     sqlx::query("delete from apalis.jobs").execute(pool).await?;
-    sqlx::query("vacuum analyze").execute(pool).await?;
+    settle(pool).await?;
     let pages = (n + args.stranded).div_ceil(500) as i64;
     let exe = std::env::current_exe().map_err(|e| BenchError::Other(e.to_string()))?;
     let started = Instant::now();
+    let started_at = chrono::Utc::now();
     let mut child = tokio::process::Command::new(exe)
         .arg("worker")
         .env("DATABASE_URL", url)
@@ -705,6 +716,16 @@ async fn rehydrate(
     )
     .fetch_one(pool)
     .await?;
+    // Where the time went, in seconds after the measurement started (database clock).
+    let timeline: (Option<f64>, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+        "select extract(epoch from (select min(lock_at) from apalis.jobs where job_type = 'hitl_rescan') - $1)::float8, \
+                extract(epoch from (select min(lock_at) from apalis.jobs where job_type = 'hitl_rehydrate') - $1)::float8, \
+                extract(epoch from (select max(done_at) from apalis.jobs where job_type = 'hitl_rehydrate') - $1)::float8, \
+                extract(epoch from (select max(finished_at) from orchestrator_runs where status = 'completed') - $1)::float8",
+    )
+    .bind(started_at)
+    .fetch_one(pool)
+    .await?;
     if let Some(pid) = child.id() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -715,7 +736,10 @@ async fn rehydrate(
     Ok(
         json!({ "scenario": "rehydrate", "parked": n, "stranded": args.stranded, "pages": pages,
                "seconds_from_process_start": seconds, "runs_per_second": (n + args.stranded) as f64 / seconds,
-               "peak_rss_mb": peak_kib as f64 / 1024.0, "parked_left_untouched": untouched, "machine": machine() }),
+               "peak_rss_mb": peak_kib as f64 / 1024.0, "parked_left_untouched": untouched,
+               "timeline_seconds": { "rescan_started": timeline.0, "first_page_started": timeline.1,
+                                     "last_page_done": timeline.2, "last_stranded_done": timeline.3 },
+               "machine": machine() }),
     )
 }
 

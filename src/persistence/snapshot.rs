@@ -171,10 +171,19 @@ pub async fn load_snapshot(
     pool: &PgPool,
     run_id: &RunId,
 ) -> Result<Option<RunSnapshot>, PersistenceError> {
+    load_consistent(pool, run_id, true).await
+}
+
+/// One repeatable-read, read-only transaction around [`load_parts`].
+async fn load_consistent(
+    pool: &PgPool,
+    run_id: &RunId,
+    with_audit: bool,
+) -> Result<Option<RunSnapshot>, PersistenceError> {
     let mut tx = pool
         .begin_with("begin isolation level repeatable read read only")
         .await?;
-    let snapshot = load_snapshot_in(&mut tx, run_id).await?;
+    let snapshot = load_parts(&mut tx, run_id, with_audit).await?;
     tx.commit().await?;
     Ok(snapshot)
 }
@@ -195,12 +204,7 @@ pub async fn load_run_state(
     pool: &PgPool,
     run_id: &RunId,
 ) -> Result<Option<RunSnapshot>, PersistenceError> {
-    let mut tx = pool
-        .begin_with("begin isolation level repeatable read read only")
-        .await?;
-    let snapshot = load_parts(&mut tx, run_id, false).await?;
-    tx.commit().await?;
-    Ok(snapshot)
+    load_consistent(pool, run_id, false).await
 }
 
 /// [`load_run_state`] on the caller's connection (inside its transaction, under the
