@@ -599,6 +599,14 @@ impl Capability for Remote {
 #[tokio::test]
 async fn a_fault_in_the_inline_advancement_still_commits_the_resume_and_the_advancement_fails_alone()
  {
+    // With a retry allowed (the first attempt advances inline and fails), and with none
+    // (the worker then never advances inline).
+    for max_attempts in [2, 1] {
+        fault_in_the_advancement(max_attempts).await;
+    }
+}
+
+async fn fault_in_the_advancement(max_attempts: i32) {
     let db = common::fresh_db().await;
     let runs = parked_runs(&db.pool, 1).await;
     // A real fault inside the database, in the advancement's write only.
@@ -613,7 +621,7 @@ async fn a_fault_in_the_inline_advancement_still_commits_the_resume_and_the_adva
     .await
     .unwrap();
     let mut settings = fast_settings();
-    settings.max_attempts = 2;
+    settings.max_attempts = max_attempts;
     settings.backoff_base = Duration::from_millis(50);
     submit_resumes(&db.pool, &runs).await;
     let worker = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), settings);
@@ -635,7 +643,7 @@ async fn a_fault_in_the_inline_advancement_still_commits_the_resume_and_the_adva
     assert_eq!(
         (command.as_str(), response, run.as_str()),
         ("succeeded", 1, "running"),
-        "the operator's answer stands; the run waits for a repaired advancement"
+        "max {max_attempts} attempts: the operator's answer stands; the run waits for a repaired advancement"
     );
     let error: String = sqlx::query_scalar(
         "select last_result->>'Err' from apalis.jobs where job_type = 'hitl_advance' and status = 'Killed'",

@@ -32,6 +32,9 @@ pub(crate) struct JobContext {
     pub cleanup_interval: Duration,
     pub retain_done: Duration,
     pub retain_dead: Duration,
+    /// Whether a job may retry after its first attempt (`HITL_JOB_MAX_ATTEMPTS` > 1): the
+    /// inline advancement relies on a retry to recover from a fault in it.
+    pub can_retry: bool,
 }
 
 /// How a job ended, when it did not fail.
@@ -113,7 +116,7 @@ pub(crate) async fn on_dead(
 /// Moves a run that a transition in `tx` left `running` on, inline in `tx` through its
 /// local nodes: one commit from the operator's answer to the run's next pause or its end.
 ///
-/// Only on a job's first attempt. When the engine stops before a node that calls out, or
+/// Only on a job's first attempt, and only when there can be a second. When the engine stops before a node that calls out, or
 /// refuses the run (a broken stored plan), what it wrote so far is consistent (a
 /// checkpoint per node) and an advancement job takes over from there. When a write fails,
 /// the transaction is lost: the error makes the job retry, and a retry applies the
@@ -129,7 +132,7 @@ pub(crate) async fn continue_run(
     claimed: &ClaimedJob,
     run_id: &crate::domain::RunId,
 ) -> Result<Option<&'static str>, JobError> {
-    if claimed.attempts == 0 {
+    if claimed.attempts == 0 && ctx.can_retry {
         match ctx.engine.advance_in(tx, run_id).await {
             Ok(AdvanceOutcome::Deferred { .. }) => {}
             Ok(outcome) => {

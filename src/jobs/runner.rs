@@ -125,6 +125,7 @@ impl Worker {
             cleanup_interval: settings.cleanup_interval,
             retain_done: settings.retain_done,
             retain_dead: settings.retain_dead,
+            can_retry: settings.max_attempts > 1,
         };
         Self {
             ctx: Arc::new(ctx),
