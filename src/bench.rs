@@ -600,28 +600,35 @@ async fn e2e(pool: &PgPool, args: &BenchArgs, offered: usize) -> Result<Value, B
         .fetch_one(pool)
         .await?;
     type At = chrono::DateTime<chrono::Utc>;
-    let applied: Vec<(String, At, At, At)> = sqlx::query_as(if exact {
-        "select command_id, created_at, finished_at, pg_xact_commit_timestamp(xmin) \
-         from hitl_commands where finished_at is not null"
-    } else {
-        "select command_id, created_at, finished_at, finished_at \
-         from hitl_commands where finished_at is not null"
-    })
+    // The claim's time is its job's `lock_at` (the claim transaction's start).
+    let applied: Vec<(String, At, At, At, At)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select c.command_id, c.created_at, j.lock_at, c.finished_at, {} \
+         from hitl_commands c join apalis.jobs j \
+             on j.job_type = 'hitl_resume' \
+            and convert_from(j.job, 'UTF8')::jsonb ->> 'commandId' = c.command_id \
+         where c.finished_at is not null and j.lock_at is not null",
+        if exact {
+            "pg_xact_commit_timestamp(c.xmin)"
+        } else {
+            "c.finished_at"
+        }
+    )))
     .fetch_all(pool)
     .await?;
     let secs = |from: &At, to: &At| (*to - *from).num_microseconds().map(|us| us as f64 / 1e6);
     let mut latencies = Vec::new();
-    let mut phases: [Vec<f64>; 3] = Default::default();
-    for (id, created, started, committed) in &applied {
+    let mut phases: [Vec<f64>; 4] = Default::default();
+    for (id, created, claimed, started, committed) in &applied {
         let Some(sent) = submitted.get(id) else {
             continue;
         };
         latencies.extend(secs(sent, committed));
         phases[0].extend(secs(sent, created));
-        phases[1].extend(secs(created, started));
-        phases[2].extend(secs(started, committed));
+        phases[1].extend(secs(created, claimed));
+        phases[2].extend(secs(claimed, started));
+        phases[3].extend(secs(started, committed));
     }
-    let [to_recording, to_applying, applying] = phases;
+    let [to_recording, to_claim, to_applying, applying] = phases;
     stop.cancel();
     let _ = worker.await;
     Ok(
@@ -629,10 +636,12 @@ async fn e2e(pool: &PgPool, args: &BenchArgs, offered: usize) -> Result<Value, B
                "achieved_offer_per_second": offered as f64 / offered_seconds, "applied": latencies.len(),
                "submit_to_applied": percentiles(latencies),
                // Where the time goes: the client and the API until the recording
-               // transaction starts; until the applying transaction starts (recording,
-               // its commit, the wake-up, the claim); applying until its commit.
+               // transaction starts; recording, its commit and the worker's wake-up until
+               // the claim starts; the claim until the applying transaction starts;
+               // applying until its commit.
                "phases": { "submit_to_recording": percentiles(to_recording),
-                           "recording_to_applying": percentiles(to_applying),
+                           "recording_to_claim": percentiles(to_claim),
+                           "claim_to_applying": percentiles(to_applying),
                            "applying_to_commit": percentiles(applying) },
                "applied_at": if exact { "commit time" } else { "start of the applying transaction" },
                "machine": machine() }),
