@@ -441,14 +441,14 @@ async fn finished_job_rows_are_deleted_on_a_schedule_by_a_single_cleanup_job() {
     b.stop().await;
 }
 
-/// Runs `plan` to its first pause with an in-process worker; returns the run.
+/// Runs `plan` to its first pause with an in-process worker of `engine`; returns the run.
 async fn run_to_first_pause(
     pool: &PgPool,
+    engine: &Engine,
     plan: &serde_json::Value,
 ) -> hitl_orchestrator::domain::RunId {
-    let engine = Engine::with_builtins(true);
-    let runs = common::queue_support::create_runs(pool, &engine, 1, plan).await;
-    let worker = RunningWorker::spawn(pool, engine, fast_settings());
+    let runs = common::queue_support::create_runs(pool, engine, 1, plan).await;
+    let worker = RunningWorker::spawn(pool, engine.clone(), fast_settings());
     wait_for_count(
         pool,
         "select count(*) from orchestrator_runs where status = 'awaiting_hitl'",
@@ -468,7 +468,7 @@ async fn a_resume_moves_the_run_through_local_nodes_to_its_next_pause_in_one_com
         { "id": "note", "type": "task", "capability": "set", "input": { "noted": true } },
         { "id": "again", "type": "hitl", "prompt": "Second?", "responseTypes": ["approval", "rejection"] },
     ] });
-    let run = run_to_first_pause(&db.pool, &plan).await;
+    let run = run_to_first_pause(&db.pool, &Engine::with_builtins(true), &plan).await;
     let advance_jobs = "select count(*) from apalis.jobs where job_type = 'hitl_advance'";
     let before = scalar(&db.pool, advance_jobs).await;
     let first: String =
@@ -505,10 +505,9 @@ async fn a_resume_moves_the_run_through_local_nodes_to_its_next_pause_in_one_com
         "no advancement job: the resume's own job moved the run on"
     );
     // resume, node_completed (review), node_completed (note), hitl_requested: one
-    // transaction wrote them all (`now()`, their `created_at`, is the transaction's start;
-    // `xmin` would differ, the engine writes in a savepoint).
-    let (events, transactions): (i64, i64) = sqlx::query_as(
-        "select count(*), count(distinct created_at) from run_audit_events \
+    // transaction wrote them all (one `xmin`, and one `now()` in their `created_at`).
+    let (events, transactions, writers): (i64, i64, i64) = sqlx::query_as(
+        "select count(*), count(distinct created_at), count(distinct xmin::text) from run_audit_events \
          where run_id = $1 and run_version > (select run_version from run_audit_events \
              where run_id = $1 and action = 'resume') - 1",
     )
@@ -516,7 +515,7 @@ async fn a_resume_moves_the_run_through_local_nodes_to_its_next_pause_in_one_com
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!((events, transactions), (4, 1));
+    assert_eq!((events, transactions, writers), (4, 1, 1));
 }
 
 #[tokio::test]
@@ -530,16 +529,9 @@ async fn a_resume_before_a_node_that_calls_out_commits_and_leaves_that_node_to_a
         { "id": "review", "type": "hitl", "prompt": "Go?", "responseTypes": ["approval", "rejection"] },
         { "id": "call", "type": "task", "capability": "remote" },
     ] });
-    let runs = common::queue_support::create_runs(&db.pool, &engine, 1, &plan).await;
-    let worker = RunningWorker::spawn(&db.pool, engine.clone(), fast_settings());
-    wait_for_count(
-        &db.pool,
-        "select count(*) from orchestrator_runs where status = 'awaiting_hitl'",
-        1,
-        Duration::from_secs(20),
-    )
-    .await;
+    let runs = vec![run_to_first_pause(&db.pool, &engine, &plan).await];
     submit_resumes(&db.pool, &runs).await;
+    let worker = RunningWorker::spawn(&db.pool, engine, fast_settings());
     wait_for_count(
         &db.pool,
         "select count(*) from orchestrator_runs where status = 'completed'",

@@ -165,8 +165,9 @@ impl Engine {
 
     /// Advances `run_id` inside `tx` through local nodes only, to the next pause, the
     /// end, or [`AdvanceOutcome::Deferred`] before a node that calls out. Nothing is
-    /// committed here; on an error the caller should roll back what this call wrote (a
-    /// savepoint) and leave the run to an advancement job, which retries or gives up.
+    /// committed here. What it wrote before a refusal (a broken plan) is a consistent
+    /// checkpoint; after a failed write the caller's transaction is lost and must be
+    /// retried (see `jobs::continue_run`).
     pub async fn advance_in(
         &self,
         tx: &mut Tx<'_>,

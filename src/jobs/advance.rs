@@ -14,10 +14,7 @@ pub(super) async fn handle(
     match ctx.engine.advance(&ctx.pool, run_id).await {
         Ok(outcome) => {
             tracing::debug!(%run_id, ?outcome, "run advanced");
-            if let Some(to) = super::reached(&outcome) {
-                crate::telemetry::metrics::metrics()
-                    .inc("hitl_run_transitions_total", &[("to", to)]);
-            }
+            super::count_transitions(super::reached(&outcome));
         }
         Err(
             e @ (EngineError::RunNotFound(_)

@@ -44,10 +44,7 @@ pub(super) async fn handle(
                 run_status,
                 ..
             } => {
-                m.inc("hitl_run_transitions_total", &[("to", run_status.as_str())]);
-                if let Some(to) = reached {
-                    m.inc("hitl_run_transitions_total", &[("to", to)]);
-                }
+                super::count_transitions([run_status.as_str()].into_iter().chain(reached));
                 (Some(command), "succeeded")
             }
             persistence::ApplyOutcome::Rejected { command } => (Some(command), "rejected"),

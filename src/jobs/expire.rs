@@ -40,11 +40,7 @@ pub(super) async fn handle(
             let handled = complete_with(ctx, tx, claimed).await?;
             if let (Handled::Done, ExpireOutcome::Expired { run_status, .. }) = (&handled, &outcome)
             {
-                let m = crate::telemetry::metrics::metrics();
-                m.inc("hitl_run_transitions_total", &[("to", run_status.as_str())]);
-                if let Some(to) = reached {
-                    m.inc("hitl_run_transitions_total", &[("to", to)]);
-                }
+                super::count_transitions([run_status.as_str()].into_iter().chain(reached));
             }
             Ok(handled)
         }

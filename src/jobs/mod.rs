@@ -153,6 +153,14 @@ pub(crate) async fn continue_run(
     Ok(None)
 }
 
+/// Counts runs moving to each status given; call once their transaction has committed.
+pub(crate) fn count_transitions<'a>(statuses: impl IntoIterator<Item = &'a str>) {
+    let m = crate::telemetry::metrics::metrics();
+    for to in statuses {
+        m.inc("hitl_run_transitions_total", &[("to", to)]);
+    }
+}
+
 /// The status an advancement left the run in, when it moved it to a new one.
 pub(crate) fn reached(outcome: &AdvanceOutcome) -> Option<&'static str> {
     match outcome {

@@ -250,34 +250,25 @@ async fn load_parts(
     .await?;
     let mut requests: Vec<RequestRecord> = Vec::new();
     for row in rows {
-        let RequestAnswerRow {
-            request,
-            response_id,
-            response_type,
-            approved,
-            option_id,
-            freeform_text,
-            responder_id,
-            responder_display_name,
-            command_id,
-            answered_at,
-        } = row;
-        if requests.last().map(|r| &r.request_id) != Some(&request.request_id) {
-            requests.push(request);
+        if requests.last().map(|r| &r.request_id) != Some(&row.request.request_id) {
+            requests.push(row.request);
         }
-        if let (Some(response_id), Some(response_type), Some(created_at), Some(request)) =
-            (response_id, response_type, answered_at, requests.last_mut())
-        {
+        if let (Some(response_id), Some(response_type), Some(created_at), Some(request)) = (
+            row.response_id,
+            row.response_type,
+            row.answered_at,
+            requests.last_mut(),
+        ) {
             request.responses.push(ResponseRecord {
                 response_id,
                 request_id: request.request_id.clone(),
                 response_type,
-                approved,
-                option_id,
-                freeform_text,
-                responder_id,
-                responder_display_name,
-                command_id,
+                approved: row.approved,
+                option_id: row.option_id,
+                freeform_text: row.freeform_text,
+                responder_id: row.responder_id,
+                responder_display_name: row.responder_display_name,
+                command_id: row.command_id,
                 created_at,
             });
         }
