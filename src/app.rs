@@ -11,11 +11,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, Authenticator};
+use crate::api::{self, AppState};
 use crate::config::{Cli, Command, HttpArgs, WorkerOptions};
 use crate::db::{Database, DbError};
 use crate::engine::Engine;
+use crate::identity::Authenticator;
 use crate::jobs::{Worker, WorkerSettings};
+use crate::service::Service;
 
 /// Errors that end the process.
 #[derive(Debug, thiserror::Error)]
@@ -36,23 +38,37 @@ pub enum AppError {
     Bench(String),
 }
 
+/// What a process runs once its database is open.
+enum Role<'a> {
+    Migrate,
+    Serve(&'a HttpArgs, &'a WorkerOptions),
+    Api(&'a HttpArgs),
+    Worker(&'a WorkerOptions),
+}
+
 /// Runs the role the command line asked for until it finishes or is told to stop.
 pub async fn run(cli: Cli) -> Result<(), AppError> {
     let shutdown = CancellationToken::new();
     spawn_signal_listener(shutdown.clone());
 
     let common = cli.command.common();
-    if let Command::Bench(args) = &cli.command {
-        let result = crate::bench::run(common, args)
-            .await
-            .map_err(|e| AppError::Bench(e.to_string()))?;
-        println!("{result}");
-        return Ok(());
-    }
+    let role = match &cli.command {
+        Command::Bench(args) => {
+            let result = crate::bench::run(common, args)
+                .await
+                .map_err(|e| AppError::Bench(e.to_string()))?;
+            println!("{result}");
+            return Ok(());
+        }
+        Command::Migrate(_) => Role::Migrate,
+        Command::Serve(args) => Role::Serve(&args.http, &args.worker),
+        Command::Api(args) => Role::Api(&args.http),
+        Command::Worker(args) => Role::Worker(&args.worker),
+    };
     let db = Database::open(common).await?;
     let engine = Engine::for_service(common);
     let grace = common.shutdown_grace.0;
-    let refresher = tokio::spawn(crate::telemetry::metrics::refresh_loop(
+    let refresher = tokio::spawn(crate::service::refresh_loop(
         db.pool.clone(),
         Duration::from_secs(15),
         shutdown.clone(),
@@ -64,25 +80,24 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             WorkerSettings::from_options(options, grace),
         )
     };
-    let result = match &cli.command {
-        Command::Migrate(_) => {
+    let result = match role {
+        Role::Migrate => {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Serve(args) => {
-            let worker = tokio::spawn(worker(&args.worker).run(shutdown.clone()));
-            let http = serve_http(&args.http, grace, &db, &engine, shutdown.clone()).await;
+        Role::Serve(http, options) => {
+            let worker = tokio::spawn(worker(options).run(shutdown.clone()));
+            let http = serve_http(http, grace, &db, &engine, shutdown.clone()).await;
             // A server that could not start takes the workers down with it.
             shutdown.cancel();
             let _ = worker.await;
             http
         }
-        Command::Api(args) => serve_http(&args.http, grace, &db, &engine, shutdown.clone()).await,
-        Command::Worker(args) => {
-            worker(&args.worker).run(shutdown.clone()).await;
+        Role::Api(http) => serve_http(http, grace, &db, &engine, shutdown.clone()).await,
+        Role::Worker(options) => {
+            worker(options).run(shutdown.clone()).await;
             Ok(())
         }
-        Command::Bench(_) => Ok(()),
     };
     shutdown.cancel();
     let _ = refresher.await;
@@ -125,13 +140,11 @@ async fn serve_http(
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "HTTP API listening");
 
+    let service = Service::new(db.pool.clone(), engine.clone()).with_shutdown(shutdown.clone());
     let app = api::router(AppState {
-        pool: db.pool.clone(),
-        engine: engine.clone(),
+        service,
         auth: Arc::new(auth),
         max_body: http.max_body.0,
-        shutdown: shutdown.clone(),
-        events: api::EventHub::new(db.pool.clone(), api::EventSettings::default()),
     });
     let stop = shutdown.clone();
     let listener = api::listener::TimeoutListener::new(listener, http.http_write_timeout.0);

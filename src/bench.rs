@@ -440,12 +440,15 @@ const TOKEN: &str = "bench-token-0123456789abcdef";
 
 /// Serves the API in this process on a free loopback port.
 async fn start_api(pool: &PgPool, stop: &CancellationToken) -> Result<String, BenchError> {
-    let auth =
-        crate::api::Authenticator::from_settings(Some(&crate::config::Secret::new(TOKEN)), None)
-            .map_err(BenchError::Other)?
-            .ok_or_else(|| BenchError::Other("no token".into()))?;
-    let mut state = crate::api::AppState::new(pool.clone(), Engine::with_builtins(true), auth);
-    state.shutdown = stop.clone();
+    let auth = crate::identity::Authenticator::from_settings(
+        Some(&crate::config::Secret::new(TOKEN)),
+        None,
+    )
+    .map_err(BenchError::Other)?
+    .ok_or_else(|| BenchError::Other("no token".into()))?;
+    let service = crate::service::Service::new(pool.clone(), Engine::with_builtins(true))
+        .with_shutdown(stop.clone());
+    let state = crate::api::AppState::new(service, auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| BenchError::Other(e.to_string()))?;
@@ -705,7 +708,8 @@ async fn rehydrate(
             );
         }
         let (done_pages, completed): (i64, i64) = sqlx::query_as(
-            "select (select count(*) from apalis.jobs where job_type = 'hitl_rehydrate' and status = 'Done'),                     (select count(*) from orchestrator_runs where status = 'completed')",
+            "select (select count(*) from apalis.jobs where job_type = 'hitl_rehydrate' and status = 'Done'), \
+             (select count(*) from orchestrator_runs where status = 'completed')",
         )
         .fetch_one(pool)
         .await?;
@@ -756,13 +760,14 @@ async fn pending(pool: &PgPool, args: &BenchArgs, n: usize) -> Result<Value, Ben
     let stop = CancellationToken::new();
     let base = start_api(pool, &stop).await?;
     let deep: (chrono::DateTime<chrono::Utc>, RequestId) = sqlx::query_as(
-        "select created_at, request_id from hitl_requests where status = 'pending'          order by created_at, request_id offset $1 limit 1",
+        "select created_at, request_id from hitl_requests where status = 'pending' \
+         order by created_at, request_id offset $1 limit 1",
     )
     // 90 % deep, leaving at least one full page after it.
     .bind((n as i64 * 9 / 10).min(n as i64 - 51).max(0))
     .fetch_one(pool)
     .await?;
-    let cursor = crate::api::cursor_after(deep.0, &deep.1);
+    let cursor = crate::service::PendingCursor::after(deep.0, deep.1).encode();
     let client = reqwest::Client::new();
     let mut results = serde_json::Map::new();
     for (label, query) in [

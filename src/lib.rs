@@ -10,6 +10,11 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod engine;
+pub mod identity;
 pub mod jobs;
 pub mod persistence;
+pub mod service;
 pub mod telemetry;
+
+#[cfg(test)]
+mod layering;

@@ -318,7 +318,10 @@ async fn every_route_answers_503_while_the_database_is_unreachable() {
         },
     )
     .unwrap();
-    let state = AppState::new(pool, Engine::with_builtins(true), test_tokens());
+    let state = AppState::new(
+        hitl_orchestrator::service::Service::new(pool, Engine::with_builtins(true)),
+        test_tokens(),
+    );
     let base = serve(state).await;
     let client = reqwest::Client::new();
     let run = "run_0193a4c0e2b77d3c8f1a2b3c4d5e6f70";

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::api::{
     ADMIN, AppOptions, OPERATOR, STRANGER, SUBMITTER, TestApp, approval, review_plan,
 };
-use hitl_orchestrator::api::EventSettings;
+use hitl_orchestrator::service::EventSettings;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

@@ -202,8 +202,10 @@ async fn readyz_answers_503_within_two_seconds_while_the_database_is_down_and_re
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = api::router(AppState::new(
-        pool.clone(),
-        hitl_orchestrator::engine::Engine::with_builtins(true),
+        hitl_orchestrator::service::Service::new(
+            pool.clone(),
+            hitl_orchestrator::engine::Engine::with_builtins(true),
+        ),
         api::Authenticator::new(vec![]),
     ));
     tokio::spawn(async move { axum::serve(listener, app).await });

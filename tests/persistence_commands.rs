@@ -243,10 +243,12 @@ async fn a_running_run_can_be_removed_and_its_engine_then_cannot_write() {
         &mut tx,
         &run.run_id,
         v,
-        "n",
-        &common::fixtures::state(1),
-        AuditAction::NodeCompleted,
-        json!({}),
+        persistence::Checkpoint {
+            node_id: "n",
+            state: &common::fixtures::state(1),
+            action: AuditAction::NodeCompleted,
+            details: json!({}),
+        },
     )
     .await
     .unwrap_err();
@@ -514,10 +516,12 @@ async fn random_sequences_of_transitions_keep_the_invariants_in_the_database() {
                     &mut tx,
                     &h.run_id,
                     h.version,
-                    "n",
-                    &common::fixtures::state(step),
-                    AuditAction::NodeCompleted,
-                    json!({}),
+                    persistence::Checkpoint {
+                        node_id: "n",
+                        state: &common::fixtures::state(step),
+                        action: AuditAction::NodeCompleted,
+                        details: json!({}),
+                    },
                 )
                 .await
                 .map(drop),

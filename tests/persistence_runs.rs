@@ -190,10 +190,12 @@ async fn a_checkpoint_writes_the_state_and_a_stale_one_writes_nothing() {
         &mut tx,
         &run.run_id,
         v,
-        "prepare",
-        &s,
-        AuditAction::NodeCompleted,
-        json!({}),
+        persistence::Checkpoint {
+            node_id: "prepare",
+            state: &s,
+            action: AuditAction::NodeCompleted,
+            details: json!({}),
+        },
     )
     .await
     .unwrap();
@@ -218,10 +220,12 @@ async fn a_checkpoint_writes_the_state_and_a_stale_one_writes_nothing() {
         &mut tx,
         &run.run_id,
         v,
-        "prepare",
-        &state(8),
-        AuditAction::NodeCompleted,
-        json!({}),
+        persistence::Checkpoint {
+            node_id: "prepare",
+            state: &state(8),
+            action: AuditAction::NodeCompleted,
+            details: json!({}),
+        },
     )
     .await
     .unwrap_err();

@@ -13,9 +13,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::auth::Scope;
-use crate::engine::EngineError;
-use crate::persistence::PersistenceError;
+use crate::domain::{CommandId, Refusal};
+use crate::identity::Scope;
+use crate::service::ServiceError;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
@@ -168,68 +168,77 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<PersistenceError> for ApiError {
-    fn from(e: PersistenceError) -> Self {
-        if e.is_unavailable() {
-            return ApiError::database_unavailable();
-        }
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
         match e {
-            PersistenceError::NotFound { entity, id } => {
-                let code = match entity {
-                    "run" => "run_not_found",
-                    "request" => "request_not_found",
-                    "brief" => "brief_not_found",
-                    "command" => "command_not_found",
-                    _ => "not_found",
-                };
-                ApiError::not_found(code, format!("{entity} {id} not found"))
-            }
-            PersistenceError::ThreadTaken(thread) => ApiError::Conflict {
-                code: "thread_taken",
-                message: format!("thread id {thread} is already used by another run"),
-                details: json!({ "field": "threadId", "threadId": thread }),
-            },
-            e @ (PersistenceError::StaleVersion { .. } | PersistenceError::Transition { .. }) => {
-                ApiError::Conflict {
-                    code: "conflict",
-                    message: e.to_string(),
-                    details: Value::Null,
-                }
-            }
-            PersistenceError::IdempotencyKeyReused(_) => ApiError::Invalid {
-                code: "idempotency_key_reused",
-                message: "Idempotency-Key: this key was already used for a different request"
-                    .into(),
-                details: json!({ "field": "Idempotency-Key" }),
-            },
-            PersistenceError::InvalidResponse(problem) => {
-                ApiError::invalid(problem.field, problem.message)
-            }
-            e @ PersistenceError::Database(_) => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        PersistenceError::from(e).into()
-    }
-}
-
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::InvalidPlan(plan) => ApiError::Invalid {
+            ServiceError::Invalid { field, message } => ApiError::invalid(field, message),
+            ServiceError::InvalidPlan(plan) => ApiError::Invalid {
                 code: "invalid_plan",
                 message: format!("{}: {}", plan.field, plan.message),
                 details: json!({ "field": plan.field, "node": plan.node }),
             },
-            EngineError::Persistence(e) => e.into(),
-            EngineError::RunNotFound(run) => {
-                ApiError::not_found("run_not_found", format!("run {run} not found"))
+            ServiceError::NotFound { entity, message } => {
+                ApiError::not_found(entity.not_found_code(), message)
             }
-            e @ (EngineError::Transient { .. } | EngineError::Corrupt { .. }) => {
-                ApiError::Internal(e.to_string())
+            ServiceError::Refused(refusal) => ApiError::refused(*refusal, None),
+            ServiceError::Conflict(message) => ApiError::Conflict {
+                code: "conflict",
+                message,
+                details: Value::Null,
+            },
+            ServiceError::ThreadTaken(thread) => ApiError::Conflict {
+                code: "thread_taken",
+                message: format!("thread id {thread} is already used by another run"),
+                details: json!({ "field": "threadId", "threadId": thread }),
+            },
+            e @ ServiceError::IdempotencyKeyReused => ApiError::Invalid {
+                code: "idempotency_key_reused",
+                message: e.to_string(),
+                details: json!({ "field": "Idempotency-Key" }),
+            },
+            e @ ServiceError::HitlDisabled => ApiError::Unavailable {
+                code: "hitl_disabled",
+                message: e.to_string(),
+                details: Value::Null,
+            },
+            ServiceError::Unavailable => ApiError::database_unavailable(),
+            ServiceError::Internal(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+impl ApiError {
+    /// A refused command: 409 with the refusal's reason as the code (`conflict` naming
+    /// the winner, `not_pending`, `run_terminal`), or 422 `invalid_response` when the
+    /// answer itself did not fit the request. `details` is the refusal less its message,
+    /// with `winner` always present and the command's id when one was recorded.
+    pub fn refused(refusal: Refusal, command_id: Option<&CommandId>) -> Self {
+        let message = refusal.message().to_owned();
+        let conflict = refusal.is_conflict();
+        let code = refusal.reason();
+        let mut details = match refusal.to_json() {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        details.remove("message");
+        if conflict {
+            details.entry("winner").or_insert(Value::Null);
+        }
+        if let Some(id) = command_id {
+            details.insert("commandId".into(), json!(id));
+        }
+        let details = Value::Object(details);
+        if conflict {
+            ApiError::Conflict {
+                code,
+                message,
+                details,
+            }
+        } else {
+            ApiError::Invalid {
+                code: "invalid_response",
+                message,
+                details,
             }
         }
     }

@@ -7,7 +7,7 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::db::{self, NotReady};
+use crate::service::NotReady;
 
 /// Readiness answers within this bound even while the database hangs.
 const READY_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -25,7 +25,7 @@ pub async fn healthz() -> Json<Value> {
         (status = 200, description = "database reachable, migrations applied"),
         (status = 503, description = "not ready", body = super::openapi::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let outcome = tokio::time::timeout(READY_TIMEOUT, db::check_ready(&state.pool)).await;
+    let outcome = tokio::time::timeout(READY_TIMEOUT, state.service.readiness()).await;
     let (code, message) = match outcome {
         Ok(Ok(())) => return Ok(Json(json!({ "status": "ready" }))),
         Ok(Err(NotReady::Database(e))) => {
@@ -52,7 +52,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 #[utoipa::path(get, path = "/metrics", tag = "probes",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    if let Err(e) = crate::telemetry::metrics::refresh_from_db(&state.pool).await {
+    if let Err(e) = state.service.refresh_gauges().await {
         tracing::warn!(error = %e, "metrics: database gauges not refreshed");
     }
     (

@@ -23,14 +23,10 @@ use std::sync::Arc;
 use axum::Router;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
-use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
-use crate::engine::Engine;
-pub use auth::Authenticator;
+pub use crate::identity::Authenticator;
+use crate::service::Service;
 pub use error::ApiError;
-pub use events::{EventHub, EventSettings};
-pub use pending::cursor_after;
 
 /// The default largest request body: 256 KiB.
 pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
@@ -38,31 +34,21 @@ pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    /// The database pool.
-    pub pool: PgPool,
-    /// The plan engine: validates plans of new runs; its HITL flag gates resume/remove.
-    pub engine: Engine,
+    /// The operations; its shutdown token ends waits and event streams.
+    pub service: Service,
     /// The accepted bearer tokens.
     pub auth: Arc<Authenticator>,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
-    /// Cancelled at shutdown: a request waiting for a command's outcome answers at once,
-    /// and event streams end.
-    pub shutdown: CancellationToken,
-    /// The live event fan-out of this process.
-    pub events: EventHub,
 }
 
 impl AppState {
-    /// State with the default body limit and a shutdown token of its own.
-    pub fn new(pool: PgPool, engine: Engine, auth: Authenticator) -> Self {
+    /// State with the default body limit.
+    pub fn new(service: Service, auth: Authenticator) -> Self {
         Self {
-            events: EventHub::new(pool.clone(), EventSettings::default()),
-            pool,
-            engine,
+            service,
             auth: Arc::new(auth),
             max_body: DEFAULT_MAX_BODY,
-            shutdown: CancellationToken::new(),
         }
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::persistence::{PendingItem, RunSnapshot};
+use crate::service::{PendingItem, RunSnapshot};
 
 /// Every error: one envelope.
 #[derive(Serialize, ToSchema)]
@@ -133,7 +133,7 @@ impl Modify for BearerAuth {
         openapi_json,
     ),
     components(schemas(ErrorBody, CommandAccepted, RunAccepted, PendingPage, RunPage,
-        crate::persistence::events::StreamEvent)),
+        crate::service::StreamEvent)),
     modifiers(&BearerAuth),
     tags((name = "hitl", description = "the pending inbox, resume, remove, commands"),
          (name = "runs", description = "creating and reading runs"),

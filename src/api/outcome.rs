@@ -8,7 +8,7 @@
 //! `command_failed` when it failed for good, and 202 as usual when the time ran out (or
 //! the server is shutting down).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -16,17 +16,13 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 use super::{ApiError, AppState};
-use crate::domain::{CommandId, CommandKind, CommandStatus, RequestId, RunId};
-use crate::persistence::{self, CommandRecord, Operator, RunSnapshot};
+use crate::domain::{CommandId, CommandKind, CommandStatus, Operator, RequestId, RunId};
+use crate::service::{CommandState, RunSnapshot, Submitted};
 
 /// The longest `Prefer: wait` honoured, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 30;
-
-/// How long to wait between looks at the command's row while a client waits.
-const POLL_INTERVAL: Duration = Duration::from_millis(15);
 
 /// A command as `GET /api/hitl/commands/{id}` and a successful wait show it: the row,
 /// and the run's snapshot once the command is final (`null` before).
@@ -52,15 +48,9 @@ pub struct CommandView {
     run: Option<RunSnapshot>,
 }
 
-impl CommandView {
-    /// The view of `c`, with the run's snapshot read now when `c` is final.
-    pub async fn load(pool: &PgPool, c: CommandRecord) -> Result<Self, ApiError> {
-        let run = if c.status.is_final() {
-            persistence::load_snapshot(pool, &c.run_id).await?
-        } else {
-            None
-        };
-        Ok(Self {
+impl From<CommandState> for CommandView {
+    fn from(CommandState { command: c, run }: CommandState) -> Self {
+        Self {
             command_id: c.command_id,
             kind: c.kind,
             status: c.status,
@@ -78,7 +68,7 @@ impl CommandView {
             started_at: c.started_at,
             finished_at: c.finished_at,
             run,
-        })
+        }
     }
 }
 
@@ -111,47 +101,27 @@ pub fn prefer_wait(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
     Ok(wait)
 }
 
-/// Answers a submission with `command`, waiting up to `wait` for its outcome.
-/// `replayed`: the command was recorded by an earlier request with the same key.
+/// Answers a submission, waiting up to `wait` for its outcome.
 pub async fn answer(
     state: &AppState,
-    mut command: CommandRecord,
+    Submitted { command, replayed }: Submitted,
     wait: Option<Duration>,
-    replayed: bool,
 ) -> Result<Response, ApiError> {
-    if let Some(wait) = wait {
-        let deadline = Instant::now() + wait;
-        while !command.status.is_final() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            tokio::select! {
-                _ = state.shutdown.cancelled() => break,
-                _ = tokio::time::sleep(POLL_INTERVAL.min(left)) => {}
-            }
-            command = persistence::find_command(&state.pool, &command.command_id)
-                .await?
-                .ok_or_else(|| ApiError::Internal("a recorded command vanished".into()))?;
-        }
-    }
     let location = format!("/api/hitl/commands/{}", command.command_id);
-    let mut response = match (wait.is_some(), command.status) {
-        (true, CommandStatus::Succeeded) => json(
-            StatusCode::OK,
-            &CommandView::load(&state.pool, command).await?,
-        ),
-        (true, CommandStatus::Rejected) => rejection(&command).into_response(),
-        (true, CommandStatus::Failed) => ApiError::CommandFailed {
-            command_id: command.command_id.to_string(),
+    let mut response = match wait {
+        None => accepted(&command),
+        Some(wait) => {
+            let done = state.service.wait_for(command, wait).await?;
+            match done.command.status {
+                CommandStatus::Succeeded => json(StatusCode::OK, &CommandView::from(done)),
+                CommandStatus::Rejected => rejection(&done).into_response(),
+                CommandStatus::Failed => ApiError::CommandFailed {
+                    command_id: done.command.command_id.to_string(),
+                }
+                .into_response(),
+                CommandStatus::Queued | CommandStatus::Running => accepted(&done.command),
+            }
         }
-        .into_response(),
-        _ => json(
-            StatusCode::ACCEPTED,
-            &json!({ "commandId": command.command_id, "status": command.status,
-                     "kind": command.kind, "runId": command.run_id,
-                     "requestId": command.request_id }),
-        ),
     };
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -168,43 +138,24 @@ pub async fn answer(
     Ok(response)
 }
 
-/// A rejected command as an error: 409 with the outcome's reason as the code (`conflict`
-/// naming the winner, `run_terminal`, `not_pending`), or 422 when the answer itself did
-/// not fit the request.
-fn rejection(command: &CommandRecord) -> ApiError {
-    let outcome = command.outcome.clone().unwrap_or(Value::Null);
-    let reason = outcome["reason"].as_str().unwrap_or("conflict").to_owned();
-    let message = outcome["message"]
-        .as_str()
-        .unwrap_or("the command was rejected")
-        .to_owned();
-    let mut details = match outcome {
-        Value::Object(map) => map,
-        _ => serde_json::Map::new(),
-    };
-    details.remove("message");
-    details.insert("commandId".into(), json!(command.command_id));
-    let details = Value::Object(details);
-    match reason.as_str() {
-        "invalid_response" | "invalid_payload" => ApiError::Invalid {
-            code: "invalid_response",
-            message,
-            details,
-        },
-        "run_terminal" => ApiError::Conflict {
-            code: "run_terminal",
-            message,
-            details,
-        },
-        "not_pending" => ApiError::Conflict {
-            code: "not_pending",
-            message,
-            details,
-        },
-        _ => ApiError::Conflict {
+fn accepted(command: &crate::service::CommandRecord) -> Response {
+    json(
+        StatusCode::ACCEPTED,
+        &json!({ "commandId": command.command_id, "status": command.status,
+                 "kind": command.kind, "runId": command.run_id,
+                 "requestId": command.request_id }),
+    )
+}
+
+/// A rejected command as an error, from the refusal its outcome records (an outcome
+/// this version cannot read is a plain conflict).
+fn rejection(done: &CommandState) -> ApiError {
+    match done.refusal() {
+        Some(refusal) => ApiError::refused(refusal, Some(&done.command.command_id)),
+        None => ApiError::Conflict {
             code: "conflict",
-            message,
-            details,
+            message: "the command was rejected".into(),
+            details: json!({ "commandId": done.command.command_id }),
         },
     }
 }

@@ -13,11 +13,8 @@ use super::extract::{ApiJson, QueryParams};
 use super::openapi::{AuthErrors, BodyErrors, ErrorBody, RunAccepted, RunPage};
 use super::outcome;
 use super::{ApiError, AppState};
-use crate::domain::{BriefId, RunId, ThreadId};
-use crate::persistence::{self, BriefInput, NewRun, RunRef};
-
-/// Longest brief title, in characters.
-const MAX_TITLE: usize = 500;
+use crate::domain::RunId;
+use crate::service::{CreateRun, input};
 
 /// A new brief.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -58,67 +55,19 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateRunIn>,
 ) -> Result<Response, ApiError> {
-    let brief = match (body.brief, body.brief_id) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "briefId",
-                "give either brief or briefId, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(ApiError::invalid(
-                "brief",
-                "either brief or briefId is required",
-            ));
-        }
-        (None, Some(id)) => BriefInput::Existing(
-            BriefId::parse(&id).map_err(|e| ApiError::invalid("briefId", e.to_string()))?,
-        ),
-        (Some(b), None) => {
-            if b.title.trim().is_empty() {
-                return Err(ApiError::invalid("brief.title", "must not be blank"));
-            }
-            if b.title.chars().count() > MAX_TITLE {
-                return Err(ApiError::invalid(
-                    "brief.title",
-                    format!("must be at most {MAX_TITLE} characters"),
-                ));
-            }
-            BriefInput::New {
-                title: b.title,
-                content: b.content.unwrap_or_else(|| json!({})),
-            }
-        }
+    let brief = input::brief(
+        body.brief.map(|b| (b.title, b.content)),
+        body.brief_id.as_deref(),
+    )?;
+    let thread_id = input::thread_id("threadId", body.thread_id.as_deref())?;
+    let execution_context = input::execution_context(body.execution_context)?;
+    let new = CreateRun {
+        brief,
+        thread_id,
+        execution_context,
+        plan: body.plan,
     };
-    let thread_id = body
-        .thread_id
-        .map(|t| ThreadId::parse(&t).map_err(|e| ApiError::invalid("threadId", e.to_string())))
-        .transpose()?;
-    let execution_context = match body.execution_context {
-        None => json!({}),
-        Some(c @ Value::Object(_)) => c,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "executionContext",
-                "must be a JSON object",
-            ));
-        }
-    };
-    let mut tx = state.pool.begin().await?;
-    let created = state
-        .engine
-        .create_run(
-            &mut tx,
-            NewRun {
-                brief,
-                thread_id,
-                plan: body.plan,
-                execution_context,
-                runner_metadata: json!({}),
-            },
-        )
-        .await?;
-    tx.commit().await?;
+    let created = state.service.create_run(new).await?;
     tracing::info!(
         name: "run_created_api",
         run_id = %created.run_id,
@@ -142,7 +91,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/runs/{runId}", tag = "runs", security(("bearer" = [])),
     params(("runId" = String, Path, description = "the run id")),
     responses(
-        (status = 200, description = "the run with its requests, answers and audit log", body = crate::persistence::RunSnapshot),
+        (status = 200, description = "the run with its requests, answers and audit log", body = crate::service::RunSnapshot),
         (status = 404, description = "no such run", body = ErrorBody),
         AuthErrors))]
 pub async fn show(
@@ -153,9 +102,7 @@ pub async fn show(
     let unknown = || ApiError::not_found("run_not_found", "no such run");
     let Path(raw) = path.map_err(|_| unknown())?;
     let id = RunId::parse(&raw).map_err(|_| unknown())?;
-    let snapshot = persistence::load_snapshot(&state.pool, &id)
-        .await?
-        .ok_or_else(unknown)?;
+    let snapshot = state.service.run(&id).await?;
     Ok(outcome::json(StatusCode::OK, &snapshot))
 }
 
@@ -176,15 +123,14 @@ pub async fn list(
     let thread = query
         .get("threadId")
         .ok_or_else(|| ApiError::invalid("threadId", "is required"))?;
-    let thread =
-        ThreadId::parse(thread).map_err(|e| ApiError::invalid("threadId", e.to_string()))?;
-    let items = match persistence::find_run(&state.pool, &RunRef::Thread(thread)).await? {
-        None => vec![],
-        Some(run) => persistence::load_snapshot(&state.pool, &run.run_id)
-            .await?
-            .into_iter()
-            .collect(),
-    };
+    let thread = input::thread_id("threadId", Some(thread))?
+        .ok_or_else(|| ApiError::invalid("threadId", "is required"))?;
+    let items: Vec<_> = state
+        .service
+        .run_of_thread(&thread)
+        .await?
+        .into_iter()
+        .collect();
     Ok(outcome::json(
         StatusCode::OK,
         &json!({ "items": items, "nextCursor": null }),

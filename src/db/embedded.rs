@@ -209,8 +209,6 @@ pub struct EmbeddedPostgres {
     run_as: Option<(Uid, Gid)>,
     /// Present when this process owns the cluster (and so stops it).
     owner_lock: Option<File>,
-    /// Present when this process found the cluster running and took it over.
-    took_over_pid: Option<u32>,
 }
 
 impl EmbeddedPostgres {
@@ -248,7 +246,6 @@ impl EmbeddedPostgres {
             password: String::new(),
             run_as,
             owner_lock,
-            took_over_pid: None,
         };
         if pg.owner_lock.is_some() {
             pg.start_as_owner(opts)?;
@@ -272,7 +269,6 @@ impl EmbeddedPostgres {
                 tracing::info!(pid, port, data_dir = %self.data_dir.display(),
                     "taking over the embedded PostgreSQL left running by an earlier start");
                 self.port = port;
-                self.took_over_pid = Some(pid);
                 return Ok(());
             }
             // A postmaster that does not answer is stopped and started afresh.
@@ -430,11 +426,6 @@ impl EmbeddedPostgres {
     /// Whether this process owns the cluster (and so stops it).
     pub fn is_owner(&self) -> bool {
         self.owner_lock.is_some()
-    }
-
-    /// The pid of the postmaster this process took over, if it found one running.
-    pub fn took_over_pid(&self) -> Option<u32> {
-        self.took_over_pid
     }
 
     /// Stops the server (fast shutdown: sessions are ended, data is flushed) when this

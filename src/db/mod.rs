@@ -131,8 +131,6 @@ pub async fn check_ready(pool: &PgPool) -> Result<(), NotReady> {
 pub struct Database {
     /// The connection pool.
     pub pool: PgPool,
-    /// The URL the pool connects to (with credentials; never log it).
-    pub url: String,
     embedded: Option<EmbeddedPostgres>,
 }
 
@@ -159,16 +157,7 @@ impl Database {
         let pool = lazy_pool(&url, settings)?;
         wait_until_reachable(&pool, common.db_startup_timeout.0).await?;
         migrate(&pool).await?;
-        Ok(Self {
-            pool,
-            url,
-            embedded,
-        })
-    }
-
-    /// Whether this process runs the embedded PostgreSQL.
-    pub fn embedded(&self) -> Option<&EmbeddedPostgres> {
-        self.embedded.as_ref()
+        Ok(Self { pool, embedded })
     }
 
     /// Closes the pool, then stops the embedded server if this process owns it.

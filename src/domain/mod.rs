@@ -3,10 +3,12 @@
 //! and its rules can be tested in isolation.
 
 pub mod ids;
+pub mod refusal;
 pub mod state_machine;
 pub mod status;
 
 pub use ids::{BriefId, CommandId, IdError, RequestId, ResponseId, RunId, ThreadId};
+pub use refusal::{Operator, Refusal, RefusalContext, Winner};
 pub use state_machine::{RunModel, Transition, TransitionError, TransitionOutcome, next_status};
 pub use status::{
     AuditAction, CommandKind, CommandStatus, ParseStatusError, RejectionPolicy, RequestStatus,

@@ -238,6 +238,26 @@ text_enum! {
     }
 }
 
+impl AuditAction {
+    /// The name of the live event (SSE, notifications) this audit action is shown as.
+    pub const fn event_name(self) -> &'static str {
+        match self {
+            AuditAction::RunCreated => "run_created",
+            AuditAction::RunStarted => "run_started",
+            AuditAction::NodeCompleted => "node_completed",
+            AuditAction::HitlRequested => "request_raised",
+            AuditAction::Resume => "resumed",
+            AuditAction::Remove => "removed",
+            AuditAction::Expire => "expired",
+            AuditAction::HitlDisabled => "hitl_disabled",
+            AuditAction::RunCompleted => "run_completed",
+            AuditAction::RunFailed => "run_failed",
+            AuditAction::RunCancelled => "run_cancelled",
+            AuditAction::Rehydrate => "rehydrated",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,8 @@ use crate::domain::{
     TimeoutAction,
 };
 use crate::persistence::{
-    self, Finish, NewRequest, PersistenceError, RequestRecord, RunSnapshot, StepState, Tx,
+    self, Checkpoint, Finish, NewRequest, PersistenceError, RequestRecord, RunSnapshot, StepState,
+    Tx,
 };
 use tracing::Instrument;
 
@@ -138,6 +139,33 @@ enum Step {
     },
 }
 
+/// Where the loop is: the run as loaded, the plan, the current node and the version the
+/// next write must find.
+struct At<'a> {
+    snap: &'a RunSnapshot,
+    plan: &'a Plan,
+    index: usize,
+    version: i64,
+}
+
+impl At<'_> {
+    fn node_id(&self) -> &str {
+        &self.plan.nodes[self.index].id
+    }
+
+    /// The next node in plan order, if there is one.
+    fn in_order(&self) -> Option<usize> {
+        (self.index + 1 < self.plan.nodes.len()).then_some(self.index + 1)
+    }
+}
+
+/// What the loop carries from node to node: the runner metadata and the execution
+/// context, written with each checkpoint.
+struct Working {
+    meta: RunnerMeta,
+    ctx: Map<String, Value>,
+}
+
 /// Maps a fencing refusal to "stop, someone else moved on"; other errors propagate.
 fn fenced<T>(result: Result<T, PersistenceError>) -> Result<Option<T>, EngineError> {
     match result {
@@ -203,14 +231,15 @@ impl Engine {
             self.registry.contains(n)
         })
         .map_err(|e| corrupt(format!("stored plan: {e}")))?;
-        let mut meta: RunnerMeta = serde_json::from_value(snap.run.runner_metadata.clone())
+        let meta: RunnerMeta = serde_json::from_value(snap.run.runner_metadata.clone())
             .map_err(|e| corrupt(format!("runner metadata: {e}")))?;
-        let mut ctx = snap
+        let ctx = snap
             .run
             .execution_context
             .as_object()
             .cloned()
             .unwrap_or_default();
+        let mut work = Working { meta, ctx };
         let mut version = snap.run.version;
 
         if status == RunStatus::Queued {
@@ -223,7 +252,7 @@ impl Engine {
             version = v;
         }
 
-        let mut index = match &meta.cursor {
+        let mut index = match &work.meta.cursor {
             None => 0,
             Some(id) => plan
                 .position(id)
@@ -240,14 +269,15 @@ impl Engine {
             {
                 return Ok(AdvanceOutcome::Deferred { version });
             }
+            let at = At {
+                snap: &snap,
+                plan: &plan,
+                index,
+                version,
+            };
             let step = match &node.kind {
-                NodeKind::Hitl(h) => self.hitl_step(&plan, index, h, &snap, &mut meta, &mut ctx)?,
-                NodeKind::Task(t) => {
-                    self.task_step(
-                        &snap, &node.id, index, t, &plan, version, &mut meta, &mut ctx,
-                    )
-                    .await?
-                }
+                NodeKind::Hitl(h) => self.hitl_step(&at, h, &mut work)?,
+                NodeKind::Task(t) => self.task_step(&at, t, &mut work).await?,
             };
             match step {
                 Step::Next {
@@ -255,8 +285,8 @@ impl Engine {
                     action,
                     details,
                 } => {
-                    meta.cursor = to.map(|i| plan.nodes[i].id.clone());
-                    let state = step_state(&ctx, &meta)?;
+                    work.meta.cursor = to.map(|i| plan.nodes[i].id.clone());
+                    let state = step_state(run_id, &work)?;
                     let Some(i) = to else {
                         let finish = Finish {
                             status: RunStatus::Completed,
@@ -275,11 +305,14 @@ impl Engine {
                             version: v,
                         });
                     };
+                    let step = Checkpoint {
+                        node_id: &node.id,
+                        state: &state,
+                        action,
+                        details,
+                    };
                     let checkpointed = write_step!(&mut store, |tx| fenced(
-                        persistence::checkpoint(
-                            tx, run_id, version, &node.id, &state, action, details,
-                        )
-                        .await
+                        persistence::checkpoint(tx, run_id, version, step).await
                     ));
                     let Some(v) = checkpointed? else {
                         return Ok(AdvanceOutcome::Superseded);
@@ -288,9 +321,9 @@ impl Engine {
                     index = i;
                 }
                 Step::Pause(request) => {
-                    meta.cursor = Some(node.id.clone());
-                    meta.awaiting_request_id = Some(request.request_id.clone());
-                    let state = step_state(&ctx, &meta)?;
+                    work.meta.cursor = Some(node.id.clone());
+                    work.meta.awaiting_request_id = Some(request.request_id.clone());
+                    let state = step_state(run_id, &work)?;
                     let raised = write_step!(&mut store, |tx| fenced(
                         persistence::raise_request(tx, run_id, version, &request, &state).await
                     ));
@@ -307,7 +340,7 @@ impl Engine {
                     reason,
                     disabled,
                 } => {
-                    let state = step_state(&ctx, &meta)?;
+                    let state = step_state(run_id, &work)?;
                     let finish = Finish {
                         status,
                         reason: Some(reason),
@@ -315,24 +348,21 @@ impl Engine {
                         state: Some(state.clone()),
                     };
                     let ended = write_step!(&mut store, |tx| async {
-                        let mut at = version;
+                        let mut expected = version;
                         if let Some(details) = disabled {
-                            let result = persistence::checkpoint(
-                                tx,
-                                run_id,
-                                at,
-                                &node.id,
-                                &state,
-                                AuditAction::HitlDisabled,
+                            let step = Checkpoint {
+                                node_id: &node.id,
+                                state: &state,
+                                action: AuditAction::HitlDisabled,
                                 details,
-                            )
-                            .await;
+                            };
+                            let result = persistence::checkpoint(tx, run_id, expected, step).await;
                             let Some(v) = fenced(result)? else {
                                 return Ok(None);
                             };
-                            at = v;
+                            expected = v;
                         }
-                        fenced(persistence::finish_run(tx, run_id, at, &finish).await)
+                        fenced(persistence::finish_run(tx, run_id, expected, &finish).await)
                     }
                     .await);
                     let Some(v) = ended? else {
@@ -346,16 +376,13 @@ impl Engine {
 
     fn hitl_step(
         &self,
-        plan: &Plan,
-        index: usize,
+        at: &At<'_>,
         h: &HitlNode,
-        snap: &RunSnapshot,
-        meta: &mut RunnerMeta,
-        ctx: &mut Map<String, Value>,
+        work: &mut Working,
     ) -> Result<Step, EngineError> {
-        let node_id = &plan.nodes[index].id;
-        if let Some(request_id) = meta.awaiting_request_id.take() {
-            let request = awaited(snap, &request_id)?;
+        let node_id = at.node_id().to_owned();
+        if let Some(request_id) = work.meta.awaiting_request_id.take() {
+            let request = awaited(at.snap, &request_id)?;
             let decision = match request.status {
                 RequestStatus::Resolved => decide(request),
                 RequestStatus::Expired => match request.on_timeout {
@@ -364,22 +391,14 @@ impl Engine {
                 },
                 other => {
                     return Err(EngineError::Corrupt {
-                        run_id: snap.run.run_id.clone(),
+                        run_id: at.snap.run.run_id.clone(),
                         message: format!("running, but request {request_id} is {other}"),
                     });
                 }
             };
-            ctx.insert(node_id.clone(), answer_record(request, &decision));
+            work.ctx.insert(node_id, answer_record(request, &decision));
             let details = json!({ "requestId": request_id, "decision": decision.name() });
-            return Ok(follow(
-                plan,
-                index,
-                h,
-                decision,
-                AuditAction::NodeCompleted,
-                details,
-                request,
-            ));
+            return Ok(follow(at, h, decision, request, details));
         }
         if !self.hitl_enabled {
             let action = h.on_timeout.unwrap_or(TimeoutAction::Reject);
@@ -388,13 +407,13 @@ impl Engine {
                 TimeoutAction::Reject => Decision::Rejected,
                 TimeoutAction::Cancel => Decision::Cancel,
             };
-            ctx.insert(
-                node_id.clone(),
+            work.ctx.insert(
+                node_id,
                 json!({ "requestId": null, "status": "hitl_disabled", "decision": decision.name(),
                         "optionId": null, "responses": [] }),
             );
             let details = json!({ "onTimeout": action, "decision": decision.name() });
-            let step = follow_policy(plan, index, h, decision, "HITL is disabled".into());
+            let step = follow_policy(at, h, decision, "HITL is disabled".into());
             return Ok(match step {
                 Step::Next { to, .. } => Step::Next {
                     to,
@@ -411,7 +430,7 @@ impl Engine {
         }
         Ok(Step::Pause(NewRequest {
             request_id: RequestId::new(),
-            node_id: node_id.clone(),
+            node_id,
             operator_prompt: h.prompt.clone(),
             response_types: h.response_types.clone(),
             options: options_json(&h.options),
@@ -425,18 +444,14 @@ impl Engine {
         }))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn task_step(
         &self,
-        snap: &RunSnapshot,
-        node_id: &str,
-        index: usize,
+        at: &At<'_>,
         t: &TaskNode,
-        plan: &Plan,
-        version: i64,
-        meta: &mut RunnerMeta,
-        ctx: &mut Map<String, Value>,
+        work: &mut Working,
     ) -> Result<Step, EngineError> {
+        let snap = at.snap;
+        let node_id = at.node_id();
         let capability = self
             .registry
             .get(&t.capability)
@@ -444,12 +459,12 @@ impl Engine {
                 run_id: snap.run.run_id.clone(),
                 message: format!("unknown capability {}", t.capability),
             })?;
-        let resumed = match meta.awaiting_request_id.take() {
+        let resumed = match work.meta.awaiting_request_id.take() {
             Some(id) => Some(awaited(snap, &id)?),
             None => None,
         };
-        let context = Value::Object(ctx.clone());
-        let attempt_key = format!("{}:{node_id}:{version}", snap.run.run_id);
+        let context = Value::Object(work.ctx.clone());
+        let attempt_key = format!("{}:{node_id}:{}", snap.run.run_id, at.version);
         let call = CapabilityCall {
             run_id: &snap.run.run_id,
             thread_id: &snap.run.thread_id,
@@ -457,7 +472,7 @@ impl Engine {
             input: &t.input,
             config: &t.config,
             execution_context: &context,
-            runner_state: meta.runner_state.get(node_id),
+            runner_state: work.meta.runner_state.get(node_id),
             responses: resumed.map(|r| r.responses.as_slice()),
             attempt_key: &attempt_key,
         };
@@ -474,16 +489,15 @@ impl Engine {
                 runner_state,
                 notes,
             } => {
-                ctx.extend(merge);
+                work.ctx.extend(merge);
                 if let Some(state) = runner_state {
-                    meta.runner_state.insert(node_id.to_owned(), state);
+                    work.meta.runner_state.insert(node_id.to_owned(), state);
                 }
                 if let Some(notes) = notes {
-                    meta.agent_notes.insert(node_id.to_owned(), notes);
+                    work.meta.agent_notes.insert(node_id.to_owned(), notes);
                 }
-                let to = (index + 1 < plan.nodes.len()).then_some(index + 1);
                 Step::Next {
-                    to,
+                    to: at.in_order(),
                     action: AuditAction::NodeCompleted,
                     details: json!({ "capability": t.capability }),
                 }
@@ -498,7 +512,7 @@ impl Engine {
                 runner_state,
             } => {
                 if let Some(state) = runner_state {
-                    meta.runner_state.insert(node_id.to_owned(), state);
+                    work.meta.runner_state.insert(node_id.to_owned(), state);
                 }
                 Step::Pause(interrupt_request(node_id, request))
             }
@@ -516,13 +530,14 @@ fn awaited<'s>(snap: &'s RunSnapshot, id: &RequestId) -> Result<&'s RequestRecor
         })
 }
 
-fn step_state(ctx: &Map<String, Value>, meta: &RunnerMeta) -> Result<StepState, EngineError> {
-    // Serialising maps and strings cannot fail; an error here would be a serde bug.
-    let runner_metadata = serde_json::to_value(meta).map_err(|e| {
-        EngineError::Persistence(PersistenceError::Database(sqlx::Error::Encode(Box::new(e))))
+fn step_state(run_id: &RunId, work: &Working) -> Result<StepState, EngineError> {
+    // Serialising maps and strings cannot fail; should it, no retry would fix it.
+    let runner_metadata = serde_json::to_value(&work.meta).map_err(|e| EngineError::Corrupt {
+        run_id: run_id.clone(),
+        message: format!("runner metadata cannot be written: {e}"),
     })?;
     Ok(StepState {
-        execution_context: Value::Object(ctx.clone()),
+        execution_context: Value::Object(work.ctx.clone()),
         runner_metadata,
         plan: None,
     })
@@ -570,14 +585,13 @@ fn answer_record(request: &RequestRecord, decision: &Decision) -> Value {
             "optionId": option, "responses": responses })
 }
 
+/// Where an answered request leads; the audit event of moving on carries `details`.
 fn follow(
-    plan: &Plan,
-    index: usize,
+    at: &At<'_>,
     h: &HitlNode,
     decision: Decision,
-    action: AuditAction,
-    details: Value,
     request: &RequestRecord,
+    details: Value,
 ) -> Step {
     let why = request
         .responses
@@ -592,10 +606,10 @@ fn follow(
     } else {
         format!("rejected by the operator: {why}")
     };
-    match follow_policy(plan, index, h, decision, who) {
+    match follow_policy(at, h, decision, who) {
         Step::Next { to, .. } => Step::Next {
             to,
-            action,
+            action: AuditAction::NodeCompleted,
             details,
         },
         other => other,
@@ -604,9 +618,9 @@ fn follow(
 
 /// Applies the node's policy to a decision: `onRejection` for a rejection, `next` for an
 /// option, else the next node in order.
-fn follow_policy(plan: &Plan, index: usize, h: &HitlNode, decision: Decision, why: String) -> Step {
-    let node_id = &plan.nodes[index].id;
-    let in_order = (index + 1 < plan.nodes.len()).then_some(index + 1);
+fn follow_policy(at: &At<'_>, h: &HitlNode, decision: Decision, why: String) -> Step {
+    let node_id = at.node_id();
+    let in_order = at.in_order();
     let next = |to| Step::Next {
         to,
         action: AuditAction::NodeCompleted,
@@ -632,7 +646,11 @@ fn follow_policy(plan: &Plan, index: usize, h: &HitlNode, decision: Decision, wh
             disabled: None,
         },
         Decision::Option(option) => {
-            match h.next.get(&option).and_then(|target| plan.position(target)) {
+            match h
+                .next
+                .get(&option)
+                .and_then(|target| at.plan.position(target))
+            {
                 Some(target) => next(Some(target)),
                 None => next(in_order),
             }

@@ -72,11 +72,6 @@ impl Engine {
         self.hitl_enabled
     }
 
-    /// The capabilities plans may name.
-    pub fn registry(&self) -> &CapabilityRegistry {
-        &self.registry
-    }
-
     /// An engine for the service: the built-ins and `agent.webhook`, configured by
     /// the `HITL_AGENT_*` settings.
     pub fn for_service(common: &crate::config::CommonArgs) -> Self {

@@ -142,11 +142,6 @@ impl Worker {
         self
     }
 
-    /// This process's worker id (unique; never reused).
-    pub fn id(&self) -> &str {
-        &self.ctx.worker_id
-    }
-
     /// Runs until `shutdown` is cancelled, then drains within the grace period.
     pub async fn run(self, shutdown: CancellationToken) {
         let ctx = self.ctx.clone();

@@ -16,8 +16,8 @@ use super::queue::{self, Job};
 use super::requests::{RequestShape, ResponseInput, validate_responses};
 use super::{AdvanceBy, AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit};
 use crate::domain::{
-    AuditAction, CommandId, CommandKind, CommandStatus, RequestId, ResponseId, RunId, RunStatus,
-    Transition, TransitionError,
+    AuditAction, CommandId, CommandKind, CommandStatus, Refusal, RefusalContext, RequestId,
+    ResponseId, RunId, RunStatus, Transition, TransitionError, Winner,
 };
 
 /// A submission to record.
@@ -237,8 +237,10 @@ pub async fn apply_command(
     let payload: CommandPayload = match serde_json::from_value(command.payload.clone()) {
         Ok(p) => p,
         Err(e) => {
-            let outcome = json!({ "reason": "invalid_payload", "message": e.to_string() });
-            return reject(tx, &command, outcome).await;
+            let why = Refusal::InvalidPayload {
+                message: e.to_string(),
+            };
+            return reject(tx, &command, why).await;
         }
     };
     match command.kind {
@@ -256,9 +258,10 @@ async fn apply_resume(
     advance: AdvanceBy,
 ) -> Result<ApplyOutcome, PersistenceError> {
     let Some(request_id) = command.request_id.clone() else {
-        let outcome =
-            json!({ "reason": "invalid_payload", "message": "a resume names no request" });
-        return reject(tx, &command, outcome).await;
+        let why = Refusal::InvalidPayload {
+            message: "a resume names no request".into(),
+        };
+        return reject(tx, &command, why).await;
     };
     let transition = Transition::Resume {
         request_id: request_id.clone(),
@@ -266,7 +269,7 @@ async fn apply_resume(
     let outcome = match run.check(&transition, None) {
         Ok(o) => o,
         Err(PersistenceError::Transition { source, .. }) => {
-            let why = explain_refusal(tx, run, Some(&request_id), &source).await?;
+            let why = explain_refusal(tx, run.context(Some(&request_id)), &source).await?;
             return reject(tx, &command, why).await;
         }
         Err(e) => return Err(e),
@@ -277,8 +280,10 @@ async fn apply_resume(
         options,
     };
     if let Err(problem) = validate_responses(&shape, &payload.responses) {
-        let why = json!({ "reason": "invalid_response", "message": problem.to_string(),
-                          "field": problem.field });
+        let why = Refusal::InvalidResponse {
+            message: problem.to_string(),
+            field: problem.field,
+        };
         return reject(tx, &command, why).await;
     }
     for (position, r) in payload.responses.iter().enumerate() {
@@ -345,7 +350,8 @@ async fn apply_remove(
     let outcome = match run.check(&transition, None) {
         Ok(o) => o,
         Err(PersistenceError::Transition { source, .. }) => {
-            let why = explain_refusal(tx, run, command.request_id.as_ref(), &source).await?;
+            let why =
+                explain_refusal(tx, run.context(command.request_id.as_ref()), &source).await?;
             return reject(tx, &command, why).await;
         }
         Err(e) => return Err(e),
@@ -443,13 +449,13 @@ async fn succeed(
 async fn reject(
     tx: &mut Tx<'_>,
     command: &CommandRecord,
-    outcome: Value,
+    why: Refusal,
 ) -> Result<ApplyOutcome, PersistenceError> {
     let command = finish_command(
         tx,
         &command.command_id,
         CommandStatus::Rejected,
-        outcome,
+        why.to_json(),
         None,
     )
     .await?;
@@ -505,77 +511,113 @@ struct SettlingEvent {
     created_at: DateTime<Utc>,
 }
 
-impl SettlingEvent {
-    fn winner(&self) -> Value {
-        let operator = self.operator_id.as_ref().map(|id| {
-            json!({ "id": id, "displayName": self.operator_display_name, "email": self.operator_email })
+impl From<SettlingEvent> for Winner {
+    fn from(e: SettlingEvent) -> Self {
+        let operator = e.operator_id.map(|id| Operator {
+            id,
+            display_name: e.operator_display_name,
+            email: e.operator_email,
         });
-        json!({ "commandId": self.command_id, "action": self.action, "operator": operator,
-                "at": self.created_at })
-    }
-
-    fn by(&self) -> String {
-        match (&self.command_id, &self.operator_id) {
-            (Some(c), Some(o)) => format!("command {c} of operator {o}"),
-            (Some(c), None) => format!("command {c}"),
-            _ => format!("the system ({})", self.action),
+        Winner {
+            command_id: e.command_id,
+            action: e.action,
+            operator,
+            at: e.created_at,
         }
     }
 }
 
-/// Explains, from the audit trail, why a command cannot apply: another command (or the
-/// deadline) settled the request or ended the run first (`conflict`, naming the winner),
-/// the run ended on its own (`run_terminal`), or the request is simply not the pending
-/// one (`not_pending`).
-async fn explain_refusal(
+/// Explains, from the audit trail, why a command naming `context.request_id` cannot
+/// apply to the run `context` describes (the state machine said `error`): another
+/// command (or the deadline) settled the request or ended the run first (`conflict`,
+/// naming the winner), the run ended on its own (`run_terminal`), or the request is
+/// simply not the pending one (`not_pending`). The API's early check and the worker
+/// applying the command both ask this, so both answer alike.
+pub async fn explain_refusal(
     conn: &mut PgConnection,
-    run: &LockedRun,
-    request_id: Option<&RequestId>,
+    mut context: RefusalContext,
     error: &TransitionError,
-) -> Result<Value, PersistenceError> {
+) -> Result<Refusal, PersistenceError> {
     const EVENT: &str = "select action, command_id, operator_id, operator_display_name, \
         operator_email, created_at from run_audit_events";
-    if let Some(request_id) = request_id {
+    let (Some(run_id), Some(status)) = (context.run_id.clone(), context.run_status) else {
+        return Ok(Refusal::NotPending {
+            message: error.to_string(),
+            context,
+        });
+    };
+    let pending = match &context.pending_request_id {
+        Some(p) => format!("the pending request is {p}"),
+        None => format!("the run has no pending request (it is {status})"),
+    };
+    if let Some(request_id) = context.request_id.clone() {
+        if context.request_status.is_none() {
+            context.request_status =
+                sqlx::query_scalar("select status from hitl_requests where request_id = $1")
+                    .bind(&request_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+        }
         let settled: Option<SettlingEvent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{EVENT} where run_id = $1 and request_id = $2 \
              and action in ('resume', 'remove', 'expire') order by event_id limit 1"
         )))
-        .bind(&run.run_id)
-        .bind(request_id)
+        .bind(&run_id)
+        .bind(&request_id)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some(e) = settled {
-            return Ok(json!({
-                "reason": "conflict",
-                "message": format!("request {request_id} was already settled by {}", e.by()),
-                "winner": e.winner(),
-            }));
+        if context.pending_request_id.as_ref() != Some(&request_id) {
+            let state = context
+                .request_status
+                .map_or_else(String::new, |s| format!(" ({s})"));
+            return Ok(match settled {
+                Some(e) => {
+                    let winner = Winner::from(e);
+                    Refusal::Conflict {
+                        message: format!(
+                            "request {request_id} was already settled{state} by {}; {pending}",
+                            winner.describe()
+                        ),
+                        winner,
+                        context,
+                    }
+                }
+                None => Refusal::NotPending {
+                    message: match context.request_status {
+                        Some(s) => format!("request {request_id} is {s}, not pending; {pending}"),
+                        None => format!("{error}; {pending}"),
+                    },
+                    context,
+                },
+            });
         }
     }
-    if run.status.is_terminal() {
+    if status.is_terminal() {
         let ended: Option<SettlingEvent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{EVENT} where run_id = $1 and to_status = $2 order by event_id desc limit 1"
+            "{EVENT} where run_id = $1 and to_status = $2 and command_id is not null \
+             order by event_id desc limit 1"
         )))
-        .bind(&run.run_id)
-        .bind(run.status)
+        .bind(&run_id)
+        .bind(status)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some(e) = ended.filter(|e| e.command_id.is_some()) {
-            return Ok(json!({
-                "reason": "conflict",
-                "message": format!("run {} was already {} by {}", run.run_id, run.status, e.by()),
-                "winner": e.winner(),
-            }));
-        }
-        return Ok(json!({
-            "reason": "run_terminal",
-            "message": format!("run {} is already {}", run.run_id, run.status),
-            "status": run.status,
-        }));
+        return Ok(match ended {
+            Some(e) => {
+                let winner = Winner::from(e);
+                Refusal::Conflict {
+                    message: format!("run {run_id} was already {status} by {}", winner.describe()),
+                    winner,
+                    context,
+                }
+            }
+            None => Refusal::RunTerminal {
+                message: format!("run {run_id} is already {status}"),
+                context,
+            },
+        });
     }
-    Ok(json!({
-        "reason": "not_pending",
-        "message": error.to_string(),
-        "pendingRequestId": run.pending_request_id,
-    }))
+    Ok(Refusal::NotPending {
+        message: format!("{error}; {pending}"),
+        context,
+    })
 }

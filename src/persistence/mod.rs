@@ -20,7 +20,6 @@ pub mod seed;
 mod snapshot;
 pub mod stats;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgConnection, Postgres, Transaction};
 
@@ -30,16 +29,16 @@ use crate::domain::{
 };
 
 pub use commands::{
-    ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, fail_command,
-    find_command, find_command_by_idempotency_key, record_command,
+    ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, explain_refusal,
+    fail_command, find_command, find_command_by_idempotency_key, record_command,
 };
 pub use requests::{
     ExpireOutcome, PendingFilter, PendingItem, RequestShape, ResponseInput, ResponseProblem,
     expire_request, list_pending, validate_responses,
 };
 pub use runs::{
-    BriefInput, CreatedRun, Finish, NewRequest, NewRun, RunHeader, RunRef, StepState, checkpoint,
-    create_run, find_run, finish_run, raise_request, start_run,
+    BriefInput, Checkpoint, CreatedRun, Finish, NewRequest, NewRun, RunHeader, RunRef, StepState,
+    checkpoint, create_run, find_run, finish_run, raise_request, start_run,
 };
 pub use snapshot::{
     AuditRecord, RequestRecord, ResponseRecord, RunRecord, RunSnapshot, load_run_state,
@@ -110,17 +109,8 @@ impl PersistenceError {
     }
 }
 
-/// Who acted: an operator, as the runbook's `operator` object gives it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Operator {
-    /// Stable operator id.
-    pub id: String,
-    /// Name to show.
-    pub display_name: Option<String>,
-    /// Contact address.
-    pub email: Option<String>,
-}
+/// Who acted (defined with the refusal that names a winner).
+pub use crate::domain::Operator;
 
 /// The run row's fields a transition needs, read under the row lock.
 #[derive(Debug, sqlx::FromRow)]
@@ -146,6 +136,17 @@ async fn lock_run(conn: &mut PgConnection, run_id: &RunId) -> Result<LockedRun, 
 }
 
 impl LockedRun {
+    /// The run as a refusal describes it, for a command naming `request_id`.
+    fn context(&self, request_id: Option<&RequestId>) -> crate::domain::RefusalContext {
+        crate::domain::RefusalContext {
+            run_id: Some(self.run_id.clone()),
+            run_status: Some(self.status),
+            request_id: request_id.cloned(),
+            request_status: None,
+            pending_request_id: self.pending_request_id.clone(),
+        }
+    }
+
     /// Checks `t` against the state machine (and, when given, the caller's version).
     fn check(
         &self,

@@ -492,12 +492,3 @@ pub async fn delete_finished(
     .await?;
     Ok(jobs)
 }
-
-/// Job counts by queue and status (for tests, metrics and operators).
-pub async fn job_counts(pool: &PgPool) -> Result<Vec<(String, String, i64)>, PersistenceError> {
-    Ok(sqlx::query_as(
-        "select job_type, status, count(*) from apalis.jobs group by 1, 2 order by 1, 2",
-    )
-    .fetch_all(pool)
-    .await?)
-}

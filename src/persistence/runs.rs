@@ -227,25 +227,36 @@ pub async fn start_run(
     Ok(version)
 }
 
-/// Records that `node_id` finished and the run moved on (`running → running`), with the
+/// A node that finished, as a checkpoint records it.
+#[derive(Clone, Debug)]
+pub struct Checkpoint<'a> {
+    /// The node that finished.
+    pub node_id: &'a str,
+    /// The state the run moves on with.
+    pub state: &'a StepState,
+    /// `node_completed`, or `hitl_disabled` when a HITL node was resolved by its policy
+    /// because HITL is switched off.
+    pub action: AuditAction,
+    /// What the audit event adds (`nodeId` is added to an object).
+    pub details: Value,
+}
+
+/// Records that a node finished and the run moved on (`running → running`), with the
 /// new state. Refused when `expected_version` is stale, so a worker that lost its lease
-/// cannot write. `action` is `node_completed`, or `hitl_disabled` when a HITL node was
-/// resolved by its policy because HITL is switched off.
+/// cannot write.
 pub async fn checkpoint(
     tx: &mut Tx<'_>,
     run_id: &RunId,
     expected_version: i64,
-    node_id: &str,
-    state: &StepState,
-    action: AuditAction,
-    details: Value,
+    step: Checkpoint<'_>,
 ) -> Result<i64, PersistenceError> {
     let run = lock_run(tx, run_id).await?;
     let outcome = run.check(&Transition::Checkpoint, Some(expected_version))?;
-    let version = write_state(tx, run_id, outcome.status, Some(state), None).await?;
-    let mut details = details;
+    let version = write_state(tx, run_id, outcome.status, Some(step.state), None).await?;
+    let action = step.action;
+    let mut details = step.details;
     if let Value::Object(map) = &mut details {
-        map.insert("nodeId".into(), json!(node_id));
+        map.insert("nodeId".into(), json!(step.node_id));
     }
     append_audit(
         tx,

@@ -3,7 +3,8 @@
 //! (counters and gauges observed from the registry, histograms recorded to both).
 //!
 //! Gauges about orchestrator state (outstanding HITL requests, the oldest one's age, runs
-//! in flight by status, queue depth) are read from PostgreSQL by [`refresh_from_db`], so
+//! in flight by status, queue depth) are read from PostgreSQL by the service layer's
+//! `refresh_gauges`, so
 //! every replica reports the same numbers. Counters and histograms count what this
 //! process did; sum them across replicas.
 
@@ -12,7 +13,6 @@ use std::sync::{Mutex, OnceLock};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Histogram;
-use sqlx::PgPool;
 
 /// What a metric is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +85,8 @@ const BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-type Labels = Vec<(String, String)>;
+/// A series' labels, sorted by name.
+pub type Labels = Vec<(String, String)>;
 
 #[derive(Clone, Debug, Default)]
 struct Hist {
@@ -178,7 +179,7 @@ impl Metrics {
         }
     }
 
-    fn series(&self, name: &str) -> Vec<(Labels, f64)> {
+    pub fn series(&self, name: &str) -> Vec<(Labels, f64)> {
         self.lock()
             .values
             .iter()
@@ -296,64 +297,4 @@ pub fn register_otel_instruments() {
             }
         }
     });
-}
-
-/// Reads the state gauges from the database.
-pub async fn refresh_from_db(pool: &PgPool) -> Result<(), crate::persistence::PersistenceError> {
-    let mut conn = pool.acquire().await?;
-    let stats = crate::persistence::stats::read(&mut conn).await?;
-    let m = metrics();
-    m.set(
-        "hitl_outstanding_requests",
-        &[],
-        stats.outstanding_requests as f64,
-    );
-    m.set(
-        "hitl_oldest_pending_age_seconds",
-        &[],
-        stats.oldest_pending_age_seconds,
-    );
-    for status in ["queued", "running", "awaiting_hitl"] {
-        let n = stats
-            .active_runs
-            .iter()
-            .find(|(s, _)| s == status)
-            .map_or(0, |(_, n)| *n);
-        m.set("hitl_runs_active", &[("status", status)], n as f64);
-    }
-    // Queue/status pairs that emptied must read 0, not their last value.
-    let previous: Vec<Labels> = m
-        .series("hitl_queue_jobs")
-        .into_iter()
-        .map(|(l, _)| l)
-        .collect();
-    for l in previous {
-        let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        m.set("hitl_queue_jobs", &pairs, 0.0);
-    }
-    for (queue, status, n) in &stats.jobs {
-        m.set(
-            "hitl_queue_jobs",
-            &[("queue", queue), ("status", status)],
-            *n as f64,
-        );
-    }
-    Ok(())
-}
-
-/// Refreshes the state gauges every `every` until `stop`.
-pub async fn refresh_loop(
-    pool: PgPool,
-    every: std::time::Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        if let Err(e) = refresh_from_db(&pool).await {
-            tracing::debug!(error = %e, "metrics refresh failed");
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
 }

@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use hitl_orchestrator::api::auth::parse_token_list;
 use hitl_orchestrator::api::{self, AppState, Authenticator};
+use hitl_orchestrator::config::tokens::parse_token_list;
 use hitl_orchestrator::engine::Engine;
+use hitl_orchestrator::service::{EventSettings, Service};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -51,7 +52,7 @@ pub struct AppOptions {
     pub workers: bool,
     pub max_body: usize,
     /// The live event hub's settings.
-    pub events: api::EventSettings,
+    pub events: EventSettings,
     /// Stalled writes fail after this long.
     pub write_timeout: Duration,
 }
@@ -62,7 +63,7 @@ impl Default for AppOptions {
             engine: Engine::with_builtins(true),
             workers: true,
             max_body: api::DEFAULT_MAX_BODY,
-            events: api::EventSettings::default(),
+            events: EventSettings::default(),
             write_timeout: Duration::from_secs(30),
         }
     }
@@ -114,7 +115,7 @@ pub async fn serve_with(state: AppState, write_timeout: Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let listener = api::listener::TimeoutListener::new(listener, write_timeout);
-    let stop = state.shutdown.clone();
+    let stop = state.service.shutdown().clone();
     let app = api::router(state);
     tokio::spawn(async move {
         axum::serve(listener, app)
@@ -136,10 +137,11 @@ impl TestApp {
         let worker = options
             .workers
             .then(|| RunningWorker::spawn(&pool, options.engine.clone(), fast_settings()));
-        let mut state = AppState::new(pool.clone(), options.engine, test_tokens());
+        let service =
+            Service::new(pool.clone(), options.engine).with_event_settings(options.events);
+        let shutdown = service.shutdown().clone();
+        let mut state = AppState::new(service, test_tokens());
         state.max_body = options.max_body;
-        state.events = api::EventHub::new(pool.clone(), options.events);
-        let shutdown = state.shutdown.clone();
         let base = serve_with(state, options.write_timeout).await;
         Self {
             base,

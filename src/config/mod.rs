@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod tokens;
+
 /// A string that must never be printed: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -522,14 +524,14 @@ impl Cli {
         if let Some(key) = http.and_then(|h| h.api_key.as_ref()) {
             ApiKey::from_str(key.expose()).map_err(|why| invalid("--api-key (API_KEY)", why))?;
         }
-        if let Some(tokens) = http.and_then(|h| h.api_tokens.as_ref()) {
-            crate::api::auth::parse_token_list(tokens.expose())
+        if let Some(list) = http.and_then(|h| h.api_tokens.as_ref()) {
+            tokens::parse_token_list(list.expose())
                 .map_err(|why| invalid("--api-tokens (API_TOKENS)", why))?;
         }
         // Every token rule, the combination of both settings included, is checked here,
         // before any database is opened.
         if let Some(h) = http {
-            crate::api::Authenticator::from_settings(h.api_key.as_ref(), h.api_tokens.as_ref())
+            tokens::configured_tokens(h.api_key.as_ref(), h.api_tokens.as_ref())
                 .map_err(|why| invalid("--api-tokens (API_TOKENS)", why))?;
         }
         let worker = match &self.command {
@@ -543,7 +545,8 @@ impl Cli {
                 return Err(invalid(
                     "--worker-concurrency (HITL_WORKER_CONCURRENCY)",
                     format!(
-                        "{} jobs at once need {} database connections, but                          --db-max-connections (HITL_DB_MAX_CONNECTIONS) is {connections}",
+                        "{} jobs at once need {} database connections, but \
+                         --db-max-connections (HITL_DB_MAX_CONNECTIONS) is {connections}",
                         w.worker_concurrency,
                         w.worker_concurrency + 4
                     ),
@@ -615,6 +618,25 @@ mod tests {
         assert!("12".parse::<ByteSize>().is_err());
         assert!("1GiB".parse::<ByteSize>().is_err());
         assert!("lots".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn a_worker_needing_more_connections_than_the_pool_is_refused_in_one_clean_sentence() {
+        let cli = Cli::try_parse_from([
+            "hitl-orchestrator",
+            "worker",
+            "--worker-concurrency",
+            "20",
+            "--db-max-connections",
+            "16",
+        ])
+        .unwrap();
+        let message = cli.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("need 24 database connections, but --db-max-connections"),
+            "{message}"
+        );
+        assert!(!message.contains("  "), "{message}");
     }
 
     #[test]

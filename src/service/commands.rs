@@ -1,0 +1,331 @@
+//! Resume and remove: submitting a command (idempotency, the early check against the
+//! run, recording it with its job in one transaction), reading it, and waiting for a
+//! worker to apply it.
+//!
+//! The order of a submission: an earlier command under the same idempotency key is
+//! returned as it is (even once applied, before any other check); then the HITL flag;
+//! then the run and request must exist (404), the answers must fit the request (422),
+//! and the request must be the pending one (409, naming who settled it); then the
+//! command and its job are recorded together. The early check only spares a doomed
+//! command: the worker checks again under the run's lock.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::input::IdempotencyKey;
+use super::{Entity, RunSnapshot, Service, ServiceError};
+use crate::domain::{
+    CommandId, CommandKind, Operator, Refusal, RefusalContext, RequestId, RunId, ThreadId,
+    Transition, next_status,
+};
+use crate::persistence::{
+    self, CommandRecord, NewCommand, RequestShape, ResponseInput, RunRef, Tx,
+};
+
+/// How long to wait between looks at the command's row while a client waits.
+const POLL_INTERVAL: Duration = Duration::from_millis(15);
+
+/// The run a command is for: by run id, by thread id, or by both (the run id decides
+/// and the thread id must be that run's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunTarget {
+    run_id: Option<RunId>,
+    thread_id: Option<ThreadId>,
+}
+
+impl RunTarget {
+    /// `runId` or `threadId`, at least one (422 naming `runId` otherwise).
+    pub fn new(run_id: Option<RunId>, thread_id: Option<ThreadId>) -> Result<Self, ServiceError> {
+        if run_id.is_none() && thread_id.is_none() {
+            return Err(ServiceError::invalid(
+                "runId",
+                "either runId or threadId is required",
+            ));
+        }
+        Ok(Self { run_id, thread_id })
+    }
+
+    /// The run by its id.
+    pub fn run(run_id: RunId) -> Self {
+        Self {
+            run_id: Some(run_id),
+            thread_id: None,
+        }
+    }
+}
+
+/// What the command does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommandInput {
+    /// Answer the pending request `request_id` with `responses`.
+    Resume {
+        request_id: RequestId,
+        responses: Vec<ResponseInput>,
+    },
+    /// Cancel the run; `request_id`, when given, must be the pending request.
+    Remove {
+        request_id: Option<RequestId>,
+        reason: Option<String>,
+    },
+}
+
+/// A resume or remove to submit.
+#[derive(Clone, Debug)]
+pub struct SubmitCommand {
+    pub target: RunTarget,
+    pub input: CommandInput,
+    pub operator: Operator,
+    pub note: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// The submission as stored with the command: what a retry under the same key must
+/// repeat, and what the worker applies (`responses`, `reason`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Payload<'a> {
+    run_id: Option<&'a RunId>,
+    thread_id: Option<&'a ThreadId>,
+    request_id: Option<&'a RequestId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    responses: Option<&'a [ResponseInput]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<Option<&'a str>>,
+    operator: &'a Operator,
+    note: Option<&'a str>,
+}
+
+impl SubmitCommand {
+    fn kind(&self) -> CommandKind {
+        match self.input {
+            CommandInput::Resume { .. } => CommandKind::Resume,
+            CommandInput::Remove { .. } => CommandKind::Remove,
+        }
+    }
+
+    fn request_id(&self) -> Option<&RequestId> {
+        match &self.input {
+            CommandInput::Resume { request_id, .. } => Some(request_id),
+            CommandInput::Remove { request_id, .. } => request_id.as_ref(),
+        }
+    }
+
+    fn payload(&self) -> Result<Value, ServiceError> {
+        let (responses, reason) = match &self.input {
+            CommandInput::Resume { responses, .. } => (Some(responses.as_slice()), None),
+            CommandInput::Remove { reason, .. } => (None, Some(reason.as_deref())),
+        };
+        serde_json::to_value(Payload {
+            run_id: self.target.run_id.as_ref(),
+            thread_id: self.target.thread_id.as_ref(),
+            request_id: self.request_id(),
+            responses,
+            reason,
+            operator: &self.operator,
+            note: self.note.as_deref(),
+        })
+        .map_err(|e| ServiceError::Internal(format!("a command's payload: {e}")))
+    }
+}
+
+/// A submitted command, and whether an earlier submission under the same idempotency
+/// key recorded it (`replayed`).
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    pub command: CommandRecord,
+    pub replayed: bool,
+}
+
+/// A command, with its run's snapshot once the command is final (`None` before).
+#[derive(Clone, Debug)]
+pub struct CommandState {
+    pub command: CommandRecord,
+    pub run: Option<RunSnapshot>,
+}
+
+impl CommandState {
+    /// Why the command was rejected, when it was.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.command.outcome.as_ref().and_then(Refusal::from_json)
+    }
+}
+
+impl Service {
+    /// Submits a resume or remove. See the module docs for the order of the checks;
+    /// nothing is written unless the command is recorded.
+    pub async fn submit(&self, submission: SubmitCommand) -> Result<Submitted, ServiceError> {
+        let kind = submission.kind();
+        let payload = submission.payload()?;
+        if let Some(key) = &submission.idempotency_key
+            && let Some(earlier) =
+                persistence::find_command_by_idempotency_key(&self.pool, kind, key.as_str()).await?
+        {
+            if earlier.payload != payload {
+                return Err(ServiceError::IdempotencyKeyReused);
+            }
+            return Ok(Submitted {
+                command: earlier,
+                replayed: true,
+            });
+        }
+        if !self.engine.hitl_enabled() {
+            return Err(ServiceError::HitlDisabled);
+        }
+        // The early check reads in the recording transaction (one fewer commit per
+        // submission).
+        let mut tx = self.pool.begin().await?;
+        let run_id = locate(&mut tx, &submission.target).await?;
+        check(&mut tx, &run_id, &submission).await?;
+        let recorded = persistence::record_command(
+            &mut tx,
+            NewCommand {
+                kind,
+                run_id,
+                request_id: submission.request_id().cloned(),
+                idempotency_key: submission
+                    .idempotency_key
+                    .as_ref()
+                    .map(|k| k.as_str().to_owned()),
+                payload,
+                operator: submission.operator,
+                note: submission.note,
+                trace_context: crate::telemetry::current_trace_context()
+                    .and_then(|c| serde_json::to_value(c).ok()),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        let command = recorded.command;
+        Ok(Submitted {
+            command,
+            replayed: !recorded.created,
+        })
+    }
+
+    /// The command `id`, with its run once it is final.
+    pub async fn command(&self, id: &CommandId) -> Result<CommandState, ServiceError> {
+        let command = persistence::find_command(&self.pool, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(Entity::Command, "no such command"))?;
+        self.command_state(command).await
+    }
+
+    /// Waits up to `wait` (less when the service shuts down) for `command` to become
+    /// final, and returns it as it then is, with its run when it is final.
+    pub async fn wait_for(
+        &self,
+        mut command: CommandRecord,
+        wait: Duration,
+    ) -> Result<CommandState, ServiceError> {
+        let deadline = Instant::now() + wait;
+        while !command.status.is_final() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(POLL_INTERVAL.min(left)) => {}
+            }
+            command = persistence::find_command(&self.pool, &command.command_id)
+                .await?
+                .ok_or_else(|| ServiceError::Internal("a recorded command vanished".into()))?;
+        }
+        self.command_state(command).await
+    }
+
+    async fn command_state(&self, command: CommandRecord) -> Result<CommandState, ServiceError> {
+        let run = if command.status.is_final() {
+            persistence::load_snapshot(&self.pool, &command.run_id).await?
+        } else {
+            None
+        };
+        Ok(CommandState { command, run })
+    }
+}
+
+/// The run a target names (404 when none does).
+async fn locate(tx: &mut Tx<'_>, target: &RunTarget) -> Result<RunId, ServiceError> {
+    match (&target.run_id, &target.thread_id) {
+        (Some(run_id), _) => Ok(run_id.clone()),
+        (None, Some(thread)) => persistence::find_run(&mut **tx, &RunRef::Thread(thread.clone()))
+            .await?
+            .map(|run| run.run_id)
+            .ok_or_else(|| {
+                ServiceError::not_found(Entity::Run, format!("no run has thread id {thread}"))
+            }),
+        (None, None) => Err(ServiceError::invalid(
+            "runId",
+            "either runId or threadId is required",
+        )),
+    }
+}
+
+/// The early check: the run and the named request exist (404), the thread id agrees,
+/// the answers fit the request (422), and the state machine allows the command now (409
+/// with the refusal the worker would record).
+async fn check(
+    tx: &mut Tx<'_>,
+    run_id: &RunId,
+    submission: &SubmitCommand,
+) -> Result<(), ServiceError> {
+    let snapshot = persistence::load_run_state_in(tx, run_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found(Entity::Run, format!("run {run_id} not found")))?;
+    let run = &snapshot.run;
+    if let Some(thread) = &submission.target.thread_id
+        && thread != &run.thread_id
+    {
+        return Err(ServiceError::invalid(
+            "threadId",
+            "names a different run than runId",
+        ));
+    }
+    let request_id = submission.request_id();
+    let request = match request_id {
+        None => None,
+        Some(id) => Some(
+            snapshot
+                .hitl_requests
+                .iter()
+                .find(|r| &r.request_id == id)
+                .ok_or_else(|| {
+                    ServiceError::not_found(
+                        Entity::Request,
+                        format!("run {} has no request {id}", run.run_id),
+                    )
+                })?,
+        ),
+    };
+    if let (Some(request), CommandInput::Resume { responses, .. }) = (request, &submission.input) {
+        let shape = RequestShape {
+            request_id: &request.request_id,
+            response_types: &request.response_types,
+            options: &request.options,
+        };
+        persistence::validate_responses(&shape, responses)
+            .map_err(|p| ServiceError::invalid(p.field, p.message))?;
+    }
+    let transition = match &submission.input {
+        CommandInput::Resume { request_id, .. } => Transition::Resume {
+            request_id: request_id.clone(),
+        },
+        CommandInput::Remove { request_id, .. } => Transition::Remove {
+            request_id: request_id.clone(),
+        },
+    };
+    if let Err(error) = next_status(run.status, run.pending_request_id.as_ref(), &transition) {
+        let context = RefusalContext {
+            run_id: Some(run.run_id.clone()),
+            run_status: Some(run.status),
+            request_id: request_id.cloned(),
+            request_status: request.map(|r| r.status),
+            pending_request_id: run.pending_request_id.clone(),
+        };
+        let refusal = persistence::explain_refusal(tx, context, &error).await?;
+        return Err(ServiceError::Refused(Box::new(refusal)));
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Parsing a front end's raw input into the domain types the operations take, with one
+//! rule per field and an error naming the field. Every front end (JSON API, console,
+//! CLI) parses through these, so a value is refused alike whichever way it arrives.
+
+use serde_json::{Value, json};
+
+use super::ServiceError;
+use crate::domain::{BriefId, IdError, Operator, RequestId, RunId, ThreadId};
+use crate::persistence::BriefInput;
+
+/// Longest operator id, display name, email and idempotency key, in characters.
+pub const MAX_SHORT_TEXT: usize = 256;
+/// Longest note or removal reason, in characters.
+pub const MAX_LONG_TEXT: usize = 4000;
+/// Longest brief title, in characters.
+pub const MAX_TITLE: usize = 500;
+
+/// A client's key making a retried submission return the same command: 1 to 256
+/// visible ASCII characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// The key of `raw` (surrounding blanks ignored), or 422 naming `Idempotency-Key`.
+    pub fn parse(raw: &str) -> Result<Self, ServiceError> {
+        let key = raw.trim();
+        if key.is_empty()
+            || key.len() > MAX_SHORT_TEXT
+            || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ServiceError::invalid(
+                "Idempotency-Key",
+                format!("must be 1 to {MAX_SHORT_TEXT} visible ASCII characters"),
+            ));
+        }
+        Ok(Self(key.to_owned()))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An id of type `T` in `field`, or 422 naming it.
+pub fn id<T>(
+    field: &str,
+    raw: &str,
+    parse: fn(&str) -> Result<T, IdError>,
+) -> Result<T, ServiceError> {
+    parse(raw).map_err(|e| ServiceError::invalid(field, e.to_string()))
+}
+
+/// An optional id of type `T` in `field`.
+pub fn optional_id<T>(
+    field: &str,
+    raw: Option<&str>,
+    parse: fn(&str) -> Result<T, IdError>,
+) -> Result<Option<T>, ServiceError> {
+    raw.map(|r| id(field, r, parse)).transpose()
+}
+
+/// A request id in `field`.
+pub fn request_id(field: &str, raw: Option<&str>) -> Result<Option<RequestId>, ServiceError> {
+    optional_id(field, raw, RequestId::parse)
+}
+
+/// A thread id in `field`.
+pub fn thread_id(field: &str, raw: Option<&str>) -> Result<Option<ThreadId>, ServiceError> {
+    optional_id(field, raw, ThreadId::parse)
+}
+
+/// A brief id in `field`.
+pub fn brief_id(field: &str, raw: Option<&str>) -> Result<Option<BriefId>, ServiceError> {
+    optional_id(field, raw, BriefId::parse)
+}
+
+/// A run id in `field`.
+pub fn run_id(field: &str, raw: Option<&str>) -> Result<Option<RunId>, ServiceError> {
+    optional_id(field, raw, RunId::parse)
+}
+
+/// Refuses `text` in `field` when it is longer than `max` characters.
+pub fn text(field: &str, text: Option<&str>, max: usize) -> Result<(), ServiceError> {
+    match text {
+        Some(t) if t.chars().count() > max => Err(ServiceError::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Who acts, as the runbook's `operator` object gives it (`operator.id` not blank, each
+/// part at most 256 characters, an email with an `@`).
+pub fn operator(
+    id: &str,
+    display_name: Option<&str>,
+    email: Option<&str>,
+) -> Result<Operator, ServiceError> {
+    if id.trim().is_empty() {
+        return Err(ServiceError::invalid("operator.id", "must not be blank"));
+    }
+    text("operator.id", Some(id), MAX_SHORT_TEXT)?;
+    text("operator.displayName", display_name, MAX_SHORT_TEXT)?;
+    text("operator.email", email, MAX_SHORT_TEXT)?;
+    if email.is_some_and(|e| !e.contains('@')) {
+        return Err(ServiceError::invalid(
+            "operator.email",
+            "is not an email address",
+        ));
+    }
+    Ok(Operator {
+        id: id.to_owned(),
+        display_name: display_name.map(str::to_owned),
+        email: email.map(str::to_owned),
+    })
+}
+
+/// The brief of a new run: a new one (`brief.title` not blank, at most 500
+/// characters; `content` defaults to `{}`) or an existing one by id — exactly one.
+pub fn brief(
+    new: Option<(String, Option<Value>)>,
+    existing: Option<&str>,
+) -> Result<BriefInput, ServiceError> {
+    match (new, existing) {
+        (Some(_), Some(_)) => Err(ServiceError::invalid(
+            "briefId",
+            "give either brief or briefId, not both",
+        )),
+        (None, None) => Err(ServiceError::invalid(
+            "brief",
+            "either brief or briefId is required",
+        )),
+        (None, Some(id)) => Ok(BriefInput::Existing(self::id(
+            "briefId",
+            id,
+            BriefId::parse,
+        )?)),
+        (Some((title, content)), None) => {
+            if title.trim().is_empty() {
+                return Err(ServiceError::invalid("brief.title", "must not be blank"));
+            }
+            text("brief.title", Some(&title), MAX_TITLE)?;
+            Ok(BriefInput::New {
+                title,
+                content: content.unwrap_or_else(|| json!({})),
+            })
+        }
+    }
+}
+
+/// A run's execution context: a JSON object, `{}` when absent.
+pub fn execution_context(context: Option<Value>) -> Result<Value, ServiceError> {
+    match context {
+        None => Ok(json!({})),
+        Some(c @ Value::Object(_)) => Ok(c),
+        Some(_) => Err(ServiceError::invalid(
+            "executionContext",
+            "must be a JSON object",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_short_visible_ascii() {
+        assert_eq!(IdempotencyKey::parse(" k-1 ").unwrap().as_str(), "k-1");
+        for bad in ["", "  ", "with space", "é", &"k".repeat(257)] {
+            assert!(IdempotencyKey::parse(bad).is_err(), "{bad}");
+        }
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_ok());
+    }
+
+    #[test]
+    fn an_operator_needs_an_id_and_a_plausible_email() {
+        assert!(operator(" ", None, None).is_err());
+        assert!(operator("op", None, Some("nobody")).is_err());
+        let op = operator("op", Some("Op"), Some("op@example.com")).unwrap();
+        assert_eq!(op.display_name.as_deref(), Some("Op"));
+    }
+}

@@ -1,0 +1,60 @@
+//! Runs: creating one from a brief and a plan, and reading one.
+
+use serde_json::{Value, json};
+
+use super::{Entity, RunSnapshot, Service, ServiceError};
+use crate::domain::{RunId, ThreadId};
+use crate::persistence::{self, BriefInput, CreatedRun, NewRun, RunRef};
+
+/// A run to create.
+#[derive(Clone, Debug)]
+pub struct CreateRun {
+    pub brief: BriefInput,
+    /// A client-chosen thread id (409 when another run has it); generated when absent.
+    pub thread_id: Option<ThreadId>,
+    /// A JSON object (see `input::execution_context`).
+    pub execution_context: Value,
+    /// The plan, validated by the engine here.
+    pub plan: Value,
+}
+
+impl Service {
+    /// Validates the plan, then creates the brief (when new) and the run with its first
+    /// job in one transaction.
+    pub async fn create_run(&self, new: CreateRun) -> Result<CreatedRun, ServiceError> {
+        let mut tx = self.pool.begin().await?;
+        let created = self
+            .engine
+            .create_run(
+                &mut tx,
+                NewRun {
+                    brief: new.brief,
+                    thread_id: new.thread_id,
+                    plan: new.plan,
+                    execution_context: new.execution_context,
+                    runner_metadata: json!({}),
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// The run with its requests, answers and audit log (404 when there is none).
+    pub async fn run(&self, run_id: &RunId) -> Result<RunSnapshot, ServiceError> {
+        persistence::load_snapshot(&self.pool, run_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(Entity::Run, "no such run"))
+    }
+
+    /// The run of `thread`, if any (a thread has at most one).
+    pub async fn run_of_thread(
+        &self,
+        thread: &ThreadId,
+    ) -> Result<Option<RunSnapshot>, ServiceError> {
+        match persistence::find_run(&self.pool, &RunRef::Thread(thread.clone())).await? {
+            None => Ok(None),
+            Some(run) => Ok(persistence::load_snapshot(&self.pool, &run.run_id).await?),
+        }
+    }
+}
