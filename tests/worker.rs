@@ -15,6 +15,8 @@ use hitl_orchestrator::engine::Engine;
 use hitl_orchestrator::engine::capability::{
     BoxFuture, Capability, CapabilityCall, CapabilityOutcome, CapabilityRegistry, TransientError,
 };
+use hitl_orchestrator::jobs::{ClaimedJob, Handled, Handler, JobContext, JobError, Worker};
+use hitl_orchestrator::persistence::jobs::{ApplyResume, JobPayload};
 use hitl_orchestrator::persistence::{self, queue};
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -142,9 +144,10 @@ async fn a_command_job_delivered_twice_applies_once() {
     let runs = parked_runs(&db.pool, 1).await;
     let ids = submit_resumes(&db.pool, &runs).await;
     let mut conn = db.pool.acquire().await.unwrap();
-    queue::enqueue(&mut conn, &queue::Job::ApplyResume(ids[0].clone()), None)
-        .await
-        .unwrap();
+    let again = ApplyResume {
+        command_id: ids[0].clone(),
+    };
+    queue::enqueue(&mut conn, &again, None).await.unwrap();
     drop(conn);
     assert_eq!(
         scalar(
@@ -668,7 +671,7 @@ async fn a_claims_asynchronous_commit_does_not_leak_into_the_connections_later_w
         .await
         .unwrap();
     queue::register_worker(&single, "w-async").await.unwrap();
-    let claimed = queue::claim(&single, "w-async", &[queue::queue_names::RESUME], 10)
+    let claimed = queue::claim(&single, "w-async", &[ApplyResume::KIND], 10)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -680,4 +683,89 @@ async fn a_claims_asynchronous_commit_does_not_leak_into_the_connections_later_w
         setting, "on",
         "the async commit was the claim's transaction's alone"
     );
+}
+
+/// A kind this build does not register, as a newer version might add.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Remind {
+    note: String,
+}
+
+impl JobPayload for Remind {
+    const KIND: &'static str = "test_remind";
+}
+
+/// The newer version's handler for it: counts its runs and completes the job.
+struct RemindHandler(Arc<Mutex<Vec<String>>>);
+
+impl Handler for RemindHandler {
+    type Payload = Remind;
+
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        claimed: &ClaimedJob,
+        payload: Remind,
+    ) -> Result<Handled, JobError> {
+        self.0.lock().unwrap().push(payload.note);
+        let mut conn = ctx.pool().acquire().await?;
+        Ok(
+            if queue::complete(&mut conn, &claimed.id, ctx.worker_id()).await? {
+                Handled::Done
+            } else {
+                Handled::LostClaim
+            },
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_worker_leaves_a_job_of_a_kind_it_does_not_know_pending_for_one_that_does() {
+    let db = common::fresh_db().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let remind = Remind {
+        note: "from a newer version".into(),
+    };
+    queue::enqueue(&mut conn, &remind, None).await.unwrap();
+    drop(conn);
+    // A known job enqueued after it: once the old worker has run this one, it has
+    // claimed past the unknown one, which is older.
+    let runs = parked_runs(&db.pool, 1).await;
+    submit_resumes(&db.pool, &runs).await;
+
+    let old = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), fast_settings());
+    wait_for_count(
+        &db.pool,
+        "select count(*) from hitl_commands where status = 'succeeded'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    old.stop().await;
+    let untouched = scalar(
+        &db.pool,
+        "select count(*) from apalis.jobs where job_type = 'test_remind' \
+         and status = 'Pending' and attempts = 0 and lock_by is null",
+    )
+    .await;
+    assert_eq!(untouched, 1, "the old worker neither ran nor killed it");
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let new = RunningWorker::start(
+        Worker::new(
+            db.pool.clone(),
+            Engine::with_builtins(true),
+            fast_settings(),
+        )
+        .with_handler(RemindHandler(seen.clone())),
+    );
+    wait_for_count(
+        &db.pool,
+        "select count(*) from apalis.jobs where job_type = 'test_remind' and status = 'Done'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    new.stop().await;
+    assert_eq!(*seen.lock().unwrap(), ["from a newer version"]);
 }

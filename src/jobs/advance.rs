@@ -1,12 +1,33 @@
 //! Job `hitl_advance`: advance a run with the engine. The engine commits a checkpoint
 //! per node, each fenced by the run's version; the job completes after it.
 
-use super::{Handled, JobContext, JobError};
+use super::{ClaimedJob, Handled, Handler, JobContext, JobError};
 use crate::domain::RunId;
 use crate::engine::EngineError;
-use crate::persistence::queue::{self, ClaimedJob};
+use crate::persistence::jobs::Advance;
+use crate::persistence::queue;
 
-pub(super) async fn handle(
+/// `hitl_advance`.
+pub(super) struct AdvanceJob;
+
+impl Handler for AdvanceJob {
+    type Payload = Advance;
+
+    fn subject(payload: &Advance) -> Option<(&'static str, String)> {
+        Some(("run.id", payload.run_id.to_string()))
+    }
+
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        claimed: &ClaimedJob,
+        Advance { run_id }: Advance,
+    ) -> Result<Handled, JobError> {
+        advance(ctx, claimed, &run_id).await
+    }
+}
+
+async fn advance(
     ctx: &JobContext,
     claimed: &ClaimedJob,
     run_id: &RunId,

@@ -6,12 +6,89 @@
 //! ([`super::continue_run`]): one commit from the operator's answer to the run's next
 //! pause or its end, unless a node calls out, which an advancement job then runs.
 
-use super::{Handled, JobContext, JobError, complete_with};
+use super::{ClaimedJob, Handled, Handler, JobContext, JobError, complete_with};
 use crate::domain::{CommandId, RunStatus};
-use crate::persistence::{self, AdvanceBy, queue::ClaimedJob};
+use crate::persistence::jobs::{ApplyRemove, ApplyResume};
+use crate::persistence::{self, AdvanceBy, PersistenceError, Tx};
 use crate::telemetry::metrics::metrics;
 
-pub(super) async fn handle(
+/// `hitl_resume`.
+pub(super) struct ApplyResumeJob;
+/// `hitl_remove`.
+pub(super) struct ApplyRemoveJob;
+
+impl Handler for ApplyResumeJob {
+    type Payload = ApplyResume;
+
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        claimed: &ClaimedJob,
+        payload: ApplyResume,
+    ) -> Result<Handled, JobError> {
+        apply(ctx, claimed, &payload.command_id).await
+    }
+
+    fn subject(payload: &ApplyResume) -> Option<(&'static str, String)> {
+        Some(("command.id", payload.command_id.to_string()))
+    }
+
+    async fn on_dead(
+        &self,
+        tx: &mut Tx<'_>,
+        payload: &ApplyResume,
+        error: &str,
+    ) -> Result<(), PersistenceError> {
+        fail(tx, &payload.command_id, "resume", error).await
+    }
+}
+
+impl Handler for ApplyRemoveJob {
+    type Payload = ApplyRemove;
+
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        claimed: &ClaimedJob,
+        payload: ApplyRemove,
+    ) -> Result<Handled, JobError> {
+        apply(ctx, claimed, &payload.command_id).await
+    }
+
+    fn subject(payload: &ApplyRemove) -> Option<(&'static str, String)> {
+        Some(("command.id", payload.command_id.to_string()))
+    }
+
+    async fn on_dead(
+        &self,
+        tx: &mut Tx<'_>,
+        payload: &ApplyRemove,
+        error: &str,
+    ) -> Result<(), PersistenceError> {
+        fail(tx, &payload.command_id, "remove", error).await
+    }
+}
+
+/// A command whose job died ends `failed` with the error, never silently dropped.
+async fn fail(
+    tx: &mut Tx<'_>,
+    command_id: &CommandId,
+    kind: &str,
+    error: &str,
+) -> Result<(), PersistenceError> {
+    if persistence::fail_command(tx, command_id, error)
+        .await?
+        .is_some()
+    {
+        metrics().inc(
+            "hitl_commands_total",
+            &[("kind", kind), ("outcome", "failed")],
+        );
+    }
+    Ok(())
+}
+
+async fn apply(
     ctx: &JobContext,
     claimed: &ClaimedJob,
     command_id: &CommandId,

@@ -4,13 +4,30 @@
 
 use chrono::Utc;
 
-use super::{Handled, JobContext, JobError};
-use crate::persistence::queue::{self, ClaimedJob, Job};
+use super::{ClaimedJob, Handled, Handler, JobContext, JobError};
+use crate::persistence::jobs::Cleanup;
+use crate::persistence::queue;
 
 /// Rows deleted per pass; a full pass schedules the next one at once.
 const BATCH: i64 = 10_000;
 
-pub(super) async fn handle(ctx: &JobContext, claimed: &ClaimedJob) -> Result<Handled, JobError> {
+/// `hitl_cleanup`.
+pub(super) struct CleanupJob;
+
+impl Handler for CleanupJob {
+    type Payload = Cleanup;
+
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        claimed: &ClaimedJob,
+        _: Cleanup,
+    ) -> Result<Handled, JobError> {
+        cleanup(ctx, claimed).await
+    }
+}
+
+async fn cleanup(ctx: &JobContext, claimed: &ClaimedJob) -> Result<Handled, JobError> {
     let now = Utc::now();
     let ago = |d: std::time::Duration| {
         now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
@@ -29,7 +46,7 @@ pub(super) async fn handle(ctx: &JobContext, claimed: &ClaimedJob) -> Result<Han
             now + chrono::Duration::from_std(ctx.cleanup_interval).unwrap_or(chrono::Duration::MAX),
         )
     };
-    queue::enqueue_singleton(&mut tx, &Job::Cleanup, next).await?;
+    queue::enqueue_singleton(&mut tx, &Cleanup {}, next).await?;
     tx.commit().await?;
     if deleted > 0 {
         tracing::info!(deleted, "deleted finished job rows");

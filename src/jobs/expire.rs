@@ -3,15 +3,36 @@
 
 use chrono::Utc;
 
-use super::{Handled, JobContext, JobError, complete_with};
-use crate::domain::{RequestId, RunStatus};
-use crate::persistence::queue::{self, ClaimedJob};
+use super::{ClaimedJob, Handled, Handler, JobContext, JobError, complete_with};
+use crate::domain::RunStatus;
+use crate::persistence::jobs::Expire;
+use crate::persistence::queue;
 use crate::persistence::{self, AdvanceBy, ExpireOutcome};
 
-pub(super) async fn handle(
+/// `hitl_expire`.
+pub(super) struct ExpireJob;
+
+impl Handler for ExpireJob {
+    type Payload = Expire;
+
+    fn subject(payload: &Expire) -> Option<(&'static str, String)> {
+        Some(("request.id", payload.request_id.to_string()))
+    }
+
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        claimed: &ClaimedJob,
+        Expire { request_id }: Expire,
+    ) -> Result<Handled, JobError> {
+        expire(ctx, claimed, &request_id).await
+    }
+}
+
+async fn expire(
     ctx: &JobContext,
     claimed: &ClaimedJob,
-    request_id: &RequestId,
+    request_id: &crate::domain::RequestId,
 ) -> Result<Handled, JobError> {
     let mut tx = ctx.pool.begin().await?;
     match persistence::expire_request(&mut tx, request_id, Utc::now(), AdvanceBy::Caller).await? {

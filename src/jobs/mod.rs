@@ -1,10 +1,17 @@
-//! Queue work: one handler per job kind, and the [`runner`] that claims jobs from the
-//! PostgreSQL queue and runs them.
+//! Queue work: one [`Handler`] per job kind, one file per kind, all registered in
+//! [`registry`]; and the [`runner`] that claims jobs of the registered kinds and runs
+//! them.
 //!
 //! Handlers are thin: they call `persistence` and the `engine`. A handler whose job's
 //! effect is a single transition commits the job's completion in that same transaction
 //! (`queue::complete`, fenced on the claim), so a redelivered job finds its effect
 //! already applied and a worker that lost its claim cannot commit anything.
+//!
+//! Adding a kind: a file with its payload (a `persistence::jobs::JobPayload`, declared
+//! in `persistence::jobs` when a transition enqueues it) and its `Handler`, plus one
+//! line in [`registry`]. A worker claims only the kinds it has registered, so workers of
+//! two versions can share a queue during an upgrade: a kind the old one does not know
+//! stays pending for the new one.
 
 mod advance;
 mod apply_command;
@@ -15,31 +22,59 @@ mod rescan;
 pub mod runner;
 mod sweep;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 
 use crate::engine::{AdvanceOutcome, Engine};
-use crate::persistence::queue::{ClaimedJob, Job};
+use crate::persistence::jobs::{self, JobPayload};
+pub use crate::persistence::queue::ClaimedJob;
 use crate::persistence::{self, PersistenceError, Tx};
 pub use runner::{Worker, WorkerSettings};
 
-/// What a handler needs.
-pub(crate) struct JobContext {
-    pub pool: PgPool,
-    pub engine: Engine,
-    pub worker_id: String,
-    pub cleanup_interval: Duration,
-    pub retain_done: Duration,
-    pub retain_dead: Duration,
+/// Every job kind this build runs: one line per kind.
+pub fn registry() -> Registry {
+    Registry::default()
+        .with(apply_command::ApplyResumeJob)
+        .with(apply_command::ApplyRemoveJob)
+        .with(advance::AdvanceJob)
+        .with(expire::ExpireJob)
+        .with(cleanup::CleanupJob)
+        .with(rescan::RescanJob)
+        .with(rehydrate::RehydrateJob)
+}
+
+/// What a handler can reach.
+pub struct JobContext {
+    pub(crate) pool: PgPool,
+    pub(crate) engine: Engine,
+    pub(crate) worker_id: String,
+    pub(crate) cleanup_interval: Duration,
+    pub(crate) retain_done: Duration,
+    pub(crate) retain_dead: Duration,
     /// Whether a job may retry after its first attempt (`HITL_JOB_MAX_ATTEMPTS` > 1): the
     /// inline advancement relies on a retry to recover from a fault in it.
-    pub can_retry: bool,
+    pub(crate) can_retry: bool,
+}
+
+impl JobContext {
+    /// The database pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// This worker's id: the one a claim is fenced on.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
 }
 
 /// How a job ended, when it did not fail.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Handled {
+pub enum Handled {
     /// Its effect and its completion are committed.
     Done,
     /// It ran too early and was put back for later (not an attempt).
@@ -50,7 +85,7 @@ pub(crate) enum Handled {
 
 /// Why a job failed.
 #[derive(Debug)]
-pub(crate) enum JobError {
+pub enum JobError {
     /// Worth another try later (database unreachable, an agent timing out).
     Retry(String),
     /// Will never succeed (undecodable payload, the thing it names is gone): dead now.
@@ -72,45 +107,116 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
-/// Runs one claimed job.
-pub(crate) async fn handle(
-    ctx: &JobContext,
-    claimed: &ClaimedJob,
-    job: &Job,
-) -> Result<Handled, JobError> {
-    match job {
-        Job::ApplyResume(id) | Job::ApplyRemove(id) => {
-            apply_command::handle(ctx, claimed, id).await
-        }
-        Job::Advance(run_id) => advance::handle(ctx, claimed, run_id).await,
-        Job::Expire(request_id) => expire::handle(ctx, claimed, request_id).await,
-        Job::Cleanup => cleanup::handle(ctx, claimed).await,
-        Job::Rescan(after) => rescan::handle(ctx, claimed, after.as_ref()).await,
-        Job::Rehydrate(run_ids) => rehydrate::handle(ctx, claimed, run_ids).await,
+/// One job kind: its payload type (which names the kind) and what running it does.
+pub trait Handler: Send + Sync + 'static {
+    /// The payload; `Payload::KIND` is the kind's stable name.
+    type Payload: JobPayload;
+
+    /// Runs one claimed job of the kind.
+    fn run(
+        &self,
+        ctx: &JobContext,
+        claimed: &ClaimedJob,
+        payload: Self::Payload,
+    ) -> impl Future<Output = Result<Handled, JobError>> + Send;
+
+    /// What the job's span names: (`run.id` | `request.id` | `command.id`, the id).
+    fn subject(_payload: &Self::Payload) -> Option<(&'static str, String)> {
+        None
+    }
+
+    /// Records what a dead job leaves behind, in the transaction that kills it.
+    fn on_dead(
+        &self,
+        _tx: &mut Tx<'_>,
+        _payload: &Self::Payload,
+        _error: &str,
+    ) -> impl Future<Output = Result<(), PersistenceError>> + Send {
+        async { Ok(()) }
     }
 }
 
-/// Records what a dead job leaves behind, in the transaction that kills it: a command
-/// whose job died ends `failed` with the error, never silently dropped.
-pub(crate) async fn on_dead(
-    tx: &mut Tx<'_>,
-    job: &Job,
-    error: &str,
-) -> Result<(), PersistenceError> {
-    if let Job::ApplyResume(id) | Job::ApplyRemove(id) = job
-        && persistence::fail_command(tx, id, error).await?.is_some()
-    {
-        let kind = if matches!(job, Job::ApplyResume(_)) {
-            "resume"
-        } else {
-            "remove"
-        };
-        crate::telemetry::metrics::metrics().inc(
-            "hitl_commands_total",
-            &[("kind", kind), ("outcome", "failed")],
-        );
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A decoded job, ready to run: what its span shows, and the run itself.
+pub(crate) struct Decoded<'a> {
+    pub trace: Option<std::collections::HashMap<String, String>>,
+    pub subject: Option<(&'static str, String)>,
+    pub run: BoxFuture<'a, Result<Handled, JobError>>,
+}
+
+/// A handler with its payload type erased, so the runner can hold every kind in one list.
+pub(crate) trait Erased: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn decode<'a>(
+        &'a self,
+        ctx: &'a JobContext,
+        claimed: &'a ClaimedJob,
+    ) -> Result<Decoded<'a>, String>;
+    fn on_dead<'a>(
+        &'a self,
+        tx: &'a mut Tx<'_>,
+        payload: &'a [u8],
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), PersistenceError>>;
+}
+
+impl<H: Handler> Erased for H {
+    fn kind(&self) -> &'static str {
+        H::Payload::KIND
     }
-    Ok(())
+
+    fn decode<'a>(
+        &'a self,
+        ctx: &'a JobContext,
+        claimed: &'a ClaimedJob,
+    ) -> Result<Decoded<'a>, String> {
+        let (payload, trace) = persistence::queue::decode::<H::Payload>(&claimed.job)?;
+        Ok(Decoded {
+            trace,
+            subject: H::subject(&payload),
+            run: Box::pin(self.run(ctx, claimed, payload)),
+        })
+    }
+
+    fn on_dead<'a>(
+        &'a self,
+        tx: &'a mut Tx<'_>,
+        payload: &'a [u8],
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), PersistenceError>> {
+        Box::pin(async move {
+            match persistence::queue::decode::<H::Payload>(payload) {
+                Ok((payload, _)) => Handler::on_dead(self, tx, &payload, error).await,
+                // An undecodable job names nothing to clean up after.
+                Err(_) => Ok(()),
+            }
+        })
+    }
+}
+
+/// The job kinds a worker runs, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: Vec<Arc<dyn Erased>>,
+}
+
+impl Registry {
+    /// These kinds plus `handler`'s (which replaces a handler of the same kind).
+    pub fn with<H: Handler>(mut self, handler: H) -> Self {
+        self.handlers.retain(|h| h.kind() != H::Payload::KIND);
+        self.handlers.push(Arc::new(handler));
+        self
+    }
+
+    /// The names of the registered kinds: what the worker claims.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.handlers.iter().map(|h| h.kind()).collect()
+    }
+
+    pub(crate) fn get(&self, kind: &str) -> Option<&Arc<dyn Erased>> {
+        self.handlers.iter().find(|h| h.kind() == kind)
+    }
 }
 
 /// Moves a run that a transition in `tx` left `running` on, inline in `tx` through its
@@ -149,7 +255,10 @@ pub(crate) async fn continue_run(
             }
         }
     }
-    persistence::queue::enqueue(tx, &Job::Advance(run_id.clone()), None).await?;
+    let advance = jobs::Advance {
+        run_id: run_id.clone(),
+    };
+    persistence::queue::enqueue(tx, &advance, None).await?;
     Ok(None)
 }
 

@@ -2,15 +2,30 @@
 //! would not move on its own (a lost advancement job, a deadline with no expiry job).
 //! Idempotent: a second pass over the same page finds nothing to repair.
 
-use super::{Handled, JobContext, JobError, complete_with};
-use crate::domain::RunId;
-use crate::persistence::queue::ClaimedJob;
+use super::{ClaimedJob, Handled, Handler, JobContext, JobError, complete_with};
+use crate::persistence::jobs::Rehydrate;
 use crate::persistence::rehydrate;
 
-pub(super) async fn handle(
+/// `hitl_rehydrate`.
+pub(super) struct RehydrateJob;
+
+impl Handler for RehydrateJob {
+    type Payload = Rehydrate;
+
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        claimed: &ClaimedJob,
+        Rehydrate { run_ids }: Rehydrate,
+    ) -> Result<Handled, JobError> {
+        rehydrate_page(ctx, claimed, &run_ids).await
+    }
+}
+
+async fn rehydrate_page(
     ctx: &JobContext,
     claimed: &ClaimedJob,
-    run_ids: &[RunId],
+    run_ids: &[crate::domain::RunId],
 ) -> Result<Handled, JobError> {
     let mut tx = ctx.pool.begin().await?;
     let report = rehydrate::rehydrate_page(&mut tx, run_ids).await?;

@@ -9,16 +9,32 @@
 
 use chrono::Utc;
 
-use super::{Handled, JobContext, JobError};
+use super::{ClaimedJob, Handled, Handler, JobContext, JobError};
 use crate::domain::RunId;
-use crate::persistence::queue::{self, ClaimedJob, Job};
-use crate::persistence::rehydrate;
+use crate::persistence::jobs::{Rehydrate, Rescan};
+use crate::persistence::{queue, rehydrate};
 
 /// Runs per rehydration page.
 pub(crate) const PAGE: i64 = 500;
 const PAGES_PER_JOB: usize = 20;
 
-pub(super) async fn handle(
+/// `hitl_rescan`.
+pub(super) struct RescanJob;
+
+impl Handler for RescanJob {
+    type Payload = Rescan;
+
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        claimed: &ClaimedJob,
+        Rescan { after }: Rescan,
+    ) -> Result<Handled, JobError> {
+        rescan(ctx, claimed, after.as_ref()).await
+    }
+}
+
+async fn rescan(
     ctx: &JobContext,
     claimed: &ClaimedJob,
     after: Option<&RunId>,
@@ -45,7 +61,7 @@ pub(super) async fn handle(
         pages += 1;
         more = ids.len() as i64 == PAGE;
         cursor = ids.last().cloned();
-        queue::enqueue(&mut tx, &Job::Rehydrate(ids), None).await?;
+        queue::enqueue(&mut tx, &Rehydrate { run_ids: ids }, None).await?;
         if !more {
             break;
         }
@@ -55,7 +71,10 @@ pub(super) async fn handle(
         return Ok(Handled::LostClaim);
     }
     if more && pages == PAGES_PER_JOB {
-        queue::enqueue_singleton(&mut tx, &Job::Rescan(cursor.clone()), None).await?;
+        let next = Rescan {
+            after: cursor.clone(),
+        };
+        queue::enqueue_singleton(&mut tx, &next, None).await?;
     }
     tx.commit().await?;
     tracing::info!(

@@ -23,15 +23,16 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Handled, JobContext, JobError, handle, on_dead};
+use super::{Decoded, Erased, Handled, Handler, JobContext, JobError, Registry};
 use crate::config::WorkerOptions;
 use crate::engine::Engine;
-use crate::persistence::queue::{self, ClaimedJob, Job, queue_names};
+use crate::persistence::jobs::{Cleanup, Rescan};
+use crate::persistence::listen::Heard;
+use crate::persistence::queue::{self, ClaimedJob};
 use crate::telemetry::metrics::metrics;
 use tracing::Instrument;
 
@@ -101,12 +102,12 @@ impl WorkerSettings {
 pub struct Worker {
     ctx: Arc<JobContext>,
     settings: WorkerSettings,
-    queues: Vec<&'static str>,
+    registry: Registry,
     announce: bool,
 }
 
 impl Worker {
-    /// A worker on `pool` running `engine`, serving every queue.
+    /// A worker on `pool` running `engine`, serving every kind of [`super::registry`].
     pub fn new(pool: PgPool, engine: Engine, settings: WorkerSettings) -> Self {
         let host = std::fs::read_to_string("/etc/hostname")
             .ok()
@@ -130,9 +131,21 @@ impl Worker {
         Self {
             ctx: Arc::new(ctx),
             settings,
-            queues: queue_names::ALL.to_vec(),
+            registry: super::registry(),
             announce: true,
         }
+    }
+
+    /// The same worker running `handler`'s kind too (replacing a handler of that kind).
+    pub fn with_handler<H: Handler>(mut self, handler: H) -> Self {
+        self.registry = self.registry.with(handler);
+        self
+    }
+
+    /// The same worker running exactly the kinds of `registry`.
+    pub fn with_registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
     }
 
     /// Does not print the "running" line on stdout (a worker inside a program whose
@@ -146,7 +159,9 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let ctx = self.ctx.clone();
         let settings = self.settings.clone();
-        tracing::info!(worker = %ctx.worker_id, concurrency = settings.concurrency, "worker starting");
+        let registry = Arc::new(self.registry);
+        let kinds = registry.kinds();
+        tracing::info!(worker = %ctx.worker_id, concurrency = settings.concurrency, ?kinds, "worker starting");
         while let Err(e) = queue::register_worker(&ctx.pool, &ctx.worker_id).await {
             tracing::warn!(error = %e, "cannot register the worker yet; retrying");
             tokio::select! {
@@ -154,8 +169,12 @@ impl Worker {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-        schedule_cleanup(&ctx).await;
-        schedule_rescan(&ctx).await;
+        if registry.get(<Cleanup as queue::JobPayload>::KIND).is_some() {
+            schedule_cleanup(&ctx).await;
+        }
+        if registry.get(<Rescan as queue::JobPayload>::KIND).is_some() {
+            schedule_rescan(&ctx).await;
+        }
         // On stdout, apart from the logs, so scripts and tests know the worker is up.
         if self.announce {
             println!("hitl-orchestrator worker {} running", ctx.worker_id);
@@ -179,7 +198,7 @@ impl Worker {
         let listener = settings.listen.then(|| {
             tokio::spawn(listen_loop(
                 ctx.pool.clone(),
-                self.queues.clone(),
+                kinds.clone(),
                 wake.clone(),
                 background.clone(),
             ))
@@ -216,7 +235,7 @@ impl Worker {
                 continue;
             }
             let limit = free.min(settings.batch_size) as i64;
-            let claimed = match queue::claim(&ctx.pool, &ctx.worker_id, &self.queues, limit).await {
+            let claimed = match queue::claim(&ctx.pool, &ctx.worker_id, &kinds, limit).await {
                 Ok(jobs) => {
                     failures = 0;
                     jobs
@@ -248,8 +267,9 @@ impl Worker {
                 let ctx = ctx.clone();
                 let settings = settings.clone();
                 let in_flight = in_flight.clone();
+                let registry = registry.clone();
                 tasks.spawn(async move {
-                    run_one(&ctx, &settings, &job).await;
+                    run_one(&ctx, &settings, &registry, &job).await;
                     in_flight
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -298,18 +318,31 @@ impl Worker {
 }
 
 /// Runs one job and records its result: backoff, death, or nothing more to do.
-async fn run_one(ctx: &JobContext, settings: &WorkerSettings, claimed: &ClaimedJob) {
-    let decoded = Job::decode_traced(&claimed.job_type, &claimed.job);
+async fn run_one(
+    ctx: &JobContext,
+    settings: &WorkerSettings,
+    registry: &Registry,
+    claimed: &ClaimedJob,
+) {
     let span = tracing::info_span!("job", job.queue = %claimed.job_type, job.id = %claimed.id,
         job.attempt = claimed.attempts + 1, run.id = tracing::field::Empty,
         request.id = tracing::field::Empty, command.id = tracing::field::Empty,
         job.outcome = tracing::field::Empty);
+    // Only registered kinds are claimed; a handler missing here is a bug, not the job's.
+    let Some(handler) = registry.get(&claimed.job_type) else {
+        tracing::error!(job = %claimed.id, kind = %claimed.job_type, "claimed a kind with no handler");
+        return;
+    };
+    let decoded = handler.decode(ctx, claimed);
     // The parent must be set before the span is first entered.
-    if let Ok((_, Some(carrier))) = &decoded {
+    if let Ok(Decoded {
+        trace: Some(carrier),
+        ..
+    }) = &decoded
+    {
         crate::telemetry::continue_trace(&span, carrier);
     }
-    let job = decoded.map(|(job, _)| job);
-    run_in_span(ctx, settings, claimed, job, &span)
+    run_in_span(ctx, settings, claimed, handler.as_ref(), decoded, &span)
         .instrument(span.clone())
         .await;
 }
@@ -318,7 +351,8 @@ async fn run_in_span(
     ctx: &JobContext,
     settings: &WorkerSettings,
     claimed: &ClaimedJob,
-    decoded: Result<Job, String>,
+    handler: &dyn Erased,
+    decoded: Result<Decoded<'_>, String>,
     span: &tracing::Span,
 ) {
     let count = |outcome: &str| {
@@ -328,17 +362,12 @@ async fn run_in_span(
             &[("queue", &claimed.job_type), ("outcome", outcome)],
         );
     };
-    let job = match decoded {
-        Ok(job) => {
-            match &job {
-                Job::ApplyResume(id) | Job::ApplyRemove(id) => {
-                    span.record("command.id", id.as_str())
-                }
-                Job::Advance(id) => span.record("run.id", id.as_str()),
-                Job::Expire(id) => span.record("request.id", id.as_str()),
-                _ => span,
-            };
-            job
+    let run = match decoded {
+        Ok(Decoded { subject, run, .. }) => {
+            if let Some((field, id)) = subject {
+                span.record(field, id.as_str());
+            }
+            run
         }
         Err(error) => {
             // Retrying cannot make the payload readable: dead now, alone.
@@ -349,7 +378,7 @@ async fn run_in_span(
         }
     };
     // A panic in a handler is caught here and treated as a failed attempt.
-    let result = futures_catch(handle(ctx, claimed, &job)).await;
+    let result = futures_catch(run).await;
     match &result {
         Ok(Handled::Done) => count("done"),
         Ok(Handled::Postponed) => count("postponed"),
@@ -365,7 +394,7 @@ async fn run_in_span(
         }
         Err(JobError::Fatal(error)) => {
             tracing::error!(job = %claimed.id, %error, "job cannot succeed");
-            bury(ctx, claimed, Some(&job), &error).await;
+            bury(ctx, claimed, Some(handler), &error).await;
         }
         Err(JobError::Retry(error)) => {
             let attempt = claimed.attempts + 1;
@@ -374,7 +403,7 @@ async fn run_in_span(
                 bury(
                     ctx,
                     claimed,
-                    Some(&job),
+                    Some(handler),
                     &format!("{error} (after {attempt} attempts)"),
                 )
                 .await;
@@ -413,14 +442,15 @@ where
     }
 }
 
-/// Declares a job dead and records what it leaves behind, in one transaction.
-async fn bury(ctx: &JobContext, claimed: &ClaimedJob, job: Option<&Job>, error: &str) {
+/// Declares a job dead and records what it leaves behind (its handler's `on_dead`,
+/// unless its payload could not even be read), in one transaction.
+async fn bury(ctx: &JobContext, claimed: &ClaimedJob, handler: Option<&dyn Erased>, error: &str) {
     let result = async {
         let mut tx = ctx.pool.begin().await?;
         if queue::kill(&mut tx, &claimed.id, &ctx.worker_id, error).await?
-            && let Some(job) = job
+            && let Some(handler) = handler
         {
-            on_dead(&mut tx, job, error).await?;
+            handler.on_dead(&mut tx, &claimed.job, error).await?;
         }
         tx.commit().await?;
         Ok::<_, crate::persistence::PersistenceError>(())
@@ -435,10 +465,10 @@ async fn bury(ctx: &JobContext, claimed: &ClaimedJob, job: Option<&Job>, error: 
 async fn schedule_cleanup(ctx: &JobContext) {
     let result = async {
         let mut tx = ctx.pool.begin().await?;
-        if !queue::enqueue_singleton(&mut tx, &Job::Cleanup, None).await? {
+        if !queue::enqueue_singleton(&mut tx, &Cleanup {}, None).await? {
             let due = Utc::now()
                 + chrono::Duration::from_std(ctx.cleanup_interval).unwrap_or(chrono::Duration::MAX);
-            queue::bring_forward(&mut tx, &Job::Cleanup, due).await?;
+            queue::bring_forward::<Cleanup>(&mut tx, due).await?;
         }
         tx.commit().await?;
         Ok::<_, crate::persistence::PersistenceError>(())
@@ -456,7 +486,7 @@ async fn schedule_rescan(ctx: &JobContext) {
         // Workers of one deployment start within moments of each other; a short delay
         // lets them all join the first one's rescan instead of each running its own.
         let at = Utc::now() + chrono::Duration::milliseconds(500);
-        let scheduled = queue::enqueue_singleton(&mut tx, &Job::Rescan(None), Some(at)).await?;
+        let scheduled = queue::enqueue_singleton(&mut tx, &Rescan::default(), Some(at)).await?;
         tx.commit().await?;
         Ok::<_, crate::persistence::PersistenceError>(scheduled)
     }
@@ -508,65 +538,30 @@ async fn heartbeat_loop(
     }
 }
 
-/// Wakes the claim loop when a job is inserted into one of `queues`.
+/// Wakes the claim loop when a job of one of `kinds` is inserted.
 async fn listen_loop(
     pool: PgPool,
-    queues: Vec<&'static str>,
+    kinds: Vec<&'static str>,
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(mut l) => match l.listen(INSERT_CHANNEL).await {
-                Ok(()) => l,
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN failed; polling meanwhile");
-                    if sleep_or_stop(&stop, Duration::from_secs(1)).await {
-                        return;
-                    }
-                    continue;
+    crate::persistence::listen::listen(
+        &pool,
+        INSERT_CHANNEL,
+        Duration::from_secs(1),
+        &stop,
+        |heard| match heard {
+            // Anything inserted while we were not listening is found by this poll.
+            Heard::Listening => wake.notify_one(),
+            Heard::Notification(payload) => {
+                let job_type = serde_json::from_str::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|v| v["job_type"].as_str().map(str::to_owned));
+                if job_type.is_some_and(|t| kinds.contains(&t.as_str())) {
+                    wake.notify_one();
                 }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the notification connection; polling meanwhile");
-                if sleep_or_stop(&stop, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
             }
-        };
-        // Anything inserted while we were not listening is found by this poll.
-        wake.notify_one();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                message = listener.try_recv() => match message {
-                    Ok(Some(n)) => {
-                        let job_type = serde_json::from_str::<serde_json::Value>(n.payload())
-                            .ok()
-                            .and_then(|v| v["job_type"].as_str().map(str::to_owned));
-                        if job_type.is_some_and(|t| queues.contains(&t.as_str())) {
-                            wake.notify_one();
-                        }
-                    }
-                    // The connection dropped; sqlx reconnects on the next call.
-                    Ok(None) => wake.notify_one(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "notification connection lost; reconnecting");
-                        break;
-                    }
-                },
-            }
-        }
-        if sleep_or_stop(&stop, Duration::from_millis(500)).await {
-            return;
-        }
-    }
-}
-
-async fn sleep_or_stop(stop: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
-    }
+        },
+    )
+    .await;
 }

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgExecutor};
 
-use super::queue::{self, Job};
+use super::jobs::{Advance, ApplyRemove, ApplyResume};
+use super::queue;
 use super::requests::{RequestShape, ResponseInput, validate_responses};
 use super::{AdvanceBy, AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit};
 use crate::domain::{
@@ -100,11 +101,11 @@ pub async fn record_command(
     .await?;
     if let Some(command) = inserted {
         // The command's job, in the same transaction: no command without its job.
-        let job = match command.kind {
-            CommandKind::Resume => Job::ApplyResume(command.command_id.clone()),
-            CommandKind::Remove => Job::ApplyRemove(command.command_id.clone()),
-        };
-        queue::enqueue(tx, &job, None).await?;
+        let command_id = command.command_id.clone();
+        match command.kind {
+            CommandKind::Resume => queue::enqueue(tx, &ApplyResume { command_id }, None).await?,
+            CommandKind::Remove => queue::enqueue(tx, &ApplyRemove { command_id }, None).await?,
+        }
         return Ok(RecordedCommand {
             command,
             created: true,
@@ -333,7 +334,8 @@ async fn apply_resume(
     .await?;
     // The run moves on: its next advancement commits with the resume.
     if advance == AdvanceBy::Job {
-        queue::enqueue(tx, &Job::Advance(run.run_id.clone()), None).await?;
+        let run_id = run.run_id.clone();
+        queue::enqueue(tx, &Advance { run_id }, None).await?;
     }
     succeed(tx, command, &run.run_id, outcome.status, version).await
 }

@@ -12,6 +12,8 @@
 
 mod commands;
 pub mod events;
+pub mod jobs;
+pub mod listen;
 pub mod queue;
 pub mod rehydrate;
 mod requests;

@@ -11,169 +11,34 @@ use std::time::Duration;
 
 use apalis::prelude::TaskBuilder;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::PersistenceError;
-use crate::domain::{CommandId, RequestId, RunId};
 
 /// How many times a job is tried before it is declared dead, unless the worker's
 /// settings say otherwise.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 8;
 
-/// The queue (apalis `job_type`) names, one per job kind. Stable: they are stored in rows.
-pub mod queue_names {
-    pub const RESUME: &str = "hitl_resume";
-    pub const REMOVE: &str = "hitl_remove";
-    pub const ADVANCE: &str = "hitl_advance";
-    pub const EXPIRE: &str = "hitl_expire";
-    pub const CLEANUP: &str = "hitl_cleanup";
-    pub const RESCAN: &str = "hitl_rescan";
-    pub const REHYDRATE: &str = "hitl_rehydrate";
-    /// Every queue a worker serves.
-    pub const ALL: [&str; 7] = [RESUME, REMOVE, ADVANCE, EXPIRE, CLEANUP, RESCAN, REHYDRATE];
+pub use super::jobs::JobPayload;
+
+/// Reads a row's payload of kind `P`, and the trace context it carries, if any; a
+/// malformed payload is an error for that one job.
+pub fn decode<P: JobPayload>(
+    bytes: &[u8],
+) -> Result<(P, Option<std::collections::HashMap<String, String>>), String> {
+    let undecodable = |e: serde_json::Error| format!("undecodable {} payload: {e}", P::KIND);
+    let mut value: Value = serde_json::from_slice(bytes).map_err(undecodable)?;
+    let trace = value
+        .as_object_mut()
+        .and_then(|m| m.remove("trace"))
+        .and_then(|t| serde_json::from_value(t).ok());
+    Ok((serde_json::from_value(value).map_err(undecodable)?, trace))
 }
 
-/// A unit of work on the queue.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Job {
-    /// Apply a resume command.
-    ApplyResume(CommandId),
-    /// Apply a remove command.
-    ApplyRemove(CommandId),
-    /// Advance a run as far as it can go.
-    Advance(RunId),
-    /// Expire a request whose deadline passed.
-    Expire(RequestId),
-    /// Delete finished job rows; reschedules itself.
-    Cleanup,
-    /// Page through unfinished runs (after this run id) and enqueue rehydration pages.
-    Rescan(Option<RunId>),
-    /// Check and repair one page of runs after a start.
-    Rehydrate(Vec<RunId>),
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CommandPayload {
-    command_id: CommandId,
-}
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RunPayload {
-    run_id: RunId,
-}
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RequestPayload {
-    request_id: RequestId,
-}
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RescanPayload {
-    #[serde(default)]
-    after: Option<RunId>,
-}
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct PagePayload {
-    run_ids: Vec<RunId>,
-}
-
-impl Job {
-    /// Its queue.
-    pub fn queue(&self) -> &'static str {
-        match self {
-            Job::ApplyResume(_) => queue_names::RESUME,
-            Job::ApplyRemove(_) => queue_names::REMOVE,
-            Job::Advance(_) => queue_names::ADVANCE,
-            Job::Expire(_) => queue_names::EXPIRE,
-            Job::Cleanup => queue_names::CLEANUP,
-            Job::Rescan(_) => queue_names::RESCAN,
-            Job::Rehydrate(_) => queue_names::REHYDRATE,
-        }
-    }
-
-    /// Its payload as stored in the row.
-    pub fn payload(&self) -> Value {
-        match self {
-            Job::ApplyResume(id) | Job::ApplyRemove(id) => json!({ "commandId": id }),
-            Job::Advance(id) => json!({ "runId": id }),
-            Job::Expire(id) => json!({ "requestId": id }),
-            Job::Cleanup => json!({}),
-            Job::Rescan(after) => json!({ "after": after }),
-            Job::Rehydrate(ids) => json!({ "runIds": ids }),
-        }
-    }
-
-    /// What the job acts on, as apalis metadata (indexed for the live-job checks).
-    fn metadata(&self) -> Option<(&'static str, String)> {
-        match self {
-            Job::Advance(id) => Some(("run_id", id.to_string())),
-            Job::Expire(id) => Some(("request_id", id.to_string())),
-            _ => None,
-        }
-    }
-
-    /// Reads a row's payload and the trace context it carries, if any; any malformed
-    /// payload is an error for that one job.
-    pub fn decode_traced(
-        queue: &str,
-        bytes: &[u8],
-    ) -> Result<(Job, Option<std::collections::HashMap<String, String>>), String> {
-        let mut value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| format!("undecodable {queue} payload: {e}"))?;
-        let trace = value
-            .as_object_mut()
-            .and_then(|m| m.remove("trace"))
-            .and_then(|t| serde_json::from_value(t).ok());
-        let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-        Ok((Self::decode(queue, &bytes)?, trace))
-    }
-
-    /// Reads a row's payload; any malformed payload is an error for that one job.
-    pub fn decode(queue: &str, bytes: &[u8]) -> Result<Job, String> {
-        let err = |e: serde_json::Error| format!("undecodable {queue} payload: {e}");
-        match queue {
-            queue_names::RESUME => Ok(Job::ApplyResume(
-                serde_json::from_slice::<CommandPayload>(bytes)
-                    .map_err(err)?
-                    .command_id,
-            )),
-            queue_names::REMOVE => Ok(Job::ApplyRemove(
-                serde_json::from_slice::<CommandPayload>(bytes)
-                    .map_err(err)?
-                    .command_id,
-            )),
-            queue_names::ADVANCE => Ok(Job::Advance(
-                serde_json::from_slice::<RunPayload>(bytes)
-                    .map_err(err)?
-                    .run_id,
-            )),
-            queue_names::EXPIRE => Ok(Job::Expire(
-                serde_json::from_slice::<RequestPayload>(bytes)
-                    .map_err(err)?
-                    .request_id,
-            )),
-            queue_names::CLEANUP => Ok(Job::Cleanup),
-            queue_names::RESCAN => Ok(Job::Rescan(
-                serde_json::from_slice::<RescanPayload>(bytes)
-                    .map_err(err)?
-                    .after,
-            )),
-            queue_names::REHYDRATE => Ok(Job::Rehydrate(
-                serde_json::from_slice::<PagePayload>(bytes)
-                    .map_err(err)?
-                    .run_ids,
-            )),
-            other => Err(format!("unknown queue {other}")),
-        }
-    }
-}
-
-fn task_for(job: &Job, run_at: Option<DateTime<Utc>>) -> apalis_postgres::PgTask {
-    let mut payload = job.payload();
+fn task_for<P: JobPayload>(job: &P, run_at: Option<DateTime<Utc>>) -> apalis_postgres::PgTask {
+    // A derived Serialize of ids and lists into a Value cannot fail.
+    let mut payload = serde_json::to_value(job).unwrap_or_default();
     // The trace of whatever enqueues the job travels with it, so the worker's span
     // continues it (an API request → the command's application → the next advancement).
     if let Some(carrier) = crate::telemetry::current_trace_context() {
@@ -195,27 +60,27 @@ fn task_for(job: &Job, run_at: Option<DateTime<Utc>>) -> apalis_postgres::PgTask
 
 /// Pushes `job` in the caller's transaction (due now, or at `run_at`). Rolled back with
 /// it; its NOTIFY is delivered only on commit.
-pub async fn enqueue(
+pub async fn enqueue<P: JobPayload>(
     conn: &mut PgConnection,
-    job: &Job,
+    job: &P,
     run_at: Option<DateTime<Utc>>,
 ) -> Result<(), PersistenceError> {
-    apalis_postgres::queries::push_tasks(conn, job.queue(), vec![task_for(job, run_at)])
+    apalis_postgres::queries::push_tasks(conn, P::KIND, vec![task_for(job, run_at)])
         .await
         .map_err(queue_error)
 }
 
 /// Pushes a job of a singleton kind unless one is already active; returns whether it
 /// was pushed. A savepoint keeps the refused insert from aborting the caller's work.
-pub async fn enqueue_singleton(
+pub async fn enqueue_singleton<P: JobPayload>(
     conn: &mut PgConnection,
-    job: &Job,
+    job: &P,
     run_at: Option<DateTime<Utc>>,
 ) -> Result<bool, PersistenceError> {
     let mut savepoint = conn.begin().await?;
     match apalis_postgres::queries::push_tasks(
         &mut *savepoint,
-        job.queue(),
+        P::KIND,
         vec![task_for(job, run_at)],
     )
     .await
@@ -241,18 +106,17 @@ fn queue_error(e: apalis_postgres::Error) -> PersistenceError {
     }
 }
 
-/// Moves a scheduled job of a singleton kind earlier, to `at` at the latest (a worker
-/// started with a shorter interval than the one that scheduled it).
-pub async fn bring_forward(
+/// Moves a scheduled job of the singleton kind `P` earlier, to `at` at the latest (a
+/// worker started with a shorter interval than the one that scheduled it).
+pub async fn bring_forward<P: JobPayload>(
     conn: &mut PgConnection,
-    job: &Job,
     at: DateTime<Utc>,
 ) -> Result<(), PersistenceError> {
     sqlx::query(
         "update apalis.jobs set run_at = $2 \
          where job_type = $1 and status in ('Pending', 'Failed') and run_at > $2",
     )
-    .bind(job.queue())
+    .bind(P::KIND)
     .bind(at)
     .execute(conn)
     .await?;
@@ -291,7 +155,7 @@ pub async fn heartbeat(pool: &PgPool, worker_id: &str) -> Result<(), Persistence
     Ok(())
 }
 
-/// Claims up to `limit` due jobs of `queues`, oldest first (`for update skip locked`, so
+/// Claims up to `limit` due jobs of the kinds `queues`, oldest first (`for update skip locked`, so
 /// workers never block each other), marking them `Running` for this worker.
 ///
 /// The claim commits without waiting for its WAL flush (`synchronous_commit` off for this

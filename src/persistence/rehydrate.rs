@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::queue::{self, Job};
+use super::jobs::{Advance, Expire, JobPayload};
+use super::queue;
 use super::{AuditEntry, PersistenceError, Tx, append_audit, lock_run};
 use crate::domain::{AuditAction, RequestId, RunId, RunStatus, Transition};
 
@@ -183,11 +184,18 @@ pub async fn continue_run(
 ) -> Result<bool, PersistenceError> {
     let run = lock_run(tx, run_id).await?;
     if !matches!(run.status, RunStatus::Queued | RunStatus::Running)
-        || has_live_job(tx, queue::queue_names::ADVANCE, "run_id", run_id.as_str()).await?
+        || has_live_job(tx, Advance::KIND, "run_id", run_id.as_str()).await?
     {
         return Ok(false);
     }
-    queue::enqueue(tx, &Job::Advance(run_id.clone()), None).await?;
+    queue::enqueue(
+        tx,
+        &Advance {
+            run_id: run_id.clone(),
+        },
+        None,
+    )
+    .await?;
     record_rehydrate(
         tx,
         run_id,
@@ -219,17 +227,14 @@ pub async fn rearm_deadline(
         return Ok(false);
     };
     if run.pending_request_id.as_ref() != Some(request_id)
-        || has_live_job(
-            tx,
-            queue::queue_names::EXPIRE,
-            "request_id",
-            request_id.as_str(),
-        )
-        .await?
+        || has_live_job(tx, Expire::KIND, "request_id", request_id.as_str()).await?
     {
         return Ok(false);
     }
-    queue::enqueue(tx, &Job::Expire(request_id.clone()), Some(at)).await?;
+    let expire = Expire {
+        request_id: request_id.clone(),
+    };
+    queue::enqueue(tx, &expire, Some(at)).await?;
     let details = json!({ "repaired": "deadline", "expiresAt": at, "by": by });
     record_rehydrate(
         tx,

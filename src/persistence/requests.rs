@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 
-use super::queue::{self, Job};
+use super::jobs::Advance;
+use super::queue;
 use super::{AdvanceBy, AuditEntry, PersistenceError, Tx, append_audit, lock_run};
 use crate::domain::{
     AuditAction, BriefId, RequestId, RequestStatus, ResponseType, RunId, RunStatus, ThreadId,
@@ -313,7 +314,8 @@ pub async fn expire_request(
     )
     .await?;
     if outcome.status == RunStatus::Running && advance == AdvanceBy::Job {
-        queue::enqueue(tx, &Job::Advance(row.run_id.clone()), None).await?;
+        let run_id = row.run_id.clone();
+        queue::enqueue(tx, &Advance { run_id }, None).await?;
     }
     Ok(ExpireOutcome::Expired {
         run_id: row.run_id,

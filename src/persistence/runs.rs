@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgExecutor};
 
-use super::queue::{self, Job};
+use super::jobs::{Advance, Expire};
+use super::queue;
 use super::{AuditEntry, PersistenceError, Tx, append_audit, lock_run};
 use crate::domain::{
     AuditAction, BriefId, RequestId, ResponseType, RunId, RunStatus, ThreadId, TimeoutAction,
@@ -107,7 +108,14 @@ pub async fn create_run(tx: &mut Tx<'_>, new: NewRun) -> Result<CreatedRun, Pers
     )
     .await?;
     // The run's first advancement, in the same transaction: no run without its job.
-    queue::enqueue(tx, &Job::Advance(run_id.clone()), None).await?;
+    queue::enqueue(
+        tx,
+        &Advance {
+            run_id: run_id.clone(),
+        },
+        None,
+    )
+    .await?;
     Ok(CreatedRun {
         run_id,
         thread_id,
@@ -357,7 +365,8 @@ pub async fn raise_request(
     )
     .await?;
     if let Some((at, _)) = request.deadline {
-        queue::enqueue(tx, &Job::Expire(request_id.clone()), Some(at)).await?;
+        let request_id = request_id.clone();
+        queue::enqueue(tx, &Expire { request_id }, Some(at)).await?;
     }
     Ok((request_id, version))
 }

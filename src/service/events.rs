@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, OnceCell, broadcast};
 use tokio_util::sync::CancellationToken;
 
@@ -131,28 +130,16 @@ async fn pump(hub: Arc<Hub>, mut cursor: StreamPosition) {
 }
 
 async fn listen(pool: PgPool, wake: Arc<Notify>) {
-    loop {
-        match PgListener::connect_with(&pool).await {
-            Ok(mut listener) => {
-                if let Err(e) = listener.listen("hitl_events").await {
-                    tracing::warn!(error = %e, "LISTEN hitl_events failed");
-                } else {
-                    wake.notify_one();
-                    loop {
-                        match listener.try_recv().await {
-                            Ok(Some(_)) | Ok(None) => wake.notify_one(),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "event notifications lost; reconnecting");
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for events; polling meanwhile"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // The hub lives as long as the process.
+    let forever = CancellationToken::new();
+    crate::persistence::listen::listen(
+        &pool,
+        "hitl_events",
+        Duration::from_millis(500),
+        &forever,
+        |_| wake.notify_one(),
+    )
+    .await;
 }
 
 /// Which events a subscriber wants.

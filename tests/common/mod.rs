@@ -548,8 +548,12 @@ pub mod queue_support {
 
     impl RunningWorker {
         pub fn spawn(pool: &PgPool, engine: Engine, settings: WorkerSettings) -> Self {
+            Self::start(Worker::new(pool.clone(), engine, settings))
+        }
+
+        /// Runs `worker` (built with extra handlers, say) until stopped.
+        pub fn start(worker: Worker) -> Self {
             let token = CancellationToken::new();
-            let worker = Worker::new(pool.clone(), engine, settings);
             let handle = tokio::spawn(worker.run(token.clone()));
             Self { token, handle }
         }
