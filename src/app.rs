@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::{Cli, Command, HttpArgs, WorkerOptions};
+use crate::config::{HttpArgs, Role, WorkerOptions};
 use crate::db::{Database, DbError};
 use crate::engine::Engine;
 use crate::identity::Authenticator;
@@ -34,36 +34,27 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
     #[error("invalid API token settings: {0}")]
     Tokens(String),
-    #[error("benchmark failed: {0}")]
-    Bench(String),
 }
 
 /// What a process runs once its database is open.
-enum Role<'a> {
+enum Runs<'a> {
     Migrate,
     Serve(&'a HttpArgs, &'a WorkerOptions),
     Api(&'a HttpArgs),
     Worker(&'a WorkerOptions),
 }
 
-/// Runs the role the command line asked for until it finishes or is told to stop.
-pub async fn run(cli: Cli) -> Result<(), AppError> {
+/// Runs `role` until it finishes or is told to stop.
+pub async fn run(role: &Role) -> Result<(), AppError> {
     let shutdown = CancellationToken::new();
     spawn_signal_listener(shutdown.clone());
 
-    let common = cli.command.common();
-    let role = match &cli.command {
-        Command::Bench(args) => {
-            let result = crate::bench::run(common, args)
-                .await
-                .map_err(|e| AppError::Bench(e.to_string()))?;
-            println!("{result}");
-            return Ok(());
-        }
-        Command::Migrate(_) => Role::Migrate,
-        Command::Serve(args) => Role::Serve(&args.http, &args.worker),
-        Command::Api(args) => Role::Api(&args.http),
-        Command::Worker(args) => Role::Worker(&args.worker),
+    let common = role.common();
+    let runs = match role {
+        Role::Migrate(_) => Runs::Migrate,
+        Role::Serve(args) => Runs::Serve(&args.http, &args.worker),
+        Role::Api(args) => Runs::Api(&args.http),
+        Role::Worker(args) => Runs::Worker(&args.worker),
     };
     let db = Database::open(common).await?;
     let engine = Engine::for_service(common);
@@ -80,12 +71,12 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             WorkerSettings::from_options(options, grace),
         )
     };
-    let result = match role {
-        Role::Migrate => {
+    let result = match runs {
+        Runs::Migrate => {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Role::Serve(http, options) => {
+        Runs::Serve(http, options) => {
             let worker = tokio::spawn(worker(options).run(shutdown.clone()));
             let http = serve_http(http, grace, &db, &engine, shutdown.clone()).await;
             // A server that could not start takes the workers down with it.
@@ -93,8 +84,8 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             let _ = worker.await;
             http
         }
-        Role::Api(http) => serve_http(http, grace, &db, &engine, shutdown.clone()).await,
-        Role::Worker(options) => {
+        Runs::Api(http) => serve_http(http, grace, &db, &engine, shutdown.clone()).await,
+        Runs::Worker(options) => {
             worker(options).run(shutdown.clone()).await;
             Ok(())
         }
@@ -141,16 +132,12 @@ async fn serve_http(
     tracing::info!(%addr, "HTTP API listening");
 
     let service = Service::new(db.pool.clone(), engine.clone()).with_shutdown(shutdown.clone());
-    let app = api::router(AppState {
+    let state = AppState {
         service,
         auth: Arc::new(auth),
         max_body: http.max_body.0,
-    });
-    let stop = shutdown.clone();
-    let listener = api::listener::TimeoutListener::new(listener, http.http_write_timeout.0);
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
-    let server = tokio::spawn(async move { server.await });
+    };
+    let server = tokio::spawn(api::serve(listener, state, http.http_write_timeout.0));
     shutdown.cancelled().await;
     match tokio::time::timeout(grace + Duration::from_millis(100), server).await {
         Ok(Ok(result)) => result.map_err(AppError::Serve),

@@ -47,25 +47,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "bench",
-        &[
-            "api",
-            "config",
-            "db",
-            "domain",
-            "engine",
-            "identity",
-            "jobs",
-            "persistence",
-            "service",
-            "telemetry",
-        ],
-    ),
-    (
         "app",
         &[
             "api",
-            "bench",
             "config",
             "db",
             "domain",

@@ -5,7 +5,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -1,7 +1,11 @@
-//! The `hitl-orchestrator` binary: parse the command line, start logging, hand over.
+//! The `hitl-orchestrator` binary: parse the command line, start logging, hand over to
+//! the library's role, or run a benchmark (the binary's own `bench` module).
+
+mod bench;
 
 use clap::Parser;
-use hitl_orchestrator::{app, config::Cli, telemetry};
+use hitl_orchestrator::config::{Cli, Command};
+use hitl_orchestrator::{app, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -10,7 +14,14 @@ async fn main() -> std::process::ExitCode {
         e.exit();
     }
     let telemetry = telemetry::init(cli.command.common().log_format);
-    let code = match app::run(cli).await {
+    let outcome = match &cli.command {
+        Command::Role(role) => app::run(role).await.map_err(|e| e.to_string()),
+        Command::Bench(args) => bench::run(args)
+            .await
+            .map(|result| println!("{result}"))
+            .map_err(|e| format!("benchmark failed: {e}")),
+    };
+    let code = match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "hitl-orchestrator stopped with an error");

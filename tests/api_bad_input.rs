@@ -180,7 +180,7 @@ async fn bad_resumes_get_the_documented_4xx_and_change_no_table() {
             assert_eq!(reply.field(), c.field, "{}: {reply:?}", c.what);
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settle().await;
     assert_eq!(app.dump().await, before);
     app.stop().await;
 }
@@ -208,7 +208,7 @@ async fn a_resume_of_a_request_that_is_not_pending_gets_409_and_changes_no_table
         assert_eq!(reply.code(), "conflict");
         assert_eq!(reply.body["error"]["details"]["winner"]["action"], "remove");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settle().await;
     assert_eq!(app.dump().await, before);
     app.stop().await;
 }

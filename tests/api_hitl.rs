@@ -4,7 +4,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::api::{ADMIN, AppOptions, OPERATOR, TestApp, approval, review_plan};
 use hitl_orchestrator::engine::Engine;
@@ -311,7 +310,7 @@ async fn removing_a_running_run_cancels_it_while_its_task_is_still_working() {
 
     // The task finishes after the remove: its checkpoint is fenced out.
     gate.add_permits(10);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.settle().await;
     let after = app.get(&format!("/api/runs/{run}"), OPERATOR).await;
     assert_eq!(after.body["status"], "cancelled");
     assert_eq!(after.body["hitlRequests"], json!([]));

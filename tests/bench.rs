@@ -1,5 +1,5 @@
 //! The benchmark command stays runnable: every scenario at a tiny size, on the test
-//! server, prints its JSON and writes its file. (Figures come from full runs, never from
+//! server, prints its JSON, and writes its file where `--out` says. (Figures come from full runs, never from
 //! tests: see docs/BENCHMARKS.md.)
 
 mod common;
@@ -7,18 +7,23 @@ mod common;
 use serde_json::Value;
 
 fn bench(args: &[&str], database_url: &str) -> Value {
+    let cwd = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(common::service_binary())
         .arg("bench")
         .args(args)
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(cwd.path())
         .output()
         .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_dir(cwd.path()).unwrap().next().is_none(),
+        "bench wrote under its working directory"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     // Nothing but the result on stdout, so it can be piped to jq.
@@ -71,6 +76,7 @@ async fn every_scenario_runs_and_reports() {
     );
     assert!(boxed["ended"].as_i64().unwrap() < 3000, "{boxed}");
 
+    let out_dir = tempfile::tempdir().unwrap();
     let processes = bench(
         &[
             "drain",
@@ -81,6 +87,8 @@ async fn every_scenario_runs_and_reports() {
             "--workers",
             "2",
             "--processes",
+            "--out",
+            out_dir.path().to_str().unwrap(),
         ],
         &db.url,
     );
@@ -111,7 +119,7 @@ async fn every_scenario_runs_and_reports() {
     let pending = bench(&["pending", "--n", "300", "--samples", "5"], &db.url);
     assert_eq!(pending["latency"]["deep_page"]["samples"], 5);
 
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/drain.json");
+    let file = out_dir.path().join("drain.json");
     let written: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     assert_eq!(written["processes"], true);
 }

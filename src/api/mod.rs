@@ -70,6 +70,21 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
 ];
 
+/// Serves the API on `listener` until the service's shutdown token is cancelled (then
+/// in-flight requests finish); a client that stops reading is cut off after its writes
+/// stall for `write_timeout`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    write_timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    let stop = state.service.shutdown().clone();
+    let listener = listener::TimeoutListener::new(listener, write_timeout);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
 /// The whole router.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()

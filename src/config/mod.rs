@@ -202,9 +202,20 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The roles the binary can run as.
+/// What the binary can be asked to do: run as one of the service's roles, or run a
+/// benchmark (the binary's own code, not the library's).
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[command(flatten)]
+    Role(Role),
+    /// Run a benchmark scenario on a fresh database and print its results as JSON
+    /// (with --out, also written to <dir>/<scenario>.json). See docs/BENCHMARKS.md.
+    Bench(BenchArgs),
+}
+
+/// The roles the service can run as.
+#[derive(Debug, Subcommand)]
+pub enum Role {
     /// Run the HTTP API and the queue workers in one process (the default for one machine).
     Serve(ServeArgs),
     /// Run only the HTTP API; pair it with one or more `worker` processes on the same database.
@@ -213,9 +224,6 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Apply pending database migrations and exit (safe to run while other processes start).
     Migrate(MigrateArgs),
-    /// Run a benchmark scenario on a fresh database and print its results as JSON
-    /// (also written to target/bench/<scenario>.json). See docs/BENCHMARKS.md.
-    Bench(BenchArgs),
 }
 
 /// The benchmark scenarios.
@@ -296,6 +304,9 @@ pub struct BenchArgs {
     /// and audit event), the work a resume of a one-node plan does in the service.
     #[arg(long)]
     pub with_completion: bool,
+    /// Also write the result to `<DIR>/<scenario>.json` (the directory is created).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -517,8 +528,8 @@ impl Cli {
                 .map_err(|why| invalid("--database-url (DATABASE_URL)", why))?;
         }
         let http = match &self.command {
-            Command::Serve(a) => Some(&a.http),
-            Command::Api(a) => Some(&a.http),
+            Command::Role(Role::Serve(a)) => Some(&a.http),
+            Command::Role(Role::Api(a)) => Some(&a.http),
             _ => None,
         };
         if let Some(key) = http.and_then(|h| h.api_key.as_ref()) {
@@ -535,8 +546,8 @@ impl Cli {
                 .map_err(|why| invalid("--api-tokens (API_TOKENS)", why))?;
         }
         let worker = match &self.command {
-            Command::Serve(a) => Some(&a.worker),
-            Command::Worker(a) => Some(&a.worker),
+            Command::Role(Role::Serve(a)) => Some(&a.worker),
+            Command::Role(Role::Worker(a)) => Some(&a.worker),
             _ => None,
         };
         if let Some(w) = worker {
@@ -565,14 +576,23 @@ impl Cli {
 }
 
 impl Command {
+    /// The settings every command has.
+    pub fn common(&self) -> &CommonArgs {
+        match self {
+            Command::Role(role) => role.common(),
+            Command::Bench(a) => &a.common,
+        }
+    }
+}
+
+impl Role {
     /// The settings every role has.
     pub fn common(&self) -> &CommonArgs {
         match self {
-            Command::Serve(a) => &a.common,
-            Command::Api(a) => &a.common,
-            Command::Worker(a) => &a.common,
-            Command::Migrate(a) => &a.common,
-            Command::Bench(a) => &a.common,
+            Role::Serve(a) => &a.common,
+            Role::Api(a) => &a.common,
+            Role::Worker(a) => &a.common,
+            Role::Migrate(a) => &a.common,
         }
     }
 }

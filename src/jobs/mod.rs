@@ -33,7 +33,7 @@ use crate::engine::{AdvanceOutcome, Engine};
 use crate::persistence::jobs::{self, JobPayload};
 pub use crate::persistence::queue::ClaimedJob;
 use crate::persistence::{self, PersistenceError, Tx};
-pub use runner::{Worker, WorkerSettings};
+pub use runner::{QuietError, Worker, WorkerSettings};
 
 /// Every job kind this build runs: one line per kind.
 pub fn registry() -> Registry {

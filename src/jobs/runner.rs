@@ -98,6 +98,15 @@ impl WorkerSettings {
     }
 }
 
+/// Why [`Worker::run_until_quiet`] stopped before the queue was quiet.
+#[derive(Debug, thiserror::Error)]
+pub enum QuietError {
+    #[error(transparent)]
+    Database(#[from] crate::persistence::PersistenceError),
+    #[error("jobs were still due or running after {0:?}")]
+    StillBusy(Duration),
+}
+
 /// One worker process's job runner.
 pub struct Worker {
     ctx: Arc<JobContext>,
@@ -153,6 +162,38 @@ impl Worker {
     pub fn quiet(mut self) -> Self {
         self.announce = false;
         self
+    }
+
+    /// Runs due jobs of its kinds right here, a batch at a time, until none is due and
+    /// none is running anywhere; returns how many it ran. A deterministic drain for tests
+    /// and tools: no background loop, no LISTEN, and nothing scheduled of its own (no
+    /// cleanup, no rescan). A job that fails is retried later (its backoff), not here.
+    pub async fn run_until_quiet(self, timeout: Duration) -> Result<usize, QuietError> {
+        let (ctx, settings) = (self.ctx, self.settings);
+        let kinds = self.registry.kinds();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut ran = 0;
+        loop {
+            // Each round says it is alive, so no other worker re-queues these claims.
+            queue::register_worker(&ctx.pool, &ctx.worker_id).await?;
+            let limit = settings.batch_size.max(1) as i64;
+            let claimed = queue::claim(&ctx.pool, &ctx.worker_id, &kinds, limit).await?;
+            if claimed.is_empty() {
+                if queue::busy(&ctx.pool, &kinds).await? == 0 {
+                    return Ok(ran);
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(QuietError::StillBusy(timeout));
+                }
+                // Poll: another worker holds a job that is still running.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            for job in &claimed {
+                run_one(&ctx, &settings, &self.registry, job).await;
+                ran += 1;
+            }
+        }
     }
 
     /// Runs until `shutdown` is cancelled, then drains within the grace period.

@@ -190,6 +190,20 @@ pub async fn claim(
     .await?)
 }
 
+/// How many jobs of the kinds `queues` are running or due now: zero when the queue is
+/// quiet for them.
+pub async fn busy(pool: &PgPool, queues: &[&str]) -> Result<i64, PersistenceError> {
+    Ok(sqlx::query_scalar(
+        "select count(*) from apalis.jobs where job_type = any($1) \
+           and (status = 'Running' \
+                or ((status = 'Pending' or (status = 'Failed' and attempts < max_attempts)) \
+                    and run_at <= now()))",
+    )
+    .bind(queues)
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Marks a claimed job done, in the caller's transaction (the one that applied its
 /// effect). Returns false — and the caller must roll back — when the job is no longer
 /// this worker's.

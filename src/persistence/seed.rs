@@ -64,3 +64,15 @@ pub async fn parked_runs(
     sqlx::query("drop table seed").execute(&mut *conn).await?;
     Ok(())
 }
+
+/// Every parked run with its pending request, in run id order.
+pub async fn parked_requests(
+    pool: &sqlx::PgPool,
+) -> Result<Vec<(crate::domain::RunId, crate::domain::RequestId)>, PersistenceError> {
+    Ok(sqlx::query_as(
+        "select run_id, pending_request_id from orchestrator_runs \
+         where status = 'awaiting_hitl' order by run_id",
+    )
+    .fetch_all(pool)
+    .await?)
+}

@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use hitl_orchestrator::jobs::Worker;
+
 use super::queue_support::{RunningWorker, fast_settings};
 use super::{TestDb, fresh_db};
 
@@ -101,6 +103,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db: TestDb,
     pub pool: PgPool,
+    engine: Engine,
     worker: Option<RunningWorker>,
     shutdown: CancellationToken,
 }
@@ -114,14 +117,7 @@ pub async fn serve(state: AppState) -> String {
 pub async fn serve_with(state: AppState, write_timeout: Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let listener = api::listener::TimeoutListener::new(listener, write_timeout);
-    let stop = state.service.shutdown().clone();
-    let app = api::router(state);
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    tokio::spawn(api::serve(listener, state, write_timeout));
     base
 }
 
@@ -137,6 +133,7 @@ impl TestApp {
         let worker = options
             .workers
             .then(|| RunningWorker::spawn(&pool, options.engine.clone(), fast_settings()));
+        let engine = options.engine.clone();
         let service =
             Service::new(pool.clone(), options.engine).with_event_settings(options.events);
         let shutdown = service.shutdown().clone();
@@ -148,9 +145,19 @@ impl TestApp {
             client: reqwest::Client::new(),
             db,
             pool,
+            engine,
             worker,
             shutdown,
         }
+    }
+
+    /// Runs every due job to its end (here, and waiting for those another worker
+    /// holds) until the queue is quiet: what the workers will do has been done.
+    pub async fn settle(&self) {
+        Worker::new(self.pool.clone(), self.engine.clone(), fast_settings())
+            .run_until_quiet(Duration::from_secs(30))
+            .await
+            .unwrap();
     }
 
     /// Stops the workers (the server keeps serving): commands submitted now stay queued.

@@ -191,7 +191,9 @@ pub async fn fresh_db() -> TestDb {
         &url,
         PoolSettings {
             max_connections: 20,
-            ..PoolSettings::default()
+            // The service's 1.5 s is for answering 503 fast; a test's own reads must
+            // ride out a loaded machine (worker processes, parallel tests) instead.
+            acquire_timeout: Duration::from_secs(15),
         },
     )
     .unwrap();

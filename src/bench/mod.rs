@@ -1,0 +1,294 @@
+//! `hitl-orchestrator bench <scenario>`: measured numbers anyone can rerun. Each scenario
+//! gets a fresh database (on `DATABASE_URL`'s server, or on an embedded PostgreSQL
+//! started for the run with durable settings: commit on), seeds it through
+//! `persistence`, measures, and prints one JSON object (with `--out DIR`, also written to
+//! `DIR/<scenario>.json`).
+//!
+//! This is the binary's own code, not the library's: it drives the library from outside,
+//! as the service's processes do. Only the baseline writes orchestrator rows with SQL of
+//! its own; the other SQL here reads what was measured.
+//!
+//! - `baseline`: PostgreSQL's own ceiling for the work of one resume, in one commit per
+//!   resume (claim the job, lock the run, insert the response, update the request, the
+//!   run and the command, append the audit event, complete the job), at `--concurrency`
+//!   connections; SQL written directly, none of the service's code.
+//! - `drain`: the same number of queued resume commands applied by the service's workers
+//!   (`--workers` in this process, or as separate `worker` processes with `--processes`).
+//!   The workers also advance each resumed run to completion, which the baseline does not.
+//!   Reports throughput per 10 s window, for the sustained-speed check.
+//! - `submit`: resume commands over HTTP from `--concurrency` clients, no workers:
+//!   accepted per second and latency percentiles.
+//! - `e2e`: resumes at `--rate` per second for `--seconds`, workers running: submit →
+//!   applied latency (command `created_at` → `finished_at`, both set by the database).
+//! - `rehydrate`: `--n` parked runs plus `--stranded` runs whose job was lost; a fresh
+//!   `worker` process: time from its start until every run is rehydrated and the stranded
+//!   ones completed, and its peak RSS.
+//! - `pending`: `--n` pending requests; latency of the first page and of a page 90 % deep.
+
+mod baseline;
+mod drain;
+mod http;
+mod rehydrate;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use hitl_orchestrator::config::{BenchArgs, BenchScenario};
+use hitl_orchestrator::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use hitl_orchestrator::db::{self, PoolSettings};
+use hitl_orchestrator::domain::{CommandKind, RequestId, RunId};
+use hitl_orchestrator::engine::Engine;
+use hitl_orchestrator::jobs::WorkerSettings;
+use hitl_orchestrator::persistence::{self, NewCommand, Operator};
+
+/// Errors of a benchmark run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    #[error(transparent)]
+    Persistence(#[from] persistence::PersistenceError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs the scenario and returns its results.
+pub async fn run(args: &BenchArgs) -> Result<Value, BenchError> {
+    let (server, embedded) = match &args.common.database_url {
+        Some(url) => (url.expose().to_owned(), None),
+        None => {
+            let dir =
+                std::env::temp_dir().join(format!("hitl-bench-{}", uuid::Uuid::now_v7().simple()));
+            let mut opts = EmbeddedOptions::new(dir.join("data"));
+            // e2e reads each command's commit time (pg_xact_commit_timestamp).
+            opts.settings.push("track_commit_timestamp=on".into());
+            let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
+                .await
+                .map_err(|e| BenchError::Other(e.to_string()))?
+                .map_err(db::DbError::from)?;
+            (pg.url_for("postgres"), Some((pg, dir)))
+        }
+    };
+    let name = format!("hitl_bench_{}", uuid::Uuid::now_v7().simple());
+    db::ensure_database(&server, &name).await?;
+    let url = db::url_with_database(&server, &name);
+    let connections = (args.concurrency as u32 + 8).max(16);
+    let pool = db::lazy_pool(
+        &url,
+        PoolSettings {
+            max_connections: connections,
+            acquire_timeout: Duration::from_secs(30),
+        },
+    )?;
+    db::migrate(&pool).await?;
+
+    let n = args.n.unwrap_or(args.scenario.default_n());
+    let result = match args.scenario {
+        BenchScenario::Baseline => {
+            seed(&pool, n, true).await?;
+            baseline::baseline(&pool, args).await?
+        }
+        BenchScenario::Drain => {
+            seed(&pool, n, true).await?;
+            drain::drain(&pool, &url, args, n).await?
+        }
+        BenchScenario::Submit => {
+            seed(&pool, n, false).await?;
+            http::submit(&pool, args, n).await?
+        }
+        BenchScenario::E2e => {
+            let offered = (args.rate * args.e2e_seconds() as f64).ceil() as usize;
+            seed(&pool, offered, false).await?;
+            http::e2e(&pool, args, offered).await?
+        }
+        BenchScenario::Rehydrate => {
+            seed(&pool, n, false).await?;
+            rehydrate::rehydrate(&pool, &url, args, n).await?
+        }
+        BenchScenario::Pending => {
+            seed(&pool, n, false).await?;
+            http::pending(&pool, args, n).await?
+        }
+    };
+    let version: String = sqlx::query_scalar("show server_version")
+        .fetch_one(&pool)
+        .await?;
+    let mut result = result;
+    result["postgres"] = json!(version);
+    pool.close().await;
+    let mut admin = PgConnection::connect(&server).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database if exists \"{name}\" with (force)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    if let Some((pg, dir)) = embedded {
+        let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if let Some(dir) = &args.out {
+        let file = dir.join(format!("{}.json", args.scenario.name()));
+        std::fs::create_dir_all(dir)
+            .and_then(|()| {
+                std::fs::write(
+                    &file,
+                    serde_json::to_string_pretty(&result).unwrap_or_default(),
+                )
+            })
+            .map_err(|e| BenchError::Other(format!("writing {}: {e}", file.display())))?;
+    }
+    Ok(result)
+}
+
+/// `n` parked runs, each with one queued resume command (and its job) when `commands`.
+async fn seed(pool: &PgPool, n: usize, commands: bool) -> Result<(), BenchError> {
+    eprintln!(
+        "seeding {n} parked runs{}…",
+        if commands {
+            " and their resume commands"
+        } else {
+            ""
+        }
+    );
+    let plan = Engine::with_builtins(true)
+        .validate_plan(
+            &json!({ "nodes": [ { "id": "review", "type": "hitl", "prompt": "Approve?",
+                                             "responseTypes": ["approval", "rejection"] } ] }),
+        )
+        .map_err(|e| BenchError::Other(e.to_string()))?
+        .to_json();
+    let mut tx = pool.begin().await?;
+    persistence::seed::parked_runs(&mut tx, n as i64, &plan).await?;
+    tx.commit().await?;
+    if !commands {
+        settle(pool).await?;
+        return Ok(());
+    }
+    let parked: Vec<(RunId, RequestId)> = persistence::seed::parked_requests(pool).await?;
+    for chunk in parked.chunks(500) {
+        let mut tx = pool.begin().await?;
+        for (run, request) in chunk {
+            let command = NewCommand {
+                kind: CommandKind::Resume,
+                run_id: run.clone(),
+                request_id: Some(request.clone()),
+                idempotency_key: None,
+                payload: json!({ "responses": [ { "responseType": "approval", "approved": true } ] }),
+                operator: Operator {
+                    id: "bench".into(),
+                    display_name: None,
+                    email: None,
+                },
+                note: None,
+                trace_context: None,
+            };
+            persistence::record_command(&mut tx, command).await?;
+        }
+        tx.commit().await?;
+    }
+    settle(pool).await
+}
+
+/// Measurements start from vacuumed, analysed tables and a fresh checkpoint, as a steady
+/// system would be: seeding writes far more WAL than the measured phase, and a checkpoint
+/// or autovacuum set off by it in the middle of a measurement is noise, not the service.
+pub(crate) async fn settle(pool: &PgPool) -> Result<(), BenchError> {
+    sqlx::query("vacuum analyze").execute(pool).await?;
+    // Needs superuser (or pg_checkpoint); on a server where the bench lacks it, skip.
+    if let Err(e) = sqlx::query("checkpoint").execute(pool).await {
+        eprintln!("no checkpoint before measuring ({e})");
+    }
+    Ok(())
+}
+
+/// Worker settings for benchmarks: `concurrency` jobs at once, quiet background tasks.
+pub(crate) fn worker_settings(concurrency: usize) -> WorkerSettings {
+    WorkerSettings {
+        concurrency,
+        batch_size: concurrency,
+        poll_interval: Duration::from_millis(100),
+        listen: true,
+        heartbeat: Duration::from_secs(1),
+        orphan_timeout: Duration::from_secs(10),
+        max_attempts: 8,
+        backoff_base: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(10),
+        cleanup_interval: Duration::from_secs(3600),
+        retain_done: Duration::from_secs(3600),
+        retain_dead: Duration::from_secs(86400),
+        sweep_interval: Duration::from_secs(3600),
+        sweep_settle: Duration::from_secs(5),
+    }
+}
+
+pub(crate) const TOKEN: &str = "bench-token-0123456789abcdef";
+
+/// Serves the API in this process on a free loopback port until `stop`.
+pub(crate) async fn start_api(
+    pool: &PgPool,
+    stop: &CancellationToken,
+) -> Result<String, BenchError> {
+    let auth = hitl_orchestrator::identity::Authenticator::from_settings(
+        Some(&hitl_orchestrator::config::Secret::new(TOKEN)),
+        None,
+    )
+    .map_err(BenchError::Other)?
+    .ok_or_else(|| BenchError::Other("no token".into()))?;
+    let service =
+        hitl_orchestrator::service::Service::new(pool.clone(), Engine::with_builtins(true))
+            .with_shutdown(stop.clone());
+    let state = hitl_orchestrator::api::AppState::new(service, auth);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let base = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .map_err(|e| BenchError::Other(e.to_string()))?
+    );
+    tokio::spawn(hitl_orchestrator::api::serve(
+        listener,
+        state,
+        Duration::from_secs(30),
+    ));
+    Ok(base)
+}
+
+/// p50, p95, p99 and max of `samples` (seconds), in milliseconds.
+pub(crate) fn percentiles(mut samples: Vec<f64>) -> Value {
+    if samples.is_empty() {
+        return Value::Null;
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1] * 1000.0
+    };
+    json!({ "p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": at(1.0), "samples": samples.len() })
+}
+
+/// The parked runs and their pending requests, as the API names them.
+pub(crate) async fn parked(pool: &PgPool) -> Result<Vec<(String, String)>, BenchError> {
+    Ok(persistence::seed::parked_requests(pool)
+        .await?
+        .into_iter()
+        .map(|(run, request)| (run.to_string(), request.to_string()))
+        .collect())
+}
+
+pub(crate) fn resume_body(run: &str, request: &str) -> Value {
+    json!({ "runId": run, "requestId": request,
+            "responses": [ { "responseType": "approval", "approved": true } ],
+            "operator": { "id": "bench" } })
+}
+
+pub(crate) fn machine() -> Value {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    json!({ "cores": cores })
+}
