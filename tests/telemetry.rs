@@ -149,7 +149,7 @@ async fn a_resume_traced_from_the_api_to_the_worker_and_metrics_arrive_over_otlp
             started.elapsed() < Duration::from_secs(20),
             "the run paused"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        common::poll_pause().await;
     };
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -193,7 +193,7 @@ async fn a_resume_traced_from_the_api_to_the_worker_and_metrics_arrive_over_otlp
             Instant::now() < deadline,
             "api span {api}, worker span {worker}, metrics {metrics}: {names:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        common::poll_pause().await;
     }
     // The run's next advancement continued the same trace too (inline, in the resume's
     // job: the plan's remaining nodes are local).

@@ -42,7 +42,7 @@ pub(super) async fn rehydrate(
         tx.commit().await?;
     }
     // Their advancement jobs are lost, as if the queue had been truncated.
-    sqlx::query("delete from apalis.jobs").execute(pool).await?;
+    persistence::seed::lose_every_job(pool).await?;
     settle(pool).await?;
     let pages = (n + args.stranded).div_ceil(500) as i64;
     let exe = std::env::current_exe().map_err(|e| BenchError::Other(e.to_string()))?;

@@ -76,3 +76,12 @@ pub async fn parked_requests(
     .fetch_all(pool)
     .await?)
 }
+
+/// Deletes every job, as if the queue had been lost: runs left queued or running are
+/// stranded until a rescan or the sweep finds them (the rehydration benchmark's fault).
+pub async fn lose_every_job(pool: &sqlx::PgPool) -> Result<u64, PersistenceError> {
+    Ok(sqlx::query("delete from apalis.jobs")
+        .execute(pool)
+        .await?
+        .rows_affected())
+}

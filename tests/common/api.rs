@@ -274,7 +274,7 @@ impl TestApp {
                 "{path} never got there: {}",
                 reply.body
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            super::poll_pause().await;
         }
     }
 

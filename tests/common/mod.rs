@@ -18,6 +18,20 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 pub mod api;
 
+/// How long a poll waits between two looks at what it waits for.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// The pause between two looks of a poll. Every caller loops until its condition holds
+/// or its deadline passes, so this is never a wait for an outcome.
+pub async fn poll_pause() {
+    tokio::time::sleep(POLL).await; // the poll's pause
+}
+
+/// [`poll_pause`] for code that is not async.
+pub fn poll_pause_blocking() {
+    std::thread::sleep(POLL); // the poll's pause
+}
+
 /// The server tests run against: an admin URL (may create databases) and how to build
 /// the URL of another database on it.
 struct Server {
@@ -178,9 +192,11 @@ pub async fn fresh_db() -> TestDb {
         {
             Ok(_) => break,
             // "source database is being accessed by other users": a concurrent clone.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") && tries < 50 => {
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("55006") && tries < 250 =>
+            {
                 tries += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                poll_pause().await;
             }
             Err(e) => panic!("{sql}: {e}"),
         }
@@ -284,7 +300,7 @@ impl ServiceProcess {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            poll_pause_blocking();
         }
         false
     }
@@ -624,7 +640,7 @@ pub mod queue_support {
                 started.elapsed() < timeout,
                 "{sql}: still {n}, not {expected}, after {timeout:?}"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            super::poll_pause().await;
         }
     }
 

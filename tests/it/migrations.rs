@@ -1,8 +1,6 @@
 //! The schema: migrations apply and re-apply cleanly, concurrently too, and every foreign
 //! key and CHECK constraint rejects a row that breaks it.
 
-mod common;
-
 use std::collections::BTreeSet;
 
 use hitl_orchestrator::db;
@@ -20,7 +18,7 @@ async fn applied_migrations(pool: &PgPool) -> (i64, i64) {
 
 /// An empty database (not from the migrated template).
 async fn empty_database() -> PgPool {
-    let scratch = common::fresh_db().await;
+    let scratch = crate::common::fresh_db().await;
     let name = format!("{}_empty", scratch.name);
     let mut conn = PgConnection::connect(&scratch.url).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -30,7 +28,7 @@ async fn empty_database() -> PgPool {
     .await
     .unwrap();
     conn.close().await.unwrap();
-    PgPool::connect(&common::url_with_database(&scratch.url, &name))
+    PgPool::connect(&crate::common::url_with_database(&scratch.url, &name))
         .await
         .unwrap()
 }
@@ -221,7 +219,7 @@ fn bad_rows() -> Vec<(String, &'static str)> {
 
 #[tokio::test]
 async fn every_foreign_key_and_check_constraint_rejects_a_bad_row() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(FIXTURE))
         .execute(&db.pool)
         .await

@@ -1,11 +1,9 @@
 //! The asynchronous command contract: racing operators, idempotent retries, and every
 //! answer `Prefer: wait` can give (200, 409, 500 `command_failed`, 202 on time-out).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::api::{OPERATOR, TestApp, approval};
+use crate::common::api::{OPERATOR, TestApp, approval};
 use hitl_orchestrator::domain::CommandId;
 use hitl_orchestrator::persistence;
 use serde_json::json;
@@ -184,7 +182,7 @@ async fn prefer_wait_answers_500_command_failed_when_the_command_fails_for_good(
         if let Some(id) = id {
             break id;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        crate::common::poll_pause().await;
     };
     let mut tx = app.pool.begin().await.unwrap();
     persistence::fail_command(&mut tx, &id, "the job ran out of attempts")

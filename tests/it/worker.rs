@@ -2,12 +2,10 @@
 //! duplicate delivery and several processes, poison jobs isolated, retries with growing
 //! delays, dead jobs visible, and a bounded graceful shutdown.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::queue_support::{
+use crate::common::queue_support::{
     RunningWorker, fast_settings, parked_runs, scalar, submit_resumes, wait_for_count,
 };
 use hitl_orchestrator::domain::RunStatus;
@@ -61,13 +59,14 @@ async fn assert_applied_exactly_once(pool: &PgPool, n: i64) {
 
 #[tokio::test]
 async fn a_notification_wakes_an_idle_worker_long_before_its_poll_and_the_poll_works_without_it() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let runs = parked_runs(&db.pool, 2).await;
 
     let mut settings = fast_settings();
     settings.poll_interval = Duration::from_secs(30);
     let worker = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), settings);
-    tokio::time::sleep(Duration::from_secs(2)).await; // idle: the start-up poll is long done
+    // about time: idle long enough that the start-up poll is long done.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let submitted = Instant::now();
     submit_resumes(&db.pool, &runs[..1]).await;
     wait_for_count(
@@ -88,6 +87,7 @@ async fn a_notification_wakes_an_idle_worker_long_before_its_poll_and_the_poll_w
     settings.listen = false;
     settings.poll_interval = Duration::from_millis(300);
     let worker = RunningWorker::spawn(&db.pool, Engine::with_builtins(true), settings);
+    // about time: the worker is idle, past its first poll, when the job arrives.
     tokio::time::sleep(Duration::from_secs(1)).await;
     submit_resumes(&db.pool, &runs[1..]).await;
     wait_for_count(
@@ -102,7 +102,7 @@ async fn a_notification_wakes_an_idle_worker_long_before_its_poll_and_the_poll_w
 
 #[tokio::test]
 async fn three_worker_processes_drain_three_thousand_commands_exactly_once() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let runs = parked_runs(&db.pool, 3000).await;
     submit_resumes(&db.pool, &runs).await;
 
@@ -113,7 +113,7 @@ async fn three_worker_processes_drain_three_thousand_commands_exactly_once() {
         ("HITL_WORKER_ORPHAN_TIMEOUT", "2s"),
     ];
     let mut workers: Vec<_> = (0..3)
-        .map(|_| common::ServiceProcess::start_worker(&env, logs.path()))
+        .map(|_| crate::common::ServiceProcess::start_worker(&env, logs.path()))
         .collect();
     wait_for_count(
         &db.pool,
@@ -140,7 +140,7 @@ async fn three_worker_processes_drain_three_thousand_commands_exactly_once() {
 
 #[tokio::test]
 async fn a_command_job_delivered_twice_applies_once() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let runs = parked_runs(&db.pool, 1).await;
     let ids = submit_resumes(&db.pool, &runs).await;
     let mut conn = db.pool.acquire().await.unwrap();
@@ -179,7 +179,7 @@ async fn a_command_job_delivered_twice_applies_once() {
 
 #[tokio::test]
 async fn a_poison_job_dies_alone_its_batch_mates_succeed_and_the_worker_keeps_running() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let runs = parked_runs(&db.pool, 6).await;
     sqlx::query(
         "insert into apalis.jobs (id, job_type, job, status, run_at) \
@@ -247,7 +247,7 @@ impl Capability for Flaky {
 
 #[tokio::test]
 async fn a_job_failing_three_times_is_retried_with_growing_delays_then_succeeds() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let flaky = Arc::new(Flaky {
         failures: 3,
         calls: Mutex::new(vec![]),
@@ -256,7 +256,7 @@ async fn a_job_failing_three_times_is_retried_with_growing_delays_then_succeeds(
     registry.register("flaky", flaky.clone());
     let engine = Engine::new(registry, true);
     let plan = json!({ "nodes": [ { "id": "call", "type": "task", "capability": "flaky" } ] });
-    let runs = common::queue_support::create_runs(&db.pool, &engine, 1, &plan).await;
+    let runs = crate::common::queue_support::create_runs(&db.pool, &engine, 1, &plan).await;
 
     let mut settings = fast_settings();
     settings.poll_interval = Duration::from_millis(20);
@@ -293,7 +293,7 @@ async fn a_job_failing_three_times_is_retried_with_growing_delays_then_succeeds(
 
 #[tokio::test]
 async fn a_job_that_always_fails_ends_dead_and_its_command_failed_with_the_error() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let runs = parked_runs(&db.pool, 1).await;
     // A real fault inside the database: every response insert raises.
     sqlx::raw_sql(
@@ -348,7 +348,7 @@ async fn a_job_that_always_fails_ends_dead_and_its_command_failed_with_the_error
 
 #[tokio::test]
 async fn sigterm_during_a_drain_exits_within_the_grace_period_and_leaves_no_job_running() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let runs = parked_runs(&db.pool, 1500).await;
     submit_resumes(&db.pool, &runs).await;
     let logs = tempfile::tempdir().unwrap();
@@ -358,7 +358,7 @@ async fn sigterm_during_a_drain_exits_within_the_grace_period_and_leaves_no_job_
         ("HITL_WORKER_CONCURRENCY", "4"),
         ("HITL_WORKER_BATCH_SIZE", "4"),
     ];
-    let mut worker = common::ServiceProcess::start_worker(&env, logs.path());
+    let mut worker = crate::common::ServiceProcess::start_worker(&env, logs.path());
     wait_for_count(
         &db.pool,
         "select least(count(*), 50) from hitl_commands where status = 'succeeded'",
@@ -397,7 +397,7 @@ async fn sigterm_during_a_drain_exits_within_the_grace_period_and_leaves_no_job_
     assert!(done < 1500, "the drain was interrupted ({done} applied)");
 
     // A new worker finishes the rest, and nothing is applied twice.
-    let mut again = common::ServiceProcess::start_worker(&env, logs.path());
+    let mut again = crate::common::ServiceProcess::start_worker(&env, logs.path());
     wait_for_count(
         &db.pool,
         "select count(*) from orchestrator_runs where status = 'completed'",
@@ -411,7 +411,7 @@ async fn sigterm_during_a_drain_exits_within_the_grace_period_and_leaves_no_job_
 
 #[tokio::test]
 async fn finished_job_rows_are_deleted_on_a_schedule_by_a_single_cleanup_job() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     parked_runs(&db.pool, 5).await;
     assert!(
         scalar(
@@ -450,7 +450,7 @@ async fn run_to_first_pause(
     engine: &Engine,
     plan: &serde_json::Value,
 ) -> hitl_orchestrator::domain::RunId {
-    let runs = common::queue_support::create_runs(pool, engine, 1, plan).await;
+    let runs = crate::common::queue_support::create_runs(pool, engine, 1, plan).await;
     let worker = RunningWorker::spawn(pool, engine.clone(), fast_settings());
     wait_for_count(
         pool,
@@ -465,7 +465,7 @@ async fn run_to_first_pause(
 
 #[tokio::test]
 async fn a_resume_moves_the_run_through_local_nodes_to_its_next_pause_in_one_commit() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let plan = json!({ "nodes": [
         { "id": "review", "type": "hitl", "prompt": "First?", "responseTypes": ["approval", "rejection"] },
         { "id": "note", "type": "task", "capability": "set", "input": { "noted": true } },
@@ -523,7 +523,7 @@ async fn a_resume_moves_the_run_through_local_nodes_to_its_next_pause_in_one_com
 
 #[tokio::test]
 async fn a_resume_before_a_node_that_calls_out_commits_and_leaves_that_node_to_a_job() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let mut registry = CapabilityRegistry::with_builtins();
     let calls = Arc::new(Mutex::new(0u32));
     registry.register("remote", Arc::new(Remote(calls.clone())));
@@ -602,7 +602,7 @@ async fn a_fault_in_the_inline_advancement_still_commits_the_resume_and_the_adva
 }
 
 async fn fault_in_the_advancement(max_attempts: i32) {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let runs = parked_runs(&db.pool, 1).await;
     // A real fault inside the database, in the advancement's write only.
     sqlx::raw_sql(
@@ -651,7 +651,7 @@ async fn fault_in_the_advancement(max_attempts: i32) {
 
 #[tokio::test]
 async fn a_claims_asynchronous_commit_does_not_leak_into_the_connections_later_work() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     parked_runs(&db.pool, 1).await;
     let runs: Vec<hitl_orchestrator::domain::RunId> =
         sqlx::query_scalar("select run_id from orchestrator_runs")
@@ -721,7 +721,7 @@ impl Handler for RemindHandler {
 
 #[tokio::test]
 async fn a_worker_leaves_a_job_of_a_kind_it_does_not_know_pending_for_one_that_does() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let mut conn = db.pool.acquire().await.unwrap();
     let remind = Remind {
         note: "from a newer version".into(),

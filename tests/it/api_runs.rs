@@ -1,9 +1,7 @@
 //! `POST /api/runs`, `GET /api/runs/{runId}` and `GET /api/runs?threadId=…` over real
 //! HTTP.
 
-mod common;
-
-use common::api::{OPERATOR, SUBMITTER, TestApp, review_plan};
+use crate::common::api::{OPERATOR, SUBMITTER, TestApp, review_plan};
 use serde_json::{Value, json};
 
 fn new_run(plan: Value) -> Value {

@@ -1,11 +1,11 @@
 //! Authentication and scopes on every `/api` route, checked before anything else, and the
 //! token settings of the binary.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::api::{ADMIN, OPERATOR, Reply, STRANGER, SUBMITTER, TestApp, approval, review_plan};
+use crate::common::api::{
+    ADMIN, OPERATOR, Reply, STRANGER, SUBMITTER, TestApp, approval, review_plan,
+};
 use serde_json::{Value, json};
 
 /// One `/api` route: method, path, body, the scope it needs, and what the right token
@@ -182,7 +182,7 @@ async fn authentication_comes_before_routing_parsing_and_validation() {
 }
 
 fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = std::process::Command::new(common::service_binary());
+    let mut cmd = std::process::Command::new(crate::common::service_binary());
     // Every case here must be refused before any database is opened; were one not, it
     // fails for want of server binaries instead of starting a cluster in the checkout.
     cmd.args(args)
@@ -237,7 +237,7 @@ fn a_bad_api_tokens_setting_is_refused_at_start_naming_it_without_echoing_tokens
 
 #[tokio::test]
 async fn serve_without_any_token_prints_a_generated_one_that_authenticates() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let logs = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -245,7 +245,7 @@ async fn serve_without_any_token_prints_a_generated_one_that_authenticates() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let service = common::ServiceProcess::start_until(
+    let service = crate::common::ServiceProcess::start_until(
         &["api"],
         &[
             ("DATABASE_URL", &db.url),
@@ -265,7 +265,7 @@ async fn serve_without_any_token_prints_a_generated_one_that_authenticates() {
         match client.get(&url).bearer_auth(&token).send().await {
             Ok(r) => break r,
             Err(_) if started.elapsed() < Duration::from_secs(30) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::common::poll_pause().await;
             }
             Err(e) => panic!("the service did not answer: {e}"),
         }

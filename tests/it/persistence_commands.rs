@@ -1,9 +1,7 @@
 //! Commands: resume and remove applied exactly once in effect, idempotent submission,
 //! races between operators, and answers checked before anything is written.
 
-mod common;
-
-use common::fixtures::{apply, operator, parked_run, remove, resume, submit, table_counts};
+use crate::common::fixtures::{apply, operator, parked_run, remove, resume, submit, table_counts};
 use hitl_orchestrator::domain::{
     AuditAction, CommandKind, CommandStatus, RequestId, RequestStatus, ResponseType, RunStatus,
 };
@@ -14,7 +12,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn a_resume_stores_every_answer_resolves_the_request_and_records_who_and_why() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, request_id, version) = parked_run(&db.pool).await;
     let id = submit(&db.pool, resume(&run_id, &request_id, "alice")).await;
     let ApplyOutcome::Applied {
@@ -56,7 +54,7 @@ async fn a_resume_stores_every_answer_resolves_the_request_and_records_who_and_w
 
 #[tokio::test]
 async fn applying_the_same_command_twice_changes_nothing_the_second_time() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, request_id, _) = parked_run(&db.pool).await;
     let id = submit(&db.pool, resume(&run_id, &request_id, "alice")).await;
     let ApplyOutcome::Applied { command: first, .. } = apply(&db.pool, &id).await else {
@@ -84,7 +82,7 @@ async fn applying_the_same_command_twice_changes_nothing_the_second_time() {
 
 #[tokio::test]
 async fn one_invalid_answer_among_valid_ones_writes_nothing() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, request_id, _) = parked_run(&db.pool).await;
     let mut cmd = resume(&run_id, &request_id, "alice");
     cmd.payload = json!({ "responses": [
@@ -185,7 +183,7 @@ fn answers_are_checked_against_the_request_they_answer() {
 
 #[tokio::test]
 async fn removing_a_parked_run_denies_the_request_with_the_reason_and_cancels_the_run() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, request_id, _) = parked_run(&db.pool).await;
     let id = submit(&db.pool, remove(&run_id, None, "carol")).await;
     let ApplyOutcome::Applied {
@@ -220,9 +218,9 @@ async fn removing_a_parked_run_denies_the_request_with_the_reason_and_cancels_th
 
 #[tokio::test]
 async fn a_running_run_can_be_removed_and_its_engine_then_cannot_write() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let mut tx = db.pool.begin().await.unwrap();
-    let run = persistence::create_run(&mut tx, common::fixtures::new_run(None))
+    let run = persistence::create_run(&mut tx, crate::common::fixtures::new_run(None))
         .await
         .unwrap();
     let v = persistence::start_run(&mut tx, &run.run_id, 1)
@@ -245,7 +243,7 @@ async fn a_running_run_can_be_removed_and_its_engine_then_cannot_write() {
         v,
         persistence::Checkpoint {
             node_id: "n",
-            state: &common::fixtures::state(1),
+            state: &crate::common::fixtures::state(1),
             action: AuditAction::NodeCompleted,
             details: json!({}),
         },
@@ -260,7 +258,7 @@ async fn a_running_run_can_be_removed_and_its_engine_then_cannot_write() {
 
 #[tokio::test]
 async fn commands_naming_a_request_that_is_no_longer_pending_are_rejected_naming_who_settled_it() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, first, _) = parked_run(&db.pool).await;
     let winner = submit(&db.pool, resume(&run_id, &first, "alice")).await;
     apply(&db.pool, &winner).await;
@@ -273,8 +271,8 @@ async fn commands_naming_a_request_that_is_no_longer_pending_are_rejected_naming
         &mut tx,
         &run_id,
         h.version,
-        &common::fixtures::new_request("next", None),
-        &common::fixtures::state(2),
+        &crate::common::fixtures::new_request("next", None),
+        &crate::common::fixtures::state(2),
     )
     .await
     .unwrap();
@@ -310,7 +308,7 @@ async fn commands_naming_a_request_that_is_no_longer_pending_are_rejected_naming
 
 #[tokio::test]
 async fn a_request_of_another_run_cannot_be_named() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, _, _) = parked_run(&db.pool).await;
     let (_, other_request, _) = parked_run(&db.pool).await;
     let mut tx = db.pool.begin().await.unwrap();
@@ -322,7 +320,7 @@ async fn a_request_of_another_run_cannot_be_named() {
 
 #[tokio::test]
 async fn the_same_idempotency_key_returns_the_same_command_even_after_it_applied() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, request_id, _) = parked_run(&db.pool).await;
     let mut cmd = resume(&run_id, &request_id, "alice");
     cmd.idempotency_key = Some("key-1".into());
@@ -375,7 +373,7 @@ async fn the_same_idempotency_key_returns_the_same_command_even_after_it_applied
 
 #[tokio::test]
 async fn a_failed_command_is_marked_failed_once_and_an_ended_one_is_left_alone() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, request_id, _) = parked_run(&db.pool).await;
     let id = submit(&db.pool, resume(&run_id, &request_id, "alice")).await;
     let mut tx = db.pool.begin().await.unwrap();
@@ -403,7 +401,7 @@ async fn a_failed_command_is_marked_failed_once_and_an_ended_one_is_left_alone()
 
 #[tokio::test]
 async fn sixteen_operators_racing_on_one_request_apply_exactly_one_command_fifty_times_over() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     for round in 0..50 {
         let (run_id, request_id, version) = parked_run(&db.pool).await;
         let mut tasks = Vec::new();
@@ -489,12 +487,12 @@ impl Lcg {
 
 #[tokio::test]
 async fn random_sequences_of_transitions_keep_the_invariants_in_the_database() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let mut rng = Lcg(0x5eed);
     let (mut applied, mut terminal_runs) = (0, 0);
     for _ in 0..20 {
         let mut tx = db.pool.begin().await.unwrap();
-        let run = persistence::create_run(&mut tx, common::fixtures::new_run(None))
+        let run = persistence::create_run(&mut tx, crate::common::fixtures::new_run(None))
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -518,7 +516,7 @@ async fn random_sequences_of_transitions_keep_the_invariants_in_the_database() {
                     h.version,
                     persistence::Checkpoint {
                         node_id: "n",
-                        state: &common::fixtures::state(step),
+                        state: &crate::common::fixtures::state(step),
                         action: AuditAction::NodeCompleted,
                         details: json!({}),
                     },
@@ -529,8 +527,8 @@ async fn random_sequences_of_transitions_keep_the_invariants_in_the_database() {
                     &mut tx,
                     &h.run_id,
                     h.version,
-                    &common::fixtures::new_request("n", None),
-                    &common::fixtures::state(step),
+                    &crate::common::fixtures::new_request("n", None),
+                    &crate::common::fixtures::state(step),
                 )
                 .await
                 .map(drop),
@@ -621,7 +619,7 @@ async fn random_sequences_of_transitions_keep_the_invariants_in_the_database() {
 
 #[tokio::test]
 async fn an_operator_object_round_trips_with_the_command() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, request_id, _) = parked_run(&db.pool).await;
     let id = submit(&db.pool, resume(&run_id, &request_id, "erin")).await;
     let found = persistence::find_command(&db.pool, &id)

@@ -2,8 +2,6 @@
 //! private parent directory, restart on the same data, recovery after SIGKILL, a clean
 //! stop on Ctrl-C, `DATABASE_URL` bypassing it, and readiness while the database is down.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
@@ -57,7 +55,7 @@ async fn the_cluster_starts_under_a_private_parent_and_restarts_on_the_same_data
     let mut pg = pg;
     pg.0.take().unwrap().stop().unwrap();
     assert!(
-        common::postgres_processes_for(&pgdata).is_empty(),
+        crate::common::postgres_processes_for(&pgdata).is_empty(),
         "stopped means no process left"
     );
 
@@ -86,7 +84,7 @@ async fn a_second_process_on_the_same_directory_attaches_and_leaves_the_cluster_
     assert_eq!(attached.port(), owner.0.as_ref().unwrap().port());
     attached.stop().unwrap();
     assert!(
-        !common::postgres_processes_for(&pgdata).is_empty(),
+        !crate::common::postgres_processes_for(&pgdata).is_empty(),
         "the owner's cluster keeps running"
     );
 }
@@ -98,24 +96,24 @@ fn serve_recovers_after_sigkill_and_leaves_no_postgres_after_ctrl_c() {
     let data_s = data.to_string_lossy().into_owned();
     let env = [("HITL_DATA_DIR", data_s.as_str())];
 
-    let mut first = common::ServiceProcess::start(&["serve"], &env, parent.path());
+    let mut first = crate::common::ServiceProcess::start(&["serve"], &env, parent.path());
     assert_eq!(
-        common::http_get(&first.base_url, "/readyz").0,
+        crate::common::http_get(&first.base_url, "/readyz").0,
         200,
         "{}",
         first.log()
     );
     assert!(first.signal_and_wait(Signal::SIGKILL, Duration::from_secs(10)));
     let pgdata = data.join("pgdata");
-    let orphans = common::postgres_processes_for(&pgdata);
+    let orphans = crate::common::postgres_processes_for(&pgdata);
     assert!(
         !orphans.is_empty(),
         "SIGKILL cannot stop PostgreSQL; the next start must deal with it"
     );
 
-    let mut second = common::ServiceProcess::start(&["serve"], &env, parent.path());
+    let mut second = crate::common::ServiceProcess::start(&["serve"], &env, parent.path());
     assert_eq!(
-        common::http_get(&second.base_url, "/readyz").0,
+        crate::common::http_get(&second.base_url, "/readyz").0,
         200,
         "{}",
         second.log()
@@ -138,18 +136,18 @@ fn serve_recovers_after_sigkill_and_leaves_no_postgres_after_ctrl_c() {
         second.log()
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !common::postgres_processes_for(&pgdata).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
+    while !crate::common::postgres_processes_for(&pgdata).is_empty() && Instant::now() < deadline {
+        crate::common::poll_pause_blocking();
     }
     assert!(
-        common::postgres_processes_for(&pgdata).is_empty(),
+        crate::common::postgres_processes_for(&pgdata).is_empty(),
         "Ctrl-C stops the service's PostgreSQL"
     );
 }
 
 #[tokio::test]
 async fn with_database_url_the_service_uses_that_server_and_starts_none() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let parent = private_dir();
     let data = parent.path().join("data");
     let data_s = data.to_string_lossy().into_owned();
@@ -157,10 +155,10 @@ async fn with_database_url_the_service_uses_that_server_and_starts_none() {
         ("HITL_DATA_DIR", data_s.as_str()),
         ("DATABASE_URL", db.url.as_str()),
     ];
-    let mut service = common::ServiceProcess::start(&["serve"], &env, parent.path());
+    let mut service = crate::common::ServiceProcess::start(&["serve"], &env, parent.path());
     let (status, _) = tokio::task::spawn_blocking({
         let url = service.base_url.clone();
-        move || common::http_get(&url, "/readyz")
+        move || crate::common::http_get(&url, "/readyz")
     })
     .await
     .unwrap();
@@ -173,7 +171,7 @@ async fn with_database_url_the_service_uses_that_server_and_starts_none() {
 fn missing_server_binaries_stop_the_service_with_a_clear_message() {
     let parent = private_dir();
     let data = parent.path().join("data").to_string_lossy().into_owned();
-    let out = std::process::Command::new(common::service_binary())
+    let out = std::process::Command::new(crate::common::service_binary())
         .args(["migrate"])
         .env_remove("DATABASE_URL")
         .env("HITL_DATA_DIR", &data)
@@ -259,6 +257,6 @@ async fn readyz_answers_503_within_two_seconds_while_the_database_is_down_and_re
         }
         let body = response.text().await.unwrap();
         assert!(Instant::now() < deadline, "readyz did not recover: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        crate::common::poll_pause().await;
     }
 }

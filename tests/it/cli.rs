@@ -1,12 +1,10 @@
 //! The command line: every role and setting is documented in `--help`, and bad settings
 //! stop the process at start with a message naming the setting.
 
-mod common;
-
 use std::process::Command;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut cmd = Command::new(common::service_binary());
+    let mut cmd = Command::new(crate::common::service_binary());
     cmd.args(args)
         .env_remove("DATABASE_URL")
         .env_remove("API_KEY")

@@ -2,11 +2,9 @@
 //! order; `Last-Event-ID` replays exactly what was missed; a client that reads nothing is
 //! dropped while others are served; keep-alives flow; auth applies.
 
-mod common;
-
 use std::time::Duration;
 
-use common::api::{
+use crate::common::api::{
     ADMIN, AppOptions, OPERATOR, STRANGER, SUBMITTER, TestApp, approval, review_plan,
 };
 use hitl_orchestrator::service::EventSettings;
@@ -164,11 +162,11 @@ fn names(events: &[Sse]) -> Vec<&str> {
 #[tokio::test]
 async fn an_api_process_streams_in_order_a_run_that_a_separate_worker_process_advances_pauses_and_completes()
  {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let logs = tempfile::tempdir().unwrap();
     let env = [("DATABASE_URL", db.url.as_str()), ("API_KEY", ADMIN)];
-    let mut api = common::ServiceProcess::start(&["api"], &env, logs.path());
-    let mut worker = common::ServiceProcess::start_worker(&env, logs.path());
+    let mut api = crate::common::ServiceProcess::start(&["api"], &env, logs.path());
+    let mut worker = crate::common::ServiceProcess::start_worker(&env, logs.path());
     let (status, mut sse) = SseClient::connect(&api.base_url, "/api/events", ADMIN, None).await;
     assert_eq!(status, 200, "{}", api.log());
 
@@ -336,6 +334,7 @@ async fn a_client_that_reads_nothing_is_dropped_while_the_server_keeps_serving_o
 
     // The stalled client's writes made no progress for longer than the timeout: when it
     // finally reads, its stream ends early. Dropped, not buffered for.
+    // about time: longer than the write timeout, with the stalled client not reading.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut stalled_got = 0;
     while let Some(e) = stalled.next(Duration::from_secs(20)).await {

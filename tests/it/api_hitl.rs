@@ -1,11 +1,9 @@
 //! The operators' routes over real HTTP with workers running: the pending inbox, resume
 //! and remove end to end, the command resource, and the 404/409/503 answers.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::api::{ADMIN, AppOptions, OPERATOR, TestApp, approval, review_plan};
+use crate::common::api::{ADMIN, AppOptions, OPERATOR, TestApp, approval, review_plan};
 use hitl_orchestrator::engine::Engine;
 use hitl_orchestrator::engine::capability::{
     BoxFuture, Capability, CapabilityCall, CapabilityOutcome, CapabilityRegistry, TransientError,

@@ -1,12 +1,10 @@
 //! Persistence of runs: creation, lookup, the engine's transitions with their fencing,
 //! the pending inbox, expiry, and a snapshot that survives a new pool field by field.
 
-mod common;
-
-use chrono::{Duration, SubsecRound, Utc};
-use common::fixtures::{
+use crate::common::fixtures::{
     self, apply, new_request, new_run, parked_run, state, submit, table_counts,
 };
+use chrono::{Duration, SubsecRound, Utc};
 use hitl_orchestrator::domain::{
     AuditAction, BriefId, RequestStatus, RunId, RunStatus, ThreadId, TimeoutAction, TransitionError,
 };
@@ -17,7 +15,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn creating_a_run_stores_brief_plan_and_context_queued_at_version_one() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let mut tx = db.pool.begin().await.unwrap();
     let created = persistence::create_run(&mut tx, new_run(Some("client-thread-1")))
         .await
@@ -41,7 +39,7 @@ async fn creating_a_run_stores_brief_plan_and_context_queued_at_version_one() {
 
 #[tokio::test]
 async fn a_run_can_reuse_an_existing_brief_but_not_an_unknown_one() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let mut tx = db.pool.begin().await.unwrap();
     let first = persistence::create_run(&mut tx, new_run(None))
         .await
@@ -73,7 +71,7 @@ async fn a_run_can_reuse_an_existing_brief_but_not_an_unknown_one() {
 
 #[tokio::test]
 async fn a_thread_id_in_use_is_refused_and_nothing_is_written() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let mut tx = db.pool.begin().await.unwrap();
     persistence::create_run(&mut tx, new_run(Some("t-1")))
         .await
@@ -95,7 +93,7 @@ async fn a_thread_id_in_use_is_refused_and_nothing_is_written() {
 
 #[tokio::test]
 async fn runs_are_found_by_run_id_or_thread_id() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, request_id, version) = parked_run(&db.pool).await;
     let by_id = persistence::find_run(&db.pool, &RunRef::Id(run_id.clone()))
         .await
@@ -125,7 +123,7 @@ async fn runs_are_found_by_run_id_or_thread_id() {
 
 #[tokio::test]
 async fn start_moves_a_queued_run_to_running_once_and_refuses_a_stale_version() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let mut tx = db.pool.begin().await.unwrap();
     let run = persistence::create_run(&mut tx, new_run(None))
         .await
@@ -173,7 +171,7 @@ async fn start_moves_a_queued_run_to_running_once_and_refuses_a_stale_version() 
 
 #[tokio::test]
 async fn a_checkpoint_writes_the_state_and_a_stale_one_writes_nothing() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let mut tx = db.pool.begin().await.unwrap();
     let run = persistence::create_run(&mut tx, new_run(None))
         .await
@@ -244,7 +242,7 @@ async fn a_checkpoint_writes_the_state_and_a_stale_one_writes_nothing() {
 
 #[tokio::test]
 async fn raising_a_request_pauses_the_run_and_lists_it_as_pending() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, request_id, version) = parked_run(&db.pool).await;
     let snap = persistence::load_snapshot(&db.pool, &run_id)
         .await
@@ -295,7 +293,7 @@ async fn raising_a_request_pauses_the_run_and_lists_it_as_pending() {
 
 #[tokio::test]
 async fn the_engine_can_complete_fail_or_cancel_a_running_run_and_terminal_runs_never_change() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     for (status, action) in [
         (RunStatus::Completed, AuditAction::RunCompleted),
         (RunStatus::Failed, AuditAction::RunFailed),
@@ -358,7 +356,7 @@ async fn the_engine_can_complete_fail_or_cancel_a_running_run_and_terminal_runs_
 
 #[tokio::test]
 async fn the_pending_inbox_is_oldest_first_paged_by_keyset_and_filtered() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let mut runs = Vec::new();
     for i in 0..5 {
         let mut tx = db.pool.begin().await.unwrap();
@@ -459,7 +457,7 @@ async fn the_pending_inbox_is_oldest_first_paged_by_keyset_and_filtered() {
 
 #[tokio::test]
 async fn a_passed_deadline_expires_the_request_by_its_policy_and_only_once() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     for (action, run_status) in [
         (TimeoutAction::Reject, RunStatus::Running),
         (TimeoutAction::Approve, RunStatus::Running),
@@ -528,7 +526,7 @@ async fn a_passed_deadline_expires_the_request_by_its_policy_and_only_once() {
 
 #[tokio::test]
 async fn an_answered_request_does_not_expire() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let deadline = Utc::now() + Duration::seconds(1);
     let mut tx = db.pool.begin().await.unwrap();
     let run = persistence::create_run(&mut tx, new_run(None))
@@ -572,7 +570,7 @@ async fn an_answered_request_does_not_expire() {
 
 #[tokio::test]
 async fn a_full_run_reads_back_field_by_field_through_a_new_pool() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (run_id, first_request, _) = parked_run(&db.pool).await;
     let id = submit(&db.pool, fixtures::resume(&run_id, &first_request, "alice")).await;
     apply(&db.pool, &id).await;

@@ -1,11 +1,9 @@
 //! `GET /openapi.json`: a valid OpenAPI 3.1 document (checked by the `oas3` validator)
 //! that documents exactly the routes the router serves.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::api::{ADMIN, TestApp};
+use crate::common::api::{ADMIN, TestApp};
 use hitl_orchestrator::api::ROUTES;
 use serde_json::Value;
 

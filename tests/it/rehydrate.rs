@@ -3,13 +3,11 @@
 //! SIGKILLed worker's jobs move on; PostgreSQL restarting under load loses nothing; the
 //! sweep repairs a run stranded while the system runs, and a quiet sweep writes nothing.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::ServiceProcess;
-use common::queue_support::{
+use crate::common::ServiceProcess;
+use crate::common::queue_support::{
     RunningWorker, create_runs, fast_settings, scalar, seed_parked_runs, submit_resumes,
     unfinished_runs, wait_for_count,
 };
@@ -68,7 +66,7 @@ fn worker_id(p: &ServiceProcess) -> String {
 
 #[tokio::test]
 async fn after_a_fresh_start_parked_runs_stay_as_they_were_and_runs_whose_job_was_lost_complete() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     seed_parked_runs(&db.pool, 10_000).await;
     let engine = Engine::with_builtins(true);
     let set = json!({ "nodes": [ { "id": "finish", "type": "task", "capability": "set", "input": { "done": true } } ] });
@@ -122,7 +120,7 @@ async fn after_a_fresh_start_parked_runs_stay_as_they_were_and_runs_whose_job_wa
 
 #[tokio::test]
 async fn workers_starting_together_run_one_rescan_and_each_restart_rescans_without_duplicates() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     seed_parked_runs(&db.pool, 2000).await;
     let runs: Vec<String> = unfinished_runs(&db.pool)
         .await
@@ -201,7 +199,7 @@ async fn workers_starting_together_run_one_rescan_and_each_restart_rescans_witho
 
 #[tokio::test]
 async fn a_sigkilled_workers_jobs_are_taken_over_within_the_orphan_timeout_and_applied_once() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     seed_parked_runs(&db.pool, 1000).await;
     submit_resumes(&db.pool, &unfinished_runs(&db.pool).await).await;
     let logs = tempfile::tempdir().unwrap();
@@ -290,6 +288,7 @@ async fn workers_ride_out_an_immediate_postgresql_restart_under_load_and_every_c
     )
     .await;
     pg.stop_immediately().unwrap();
+    // about time: the database stays down for a second while the workers run.
     tokio::time::sleep(Duration::from_secs(1)).await;
     pg.restart_after_stop().unwrap();
 
@@ -334,7 +333,7 @@ async fn workers_ride_out_an_immediate_postgresql_restart_under_load_and_every_c
 
 #[tokio::test]
 async fn the_sweep_repairs_a_run_stranded_while_the_system_runs_and_a_quiet_sweep_writes_nothing() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let engine = Engine::with_builtins(true);
     let mut settings = fast_settings();
     settings.sweep_interval = Duration::from_millis(200);
@@ -419,6 +418,7 @@ async fn the_sweep_repairs_a_run_stranded_while_the_system_runs_and_a_quiet_swee
         scalar(&db.pool, versions).await,
         scalar(&db.pool, "select count(*) from run_audit_events").await,
     );
+    // about time: several sweep intervals pass on a quiet system.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = (
         scalar(&db.pool, versions).await,

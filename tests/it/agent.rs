@@ -3,16 +3,14 @@
 //! on 4xx, signed calls, the allow-list, at most one node repeated after a crash; and
 //! deadlines racing with answers.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::ServiceProcess;
+use crate::common::queue_support::{RunningWorker, fast_settings, submit_resumes, wait_for_count};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use common::ServiceProcess;
-use common::queue_support::{RunningWorker, fast_settings, submit_resumes, wait_for_count};
 use hitl_orchestrator::config::Secret;
 use hitl_orchestrator::domain::{RunId, RunStatus};
 use hitl_orchestrator::engine::capability::CapabilityRegistry;
@@ -71,6 +69,7 @@ async fn agent(
             seen
         };
         let (status, reply, delay) = (agent.script)(&body, seen);
+        // about time: the scripted agent answers only after its delay.
         tokio::time::sleep(delay).await;
         (StatusCode::from_u16(status).unwrap(), axum::Json(reply))
     }
@@ -134,7 +133,7 @@ async fn run_status(pool: &PgPool, run: &RunId) -> (RunStatus, Option<String>) {
 
 #[tokio::test]
 async fn an_interrupting_agent_gets_the_answers_and_its_runner_state_back_after_a_full_restart() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (base, agent) = agent(|body, _| {
         if body["responses"].is_null() {
             (200, json!({ "status": "interrupted", "runnerState": { "turn": 1, "memo": ["draft", "ask"] },
@@ -218,7 +217,7 @@ async fn an_interrupting_agent_gets_the_answers_and_its_runner_state_back_after_
 
 #[tokio::test]
 async fn a_5xx_is_retried_a_4xx_fails_the_run_and_a_hanging_agent_is_retried_then_fails_it() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (base, agent) = agent(|body, seen| match body["input"]["task"].as_str().unwrap() {
         "flaky" if seen < 2 => (500, json!({ "message": "busy" }), Duration::ZERO),
         "flaky" => (
@@ -295,7 +294,7 @@ async fn a_5xx_is_retried_a_4xx_fails_the_run_and_a_hanging_agent_is_retried_the
 #[tokio::test]
 async fn calls_are_signed_and_urls_outside_the_allow_list_are_refused() {
     use hmac::{Hmac, KeyInit, Mac};
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (base, agent) = agent(|_, _| {
         (
             200,
@@ -347,7 +346,7 @@ async fn calls_are_signed_and_urls_outside_the_allow_list_are_refused() {
 
 #[tokio::test]
 async fn a_worker_killed_between_nodes_repeats_at_most_the_node_it_was_running() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let (base, agent) = agent(|body, seen| {
         // The first call to `slow` outlives the worker that makes it.
         let delay = if body["nodeId"] == "slow" && seen == 0 {
@@ -389,7 +388,7 @@ async fn a_worker_killed_between_nodes_repeats_at_most_the_node_it_was_running()
             started.elapsed() < Duration::from_secs(20),
             "the slow node was never called"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        crate::common::poll_pause().await;
     }
     assert!(doomed.signal_and_wait(Signal::SIGKILL, Duration::from_secs(5)));
     let mut heir = ServiceProcess::start_worker(&env, logs.path());
@@ -428,7 +427,7 @@ async fn a_worker_killed_between_nodes_repeats_at_most_the_node_it_was_running()
 #[tokio::test]
 async fn an_unanswered_deadline_applies_on_timeout_and_an_answer_racing_its_expiry_applies_exactly_once()
  {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let engine = Engine::with_builtins(true);
     let plan = json!({ "nodes": [ { "id": "review", "type": "hitl", "prompt": "?", "responseTypes": ["approval"],
                                      "timeoutSeconds": 1, "onTimeout": "reject", "onRejection": "cancel" } ] });
@@ -481,11 +480,14 @@ async fn an_unanswered_deadline_applies_on_timeout_and_an_answer_racing_its_expi
             .unwrap()
             .unwrap();
         let request = header.pending_request_id.clone().unwrap();
-        let command =
-            common::fixtures::submit(&db.pool, common::fixtures::resume(&run, &request, "op"))
-                .await;
+        let command = crate::common::fixtures::submit(
+            &db.pool,
+            crate::common::fixtures::resume(&run, &request, "op"),
+        )
+        .await;
         let (pa, pb) = (db.pool.clone(), db.pool.clone());
-        let resume = tokio::spawn(async move { common::fixtures::apply(&pa, &command).await });
+        let resume =
+            tokio::spawn(async move { crate::common::fixtures::apply(&pa, &command).await });
         let expire = tokio::spawn(async move {
             let mut tx = pb.begin().await.unwrap();
             let later = chrono::Utc::now() + chrono::Duration::hours(2);

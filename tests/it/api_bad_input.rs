@@ -2,12 +2,10 @@
 //! orchestrator table is dumped before and after. Also: 413 while the client is still
 //! sending, and 503 while the database is unreachable.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::api::{ADMIN, OPERATOR, TestApp, approval, serve, test_tokens};
+use crate::common::api::{ADMIN, OPERATOR, TestApp, approval, serve, test_tokens};
 use hitl_orchestrator::api::AppState;
 use hitl_orchestrator::db::{self, PoolSettings};
 use hitl_orchestrator::engine::Engine;

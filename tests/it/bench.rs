@@ -2,13 +2,11 @@
 //! server, prints its JSON, and writes its file where `--out` says. (Figures come from full runs, never from
 //! tests: see docs/BENCHMARKS.md.)
 
-mod common;
-
 use serde_json::Value;
 
 fn bench(args: &[&str], database_url: &str) -> Value {
     let cwd = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(common::service_binary())
+    let out = std::process::Command::new(crate::common::service_binary())
         .arg("bench")
         .args(args)
         .env("DATABASE_URL", database_url)
@@ -32,7 +30,7 @@ fn bench(args: &[&str], database_url: &str) -> Value {
 
 #[tokio::test]
 async fn every_scenario_runs_and_reports() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let baseline = bench(&["baseline", "--n", "50", "--concurrency", "4"], &db.url);
     assert_eq!(baseline["resumes"], 50);
     assert!(baseline["resumes_per_second"].as_f64().unwrap() > 0.0);

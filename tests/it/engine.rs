@@ -2,13 +2,11 @@
 //! answer by the node's policy, and finish; racing advancements write once; the HITL
 //! flag resolves nodes by policy.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::common::fixtures::{apply, operator, submit};
 use chrono::{Duration, Utc};
-use common::fixtures::{apply, operator, submit};
 use hitl_orchestrator::domain::{
     AuditAction, CommandKind, RequestId, ResponseType, RunId, RunStatus,
 };
@@ -94,7 +92,7 @@ async fn pause(engine: &Engine, pool: &PgPool, plan: Value) -> (RunId, RequestId
 
 #[tokio::test]
 async fn set_hitl_set_pauses_then_completes_with_both_values_and_the_answer() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let engine = Engine::with_builtins(true);
     let (run, request) = pause(&engine, &db.pool, set_hitl_set(json!({}))).await;
 
@@ -171,7 +169,7 @@ async fn set_hitl_set_pauses_then_completes_with_both_values_and_the_answer() {
 
 #[tokio::test]
 async fn a_rejection_follows_on_rejection_fail_continue_or_cancel() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let engine = Engine::with_builtins(true);
     for (policy, status) in [
         ("fail", RunStatus::Failed),
@@ -233,7 +231,7 @@ async fn a_rejection_follows_on_rejection_fail_continue_or_cancel() {
 
 #[tokio::test]
 async fn an_option_answer_routed_by_next_skips_to_the_mapped_node() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let engine = Engine::with_builtins(true);
     let plan = json!({ "nodes": [
         { "id": "review", "type": "hitl", "prompt": "Which way?", "responseTypes": ["option"],
@@ -277,7 +275,7 @@ async fn an_option_answer_routed_by_next_skips_to_the_mapped_node() {
 
 #[tokio::test]
 async fn a_fail_task_fails_the_run_with_its_message() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let engine = Engine::with_builtins(true);
     let run = create(&engine, &db.pool, json!({ "nodes": [
         { "id": "boom", "type": "task", "capability": "fail", "input": { "message": "quota exceeded" } },
@@ -297,7 +295,7 @@ async fn a_fail_task_fails_the_run_with_its_message() {
 
 #[tokio::test]
 async fn an_invalid_plan_is_refused_with_the_node_named_and_nothing_is_written() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let engine = Engine::with_builtins(true);
     let cases = [
         (
@@ -336,7 +334,10 @@ async fn an_invalid_plan_is_refused_with_the_node_named_and_nothing_is_written()
             "{e}"
         );
     }
-    assert_eq!(common::fixtures::table_counts(&db.pool).await, vec![0; 6]);
+    assert_eq!(
+        crate::common::fixtures::table_counts(&db.pool).await,
+        vec![0; 6]
+    );
 }
 
 /// A capability that blocks until released, so two advancements can be made to race.
@@ -364,7 +365,7 @@ impl Capability for Gate {
 
 #[tokio::test]
 async fn two_advancements_racing_on_one_run_write_once_and_the_stale_one_writes_nothing() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let gate = Arc::new(Gate {
         calls: AtomicUsize::new(0),
         release: tokio::sync::Semaphore::new(0),
@@ -391,7 +392,7 @@ async fn two_advancements_racing_on_one_run_write_once_and_the_stale_one_writes_
     let first = tokio::spawn(async move { a.advance(&pa, &ra).await });
     let second = tokio::spawn(async move { b.advance(&pb, &rb).await });
     while gate.calls.load(Ordering::SeqCst) < 2 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        crate::common::poll_pause().await;
     }
     gate.release.add_permits(2);
     let outcomes = [
@@ -428,7 +429,7 @@ async fn two_advancements_racing_on_one_run_write_once_and_the_stale_one_writes_
 
 #[tokio::test]
 async fn with_hitl_disabled_a_hitl_node_resolves_by_its_policy_and_the_audit_says_so() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let engine = Engine::with_builtins(false);
 
     let run = create(
@@ -484,7 +485,7 @@ async fn with_hitl_disabled_a_hitl_node_resolves_by_its_policy_and_the_audit_say
 
 #[tokio::test]
 async fn an_expired_request_continues_by_on_timeout() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let engine = Engine::with_builtins(true);
     for (on_timeout, status) in [
         ("approve", RunStatus::Completed),
@@ -563,7 +564,7 @@ impl Capability for AskFirst {
 
 #[tokio::test]
 async fn a_capability_that_interrupts_is_called_again_with_the_answers_and_its_runner_state() {
-    let db = common::fresh_db().await;
+    let db = crate::common::fresh_db().await;
     let agent = Arc::new(AskFirst {
         seen: std::sync::Mutex::new(vec![]),
     });
