@@ -136,8 +136,15 @@ async fn serve_http(
         service,
         auth: Arc::new(auth),
         max_body: http.max_body.0,
+        body_timeout: http.http_body_timeout.0,
     };
-    let server = tokio::spawn(api::serve(listener, state, http.http_write_timeout.0));
+    let limits = api::HttpLimits {
+        header_timeout: http.http_header_timeout.0,
+        body_timeout: http.http_body_timeout.0,
+        write_timeout: http.http_write_timeout.0,
+        max_connections: http.http_max_connections as usize,
+    };
+    let server = tokio::spawn(api::serve(listener, state, limits));
     shutdown.cancelled().await;
     match tokio::time::timeout(grace + Duration::from_millis(100), server).await {
         Ok(Ok(result)) => result.map_err(AppError::Serve),

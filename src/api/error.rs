@@ -4,7 +4,7 @@
 //!
 //! The status contract: 400 malformed JSON or query, 401 no or unknown token, 403 the
 //! token lacks the scope, 404 unknown run, request, brief, command or route, 405 wrong
-//! method, 409 not pending / conflict / terminal run / thread taken, 413 body over the
+//! method, 408 a body that stopped arriving, 409 not pending / conflict / terminal run / thread taken, 413 body over the
 //! limit, 415 not JSON, 422 a field is invalid (`details.field` names it), 500 a fault of
 //! ours or a command that failed for good, 503 database unavailable or HITL disabled.
 
@@ -35,6 +35,9 @@ pub enum ApiError {
     /// 405: the route exists, not with this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// 408: the body stopped arriving (no progress for the body timeout).
+    #[error("the request body stopped arriving")]
+    RequestTimeout,
     /// 409: the state moved on (request not pending, run ended, lost race, thread taken).
     #[error("{message}")]
     Conflict {
@@ -106,6 +109,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
@@ -157,7 +161,7 @@ impl IntoResponse for ApiError {
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             // The rest of the body is never read: do not keep the connection for more.
-            ApiError::PayloadTooLarge { .. } => {
+            ApiError::PayloadTooLarge { .. } | ApiError::RequestTimeout => {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -9,25 +9,16 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use serde::Deserialize;
 
 use super::auth::{Authorized, Operate};
+use super::extract::QueryParams;
 use super::openapi::{AuthErrors, ErrorBody};
 use super::{ApiError, AppState};
 use crate::service::{EventFilter, StreamEvent, input};
-
-/// Query parameters of `GET /api/events`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EventsQuery {
-    /// Only the events of this run.
-    #[serde(default)]
-    run_id: Option<String>,
-}
 
 fn sse_event(event: &StreamEvent) -> Event {
     let name = event.action.event_name();
@@ -47,15 +38,15 @@ fn sse_event(event: &StreamEvent) -> Event {
     responses(
         (status = 200, description = "Server-Sent Events; each event's data is a StreamEvent",
          content_type = "text/event-stream", body = String),
-        (status = 422, description = "runId or Last-Event-ID is malformed", body = ErrorBody),
+        (status = 422, description = "runId or Last-Event-ID is malformed, or an unknown or repeated parameter", body = ErrorBody),
         AuthErrors))]
 pub async fn stream(
     _: Authorized<Operate>,
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<EventsQuery>,
+    query: QueryParams,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let run = input::run_id("runId", query.run_id.as_deref())?;
+    let run = input::run_id("runId", query.get("runId"))?;
     let after = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(

@@ -8,11 +8,13 @@ use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, storable};
 
 /// A JSON body of type `T`, read within the configured size limit.
 pub struct ApiJson<T>(pub T);
@@ -38,7 +40,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        let bytes = read_limited(request.into_body(), limit).await?;
+        let bytes = read_limited(request.into_body(), limit, state.body_timeout).await?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -54,11 +56,17 @@ fn is_json_media_type(value: &str) -> bool {
 }
 
 /// Reads the body, stopping with 413 as soon as it grows past `limit` (a chunked body
-/// declares no length).
-async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// declares no length), and with 408 when it makes no progress for `timeout`.
+async fn read_limited(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(timeout, stream.next()).await else {
+            return Err(ApiError::RequestTimeout);
+        };
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk = chunk.map_err(|_| ApiError::BadRequest {
             code: "unreadable_body",
             message: "the request body could not be read".into(),
@@ -72,13 +80,18 @@ async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Parses a JSON object into `T`: 400 when it is not JSON, 422 naming the field when it
-/// is JSON of the wrong shape. Every body of this API is an object: anything else is
-/// refused before serde could read a struct from an array's positions.
+/// is JSON of the wrong shape or holds what cannot be stored as sent (U+0000, a key
+/// given twice, an integer beyond 64 bits; `invalid_plan` naming the node inside a
+/// plan). Every body of this API is an object: anything else is refused before serde
+/// could read a struct from an array's positions.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Tell JSON from not-JSON (and too deep to read) apart first.
+    serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| shape_error(".", e))?;
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        // Still tell JSON from not-JSON (and too deep to read) apart.
-        serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| shape_error(".", e))?;
         return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
+    if let Err(u) = storable::check(bytes) {
+        return Err(unstorable(bytes, u));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -87,6 +100,27 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })?;
     de.end().map_err(|e| shape_error(".", e))?;
     Ok(value)
+}
+
+/// 422 for an unstorable value: `invalid_plan` naming the node when it is inside the
+/// plan, `invalid_field` otherwise.
+fn unstorable(bytes: &[u8], u: storable::Unstorable) -> ApiError {
+    let Some(rest) = u.path.strip_prefix("plan.") else {
+        return ApiError::invalid(u.path, u.message);
+    };
+    let node = rest
+        .strip_prefix("nodes[")
+        .and_then(|r| r.split(']').next())
+        .and_then(|i| i.parse::<usize>().ok())
+        .and_then(|i| {
+            let body: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+            body["plan"]["nodes"][i]["id"].as_str().map(str::to_owned)
+        });
+    ApiError::Invalid {
+        code: "invalid_plan",
+        message: format!("{}: {}", u.path, u.message),
+        details: serde_json::json!({ "field": u.path, "node": node }),
+    }
 }
 
 fn shape_error(path: &str, e: serde_json::Error) -> ApiError {
@@ -135,12 +169,23 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
                     message: "the query string cannot be decoded".into(),
                 }
             })?;
+        // PostgreSQL stores no U+0000, and a name holding one names nothing we know.
+        if let Some((name, _)) = pairs
+            .iter()
+            .find(|(n, v)| n.contains('\0') || v.contains('\0'))
+        {
+            return Err(ApiError::invalid(
+                name.clone(),
+                "must not contain U+0000 (it cannot be stored)",
+            ));
+        }
         Ok(Self(pairs))
     }
 }
 
 impl QueryParams {
-    /// Refuses (422) any parameter not in `allowed`, and any given twice.
+    /// Refuses (422) any parameter not in `allowed`, and any given twice (every route
+    /// is checked against `api::QUERY_PARAMETERS` before its handler runs).
     pub fn allow_only(&self, allowed: &[&str]) -> Result<(), ApiError> {
         for (i, (name, _)) in self.0.iter().enumerate() {
             if !allowed.contains(&name.as_str()) {

@@ -1,4 +1,5 @@
-//! The HTTP listener: TCP with a write timeout on every connection.
+//! The HTTP connections' own timeouts, below HTTP: a first request that never starts,
+//! and writes that stall.
 //!
 //! A client that stops reading (a stalled event stream, a slow-loris download) fills its
 //! socket buffer; the server's next write then waits forever and the connection, with
@@ -7,69 +8,36 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-/// A TCP listener whose connections time out stalled writes.
-pub struct TimeoutListener {
-    inner: TcpListener,
-    write_timeout: Duration,
-}
-
-impl TimeoutListener {
-    /// Wraps `inner`; writes stalled longer than `write_timeout` fail.
-    pub fn new(inner: TcpListener, write_timeout: Duration) -> Self {
-        Self {
-            inner,
-            write_timeout,
-        }
-    }
-}
-
-impl axum::serve::Listener for TimeoutListener {
-    type Io = WriteTimeout;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (WriteTimeout::new(stream, self.write_timeout), addr);
-                }
-                // Out of file descriptors and the like: wait and go on accepting.
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
 /// A TCP stream whose writes fail after making no progress for a while.
+///
+/// Also, a connection that sends nothing at all for `first_byte` after it was accepted
+/// is closed: hyper's request-head timeout starts only with a request's first byte, so
+/// without this a client could hold a connection (and a slot) by never starting one.
 pub struct WriteTimeout {
     stream: TcpStream,
     timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Running until the first byte arrives.
+    first_byte: Option<Pin<Box<Sleep>>>,
 }
 
 impl WriteTimeout {
-    fn new(stream: TcpStream, timeout: Duration) -> Self {
+    /// Wraps `stream`; writes stalled longer than `timeout` fail, and so does waiting
+    /// longer than `first_byte` for the connection's first byte.
+    pub fn new(stream: TcpStream, timeout: Duration, first_byte: Duration) -> Self {
         Self {
             stream,
             timeout,
             stalled: None,
+            first_byte: Some(Box::pin(tokio::time::sleep(first_byte))),
         }
     }
 
@@ -112,7 +80,21 @@ impl AsyncRead for WriteTimeout {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Some(timer) = &mut self.first_byte {
+            match &result {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_byte = None,
+                Poll::Pending if timer.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent no request",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        result
     }
 }
 

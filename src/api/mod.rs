@@ -16,9 +16,11 @@ pub mod openapi;
 mod outcome;
 mod pending;
 mod runs;
+mod storable;
 mod tracing_layer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
@@ -40,15 +42,18 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// A body that makes no progress this long is refused (408).
+    pub body_timeout: Duration,
 }
 
 impl AppState {
-    /// State with the default body limit.
+    /// State with the default body limit and body timeout.
     pub fn new(service: Service, auth: Authenticator) -> Self {
         Self {
             service,
             auth: Arc::new(auth),
             max_body: DEFAULT_MAX_BODY,
+            body_timeout: HttpLimits::default().body_timeout,
         }
     }
 }
@@ -70,19 +75,122 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
 ];
 
-/// Serves the API on `listener` until the service's shutdown token is cancelled (then
-/// in-flight requests finish); a client that stops reading is cut off after its writes
-/// stall for `write_timeout`.
+/// What one connection may take: how long its request head and a stalled body may take,
+/// how long its writes may stall, and how many connections are served at once.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// A request head must arrive within this of its first byte, and a new connection
+    /// must send its first byte within this.
+    pub header_timeout: Duration,
+    /// A body that makes no progress this long is refused with 408.
+    pub body_timeout: Duration,
+    /// A write that makes no progress this long closes the connection (a client that
+    /// stopped reading, such as a stalled event stream).
+    pub write_timeout: Duration,
+    /// Connections served at once; beyond it new ones wait in the accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Serves the API on `listener` until the service's shutdown token is cancelled, then
+/// lets open connections finish (a caller bounds that with its grace period). Each
+/// connection is HTTP/1.1 under `limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    write_timeout: std::time::Duration,
+    limits: HttpLimits,
 ) -> std::io::Result<()> {
     let stop = state.service.shutdown().clone();
-    let listener = listener::TimeoutListener::new(listener, write_timeout);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        // A free slot first: beyond the cap, connections wait in the kernel's queue.
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: wait and go on accepting.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let io = hyper_util::rt::TokioIo::new(listener::WriteTimeout::new(
+            stream,
+            limits.write_timeout,
+            limits.header_timeout,
+        ));
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(io, service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A failed connection (a client gone, a timeout) concerns only that client.
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The query parameters each route accepts; every other route accepts none. A parameter
+/// not listed, or given twice, is 422 `invalid_field` naming it, on every route.
+pub const QUERY_PARAMETERS: &[(&str, &[&str])] = &[
+    (
+        "/api/hitl/pending",
+        &["limit", "cursor", "threadId", "briefId", "nodeId"],
+    ),
+    ("/api/runs", &["threadId"]),
+    ("/api/events", &["runId"]),
+];
+
+/// Refuses a query parameter the matched route does not accept (after authentication,
+/// before the handler).
+async fn check_query(
+    matched: Option<axum::extract::MatchedPath>,
+    query: extract::QueryParams,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = matched.as_ref().map_or("", |m| m.as_str());
+    let full = if request.uri().path().starts_with("/api/") && !path.starts_with("/api") {
+        format!("/api{path}")
+    } else {
+        path.to_owned()
+    };
+    let allowed = QUERY_PARAMETERS
+        .iter()
+        .find(|(p, _)| *p == full)
+        .map_or(&[][..], |(_, names)| *names);
+    match query.allow_only(allowed) {
+        Ok(()) => next.run(request).await,
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    }
 }
 
 /// The whole router.
@@ -95,6 +203,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs", post(runs::create).get(runs::list))
         .route("/runs/{run_id}", get(runs::show))
         .route("/events", get(events::stream))
+        .route_layer(axum::middleware::from_fn(check_query))
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(from_fn_with_state(state.clone(), auth::require_token));
@@ -103,6 +212,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(health::metrics))
+        .route_layer(axum::middleware::from_fn(check_query))
         .nest("/api", api)
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)

@@ -145,6 +145,86 @@ pub struct ApiDoc;
 /// `GET /openapi.json`.
 #[utoipa::path(get, path = "/openapi.json", tag = "probes",
     responses((status = 200, description = "this document (OpenAPI 3.1)")))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn openapi_json() -> Json<Value> {
+    Json(document())
+}
+
+/// The operation ids, one per route, unique.
+const OPERATION_IDS: &[(&str, &str, &str)] = &[
+    ("get", "/api/hitl/pending", "listPending"),
+    ("post", "/api/hitl/resume", "resume"),
+    ("post", "/api/hitl/remove", "remove"),
+    ("get", "/api/hitl/commands/{commandId}", "showCommand"),
+    ("post", "/api/runs", "createRun"),
+    ("get", "/api/runs", "listRunsOfThread"),
+    ("get", "/api/runs/{runId}", "showRun"),
+    ("get", "/api/events", "streamEvents"),
+    ("get", "/healthz", "healthz"),
+    ("get", "/readyz", "readyz"),
+    ("get", "/metrics", "metrics"),
+    ("get", "/openapi.json", "openapi"),
+];
+
+/// The document as served: what the handlers' annotations say, completed with what
+/// every route of its kind enforces, stated once here rather than on each handler:
+/// unique operation ids, the 422 every route answers for an unknown or repeated query
+/// parameter, the 500 any route may answer, 408 for a body that stalls, and the
+/// response headers (`Location`, `Preference-Applied`, `Idempotent-Replayed`,
+/// `WWW-Authenticate`).
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let error = serde_json::json!({ "application/json": {
+        "schema": { "$ref": "#/components/schemas/ErrorBody" } } });
+    let header = |description: &str| serde_json::json!({ "description": description, "schema": { "type": "string" } });
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return doc;
+    };
+    for (path, operations) in paths.iter_mut() {
+        let Some(operations) = operations.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in operations.iter_mut() {
+            if let Some((_, _, id)) = OPERATION_IDS
+                .iter()
+                .find(|(m, p, _)| m == method && p == path)
+            {
+                op["operationId"] = Value::from(*id);
+            }
+            let Some(responses) = op["responses"].as_object_mut() else {
+                continue;
+            };
+            responses.entry("422").or_insert_with(|| {
+                serde_json::json!({ "description": "an unknown or repeated query parameter (named in details.field)",
+                                    "content": error.clone() })
+            });
+            responses.entry("500").or_insert_with(|| {
+                serde_json::json!({ "description": "a fault of ours (the cause is logged)", "content": error.clone() })
+            });
+            if method == "post" {
+                responses.entry("408").or_insert_with(|| {
+                    serde_json::json!({ "description": "the body stopped arriving", "content": error.clone() })
+                });
+            }
+            if let Some(unauthorized) = responses.get_mut("401") {
+                unauthorized["headers"]["WWW-Authenticate"] = header("`Bearer`");
+            }
+            let is_command = path == "/api/hitl/resume" || path == "/api/hitl/remove";
+            for (status, response) in responses.iter_mut() {
+                let status = status.as_str();
+                if is_command && matches!(status, "200" | "202" | "409" | "422" | "500") {
+                    response["headers"]["Location"] =
+                        header("`/api/hitl/commands/{commandId}`: where to poll the command");
+                    response["headers"]["Preference-Applied"] =
+                        header("`wait=N` when the request asked to wait");
+                    response["headers"]["Idempotent-Replayed"] = header(
+                        "`true` when an earlier request with the same key recorded the command",
+                    );
+                }
+                if path == "/api/runs" && method == "post" && status == "202" {
+                    response["headers"]["Location"] = header("`/api/runs/{runId}`: the new run");
+                }
+            }
+        }
+    }
+    doc
 }

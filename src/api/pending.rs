@@ -28,7 +28,6 @@ pub async fn list(
     State(state): State<AppState>,
     query: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
-    query.allow_only(&["limit", "cursor", "threadId", "briefId", "nodeId"])?;
     let query = PendingQuery {
         limit: PendingQuery::parse_limit(query.get("limit"))?,
         after: query.get("cursor").map(PendingCursor::parse).transpose()?,

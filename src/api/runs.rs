@@ -119,7 +119,6 @@ pub async fn list(
     State(state): State<AppState>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    query.allow_only(&["threadId"])?;
     let thread = query
         .get("threadId")
         .ok_or_else(|| ApiError::invalid("threadId", "is required"))?;

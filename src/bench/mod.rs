@@ -256,7 +256,7 @@ pub(crate) async fn start_api(
     tokio::spawn(hitl_orchestrator::api::serve(
         listener,
         state,
-        Duration::from_secs(30),
+        hitl_orchestrator::api::HttpLimits::default(),
     ));
     Ok(base)
 }

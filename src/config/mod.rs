@@ -396,6 +396,23 @@ pub struct HttpArgs {
     #[arg(long, env = "HITL_HTTP_WRITE_TIMEOUT", default_value = "30s")]
     pub http_write_timeout: Millis,
 
+    /// A connection is closed when a request head (request line and headers) has not
+    /// fully arrived this long after its first byte, or when a new connection sends
+    /// nothing for this long.
+    #[arg(long, env = "HITL_HTTP_HEADER_TIMEOUT", default_value = "10s")]
+    pub http_header_timeout: Millis,
+
+    /// A request body that makes no progress this long is refused with 408 and its
+    /// connection closed (event streams send no body and are not affected).
+    #[arg(long, env = "HITL_HTTP_BODY_TIMEOUT", default_value = "30s")]
+    pub http_body_timeout: Millis,
+
+    /// Connections served at once by this process; beyond it new connections wait in
+    /// the accept queue until one closes.
+    #[arg(long, env = "HITL_HTTP_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+
     /// Bearer token with every scope (at least 16 characters). When neither this nor
     /// --api-tokens is set, a random all-scopes token is generated at start and printed
     /// once on standard output.
@@ -544,6 +561,26 @@ impl Cli {
         if let Some(h) = http {
             tokens::configured_tokens(h.api_key.as_ref(), h.api_tokens.as_ref())
                 .map_err(|why| invalid("--api-tokens (API_TOKENS)", why))?;
+        }
+        if let Some(h) = http {
+            for (setting, value) in [
+                (
+                    "--http-write-timeout (HITL_HTTP_WRITE_TIMEOUT)",
+                    h.http_write_timeout.0,
+                ),
+                (
+                    "--http-header-timeout (HITL_HTTP_HEADER_TIMEOUT)",
+                    h.http_header_timeout.0,
+                ),
+                (
+                    "--http-body-timeout (HITL_HTTP_BODY_TIMEOUT)",
+                    h.http_body_timeout.0,
+                ),
+            ] {
+                if value.is_zero() {
+                    return Err(invalid(setting, "must be longer than zero".to_owned()));
+                }
+            }
         }
         let worker = match &self.command {
             Command::Role(Role::Serve(a)) => Some(&a.worker),

@@ -57,6 +57,10 @@ pub struct AppOptions {
     pub events: EventSettings,
     /// Stalled writes fail after this long.
     pub write_timeout: Duration,
+    /// The request head must arrive within this.
+    pub header_timeout: Duration,
+    /// A stalled body is refused after this long.
+    pub body_timeout: Duration,
 }
 
 impl Default for AppOptions {
@@ -67,6 +71,8 @@ impl Default for AppOptions {
             max_body: api::DEFAULT_MAX_BODY,
             events: EventSettings::default(),
             write_timeout: Duration::from_secs(30),
+            header_timeout: api::HttpLimits::default().header_timeout,
+            body_timeout: api::HttpLimits::default().body_timeout,
         }
     }
 }
@@ -110,14 +116,14 @@ pub struct TestApp {
 
 /// Serves `state`'s router on a free loopback port; returns its base URL.
 pub async fn serve(state: AppState) -> String {
-    serve_with(state, Duration::from_secs(30)).await
+    serve_with(state, api::HttpLimits::default()).await
 }
 
-/// [`serve`], with stalled writes failing after `write_timeout`.
-pub async fn serve_with(state: AppState, write_timeout: Duration) -> String {
+/// [`serve`], under `limits`.
+pub async fn serve_with(state: AppState, limits: api::HttpLimits) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(api::serve(listener, state, write_timeout));
+    tokio::spawn(api::serve(listener, state, limits));
     base
 }
 
@@ -139,7 +145,14 @@ impl TestApp {
         let shutdown = service.shutdown().clone();
         let mut state = AppState::new(service, test_tokens());
         state.max_body = options.max_body;
-        let base = serve_with(state, options.write_timeout).await;
+        state.body_timeout = options.body_timeout;
+        let limits = api::HttpLimits {
+            header_timeout: options.header_timeout,
+            body_timeout: options.body_timeout,
+            write_timeout: options.write_timeout,
+            ..api::HttpLimits::default()
+        };
+        let base = serve_with(state, limits).await;
         Self {
             base,
             client: reqwest::Client::new(),

@@ -13,6 +13,7 @@ mod common;
 mod agent;
 mod api_auth;
 mod api_bad_input;
+mod api_boundary;
 mod api_commands;
 mod api_events;
 mod api_hitl;

@@ -63,6 +63,38 @@ async fn the_document_is_valid_openapi_3_1_and_matches_the_router_both_ways() {
         "bearer"
     );
 
+    // Operation ids are unique, every operation states its 500 and its 422 (an unknown
+    // query parameter), and the headers the answers carry are declared.
+    let mut ids = BTreeSet::new();
+    for ops in doc["paths"].as_object().unwrap().values() {
+        for op in ops.as_object().unwrap().values() {
+            let id = op["operationId"].as_str().unwrap().to_owned();
+            assert!(ids.insert(id.clone()), "operationId {id} used twice");
+            for status in ["422", "500"] {
+                assert!(
+                    op["responses"].get(status).is_some(),
+                    "{id} documents {status}"
+                );
+            }
+            if let Some(r) = op["responses"].get("401") {
+                assert!(r["headers"].get("WWW-Authenticate").is_some(), "{id}");
+            }
+        }
+    }
+    for header in ["Location", "Preference-Applied", "Idempotent-Replayed"] {
+        assert!(
+            doc["paths"]["/api/hitl/resume"]["post"]["responses"]["202"]["headers"]
+                .get(header)
+                .is_some(),
+            "{header}"
+        );
+    }
+    assert!(
+        doc["paths"]["/api/runs"]["post"]["responses"]["202"]["headers"]
+            .get("Location")
+            .is_some()
+    );
+
     // The document's routes are exactly the router's.
     let documented: BTreeSet<(String, String)> = doc["paths"]
         .as_object()
