@@ -1,4 +1,5 @@
-//! `POST /api/hitl/resume`, `POST /api/hitl/remove` and `GET /api/hitl/commands/{id}`.
+//! `POST /api/hitl/resume`, `POST /api/hitl/remove`, `POST /api/runs/{runId}/retry` and
+//! `GET /api/hitl/commands/{id}`.
 //!
 //! A submission goes through, in order: authentication and scope (middleware and the
 //! first extractor), the body, the headers and every field parsed (422 naming the
@@ -17,7 +18,7 @@ use super::extract::ApiJson;
 use super::openapi::{AuthErrors, BodyErrors, CommandAccepted, ErrorBody};
 use super::outcome::{self, CommandView};
 use super::{ApiError, AppState};
-use crate::domain::{CommandId, Operator, RequestId};
+use crate::domain::{CommandId, Operator, RequestId, RunId};
 use crate::service::input::{self, IdempotencyKey, MAX_LONG_TEXT};
 use crate::service::{CommandInput, ResponseInput, RunTarget, SubmitCommand};
 
@@ -222,4 +223,63 @@ fn target(run_id: Option<&str>, thread_id: Option<&str>) -> Result<RunTarget, Ap
     let run_id = input::run_id("runId", run_id)?;
     let thread_id = input::thread_id("threadId", thread_id)?;
     Ok(RunTarget::new(run_id, thread_id)?)
+}
+
+/// The body of `POST /api/runs/{runId}/retry`.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryIn {
+    operator: OperatorIn,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// `POST /api/runs/{runId}/retry`: puts a failed run back to running at the node that
+/// failed. An id that cannot be a run id names nothing: 404 like an unknown one.
+#[utoipa::path(post, path = "/api/runs/{runId}/retry", tag = "runs", security(("bearer" = [])),
+    request_body = RetryIn, params(
+        ("runId" = String, Path, description = "the failed run"),
+        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and body returns the same command"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): wait up to N seconds for the outcome")),
+    responses(
+        (status = 202, description = "accepted (or still running after Prefer: wait)", body = CommandAccepted),
+        (status = 200, description = "with Prefer: wait, applied: the command and the run, running again", body = CommandView),
+        (status = 404, description = "unknown run", body = ErrorBody),
+        (status = 409, description = "`run_not_failed`, or another retry won (named)", body = ErrorBody),
+        BodyErrors,
+        (status = 500, description = "with Prefer: wait, the command failed for good", body = ErrorBody),
+        AuthErrors))]
+pub async fn retry(
+    Authorized { principal, .. }: Authorized<Operate>,
+    State(state): State<AppState>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RetryIn>,
+) -> Result<Response, ApiError> {
+    let unknown = || ApiError::not_found("run_not_found", "no such run");
+    let Path(raw) = path.map_err(|_| unknown())?;
+    let run_id = RunId::parse(&raw).map_err(|_| unknown())?;
+    let (idempotency_key, wait) = submission_headers(&headers)?;
+    let operator = body.operator.parse()?;
+    input::text("note", body.note.as_deref(), MAX_LONG_TEXT)?;
+    let submission = SubmitCommand {
+        target: RunTarget::run(run_id),
+        input: CommandInput::Retry,
+        operator,
+        note: body.note,
+        idempotency_key,
+    };
+    let submitted = state.service.submit(submission).await?;
+    let c = &submitted.command;
+    tracing::info!(
+        name: "hitl_retry_api",
+        event = "hitl_retry_api",
+        run_id = %c.run_id,
+        command_id = %c.command_id,
+        operator_id = %c.operator.id,
+        token_name = %principal.name,
+        created = !submitted.replayed,
+        "retry accepted"
+    );
+    outcome::answer(&state, submitted, wait).await
 }

@@ -68,6 +68,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/runs"),
     ("GET", "/api/runs"),
     ("GET", "/api/runs/{runId}"),
+    ("POST", "/api/runs/{runId}/retry"),
     ("GET", "/api/events"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -202,6 +203,7 @@ pub fn router(state: AppState) -> Router {
         .route("/hitl/commands/{command_id}", get(commands::show))
         .route("/runs", post(runs::create).get(runs::list))
         .route("/runs/{run_id}", get(runs::show))
+        .route("/runs/{run_id}/retry", post(commands::retry))
         .route("/events", get(events::stream))
         .route_layer(axum::middleware::from_fn(check_query))
         .method_not_allowed_fallback(error::method_not_allowed)

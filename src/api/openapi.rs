@@ -126,6 +126,7 @@ impl Modify for BearerAuth {
         super::runs::create,
         super::runs::list,
         super::runs::show,
+        super::commands::retry,
         super::events::stream,
         super::health::healthz,
         super::health::readyz,
@@ -158,6 +159,7 @@ const OPERATION_IDS: &[(&str, &str, &str)] = &[
     ("post", "/api/runs", "createRun"),
     ("get", "/api/runs", "listRunsOfThread"),
     ("get", "/api/runs/{runId}", "showRun"),
+    ("post", "/api/runs/{runId}/retry", "retryRun"),
     ("get", "/api/events", "streamEvents"),
     ("get", "/healthz", "healthz"),
     ("get", "/readyz", "readyz"),
@@ -208,7 +210,9 @@ pub fn document() -> Value {
             if let Some(unauthorized) = responses.get_mut("401") {
                 unauthorized["headers"]["WWW-Authenticate"] = header("`Bearer`");
             }
-            let is_command = path == "/api/hitl/resume" || path == "/api/hitl/remove";
+            let is_command = path == "/api/hitl/resume"
+                || path == "/api/hitl/remove"
+                || path.ends_with("/retry");
             for (status, response) in responses.iter_mut() {
                 let status = status.as_str();
                 if is_command && matches!(status, "200" | "202" | "409" | "422" | "500") {

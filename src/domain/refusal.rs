@@ -94,6 +94,12 @@ pub enum Refusal {
         #[serde(flatten)]
         context: RefusalContext,
     },
+    /// A retry of a run that is not `failed`.
+    RunNotFailed {
+        message: String,
+        #[serde(flatten)]
+        context: RefusalContext,
+    },
     /// An answer does not fit the request (`field` names it, e.g. `responses[1].optionId`).
     InvalidResponse { message: String, field: String },
     /// The stored command cannot be read as a command of its kind.
@@ -107,6 +113,7 @@ impl Refusal {
             Refusal::Conflict { .. } => "conflict",
             Refusal::NotPending { .. } => "not_pending",
             Refusal::RunTerminal { .. } => "run_terminal",
+            Refusal::RunNotFailed { .. } => "run_not_failed",
             Refusal::InvalidResponse { .. } => "invalid_response",
             Refusal::InvalidPayload { .. } => "invalid_payload",
         }
@@ -118,6 +125,7 @@ impl Refusal {
             Refusal::Conflict { message, .. }
             | Refusal::NotPending { message, .. }
             | Refusal::RunTerminal { message, .. }
+            | Refusal::RunNotFailed { message, .. }
             | Refusal::InvalidResponse { message, .. }
             | Refusal::InvalidPayload { message } => message,
         }
@@ -128,7 +136,10 @@ impl Refusal {
     pub fn is_conflict(&self) -> bool {
         matches!(
             self,
-            Refusal::Conflict { .. } | Refusal::NotPending { .. } | Refusal::RunTerminal { .. }
+            Refusal::Conflict { .. }
+                | Refusal::NotPending { .. }
+                | Refusal::RunTerminal { .. }
+                | Refusal::RunNotFailed { .. }
         )
     }
 

@@ -53,6 +53,9 @@ pub enum Transition {
     /// A worker reloads the run after a restart or sweep: any non-terminal status stays
     /// as it is, the pending request too.
     Rehydrate,
+    /// An operator retries a failed run: `failed → running`, at the node that failed.
+    /// The one way out of a terminal status; `completed` and `cancelled` never change.
+    Retry,
 }
 
 impl Transition {
@@ -69,6 +72,7 @@ impl Transition {
             Self::Fail => "fail",
             Self::Cancel => "cancel",
             Self::Rehydrate => "rehydrate",
+            Self::Retry => "retry",
         }
     }
 
@@ -85,6 +89,7 @@ impl Transition {
             Self::Fail => AuditAction::RunFailed,
             Self::Cancel => AuditAction::RunCancelled,
             Self::Rehydrate => AuditAction::Rehydrate,
+            Self::Retry => AuditAction::Retry,
         }
     }
 }
@@ -106,7 +111,8 @@ pub struct TransitionOutcome {
 /// Why a transition was refused. A refused transition changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
-    /// The run is completed, failed or cancelled; terminal statuses never change.
+    /// The run is completed, failed or cancelled; terminal statuses never change, but
+    /// for a retry of a failed run.
     #[error("the run is {status}, which is terminal")]
     Terminal {
         /// The run's (terminal) status.
@@ -152,8 +158,8 @@ fn describe_pending(pending: Option<&RequestId>) -> String {
 /// new state no longer carries is settled: resolved by resume, denied by remove,
 /// expired by expire, cancelled by anything else (the run ended otherwise).
 ///
-/// Checks in order: terminal status, then whether `t` applies to `from`, then whether
-/// a named request is the pending one.
+/// Checks in order: terminal status (a retry of a failed run is the one way out), then
+/// whether `t` applies to `from`, then whether a named request is the pending one.
 pub fn next_status(
     from: RunStatus,
     pending: Option<&RequestId>,
@@ -161,6 +167,14 @@ pub fn next_status(
 ) -> Result<TransitionOutcome, TransitionError> {
     use RunStatus::{AwaitingHitl, Cancelled, Completed, Failed, Queued, Running};
 
+    if from == Failed && *t == Transition::Retry {
+        return Ok(TransitionOutcome {
+            status: Running,
+            pending: None,
+            previous_request: None,
+            audit_action: t.audit_action(),
+        });
+    }
     if from.is_terminal() {
         return Err(TransitionError::Terminal { status: from });
     }

@@ -155,6 +155,8 @@ text_enum! {
         Resume => "resume",
         /// Cancel the run, denying its pending request if any.
         Remove => "remove",
+        /// Put a failed run back to running at the node that failed.
+        Retry => "retry",
     }
 }
 
@@ -235,6 +237,8 @@ text_enum! {
         RunCancelled => "run_cancelled",
         /// A worker rehydrated the run after a restart or sweep.
         Rehydrate => "rehydrate",
+        /// An operator retried a failed run.
+        Retry => "retry",
     }
 }
 
@@ -254,6 +258,7 @@ impl AuditAction {
             AuditAction::RunFailed => "run_failed",
             AuditAction::RunCancelled => "run_cancelled",
             AuditAction::Rehydrate => "rehydrated",
+            AuditAction::Retry => "run_retried",
         }
     }
 }
@@ -335,7 +340,7 @@ mod tests {
 
     #[test]
     fn command_values_are_the_documented_ones() {
-        assert_eq!(CommandKind::ALLOWED, ["resume", "remove"]);
+        assert_eq!(CommandKind::ALLOWED, ["resume", "remove", "retry"]);
         assert_eq!(
             CommandStatus::ALLOWED,
             ["queued", "running", "succeeded", "rejected", "failed"]
@@ -365,6 +370,7 @@ mod tests {
                 "run_failed",
                 "run_cancelled",
                 "rehydrate",
+                "retry",
             ]
         );
     }

@@ -1,14 +1,14 @@
-//! Jobs `hitl_resume` and `hitl_remove`: apply a recorded command. The transition and
+//! Jobs `hitl_resume`, `hitl_remove` and `hitl_retry`: apply a recorded command. The transition and
 //! the job's completion commit together; applying a command that already ended is a
 //! no-op that returns its stored outcome, so redelivery applies nothing twice.
 //!
-//! A resume moves the run on in the same transaction through its local nodes
+//! A resume (or a retry) moves the run on in the same transaction through its local nodes
 //! ([`super::continue_run`]): one commit from the operator's answer to the run's next
 //! pause or its end, unless a node calls out, which an advancement job then runs.
 
 use super::{ClaimedJob, Handled, Handler, JobContext, JobError, complete_with};
 use crate::domain::{CommandId, RunStatus};
-use crate::persistence::jobs::{ApplyRemove, ApplyResume};
+use crate::persistence::jobs::{ApplyRemove, ApplyResume, ApplyRetry};
 use crate::persistence::{self, AdvanceBy, PersistenceError, Tx};
 use crate::telemetry::metrics::metrics;
 
@@ -16,6 +16,34 @@ use crate::telemetry::metrics::metrics;
 pub(super) struct ApplyResumeJob;
 /// `hitl_remove`.
 pub(super) struct ApplyRemoveJob;
+/// `hitl_retry`.
+pub(super) struct ApplyRetryJob;
+
+impl Handler for ApplyRetryJob {
+    type Payload = ApplyRetry;
+
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        claimed: &ClaimedJob,
+        payload: ApplyRetry,
+    ) -> Result<Handled, JobError> {
+        apply(ctx, claimed, &payload.command_id).await
+    }
+
+    fn subject(payload: &ApplyRetry) -> Option<(&'static str, String)> {
+        Some(("command.id", payload.command_id.to_string()))
+    }
+
+    async fn on_dead(
+        &self,
+        tx: &mut Tx<'_>,
+        payload: &ApplyRetry,
+        error: &str,
+    ) -> Result<(), PersistenceError> {
+        fail(tx, &payload.command_id, "retry", error).await
+    }
+}
 
 impl Handler for ApplyResumeJob {
     type Payload = ApplyResume;

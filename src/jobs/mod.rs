@@ -40,6 +40,7 @@ pub fn registry() -> Registry {
     Registry::default()
         .with(apply_command::ApplyResumeJob)
         .with(apply_command::ApplyRemoveJob)
+        .with(apply_command::ApplyRetryJob)
         .with(advance::AdvanceJob)
         .with(expire::ExpireJob)
         .with(cleanup::CleanupJob)

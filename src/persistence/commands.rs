@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgExecutor};
 
-use super::jobs::{Advance, ApplyRemove, ApplyResume};
+use super::jobs::{Advance, ApplyRemove, ApplyResume, ApplyRetry};
 use super::queue;
 use super::requests::{RequestShape, ResponseInput, validate_responses};
 use super::{AdvanceBy, AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit};
@@ -105,6 +105,7 @@ pub async fn record_command(
         match command.kind {
             CommandKind::Resume => queue::enqueue(tx, &ApplyResume { command_id }, None).await?,
             CommandKind::Remove => queue::enqueue(tx, &ApplyRemove { command_id }, None).await?,
+            CommandKind::Retry => queue::enqueue(tx, &ApplyRetry { command_id }, None).await?,
         }
         return Ok(RecordedCommand {
             command,
@@ -247,6 +248,7 @@ pub async fn apply_command(
     match command.kind {
         CommandKind::Resume => apply_resume(tx, &run, command, payload, &shape, advance).await,
         CommandKind::Remove => apply_remove(tx, &run, command, payload).await,
+        CommandKind::Retry => apply_retry(tx, &run, command, advance).await,
     }
 }
 
@@ -400,6 +402,93 @@ async fn apply_remove(
             .await?;
     }
     succeed(tx, command, &run.run_id, outcome.status, version).await
+}
+
+/// `failed → running` at the node that failed: the run's checkpointed context and
+/// runner state are kept, its failure reason cleared, and the node is entered again (with
+/// a new attempt key: the run's version moves on). `advance` says who moves it on.
+async fn apply_retry(
+    tx: &mut Tx<'_>,
+    run: &LockedRun,
+    command: CommandRecord,
+    advance: AdvanceBy,
+) -> Result<ApplyOutcome, PersistenceError> {
+    let outcome = match run.check(&Transition::Retry, None) {
+        Ok(o) => o,
+        Err(PersistenceError::Transition { .. }) => {
+            let why =
+                explain_retry_refusal(tx, run.context(None), Some(command.created_at)).await?;
+            return reject(tx, &command, why).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let (version, failed_because): (i64, Option<String>) = sqlx::query_as(
+        "update orchestrator_runs o set status = 'running', status_reason = null, \
+             finished_at = null, version = o.version + 1, updated_at = now() \
+         from (select status_reason from orchestrator_runs where run_id = $1) before \
+         where o.run_id = $1 returning o.version, before.status_reason",
+    )
+    .bind(&run.run_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    append_audit(
+        tx,
+        &run.run_id,
+        AuditEntry {
+            run_version: version,
+            action: Some(AuditAction::Retry),
+            command_id: Some(&command.command_id),
+            operator: Some(&command.operator),
+            note: command.note.as_deref(),
+            from_status: Some(run.status),
+            to_status: Some(outcome.status),
+            details: Some(json!({ "failedBecause": failed_because })),
+            ..AuditEntry::default()
+        },
+    )
+    .await?;
+    if advance == AdvanceBy::Job {
+        let run_id = run.run_id.clone();
+        queue::enqueue(tx, &Advance { run_id }, None).await?;
+    }
+    succeed(tx, command, &run.run_id, outcome.status, version).await
+}
+
+/// Why a retry cannot apply: another retry (after `since`, the refused command's own
+/// submission) already put the run back to running (`conflict`, naming it), or the run
+/// is simply not failed (`run_not_failed`).
+pub async fn explain_retry_refusal(
+    conn: &mut PgConnection,
+    context: RefusalContext,
+    since: Option<DateTime<Utc>>,
+) -> Result<Refusal, PersistenceError> {
+    let run_id = context.run_id.clone().unwrap_or_else(RunId::new);
+    let status = context.run_status;
+    if let Some(since) = since {
+        let retried: Option<SettlingEvent> = sqlx::query_as(
+            "select action, command_id, operator_id, operator_display_name, operator_email, \
+                 created_at from run_audit_events \
+             where run_id = $1 and action = 'retry' and created_at >= $2 \
+             order by event_id limit 1",
+        )
+        .bind(&run_id)
+        .bind(since)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(e) = retried {
+            let winner = Winner::from(e);
+            return Ok(Refusal::Conflict {
+                message: format!("run {run_id} was already retried by {}", winner.describe()),
+                winner,
+                context,
+            });
+        }
+    }
+    let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+    Ok(Refusal::RunNotFailed {
+        message: format!("run {run_id} is {status}, not failed: only a failed run can be retried"),
+        context,
+    })
 }
 
 /// Moves the run to `status` with no pending request (resume → running, remove →

@@ -45,6 +45,17 @@ impl JobPayload for ApplyRemove {
     const KIND: &'static str = "hitl_remove";
 }
 
+/// `hitl_retry`: apply a retry command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApplyRetry {
+    pub command_id: CommandId,
+}
+
+impl JobPayload for ApplyRetry {
+    const KIND: &'static str = "hitl_retry";
+}
+
 /// `hitl_advance`: advance a run as far as it can go.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

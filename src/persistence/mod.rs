@@ -32,7 +32,8 @@ use crate::domain::{
 
 pub use commands::{
     ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, explain_refusal,
-    fail_command, find_command, find_command_by_idempotency_key, record_command,
+    explain_retry_refusal, fail_command, find_command, find_command_by_idempotency_key,
+    record_command,
 };
 pub use requests::{
     ExpireOutcome, PendingFilter, PendingItem, RequestShape, ResponseInput, ResponseProblem,

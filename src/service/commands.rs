@@ -69,6 +69,8 @@ pub enum CommandInput {
         request_id: Option<RequestId>,
         reason: Option<String>,
     },
+    /// Put a failed run back to running at the node that failed.
+    Retry,
 }
 
 /// A resume or remove to submit.
@@ -102,6 +104,7 @@ impl SubmitCommand {
         match self.input {
             CommandInput::Resume { .. } => CommandKind::Resume,
             CommandInput::Remove { .. } => CommandKind::Remove,
+            CommandInput::Retry => CommandKind::Retry,
         }
     }
 
@@ -109,6 +112,7 @@ impl SubmitCommand {
         match &self.input {
             CommandInput::Resume { request_id, .. } => Some(request_id),
             CommandInput::Remove { request_id, .. } => request_id.as_ref(),
+            CommandInput::Retry => None,
         }
     }
 
@@ -116,6 +120,7 @@ impl SubmitCommand {
         let (responses, reason) = match &self.input {
             CommandInput::Resume { responses, .. } => (Some(responses.as_slice()), None),
             CommandInput::Remove { reason, .. } => (None, Some(reason.as_deref())),
+            CommandInput::Retry => (None, None),
         };
         serde_json::to_value(Payload {
             run_id: self.target.run_id.as_ref(),
@@ -170,7 +175,8 @@ impl Service {
                 replayed: true,
             });
         }
-        if !self.engine.hitl_enabled() {
+        // A retry re-enters a failed node; it does not depend on HITL pausing.
+        if kind != CommandKind::Retry && !self.engine.hitl_enabled() {
             return Err(ServiceError::HitlDisabled);
         }
         // The early check reads in the recording transaction (one fewer commit per
@@ -315,6 +321,7 @@ async fn check(
         CommandInput::Remove { request_id, .. } => Transition::Remove {
             request_id: request_id.clone(),
         },
+        CommandInput::Retry => Transition::Retry,
     };
     if let Err(error) = next_status(run.status, run.pending_request_id.as_ref(), &transition) {
         let context = RefusalContext {
@@ -324,7 +331,10 @@ async fn check(
             request_status: request.map(|r| r.status),
             pending_request_id: run.pending_request_id.clone(),
         };
-        let refusal = persistence::explain_refusal(tx, context, &error).await?;
+        let refusal = match transition {
+            Transition::Retry => persistence::explain_retry_refusal(tx, context, None).await?,
+            _ => persistence::explain_refusal(tx, context, &error).await?,
+        };
         return Err(ServiceError::Refused(Box::new(refusal)));
     }
     Ok(())

@@ -29,6 +29,7 @@ mod openapi;
 mod persistence_commands;
 mod persistence_runs;
 mod rehydrate;
+mod retry;
 mod worker;
 
 /// A fixed sleep in a test is a guess that something has happened by then; tests wait

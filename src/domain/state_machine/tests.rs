@@ -50,6 +50,7 @@ fn every_transition() -> Vec<Transition> {
         Transition::Fail,
         Transition::Cancel,
         Transition::Rehydrate,
+        Transition::Retry,
     ];
     for action in TimeoutAction::ALL.iter().copied() {
         all.push(Transition::Expire {
@@ -111,7 +112,8 @@ fn a_queued_run_can_only_start_fail_be_removed_or_rehydrate() {
             | Transition::Resume { .. }
             | Transition::Expire { .. }
             | Transition::Complete
-            | Transition::Cancel => illegal(S::Queued, &t),
+            | Transition::Cancel
+            | Transition::Retry => illegal(S::Queued, &t),
         };
         assert_eq!(next_status(S::Queued, None, &t), want, "{t:?}");
     }
@@ -136,9 +138,10 @@ fn a_running_run_can_checkpoint_pause_finish_be_cancelled_or_rehydrate() {
             Transition::Fail => ok(S::Failed, None, None, A::RunFailed),
             Transition::Cancel => ok(S::Cancelled, None, None, A::RunCancelled),
             Transition::Rehydrate => ok(S::Running, None, None, A::Rehydrate),
-            Transition::Start | Transition::Resume { .. } | Transition::Expire { .. } => {
-                illegal(S::Running, &t)
-            }
+            Transition::Start
+            | Transition::Resume { .. }
+            | Transition::Expire { .. }
+            | Transition::Retry => illegal(S::Running, &t),
         };
         assert_eq!(next_status(S::Running, None, &t), want, "{t:?}");
     }
@@ -175,21 +178,23 @@ fn an_awaiting_run_can_only_resume_be_removed_expire_or_rehydrate() {
             | Transition::RaiseRequest { .. }
             | Transition::Complete
             | Transition::Fail
-            | Transition::Cancel => illegal(S::AwaitingHitl, &t),
+            | Transition::Cancel
+            | Transition::Retry => illegal(S::AwaitingHitl, &t),
         };
         assert_eq!(next_status(S::AwaitingHitl, Some(&p()), &t), want, "{t:?}");
     }
 }
 
 #[test]
-fn a_terminal_run_refuses_every_transition() {
+fn a_terminal_run_refuses_every_transition_but_a_retry_of_a_failed_one() {
     for status in [S::Completed, S::Failed, S::Cancelled] {
         for t in every_transition() {
-            assert_eq!(
-                next_status(status, None, &t),
-                Err(TransitionError::Terminal { status }),
-                "{status} {t:?}"
-            );
+            let want = if status == S::Failed && t == Transition::Retry {
+                ok(S::Running, None, None, A::Retry)
+            } else {
+                Err(TransitionError::Terminal { status })
+            };
+            assert_eq!(next_status(status, None, &t), want, "{status} {t:?}");
         }
     }
 }
@@ -216,6 +221,7 @@ fn each_transition_records_its_own_audit_action() {
         (Transition::Fail, A::RunFailed),
         (Transition::Cancel, A::RunCancelled),
         (Transition::Rehydrate, A::Rehydrate),
+        (Transition::Retry, A::Retry),
     ];
     for (t, action) in expected {
         assert_eq!(t.audit_action(), action, "{t:?}");
@@ -403,6 +409,7 @@ enum Step {
     Fail,
     Cancel,
     Rehydrate,
+    Retry,
 }
 
 fn arb_req() -> impl Strategy<Value = Req> {
@@ -429,6 +436,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Fail),
         1 => Just(Step::Cancel),
         2 => Just(Step::Rehydrate),
+        1 => Just(Step::Retry),
     ]
 }
 
@@ -466,6 +474,7 @@ fn to_transition(step: &Step, model: &RunModel) -> Transition {
         Step::Fail => Transition::Fail,
         Step::Cancel => Transition::Cancel,
         Step::Rehydrate => Transition::Rehydrate,
+        Step::Retry => Transition::Retry,
     }
 }
 
@@ -498,15 +507,30 @@ fn run(steps: &[Step]) -> Vec<Applied> {
 
 proptest! {
     #[test]
-    fn terminal_states_never_change_once_reached(steps in arb_steps()) {
+    fn terminal_states_never_change_once_reached_but_failed_by_a_retry(steps in arb_steps()) {
         let mut reached: Option<RunStatus> = None;
         for a in run(&steps) {
-            if let Some(status) = reached {
-                prop_assert_eq!(&a.result, &Err(TransitionError::Terminal { status }));
-                prop_assert_eq!(&a.after, &a.before);
+            match reached {
+                Some(RunStatus::Failed) if a.transition == Transition::Retry => {
+                    prop_assert_eq!(&a.result, &Ok(()));
+                    prop_assert_eq!(a.after.status, RunStatus::Running);
+                    prop_assert_eq!(a.after.version, a.before.version + 1);
+                }
+                Some(status) => {
+                    prop_assert_eq!(&a.result, &Err(TransitionError::Terminal { status }));
+                    prop_assert_eq!(&a.after, &a.before);
+                }
+                None => {}
             }
-            if a.after.status.is_terminal() {
-                reached = Some(a.after.status);
+            reached = a.after.status.is_terminal().then_some(a.after.status);
+        }
+    }
+
+    #[test]
+    fn only_a_failed_run_can_be_retried(steps in arb_steps()) {
+        for a in run(&steps) {
+            if a.transition == Transition::Retry {
+                prop_assert_eq!(a.result.is_ok(), a.before.status == RunStatus::Failed);
             }
         }
     }
