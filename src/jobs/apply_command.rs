@@ -1,5 +1,5 @@
-//! Jobs `hitl_resume`, `hitl_remove` and `hitl_retry`: apply a recorded command. The transition and
-//! the job's completion commit together; applying a command that already ended is a
+//! Jobs `hitl_resume`, `hitl_remove` and `hitl_retry`: apply a recorded command. The
+//! transition and the job's completion commit together; applying a command that already ended is a
 //! no-op that returns its stored outcome, so redelivery applies nothing twice.
 //!
 //! A resume (or a retry) moves the run on in the same transaction through its local nodes
@@ -8,92 +8,43 @@
 
 use super::{ClaimedJob, Handled, Handler, JobContext, JobError, complete_with};
 use crate::domain::{CommandId, RunStatus};
-use crate::persistence::jobs::{ApplyRemove, ApplyResume, ApplyRetry};
+use crate::persistence::jobs::CommandJob;
 use crate::persistence::{self, AdvanceBy, PersistenceError, Tx};
 use crate::telemetry::metrics::metrics;
 
-/// `hitl_resume`.
-pub(super) struct ApplyResumeJob;
-/// `hitl_remove`.
-pub(super) struct ApplyRemoveJob;
-/// `hitl_retry`.
-pub(super) struct ApplyRetryJob;
+/// The handler of every command kind's job (`hitl_resume`, `hitl_remove`, `hitl_retry`):
+/// they differ only in their payload's kind name.
+pub(super) struct ApplyCommandJob<P>(std::marker::PhantomData<fn() -> P>);
 
-impl Handler for ApplyRetryJob {
-    type Payload = ApplyRetry;
-
-    async fn run(
-        &self,
-        ctx: &JobContext,
-        claimed: &ClaimedJob,
-        payload: ApplyRetry,
-    ) -> Result<Handled, JobError> {
-        apply(ctx, claimed, &payload.command_id).await
-    }
-
-    fn subject(payload: &ApplyRetry) -> Option<(&'static str, String)> {
-        Some(("command.id", payload.command_id.to_string()))
-    }
-
-    async fn on_dead(
-        &self,
-        tx: &mut Tx<'_>,
-        payload: &ApplyRetry,
-        error: &str,
-    ) -> Result<(), PersistenceError> {
-        fail(tx, &payload.command_id, "retry", error).await
+impl<P> ApplyCommandJob<P> {
+    pub(super) fn new() -> Self {
+        Self(std::marker::PhantomData)
     }
 }
 
-impl Handler for ApplyResumeJob {
-    type Payload = ApplyResume;
+impl<P: CommandJob> Handler for ApplyCommandJob<P> {
+    type Payload = P;
 
     async fn run(
         &self,
         ctx: &JobContext,
         claimed: &ClaimedJob,
-        payload: ApplyResume,
+        payload: P,
     ) -> Result<Handled, JobError> {
-        apply(ctx, claimed, &payload.command_id).await
+        apply(ctx, claimed, payload.command_id()).await
     }
 
-    fn subject(payload: &ApplyResume) -> Option<(&'static str, String)> {
-        Some(("command.id", payload.command_id.to_string()))
+    fn subject(payload: &P) -> Option<(&'static str, String)> {
+        Some(("command.id", payload.command_id().to_string()))
     }
 
     async fn on_dead(
         &self,
         tx: &mut Tx<'_>,
-        payload: &ApplyResume,
+        payload: &P,
         error: &str,
     ) -> Result<(), PersistenceError> {
-        fail(tx, &payload.command_id, "resume", error).await
-    }
-}
-
-impl Handler for ApplyRemoveJob {
-    type Payload = ApplyRemove;
-
-    async fn run(
-        &self,
-        ctx: &JobContext,
-        claimed: &ClaimedJob,
-        payload: ApplyRemove,
-    ) -> Result<Handled, JobError> {
-        apply(ctx, claimed, &payload.command_id).await
-    }
-
-    fn subject(payload: &ApplyRemove) -> Option<(&'static str, String)> {
-        Some(("command.id", payload.command_id.to_string()))
-    }
-
-    async fn on_dead(
-        &self,
-        tx: &mut Tx<'_>,
-        payload: &ApplyRemove,
-        error: &str,
-    ) -> Result<(), PersistenceError> {
-        fail(tx, &payload.command_id, "remove", error).await
+        fail(tx, payload.command_id(), P::COMMAND.as_str(), error).await
     }
 }
 

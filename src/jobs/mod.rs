@@ -38,9 +38,9 @@ pub use runner::{QuietError, Worker, WorkerSettings};
 /// Every job kind this build runs: one line per kind.
 pub fn registry() -> Registry {
     Registry::default()
-        .with(apply_command::ApplyResumeJob)
-        .with(apply_command::ApplyRemoveJob)
-        .with(apply_command::ApplyRetryJob)
+        .with(apply_command::ApplyCommandJob::<jobs::ApplyResume>::new())
+        .with(apply_command::ApplyCommandJob::<jobs::ApplyRemove>::new())
+        .with(apply_command::ApplyCommandJob::<jobs::ApplyRetry>::new())
         .with(advance::AdvanceJob)
         .with(expire::ExpireJob)
         .with(cleanup::CleanupJob)

@@ -9,7 +9,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{CommandId, RequestId, RunId};
+use crate::domain::{CommandId, CommandKind, RequestId, RunId};
 
 /// A job kind's payload: what is stored in the row, under the kind's stable name.
 pub trait JobPayload: Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -23,11 +23,27 @@ pub trait JobPayload: Serialize + DeserializeOwned + Send + Sync + 'static {
     }
 }
 
+/// The payload of a command's job: it names the command to apply.
+pub trait CommandJob: JobPayload {
+    /// The kind of command its jobs apply.
+    const COMMAND: CommandKind;
+    /// The command to apply.
+    fn command_id(&self) -> &CommandId;
+}
+
 /// `hitl_resume`: apply a resume command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplyResume {
     pub command_id: CommandId,
+}
+
+impl CommandJob for ApplyResume {
+    const COMMAND: CommandKind = CommandKind::Resume;
+
+    fn command_id(&self) -> &CommandId {
+        &self.command_id
+    }
 }
 
 impl JobPayload for ApplyResume {
@@ -41,6 +57,14 @@ pub struct ApplyRemove {
     pub command_id: CommandId,
 }
 
+impl CommandJob for ApplyRemove {
+    const COMMAND: CommandKind = CommandKind::Remove;
+
+    fn command_id(&self) -> &CommandId {
+        &self.command_id
+    }
+}
+
 impl JobPayload for ApplyRemove {
     const KIND: &'static str = "hitl_remove";
 }
@@ -50,6 +74,14 @@ impl JobPayload for ApplyRemove {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplyRetry {
     pub command_id: CommandId,
+}
+
+impl CommandJob for ApplyRetry {
+    const COMMAND: CommandKind = CommandKind::Retry;
+
+    fn command_id(&self) -> &CommandId {
+        &self.command_id
+    }
 }
 
 impl JobPayload for ApplyRetry {
