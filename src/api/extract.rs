@@ -14,7 +14,8 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
-use super::{ApiError, AppState, storable};
+use super::{ApiError, AppState};
+use crate::domain::storable;
 
 /// A JSON body of type `T`, read within the configured size limit.
 pub struct ApiJson<T>(pub T);

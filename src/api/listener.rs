@@ -1,5 +1,5 @@
-//! The HTTP connections' own timeouts, below HTTP: a first request that never starts,
-//! and writes that stall.
+//! The HTTP connections' write timeout, below HTTP (hyper times the reading side: see
+//! `api::HttpLimits`).
 //!
 //! A client that stops reading (a stalled event stream, a slow-loris download) fills its
 //! socket buffer; the server's next write then waits forever and the connection, with
@@ -17,27 +17,19 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 /// A TCP stream whose writes fail after making no progress for a while.
-///
-/// Also, a connection that sends nothing at all for `first_byte` after it was accepted
-/// is closed: hyper's request-head timeout starts only with a request's first byte, so
-/// without this a client could hold a connection (and a slot) by never starting one.
 pub struct WriteTimeout {
     stream: TcpStream,
     timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
-    /// Running until the first byte arrives.
-    first_byte: Option<Pin<Box<Sleep>>>,
 }
 
 impl WriteTimeout {
-    /// Wraps `stream`; writes stalled longer than `timeout` fail, and so does waiting
-    /// longer than `first_byte` for the connection's first byte.
-    pub fn new(stream: TcpStream, timeout: Duration, first_byte: Duration) -> Self {
+    /// Wraps `stream`; writes stalled longer than `timeout` fail.
+    pub fn new(stream: TcpStream, timeout: Duration) -> Self {
         Self {
             stream,
             timeout,
             stalled: None,
-            first_byte: Some(Box::pin(tokio::time::sleep(first_byte))),
         }
     }
 
@@ -80,21 +72,7 @@ impl AsyncRead for WriteTimeout {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if let Some(timer) = &mut self.first_byte {
-            match &result {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_byte = None,
-                Poll::Pending if timer.as_mut().poll(cx).is_ready() => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client sent no request",
-                    )));
-                }
-                _ => {}
-            }
-        }
-        result
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 

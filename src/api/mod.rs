@@ -16,7 +16,6 @@ pub mod openapi;
 mod outcome;
 mod pending;
 mod runs;
-mod storable;
 mod tracing_layer;
 
 use std::sync::Arc;
@@ -80,8 +79,9 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// how long its writes may stall, and how many connections are served at once.
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
-    /// A request head must arrive within this of its first byte, and a new connection
-    /// must send its first byte within this.
+    /// A request head must arrive within this once the connection waits for it: a new
+    /// connection that sends nothing, a stalled head and an idle keep-alive connection
+    /// are all closed after this long (hyper's header read timeout).
     pub header_timeout: Duration,
     /// A body that makes no progress this long is refused with 408.
     pub body_timeout: Duration,
@@ -137,11 +137,8 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let io = hyper_util::rt::TokioIo::new(listener::WriteTimeout::new(
-            stream,
-            limits.write_timeout,
-            limits.header_timeout,
-        ));
+        let io =
+            hyper_util::rt::TokioIo::new(listener::WriteTimeout::new(stream, limits.write_timeout));
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())

@@ -352,7 +352,8 @@ pub struct CommonArgs {
     #[arg(long, env = "HITL_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub hitl_enabled: bool,
 
-    /// URL prefixes `agent.webhook` nodes may call, comma-separated
+    /// URLs `agent.webhook` nodes may call, comma-separated: a call must have an entry's
+    /// scheme, host and port and a path under the entry's path at a segment boundary
     /// (e.g. `http://agents.internal/,http://127.0.0.1:9000/`). Empty: agent calls are refused.
     #[arg(long, env = "HITL_AGENT_ALLOWED_URLS", value_delimiter = ',', num_args = 0..)]
     pub agent_allowed_urls: Vec<String>,
@@ -397,8 +398,8 @@ pub struct HttpArgs {
     pub http_write_timeout: Millis,
 
     /// A connection is closed when a request head (request line and headers) has not
-    /// fully arrived this long after its first byte, or when a new connection sends
-    /// nothing for this long.
+    /// fully arrived this long after the connection began waiting for it: a stalled
+    /// head, a new connection that sends nothing, an idle keep-alive connection.
     #[arg(long, env = "HITL_HTTP_HEADER_TIMEOUT", default_value = "10s")]
     pub http_header_timeout: Millis,
 

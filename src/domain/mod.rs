@@ -6,6 +6,7 @@ pub mod ids;
 pub mod refusal;
 pub mod state_machine;
 pub mod status;
+pub mod storable;
 
 pub use ids::{BriefId, CommandId, IdError, RequestId, ResponseId, RunId, ThreadId};
 pub use refusal::{Operator, Refusal, RefusalContext, Winner};

@@ -56,6 +56,15 @@ pub struct AgentWebhook {
 impl AgentWebhook {
     /// A webhook caller with `settings`.
     pub fn new(settings: WebhookSettings) -> Self {
+        for (i, entry) in settings.allowed_urls.iter().enumerate() {
+            if reqwest::Url::parse(entry).map_or(true, |u| u.host_str().is_none()) {
+                // Named by position: an entry may hold something private.
+                tracing::warn!(
+                    entry = i + 1,
+                    "an HITL_AGENT_ALLOWED_URLS entry is not a URL with a host; it allows nothing"
+                );
+            }
+        }
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
@@ -65,17 +74,29 @@ impl AgentWebhook {
         Self { client, settings }
     }
 
+    /// A call URL is allowed when it parses, has no user information, and matches an
+    /// allow-list entry in scheme, host and port, with its path under the entry's path at
+    /// a segment boundary (`/publish` admits `/publish` and `/publish/x`, not
+    /// `/publisher`). A plain string prefix would let `http://agents.internal` admit
+    /// `http://agents.internal.evil.example/` and `http://agents.internal@evil.example/`.
     fn check_url(&self, url: &str) -> Result<(), String> {
-        if !url.starts_with("http://") {
+        let Ok(call) = reqwest::Url::parse(url) else {
+            return Err("is not a URL".into());
+        };
+        if call.scheme() != "http" {
             return Err(
                 "must be an http:// URL (this build links no TLS; terminate TLS in a proxy)".into(),
             );
+        }
+        if !call.username().is_empty() || call.password().is_some() {
+            return Err("must not carry user information".into());
         }
         if self
             .settings
             .allowed_urls
             .iter()
-            .any(|prefix| url.starts_with(prefix.as_str()))
+            .filter_map(|entry| reqwest::Url::parse(entry).ok())
+            .any(|entry| allows(&entry, &call))
         {
             Ok(())
         } else {
@@ -147,6 +168,24 @@ struct AgentContract {
     facets: Vec<String>,
     #[serde(default)]
     capability_contract: Map<String, Value>,
+}
+
+/// Whether the allow-list `entry` admits `call` (see `AgentWebhook::check_url`).
+fn allows(entry: &reqwest::Url, call: &reqwest::Url) -> bool {
+    let same_origin = entry.scheme() == call.scheme()
+        && entry.host_str().is_some()
+        && entry.host_str() == call.host_str()
+        && entry.port_or_known_default() == call.port_or_known_default()
+        && entry.username().is_empty()
+        && entry.password().is_none();
+    let base = entry.path().trim_end_matches('/');
+    let path = call.path();
+    same_origin
+        && (base.is_empty()
+            || path == base
+            || path
+                .strip_prefix(base)
+                .is_some_and(|rest| rest.starts_with('/')))
 }
 
 impl Capability for AgentWebhook {
@@ -250,6 +289,13 @@ impl Capability for AgentWebhook {
                         .unwrap_or_else(|| format!("agent refused the call (HTTP {status})"));
                     return failed(message);
                 }
+                // A reply PostgreSQL cannot store would fail every write of the node's
+                // outcome, and the job would retry the call forever: fail the node instead.
+                if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()
+                    && let Err(u) = crate::domain::storable::check(text.as_bytes())
+                {
+                    return failed(format!("agent reply: {}: {}", u.path, u.message));
+                }
                 return Ok(match serde_json::from_str::<AgentReply>(&text) {
                     Ok(reply) => outcome(call.node_id, reply),
                     Err(e) => CapabilityOutcome::Failed {
@@ -308,5 +354,48 @@ fn outcome(node_id: &str, reply: AgentReply) -> CapabilityOutcome {
         AgentReply::Failed { message } => CapabilityOutcome::Failed {
             message: message.unwrap_or_else(|| "the agent reported a failure".into()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(allowed: &[&str]) -> AgentWebhook {
+        AgentWebhook::new(WebhookSettings {
+            allowed_urls: allowed.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: Duration::from_secs(1),
+            max_attempts: 1,
+            backoff: Duration::from_millis(1),
+            signing_secret: None,
+        })
+    }
+
+    #[test]
+    fn the_allow_list_compares_origin_and_path_segments_not_string_prefixes() {
+        let w = webhook(&["http://agents.internal", "http://127.0.0.1:9000/publish/"]);
+        for ok in [
+            "http://agents.internal/",
+            "http://agents.internal/run/x",
+            "http://agents.internal:80/x",
+            "http://AGENTS.internal/x",
+            "http://127.0.0.1:9000/publish",
+            "http://127.0.0.1:9000/publish/now",
+        ] {
+            assert!(w.check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://agents.internal.evil.example/",
+            "http://agents.internal@evil.example/",
+            "http://user:pw@agents.internal/",
+            "http://agents.internal:8080/",
+            "https://agents.internal/",
+            "http://127.0.0.1:9000/publisher",
+            "http://127.0.0.1:9001/publish",
+            "http://127.0.0.1:9000/",
+            "not a url",
+        ] {
+            assert!(w.check_url(bad).is_err(), "{bad}");
+        }
     }
 }

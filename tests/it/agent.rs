@@ -292,6 +292,46 @@ async fn a_5xx_is_retried_a_4xx_fails_the_run_and_a_hanging_agent_is_retried_the
 }
 
 #[tokio::test]
+async fn a_reply_that_cannot_be_stored_fails_the_node_once_naming_the_field_and_never_loops() {
+    let db = crate::common::fresh_db().await;
+    let (base, agent) = agent(|_, _| {
+        let reply = json!({ "status": "completed", "output": { "text": "tool said \u{0}" } });
+        (200, reply, Duration::ZERO)
+    })
+    .await;
+    let engine = engine(&base, Duration::from_secs(5), None);
+    let run = create(&engine, &db.pool, agent_plan(&base, &["tool"]))
+        .await
+        .unwrap();
+    let worker = RunningWorker::spawn(&db.pool, engine.clone(), fast_settings());
+    wait_for_count(
+        &db.pool,
+        "select count(*) from orchestrator_runs where status = 'failed'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    worker.stop().await;
+    // Nothing left to retry it: the queue is quiet and the agent was called once.
+    hitl_orchestrator::jobs::Worker::new(db.pool.clone(), engine, fast_settings())
+        .run_until_quiet(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (status, reason) = run_status(&db.pool, &run).await;
+    assert_eq!(status, RunStatus::Failed);
+    let reason = reason.unwrap();
+    assert!(
+        reason.contains("output.text") && reason.contains("U+0000"),
+        "{reason}"
+    );
+    assert_eq!(
+        agent.calls.lock().unwrap().len(),
+        1,
+        "called once, not retried"
+    );
+}
+
+#[tokio::test]
 async fn calls_are_signed_and_urls_outside_the_allow_list_are_refused() {
     use hmac::{Hmac, KeyInit, Mac};
     let db = crate::common::fresh_db().await;
@@ -312,7 +352,7 @@ async fn calls_are_signed_and_urls_outside_the_allow_list_are_refused() {
         &db.pool,
         "select count(*) from orchestrator_runs where status = 'completed'",
         1,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     worker.stop().await;

@@ -344,7 +344,7 @@ async fn the_sweep_repairs_a_run_stranded_while_the_system_runs_and_a_quiet_swee
         &db.pool,
         "select count(*) from apalis.jobs where job_type = 'hitl_rescan' and status = 'Done'",
         1,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
 
@@ -377,7 +377,7 @@ async fn the_sweep_repairs_a_run_stranded_while_the_system_runs_and_a_quiet_swee
         &db.pool,
         "select count(*) from orchestrator_runs where status = 'completed'",
         1,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
 
@@ -389,7 +389,7 @@ async fn the_sweep_repairs_a_run_stranded_while_the_system_runs_and_a_quiet_swee
         &db.pool,
         "select count(*) from apalis.jobs where job_type = 'hitl_expire'",
         1,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     sqlx::query("delete from apalis.jobs where job_type = 'hitl_expire'")
@@ -412,7 +412,7 @@ async fn the_sweep_repairs_a_run_stranded_while_the_system_runs_and_a_quiet_swee
     assert_eq!(repairs, vec!["advancement", "deadline"]);
 
     // Quiet now: several sweeps later, not one orchestrator row has been rewritten.
-    wait_for_count(&db.pool, "select count(*) from apalis.jobs where status in ('Pending', 'Running') and job_type <> 'hitl_cleanup'", 0, Duration::from_secs(10)).await;
+    wait_for_count(&db.pool, "select count(*) from apalis.jobs where status in ('Pending', 'Running') and job_type <> 'hitl_cleanup'", 0, Duration::from_secs(30)).await;
     let versions = "select coalesce(sum(xmin::text::bigint), 0)::bigint from orchestrator_runs";
     let before = (
         scalar(&db.pool, versions).await,

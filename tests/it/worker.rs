@@ -96,7 +96,7 @@ async fn a_notification_wakes_an_idle_worker_long_before_its_poll_and_the_poll_w
         &db.pool,
         "select count(*) from orchestrator_runs where status = 'completed'",
         2,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     worker.stop().await;
@@ -165,14 +165,14 @@ async fn a_command_job_delivered_twice_applies_once() {
         &db.pool,
         "select count(*) from apalis.jobs where job_type = 'hitl_resume' and status = 'Done'",
         2,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     wait_for_count(
         &db.pool,
         "select count(*) from orchestrator_runs where status = 'completed'",
         1,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     worker.stop().await;
@@ -197,10 +197,10 @@ async fn a_poison_job_dies_alone_its_batch_mates_succeed_and_the_worker_keeps_ru
         &db.pool,
         "select count(*) from orchestrator_runs where status = 'completed'",
         5,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
-    wait_for_count(&db.pool, "select count(*) from apalis.jobs where id = '01POISON000000000000000000' and status = 'Killed'", 1, Duration::from_secs(10)).await;
+    wait_for_count(&db.pool, "select count(*) from apalis.jobs where id = '01POISON000000000000000000' and status = 'Killed'", 1, Duration::from_secs(30)).await;
     let error: String = sqlx::query_scalar(
         "select last_result->>'Err' from apalis.jobs where id = '01POISON000000000000000000'",
     )
@@ -215,7 +215,7 @@ async fn a_poison_job_dies_alone_its_batch_mates_succeed_and_the_worker_keeps_ru
         &db.pool,
         "select count(*) from orchestrator_runs where status = 'completed'",
         6,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     worker.stop().await;
@@ -433,7 +433,7 @@ async fn finished_job_rows_are_deleted_on_a_schedule_by_a_single_cleanup_job() {
         &db.pool,
         "select count(*) from apalis.jobs where status = 'Done' and job_type <> 'hitl_cleanup'",
         0,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     let active = scalar(

@@ -1,9 +1,10 @@
-//! What a JSON body may hold before any of it is stored: PostgreSQL keeps no U+0000 in
-//! `text` or `jsonb`, serde_json keeps only the last of two equal keys, and a number
-//! beyond 64 bits comes back as a float. [`check`] walks the body's text once and
+//! What a JSON document may hold before any of it is stored: PostgreSQL keeps no U+0000
+//! in `text` or `jsonb`, serde_json keeps only the last of two equal keys, and a number
+//! beyond 64 bits comes back as a float. [`check`] walks the document's text once and
 //! refuses each, naming the path (`responses[0].freeformText`, `executionContext.notes`,
-//! `plan.nodes[1].prompt`), so a client learns which field to fix and nothing is
-//! written. The body must already be known to be valid JSON.
+//! `plan.nodes[1].prompt`), so whoever sent it learns which field to fix and nothing is
+//! written. The API checks request bodies with it, `agent.webhook` agents' replies. The
+//! text must already be known to be valid JSON.
 
 /// Where a body holds something that cannot be stored as sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +38,8 @@ fn render(frames: &[Frame], last: Option<&Step>) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(k);
+                // The path itself must be storable (it may end up in a status reason).
+                out.push_str(&k.replace('\0', "\\u0000"));
             }
             Step::Index(i) => out.push_str(&format!("[{i}]")),
         }
@@ -212,7 +214,7 @@ mod tests {
                 .0,
             "plan.nodes[1].prompt"
         );
-        assert_eq!(problem(r#"{"k\u0000": 1}"#).unwrap().0, "k\0");
+        assert_eq!(problem(r#"{"k\u0000": 1}"#).unwrap().0, "k\\u0000");
         assert_eq!(problem(r#"["\u0000"]"#).unwrap().0, "[0]");
     }
 
