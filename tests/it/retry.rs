@@ -255,3 +255,35 @@ async fn only_a_failed_run_can_be_retried_and_an_unknown_one_is_404() {
     assert_eq!(app.dump().await, before);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn retry_works_with_hitl_switched_off() {
+    let app = TestApp::spawn_with(AppOptions {
+        engine: Engine::with_builtins(false),
+        ..AppOptions::default()
+    })
+    .await;
+    let plan = json!({ "nodes": [ { "id": "broken", "type": "task", "capability": "fail",
+                                    "input": { "message": "misconfigured" } } ] });
+    let run = app.create_run(plan).await;
+    app.wait_for_run(&run, "failed").await;
+    let reply = app
+        .post_with(
+            &format!("/api/runs/{run}/retry"),
+            &retry_body("op"),
+            &[("Prefer", "wait=10")],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "not 503 hitl_disabled: {reply:?}");
+    assert_eq!(reply.body["status"], "succeeded");
+    // The node that failed ran again (and, still misconfigured, failed again).
+    let again = app.wait_for_run(&run, "failed").await;
+    let failures = again["auditLog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "run_failed")
+        .count();
+    assert_eq!(failures, 2, "{}", again["auditLog"]);
+    app.stop().await;
+}
