@@ -13,12 +13,12 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::auth::{Authorized, Operate};
+use super::auth::{Authorized, Operate, Principal};
 use super::extract::ApiJson;
 use super::openapi::{AuthErrors, BodyErrors, CommandAccepted, ErrorBody};
 use super::outcome::{self, CommandView};
 use super::{ApiError, AppState};
-use crate::domain::{CommandId, Operator, RequestId, RunId};
+use crate::domain::{CommandId, CommandKind, Operator, RequestId, RunId};
 use crate::service::input::{self, IdempotencyKey, MAX_LONG_TEXT};
 use crate::service::{CommandInput, ResponseInput, RunTarget, SubmitCommand};
 
@@ -106,20 +106,7 @@ pub async fn resume(
         note: body.note,
         idempotency_key,
     };
-    let submitted = state.service.submit(submission).await?;
-    let c = &submitted.command;
-    tracing::info!(
-        name: "hitl_resume_api",
-        event = "hitl_resume_api",
-        run_id = %c.run_id,
-        request_id = c.request_id.as_ref().map_or("", RequestId::as_str),
-        command_id = %c.command_id,
-        operator_id = %c.operator.id,
-        token_name = %principal.name,
-        created = !submitted.replayed,
-        "resume accepted"
-    );
-    outcome::answer(&state, submitted, wait).await
+    accept(&state, &principal, submission, wait).await
 }
 
 /// `POST /api/hitl/remove`.
@@ -157,20 +144,7 @@ pub async fn remove(
         note: body.note,
         idempotency_key,
     };
-    let submitted = state.service.submit(submission).await?;
-    let c = &submitted.command;
-    tracing::info!(
-        name: "hitl_cancel_api",
-        event = "hitl_cancel_api",
-        run_id = %c.run_id,
-        request_id = c.request_id.as_ref().map_or("", RequestId::as_str),
-        command_id = %c.command_id,
-        operator_id = %c.operator.id,
-        token_name = %principal.name,
-        created = !submitted.replayed,
-        "remove accepted"
-    );
-    outcome::answer(&state, submitted, wait).await
+    accept(&state, &principal, submission, wait).await
 }
 
 /// `GET /api/hitl/commands/{commandId}`: the command, and the run once it is final. An
@@ -194,6 +168,40 @@ pub async fn show(
         axum::http::StatusCode::OK,
         &CommandView::from(command),
     ))
+}
+
+/// Submits, logs the API's named event for the accepted command (ids only, never a token
+/// or free text), and answers as the `Prefer` header asked.
+async fn accept(
+    state: &AppState,
+    principal: &Principal,
+    submission: SubmitCommand,
+    wait: Option<std::time::Duration>,
+) -> Result<Response, ApiError> {
+    let submitted = state.service.submit(submission).await?;
+    let c = &submitted.command;
+    // `name:` must be a literal for tracing's callsite, hence one arm per kind.
+    macro_rules! accepted {
+        ($name:literal, $message:literal) => {
+            tracing::info!(
+                name: $name,
+                event = $name,
+                run_id = %c.run_id,
+                request_id = c.request_id.as_ref().map_or("", RequestId::as_str),
+                command_id = %c.command_id,
+                operator_id = %c.operator.id,
+                token_name = %principal.name,
+                created = !submitted.replayed,
+                $message
+            )
+        };
+    }
+    match c.kind {
+        CommandKind::Resume => accepted!("hitl_resume_api", "resume accepted"),
+        CommandKind::Remove => accepted!("hitl_cancel_api", "remove accepted"),
+        CommandKind::Retry => accepted!("hitl_retry_api", "retry accepted"),
+    }
+    outcome::answer(state, submitted, wait).await
 }
 
 impl OperatorIn {
@@ -269,17 +277,5 @@ pub async fn retry(
         note: body.note,
         idempotency_key,
     };
-    let submitted = state.service.submit(submission).await?;
-    let c = &submitted.command;
-    tracing::info!(
-        name: "hitl_retry_api",
-        event = "hitl_retry_api",
-        run_id = %c.run_id,
-        command_id = %c.command_id,
-        operator_id = %c.operator.id,
-        token_name = %principal.name,
-        created = !submitted.replayed,
-        "retry accepted"
-    );
-    outcome::answer(&state, submitted, wait).await
+    accept(&state, &principal, submission, wait).await
 }
