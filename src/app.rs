@@ -34,6 +34,8 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
     #[error("invalid API token settings: {0}")]
     Tokens(String),
+    #[error("invalid agent settings: {0}")]
+    Agent(String),
 }
 
 /// What a process runs once its database is open.
@@ -56,8 +58,9 @@ pub async fn run(role: &Role) -> Result<(), AppError> {
         Role::Api(args) => Runs::Api(&args.http),
         Role::Worker(args) => Runs::Worker(&args.worker),
     };
+    // Before the database: a bad agent setting is refused at once, not after a connect.
+    let engine = Engine::for_service(common).map_err(AppError::Agent)?;
     let db = Database::open(common).await?;
-    let engine = Engine::for_service(common);
     let grace = common.shutdown_grace.0;
     let refresher = tokio::spawn(crate::service::refresh_loop(
         db.pool.clone(),

@@ -14,11 +14,15 @@ use std::path::{Path, PathBuf};
 const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &[]),
     ("domain", &[]),
-    ("telemetry", &["config"]),
+    ("tls", &[]),
+    ("telemetry", &["config", "tls"]),
     ("db", &["config"]),
     ("identity", &["config"]),
     ("persistence", &["domain", "telemetry"]),
-    ("engine", &["config", "domain", "persistence", "telemetry"]),
+    (
+        "engine",
+        &["config", "domain", "persistence", "telemetry", "tls"],
+    ),
     (
         "service",
         &[

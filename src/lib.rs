@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod persistence;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 
 #[cfg(test)]
 mod layering;

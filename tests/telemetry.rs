@@ -118,7 +118,7 @@ async fn a_resume_traced_from_the_api_to_the_worker_and_metrics_arrive_over_otlp
         ("RUST_LOG", "debug,hyper=info,h2=info,reqwest=info"),
     ];
     let mut service = common::ServiceProcess::start(&["serve"], &env, logs.path());
-    let client = reqwest::Client::new();
+    let client = crate::common::http_client();
     let base = service.base_url.clone();
     let created: Value = client
         .post(format!("{base}/api/runs"))

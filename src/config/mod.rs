@@ -362,14 +362,33 @@ pub struct CommonArgs {
     #[arg(long, env = "HITL_AGENT_TIMEOUT", default_value = "30s")]
     pub agent_timeout: Millis,
 
-    /// Tries per agent call (network errors, timeouts, 5xx) before the node fails.
-    #[arg(long, env = "HITL_AGENT_MAX_ATTEMPTS", default_value_t = 3,
-          value_parser = clap::value_parser!(u32).range(1..=20))]
-    pub agent_max_attempts: u32,
+    /// How long an agent call that fails in a way worth retrying (a network error, a
+    /// timeout, 408, 429, 5xx) is retried, counted from its first failure; the run shows
+    /// `agentRetry` meanwhile and fails once the window has passed.
+    #[arg(long, env = "HITL_AGENT_RETRY_FOR", default_value = "1h")]
+    pub agent_retry_for: Millis,
 
-    /// Delay before the first agent retry; doubles each time.
+    /// Replaced by HITL_AGENT_RETRY_FOR; refused at start with a message saying so.
+    #[arg(long, env = "HITL_AGENT_MAX_ATTEMPTS", hide = true)]
+    pub agent_max_attempts: Option<String>,
+
+    /// Delay before the first agent retry; doubles each time (with jitter), up to
+    /// HITL_AGENT_BACKOFF_MAX. An agent's `Retry-After` is honoured instead.
     #[arg(long, env = "HITL_AGENT_BACKOFF", default_value = "500ms")]
     pub agent_backoff: Millis,
+
+    /// The longest delay between two attempts at an agent call.
+    #[arg(long, env = "HITL_AGENT_BACKOFF_MAX", default_value = "60s")]
+    pub agent_backoff_max: Millis,
+
+    /// The largest agent reply read (e.g. 4MiB, 262144); a longer one fails the node.
+    #[arg(long, env = "HITL_AGENT_MAX_RESPONSE", default_value = "4MiB")]
+    pub agent_max_response: ByteSize,
+
+    /// PEM file of certificate authorities trusted for `https://` agents, besides the
+    /// system's roots (e.g. an internal CA).
+    #[arg(long, env = "HITL_AGENT_CA_FILE")]
+    pub agent_ca_file: Option<PathBuf>,
 
     /// Secret for signing agent calls: `X-Hitl-Signature: sha256=<hex HMAC-SHA256 of the body>`.
     #[arg(long, env = "HITL_AGENT_SIGNING_SECRET", hide_env_values = true)]
@@ -541,7 +560,37 @@ impl Cli {
                 format!("invalid value for {setting}: {why}"),
             )
         };
-        if let Some(url) = &self.command.common().database_url {
+        let common = self.command.common();
+        if common.agent_max_attempts.is_some() {
+            return Err(invalid(
+                "--agent-max-attempts (HITL_AGENT_MAX_ATTEMPTS)",
+                "it was replaced by HITL_AGENT_RETRY_FOR (how long an agent call is retried, \
+                 e.g. 1h; attempts are spaced by HITL_AGENT_BACKOFF up to HITL_AGENT_BACKOFF_MAX); \
+                 remove it"
+                    .to_owned(),
+            ));
+        }
+        for (setting, value) in [
+            (
+                "--agent-backoff (HITL_AGENT_BACKOFF)",
+                common.agent_backoff.0,
+            ),
+            (
+                "--agent-backoff-max (HITL_AGENT_BACKOFF_MAX)",
+                common.agent_backoff_max.0,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(setting, "must be longer than zero".to_owned()));
+            }
+        }
+        if common.agent_backoff_max.0 < common.agent_backoff.0 {
+            return Err(invalid(
+                "--agent-backoff-max (HITL_AGENT_BACKOFF_MAX)",
+                "must not be shorter than HITL_AGENT_BACKOFF".to_owned(),
+            ));
+        }
+        if let Some(url) = &common.database_url {
             DatabaseUrl::from_str(url.expose())
                 .map_err(|why| invalid("--database-url (DATABASE_URL)", why))?;
         }

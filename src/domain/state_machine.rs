@@ -53,6 +53,9 @@ pub enum Transition {
     /// A worker reloads the run after a restart or sweep: any non-terminal status stays
     /// as it is, the pending request too.
     Rehydrate,
+    /// An agent call failed in a way worth retrying and the run starts waiting for the
+    /// agent: `running → running` (later attempts of the same outage write no transition).
+    AgentUnreachable,
     /// An operator retries a failed run: `failed → running`, at the node that failed.
     /// The one way out of a terminal status; `completed` and `cancelled` never change.
     Retry,
@@ -73,6 +76,7 @@ impl Transition {
             Self::Cancel => "cancel",
             Self::Rehydrate => "rehydrate",
             Self::Retry => "retry",
+            Self::AgentUnreachable => "agent_unreachable",
         }
     }
 
@@ -90,6 +94,7 @@ impl Transition {
             Self::Cancel => AuditAction::RunCancelled,
             Self::Rehydrate => AuditAction::Rehydrate,
             Self::Retry => AuditAction::Retry,
+            Self::AgentUnreachable => AuditAction::AgentUnreachable,
         }
     }
 }
@@ -196,7 +201,9 @@ pub fn next_status(
     // (new status, new pending request, what a left-behind pending request becomes)
     let (status, new_pending, settled_as) = match t {
         Transition::Start if from == Queued => (Running, None, RequestStatus::Cancelled),
-        Transition::Checkpoint if from == Running => (Running, None, RequestStatus::Cancelled),
+        Transition::Checkpoint | Transition::AgentUnreachable if from == Running => {
+            (Running, None, RequestStatus::Cancelled)
+        }
         Transition::RaiseRequest { request_id } if from == Running => (
             AwaitingHitl,
             Some(request_id.clone()),

@@ -239,6 +239,9 @@ text_enum! {
         Rehydrate => "rehydrate",
         /// An operator retried a failed run.
         Retry => "retry",
+        /// An agent call failed in a way worth retrying (the agent is down, busy or
+        /// slow): the run keeps running and the call is retried for `HITL_AGENT_RETRY_FOR`.
+        AgentUnreachable => "agent_unreachable",
     }
 }
 
@@ -259,6 +262,7 @@ impl AuditAction {
             AuditAction::RunCancelled => "run_cancelled",
             AuditAction::Rehydrate => "rehydrated",
             AuditAction::Retry => "run_retried",
+            AuditAction::AgentUnreachable => "agent_unreachable",
         }
     }
 }
@@ -371,6 +375,7 @@ mod tests {
                 "run_cancelled",
                 "rehydrate",
                 "retry",
+                "agent_unreachable",
             ]
         );
     }

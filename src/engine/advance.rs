@@ -1,10 +1,18 @@
 //! Advancing one run: execute nodes from the cursor, write a checkpoint after each, and
 //! stop at a pause or the end of the run.
 //!
-//! The cursor, the request a node waits on, and capabilities' runner state live in the
-//! run's `runner_metadata`:
-//! `{"cursor": "<node id>", "awaitingRequestId": "hitl_req_…", "runnerState": {"<node>": …},
-//!   "agentNotes": {"<node>": …}}` (other keys are kept as they are).
+//! The cursor, the request a node waits on, each node's attempt counter and agents' notes
+//! live in the run's `runner_metadata`:
+//! `{"cursor": "<node id>", "awaitingRequestId": "hitl_req_…", "nodeAttempts": {"<node>": 2},
+//!   "agentNotes": {"<node>": …}}` (other keys are kept as they are). A capability's
+//! runner state is stored beside it as the exact text its agent sent
+//! (`persistence::runner_state`), read only before a node that calls out.
+//!
+//! A node's attempt counter (1 when absent) makes the attempt key an agent can
+//! deduplicate by. It moves on when an attempt ends with an outcome the engine writes (the
+//! node completed or interrupted: calling it again is a new attempt) and when an operator
+//! retries the run at it; nothing else writes it, so every delivery of one attempt — a
+//! retried call, a worker killed mid-call, a sweep's repair — carries the same key.
 //! A node's outcome and the checkpoint that moves the cursor past it are one transaction,
 //! so a crash between nodes repeats at most the node that was running.
 //!
@@ -21,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 
-use super::capability::{CapabilityCall, CapabilityOutcome, Interrupt};
+use super::capability::{CapabilityCall, CapabilityOutcome, Interrupt, RunnerStateUpdate};
 use super::plan::{HitlNode, NodeKind, Plan, TaskNode};
 use super::{Engine, EngineError};
 use crate::domain::{
@@ -29,8 +37,8 @@ use crate::domain::{
     TimeoutAction,
 };
 use crate::persistence::{
-    self, Checkpoint, Finish, NewRequest, PersistenceError, RequestRecord, RunSnapshot, StepState,
-    Tx,
+    self, Checkpoint, Finish, NewRequest, NodeRunnerState, PersistenceError, RequestRecord,
+    RunSnapshot, StepState, Tx,
 };
 use tracing::Instrument;
 
@@ -90,8 +98,8 @@ struct RunnerMeta {
     cursor: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     awaiting_request_id: Option<RequestId>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    runner_state: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    node_attempts: std::collections::BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     agent_notes: Map<String, Value>,
     #[serde(flatten)]
@@ -160,10 +168,25 @@ impl At<'_> {
 }
 
 /// What the loop carries from node to node: the runner metadata and the execution
-/// context, written with each checkpoint.
+/// context, written with each checkpoint, and the runner state the current node's call
+/// left (written with its outcome).
 struct Working {
     meta: RunnerMeta,
     ctx: Map<String, Value>,
+    runner_state: Option<NodeRunnerState>,
+}
+
+impl RunnerMeta {
+    /// The current attempt at `node` (1 until it first completes or interrupts).
+    fn attempt(&self, node: &str) -> u64 {
+        self.node_attempts.get(node).copied().unwrap_or(1)
+    }
+
+    /// The node's attempt ended with an outcome: calling it again is a new attempt.
+    fn next_attempt(&mut self, node: &str) {
+        let next = self.attempt(node) + 1;
+        self.node_attempts.insert(node.to_owned(), next);
+    }
 }
 
 /// Maps a fencing refusal to "stop, someone else moved on"; other errors propagate.
@@ -239,7 +262,11 @@ impl Engine {
             .as_object()
             .cloned()
             .unwrap_or_default();
-        let mut work = Working { meta, ctx };
+        let mut work = Working {
+            meta,
+            ctx,
+            runner_state: None,
+        };
         let mut version = snap.run.version;
 
         if status == RunStatus::Queued {
@@ -262,10 +289,7 @@ impl Engine {
             let node = &plan.nodes[index];
             if inline
                 && let NodeKind::Task(t) = &node.kind
-                && !self
-                    .registry
-                    .get(&t.capability)
-                    .is_some_and(|c| c.is_local())
+                && !self.is_local(t)
             {
                 return Ok(AdvanceOutcome::Deferred { version });
             }
@@ -277,7 +301,16 @@ impl Engine {
             };
             let step = match &node.kind {
                 NodeKind::Hitl(h) => self.hitl_step(&at, h, &mut work)?,
-                NodeKind::Task(t) => self.task_step(&at, t, &mut work).await?,
+                NodeKind::Task(t) => {
+                    // Only a node that calls out is an agent's; the inline loop never gets here.
+                    let state = match &mut store {
+                        Store::Pool(pool) if !self.is_local(t) => {
+                            persistence::runner_state(*pool, run_id, &node.id).await?
+                        }
+                        _ => None,
+                    };
+                    self.task_step(&at, t, &mut work, state.as_deref()).await?
+                }
             };
             match step {
                 Step::Next {
@@ -319,6 +352,7 @@ impl Engine {
                     };
                     version = v;
                     index = i;
+                    work.runner_state = None;
                 }
                 Step::Pause(request) => {
                     work.meta.cursor = Some(node.id.clone());
@@ -340,6 +374,8 @@ impl Engine {
                     reason,
                     disabled,
                 } => {
+                    // A retry enters the node that ended the run again.
+                    work.meta.cursor = Some(node.id.clone());
                     let state = step_state(run_id, &work)?;
                     let finish = Finish {
                         status,
@@ -444,11 +480,18 @@ impl Engine {
         }))
     }
 
+    fn is_local(&self, t: &TaskNode) -> bool {
+        self.registry
+            .get(&t.capability)
+            .is_some_and(|c| c.is_local())
+    }
+
     async fn task_step(
         &self,
         at: &At<'_>,
         t: &TaskNode,
         work: &mut Working,
+        runner_state: Option<&str>,
     ) -> Result<Step, EngineError> {
         let snap = at.snap;
         let node_id = at.node_id();
@@ -464,7 +507,11 @@ impl Engine {
             None => None,
         };
         let context = Value::Object(work.ctx.clone());
-        let attempt_key = format!("{}:{node_id}:{}", snap.run.run_id, at.version);
+        let attempt_key = format!(
+            "{}:{node_id}:{}",
+            snap.run.run_id,
+            work.meta.attempt(node_id)
+        );
         let call = CapabilityCall {
             run_id: &snap.run.run_id,
             thread_id: &snap.run.thread_id,
@@ -472,7 +519,7 @@ impl Engine {
             input: &t.input,
             config: &t.config,
             execution_context: &context,
-            runner_state: work.meta.runner_state.get(node_id),
+            runner_state,
             responses: resumed.map(|r| r.responses.as_slice()),
             attempt_key: &attempt_key,
         };
@@ -481,18 +528,30 @@ impl Engine {
             .await
             .map_err(|e| EngineError::Transient {
                 node_id: node_id.to_owned(),
-                message: e.0,
+                message: e.message,
+                retry_after: e.retry_after,
+                version: at.version,
             })?;
+        let mut keep_state = |update: RunnerStateUpdate| {
+            let state = match update {
+                RunnerStateUpdate::Keep => return,
+                RunnerStateUpdate::Clear => None,
+                RunnerStateUpdate::Set(text) => Some(text),
+            };
+            work.runner_state = Some(NodeRunnerState {
+                node_id: node_id.to_owned(),
+                state,
+            });
+        };
         Ok(match outcome {
             CapabilityOutcome::Completed {
                 merge,
                 runner_state,
                 notes,
             } => {
+                keep_state(runner_state);
                 work.ctx.extend(merge);
-                if let Some(state) = runner_state {
-                    work.meta.runner_state.insert(node_id.to_owned(), state);
-                }
+                work.meta.next_attempt(node_id);
                 if let Some(notes) = notes {
                     work.meta.agent_notes.insert(node_id.to_owned(), notes);
                 }
@@ -511,9 +570,8 @@ impl Engine {
                 request,
                 runner_state,
             } => {
-                if let Some(state) = runner_state {
-                    work.meta.runner_state.insert(node_id.to_owned(), state);
-                }
+                keep_state(runner_state);
+                work.meta.next_attempt(node_id);
                 Step::Pause(interrupt_request(node_id, request))
             }
         })
@@ -540,6 +598,7 @@ fn step_state(run_id: &RunId, work: &Working) -> Result<StepState, EngineError> 
         execution_context: Value::Object(work.ctx.clone()),
         runner_metadata,
         plan: None,
+        runner_state: work.runner_state.clone(),
     })
 }
 

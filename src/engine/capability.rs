@@ -27,13 +27,28 @@ pub struct CapabilityCall<'a> {
     pub config: &'a Map<String, Value>,
     /// The run's execution context as it is before this node.
     pub execution_context: &'a Value,
-    /// The runner state this node returned last time (after an interruption).
-    pub runner_state: Option<&'a Value>,
+    /// The runner state this node returned last time (after an interruption), as the
+    /// exact JSON text it was sent as.
+    pub runner_state: Option<&'a str>,
     /// The operator's answers, when this call resumes the node after it interrupted.
     pub responses: Option<&'a [ResponseRecord]>,
-    /// Stable for one attempt at the node (the same after a crash or a retry, new when
-    /// the node is entered again): `<run>:<node>:<run version>`.
+    /// Stable for one attempt at the node — the same for every delivery of it (a retry
+    /// after a failed call, a worker killed mid-call and taken over, a sweep's repair),
+    /// new when the node is entered again on purpose (a resume after an interruption, an
+    /// operator's retry, a plan that loops back): `<run>:<node>:<attempt>`.
     pub attempt_key: &'a str,
+}
+
+/// What a call does to its node's stored runner state.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum RunnerStateUpdate {
+    /// Keep what is stored (the reply had no `runnerState`).
+    #[default]
+    Keep,
+    /// Clear it (`runnerState: null`).
+    Clear,
+    /// Store this exact JSON text.
+    Set(String),
 }
 
 /// A HITL request a capability raises of its own (an agent's tool-approval interruption).
@@ -52,24 +67,30 @@ pub enum CapabilityOutcome {
     /// `runner_state` and `notes` are kept in the runner metadata under the node id.
     Completed {
         merge: Map<String, Value>,
-        runner_state: Option<Value>,
+        runner_state: RunnerStateUpdate,
         notes: Option<Value>,
     },
     /// Paused: the run waits on `request`; on resume the node is called again with the
     /// answers and this `runner_state`.
     Interrupted {
         request: Interrupt,
-        runner_state: Option<Value>,
+        runner_state: RunnerStateUpdate,
     },
     /// The node failed for good; the run fails with `message`.
     Failed { message: String },
 }
 
-/// A failure worth retrying (network, timeout, 5xx): nothing is written, and the
-/// advancement is tried again later.
+/// A failure worth retrying (network, timeout, 408, 429, 5xx): the node's outcome is not
+/// written, and the call is tried again later, for as long as the engine's
+/// [`RetryPolicy`](super::RetryPolicy) allows.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct TransientError(pub String);
+#[error("{message}")]
+pub struct TransientError {
+    /// What went wrong, for the run's `agentRetry.lastError` (no secrets, no bodies).
+    pub message: String,
+    /// How long the callee asked us to wait (`Retry-After`), if it did.
+    pub retry_after: Option<std::time::Duration>,
+}
 
 /// What a task node can run.
 pub trait Capability: Send + Sync {
@@ -144,7 +165,7 @@ impl Capability for Set {
         Box::pin(async move {
             Ok(CapabilityOutcome::Completed {
                 merge: call.input.clone(),
-                runner_state: None,
+                runner_state: RunnerStateUpdate::Keep,
                 notes: None,
             })
         })

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod webhook;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -33,9 +34,15 @@ pub enum EngineError {
     /// The run does not exist.
     #[error("run {0} not found")]
     RunNotFound(RunId),
-    /// A capability failed in a way worth retrying; nothing was written.
+    /// A capability failed in a way worth retrying; nothing was written. The run was
+    /// at `version` when the call was made.
     #[error("node {node_id} failed transiently: {message}")]
-    Transient { node_id: String, message: String },
+    Transient {
+        node_id: String,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+        version: i64,
+    },
     /// The stored run is not something this engine can execute (a broken invariant).
     #[error("run {run_id} cannot be executed: {message}")]
     Corrupt { run_id: RunId, message: String },
@@ -44,11 +51,57 @@ pub enum EngineError {
     Persistence(#[from] PersistenceError),
 }
 
-/// The plan executor: the capabilities it can call and whether HITL pauses are on.
+/// The plan executor: the capabilities it can call, whether HITL pauses are on, and how
+/// long a node's transient failures are retried.
 #[derive(Clone)]
 pub struct Engine {
     registry: Arc<CapabilityRegistry>,
     hitl_enabled: bool,
+    retry: RetryPolicy,
+}
+
+/// How a node whose call fails transiently (an agent that is down, busy or slow) is
+/// retried: capped exponential backoff with jitter, honouring `Retry-After`, for a
+/// window counted from the outage's first failure (`HITL_AGENT_RETRY_FOR`,
+/// `HITL_AGENT_BACKOFF`, `HITL_AGENT_BACKOFF_MAX`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// How long after the first failure the node fails for good.
+    pub retry_for: Duration,
+    /// The delay after the first failure; doubles with each further one.
+    pub backoff: Duration,
+    /// The longest delay between two attempts (a `Retry-After` may ask for more).
+    pub backoff_max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retry_for: Duration::from_secs(3600),
+            backoff: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after the `attempts`-th failure: `Retry-After` when the callee sent it,
+    /// else backoff × 2^(attempts − 1), capped, with jitter between half and all of it
+    /// (spreading the retries of runs that failed together when an agent went down).
+    pub fn delay(&self, attempts: i64, retry_after: Option<Duration>) -> Duration {
+        if let Some(asked) = retry_after {
+            return asked;
+        }
+        let exp = u32::try_from(attempts.saturating_sub(1))
+            .unwrap_or(0)
+            .min(30);
+        let capped = self
+            .backoff
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(self.backoff_max);
+        let noise = (uuid::Uuid::now_v7().as_u128() % 501) as f64 / 1000.0;
+        capped.mul_f64(0.5 + noise)
+    }
 }
 
 impl Engine {
@@ -59,7 +112,19 @@ impl Engine {
         Self {
             registry: Arc::new(registry),
             hitl_enabled,
+            retry: RetryPolicy::default(),
         }
+    }
+
+    /// This engine, retrying transient node failures by `policy`.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// How transient node failures are retried.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
     }
 
     /// An engine with the built-in capabilities only.
@@ -74,20 +139,25 @@ impl Engine {
 
     /// An engine for the service: the built-ins and `agent.webhook`, configured by
     /// the `HITL_AGENT_*` settings.
-    pub fn for_service(common: &crate::config::CommonArgs) -> Self {
+    /// Fails when the agent TLS settings cannot be used (an unreadable `HITL_AGENT_CA_FILE`).
+    pub fn for_service(common: &crate::config::CommonArgs) -> Result<Self, String> {
         let mut registry = CapabilityRegistry::with_builtins();
         let settings = webhook::WebhookSettings {
             allowed_urls: common.agent_allowed_urls.clone(),
             timeout: common.agent_timeout.0,
-            max_attempts: common.agent_max_attempts,
-            backoff: common.agent_backoff.0,
+            max_response: common.agent_max_response.0,
+            ca_file: common.agent_ca_file.clone(),
             signing_secret: common.agent_signing_secret.clone(),
         };
-        registry.register(
-            "agent.webhook",
-            Arc::new(webhook::AgentWebhook::new(settings)),
-        );
-        Self::new(registry, common.hitl_enabled)
+        let webhook = webhook::AgentWebhook::new(settings).map_err(|e| e.to_string())?;
+        registry.register("agent.webhook", Arc::new(webhook));
+        Ok(
+            Self::new(registry, common.hitl_enabled).with_retry(RetryPolicy {
+                retry_for: common.agent_retry_for.0,
+                backoff: common.agent_backoff.0,
+                backoff_max: common.agent_backoff_max.0,
+            }),
+        )
     }
 
     /// Validates a client's plan against this engine's capabilities, including each

@@ -3,48 +3,63 @@
 //!
 //! Each call POSTs `{runId, threadId, nodeId, input, executionContext, runnerState,
 //! responses, idempotencyKey}` to the node's `config.url`, with the idempotency key also
-//! in an `Idempotency-Key` header (stable per node attempt, so an agent can deduplicate a
-//! call repeated after a crash) and, when a signing secret is set, `X-Hitl-Signature:
-//! sha256=<hex HMAC of the body>`. The agent answers
+//! in an `Idempotency-Key` header (one per node attempt, so an agent can deduplicate a
+//! call delivered again after a failure or a crash) and, when a signing secret is set,
+//! `X-Hitl-Signature: sha256=<hex HMAC of the body>`. The agent answers
 //! `{"status": "completed", "output", "runnerState", "notes"}`,
 //! `{"status": "interrupted", "request": {prompt, responseTypes, options, contract}, "runnerState"}`
-//! or `{"status": "failed", "message"}`.
+//! or `{"status": "failed", "message"}`. `runnerState` is kept as the exact text sent and
+//! sent back byte for byte; `null` clears it, leaving it out keeps it.
 //!
-//! Network errors, timeouts and 5xx are retried with exponential backoff, up to
-//! `HITL_AGENT_MAX_ATTEMPTS`; then the node fails. A 4xx is not retried: the node fails
-//! with the agent's message. URLs must start with one of `HITL_AGENT_ALLOWED_URLS`,
-//! checked when the plan is created and again before every call. Plain `http://` only in
-//! this build (no TLS stack is linked): put a TLS-terminating proxy in front of a remote
-//! agent.
+//! One HTTP attempt per call. A network error, a timeout, 408, 429 or 5xx is a
+//! [`TransientError`] (with the agent's `Retry-After`): the engine's retry policy decides
+//! when to call again. Any other 4xx, a TLS failure (an untrusted certificate is
+//! configuration, not an outage), a reply over `HITL_AGENT_MAX_RESPONSE`, a reply that is
+//! not an agent reply or that PostgreSQL could not store fails the node at once. URLs
+//! must be under one of `HITL_AGENT_ALLOWED_URLS` (scheme, host, port, path segments),
+//! checked when the plan is created and again before every call; `https://` agents are
+//! verified against the system's roots plus `HITL_AGENT_CA_FILE`.
 
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use sha2::Sha256;
 
 use super::capability::{
-    BoxFuture, Capability, CapabilityCall, CapabilityOutcome, Interrupt, TransientError,
+    BoxFuture, Capability, CapabilityCall, CapabilityOutcome, Interrupt, RunnerStateUpdate,
+    TransientError,
 };
 use super::plan::{Contract, HitlOption};
 use crate::config::Secret;
 use crate::domain::ResponseType;
+use crate::persistence::ResponseRecord;
 use crate::telemetry::metrics::metrics;
 
 /// How agent calls are made.
 #[derive(Clone, Debug)]
 pub struct WebhookSettings {
-    /// URL prefixes calls may go to; empty: none.
+    /// URLs calls may go to (and below, at path segments); empty: none.
     pub allowed_urls: Vec<String>,
     /// Per-call timeout.
     pub timeout: Duration,
-    /// Tries per call before the node fails.
-    pub max_attempts: u32,
-    /// Delay before the first retry; doubles each time.
-    pub backoff: Duration,
+    /// The largest reply read, in bytes; a longer one fails the node.
+    pub max_response: usize,
+    /// Extra roots (PEM) trusted for `https://` agents, beside the system's.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Signs each body (HMAC-SHA256) when set.
     pub signing_secret: Option<Secret>,
+}
+
+/// Why the webhook could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("HITL_AGENT_CA_FILE {path}: {message}")]
+    CaFile { path: String, message: String },
+    #[error("the HTTP client cannot be built: {0}")]
+    Client(String),
 }
 
 /// The `agent.webhook` capability.
@@ -55,7 +70,8 @@ pub struct AgentWebhook {
 
 impl AgentWebhook {
     /// A webhook caller with `settings`.
-    pub fn new(settings: WebhookSettings) -> Self {
+    pub fn new(settings: WebhookSettings) -> Result<Self, WebhookError> {
+        crate::tls::install_provider();
         for (i, entry) in settings.allowed_urls.iter().enumerate() {
             if reqwest::Url::parse(entry).map_or(true, |u| u.host_str().is_none()) {
                 // Named by position: an entry may hold something private.
@@ -65,13 +81,27 @@ impl AgentWebhook {
                 );
             }
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &settings.ca_file {
+            let ca_error = |message: String| WebhookError::CaFile {
+                path: path.display().to_string(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_error(format!("not a PEM certificate bundle ({e})")))?;
+            if roots.is_empty() {
+                return Err(ca_error("holds no certificate".into()));
+            }
+            builder = builder.tls_certs_merge(roots);
+        }
+        let client = builder
             .build()
-            .unwrap_or_default();
-        Self { client, settings }
+            .map_err(|e| WebhookError::Client(e.to_string()))?;
+        Ok(Self { client, settings })
     }
 
     /// A call URL is allowed when it parses, has no user information, and matches an
@@ -83,10 +113,8 @@ impl AgentWebhook {
         let Ok(call) = reqwest::Url::parse(url) else {
             return Err("is not a URL".into());
         };
-        if call.scheme() != "http" {
-            return Err(
-                "must be an http:// URL (this build links no TLS; terminate TLS in a proxy)".into(),
-            );
+        if !matches!(call.scheme(), "http" | "https") {
+            return Err("must be an http:// or https:// URL".into());
         }
         if !call.username().is_empty() || call.password().is_some() {
             return Err("must not carry user information".into());
@@ -117,9 +145,164 @@ impl AgentWebhook {
                 .collect::<String>()
         ))
     }
+
+    /// One POST of `bytes` to `url`, and its reply read up to the size limit.
+    async fn post(&self, url: &str, call: &CapabilityCall<'_>, bytes: Vec<u8>) -> Attempt {
+        let mut request = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", call.attempt_key);
+        if let Some(sig) = self.sign(&bytes) {
+            request = request.header("x-hitl-signature", sig);
+        }
+        // The agent's spans join the run's trace.
+        for (k, v) in crate::telemetry::current_trace_context().unwrap_or_default() {
+            request = request.header(k, v);
+        }
+        let response = match request.body(bytes).send().await {
+            Ok(r) => r,
+            Err(e) => return Attempt::from_send_error(&e),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let limit = self.settings.max_response;
+        let text = match read_limited(response, limit).await {
+            Ok(text) => text,
+            Err(Read::TooLarge) => {
+                return Attempt::Permanent(format!(
+                    "the agent's reply is larger than HITL_AGENT_MAX_RESPONSE ({limit} bytes)"
+                ));
+            }
+            Err(Read::Failed(e)) => return Attempt::from_send_error(&e),
+            Err(Read::NotText) => {
+                return Attempt::Permanent("the agent's reply is not UTF-8 text".into());
+            }
+        };
+        Attempt::Answered {
+            status,
+            text,
+            retry_after,
+        }
+    }
 }
 
-/// What an agent answers.
+/// How one HTTP attempt went.
+enum Attempt {
+    /// The agent answered (any status) with a body of at most the limit.
+    Answered {
+        status: reqwest::StatusCode,
+        text: String,
+        retry_after: Option<Duration>,
+    },
+    /// Worth another attempt later: (metric kind, message).
+    Transient(&'static str, String),
+    /// Will not get better by trying again.
+    Permanent(String),
+}
+
+impl Attempt {
+    fn from_send_error(e: &reqwest::Error) -> Self {
+        if let Some(tls) = tls_failure(e) {
+            return Attempt::Permanent(format!("TLS with the agent failed: {tls}"));
+        }
+        if e.is_timeout() {
+            Attempt::Transient("timeout", "timed out".into())
+        } else {
+            Attempt::Transient("network", describe(e))
+        }
+    }
+}
+
+/// The error's own text and its causes', which is where reqwest keeps "connection refused".
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// The TLS error under `e`, if the attempt failed in the handshake. `io::Error` hides its
+/// payload from `source()`, so each cause is also looked into.
+fn tls_failure(e: &reqwest::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls.to_string());
+        }
+        cause = c.source();
+    }
+    None
+}
+
+enum Read {
+    TooLarge,
+    NotText,
+    Failed(reqwest::Error),
+}
+
+/// Reads the body chunk by chunk, giving up (and dropping the connection) as soon as it
+/// passes `limit`, so an agent cannot make us hold more than that.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<String, Read> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Read::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Read::Failed)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Read::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| Read::NotText)
+}
+
+/// `Retry-After` as seconds or an HTTP date; capped at a day so a confused agent cannot
+/// park a run for longer than any window would allow.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(Duration::from_secs(86_400)))
+}
+
+/// The body of a call. `runnerState` is embedded as the text the agent sent.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CallBody<'a> {
+    run_id: &'a crate::domain::RunId,
+    thread_id: &'a crate::domain::ThreadId,
+    node_id: &'a str,
+    input: &'a Map<String, Value>,
+    execution_context: &'a Value,
+    runner_state: Option<&'a RawValue>,
+    responses: Option<&'a [ResponseRecord]>,
+    idempotency_key: &'a str,
+}
+
+/// What an agent answers (without `runnerState`, which is read apart as text).
 #[derive(Deserialize)]
 #[serde(tag = "status", rename_all = "camelCase")]
 enum AgentReply {
@@ -128,16 +311,10 @@ enum AgentReply {
         #[serde(default)]
         output: Value,
         #[serde(default)]
-        runner_state: Option<Value>,
-        #[serde(default)]
         notes: Option<Value>,
     },
     #[serde(rename_all = "camelCase")]
-    Interrupted {
-        request: AgentRequest,
-        #[serde(default)]
-        runner_state: Option<Value>,
-    },
+    Interrupted { request: AgentRequest },
     Failed {
         #[serde(default)]
         message: Option<String>,
@@ -168,6 +345,80 @@ struct AgentContract {
     facets: Vec<String>,
     #[serde(default)]
     capability_contract: Map<String, Value>,
+}
+
+/// A JSON object's members in order, each value as its exact text.
+struct Members(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    members.push(entry);
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// Reads a reply: `runnerState` apart as exact text; every other member checked to be
+/// storable (naming the path) and then read as an [`AgentReply`].
+fn parse_reply(node_id: &str, text: &str) -> Result<CapabilityOutcome, String> {
+    let Members(members) = serde_json::from_str(text)
+        .map_err(|e| format!("agent answered with an invalid body: {e}"))?;
+    let mut rest = Map::new();
+    let mut runner_state = RunnerStateUpdate::Keep;
+    for (key, raw) in members {
+        if rest.contains_key(&key)
+            || (key == "runnerState" && runner_state != RunnerStateUpdate::Keep)
+        {
+            return Err(format!("agent reply: {}: is given twice", printable(&key)));
+        }
+        if key == "runnerState" {
+            runner_state = match raw.get() {
+                "null" => RunnerStateUpdate::Clear,
+                exact => RunnerStateUpdate::Set(exact.to_owned()),
+            };
+            continue;
+        }
+        if let Err(u) = crate::domain::storable::check(raw.get().as_bytes()) {
+            let path = match u.path.as_str() {
+                "body" => printable(&key),
+                p if p.starts_with('[') => format!("{}{p}", printable(&key)),
+                p => format!("{}.{p}", printable(&key)),
+            };
+            return Err(format!("agent reply: {path}: {}", u.message));
+        }
+        if key.contains('\0') {
+            return Err(format!(
+                "agent reply: {}: must not contain U+0000",
+                printable(&key)
+            ));
+        }
+        let value: Value = serde_json::from_str(raw.get())
+            .map_err(|e| format!("agent answered with an invalid body: {e}"))?;
+        rest.insert(key, value);
+    }
+    let reply: AgentReply = serde_json::from_value(Value::Object(rest))
+        .map_err(|e| format!("agent answered with an invalid body: {e}"))?;
+    Ok(outcome(node_id, reply, runner_state))
+}
+
+/// A key as it can be shown and stored.
+fn printable(key: &str) -> String {
+    key.replace('\0', "\\u0000")
 }
 
 /// Whether the allow-list `entry` admits `call` (see `AgentWebhook::check_url`).
@@ -208,116 +459,97 @@ impl Capability for AgentWebhook {
             if let Err(why) = self.check_url(url) {
                 return failed(format!("agent.webhook: config.url {why}"));
             }
-            let body = json!({
-                "runId": call.run_id, "threadId": call.thread_id, "nodeId": call.node_id,
-                "input": call.input, "executionContext": call.execution_context,
-                "runnerState": call.runner_state, "responses": call.responses,
-                "idempotencyKey": call.attempt_key,
-            });
-            let bytes = serde_json::to_vec(&body).unwrap_or_default();
-            let signature = self.sign(&bytes);
-            let mut last_error = String::new();
-            for attempt in 1..=self.settings.max_attempts.max(1) {
-                if attempt > 1 {
-                    let exp = (attempt - 2).min(16);
-                    tokio::time::sleep(self.settings.backoff.saturating_mul(1 << exp)).await;
+            let runner_state = match call
+                .runner_state
+                .map(|s| RawValue::from_string(s.to_owned()))
+            {
+                None => None,
+                Some(Ok(raw)) => Some(raw),
+                Some(Err(e)) => return failed(format!("the stored runner state is not JSON: {e}")),
+            };
+            let body = CallBody {
+                run_id: call.run_id,
+                thread_id: call.thread_id,
+                node_id: call.node_id,
+                input: call.input,
+                execution_context: call.execution_context,
+                runner_state: runner_state.as_deref(),
+                responses: call.responses,
+                idempotency_key: call.attempt_key,
+            };
+            let bytes = match serde_json::to_vec(&body) {
+                Ok(b) => b,
+                Err(e) => return failed(format!("the call cannot be encoded: {e}")),
+            };
+            let started = std::time::Instant::now();
+            let record = |outcome: &str| {
+                let m = metrics();
+                let took = started.elapsed().as_secs_f64();
+                m.observe("hitl_agent_call_seconds", &[("outcome", outcome)], took);
+                if outcome != "ok" {
+                    m.inc("hitl_agent_errors_total", &[("kind", outcome)]);
                 }
-                let mut request = self
-                    .client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .header("idempotency-key", call.attempt_key)
-                    .body(bytes.clone());
-                if let Some(sig) = &signature {
-                    request = request.header("x-hitl-signature", sig.as_str());
+            };
+            let (status, text, retry_after) = match self.post(url, &call, bytes).await {
+                Attempt::Answered {
+                    status,
+                    text,
+                    retry_after,
+                } => (status, text, retry_after),
+                Attempt::Transient(kind, message) => {
+                    record(kind);
+                    tracing::warn!(node = call.node_id, error = %message, "agent call failed; it will be retried");
+                    return Err(TransientError {
+                        message,
+                        retry_after: None,
+                    });
                 }
-                // The agent's spans join the run's trace.
-                for (k, v) in crate::telemetry::current_trace_context().unwrap_or_default() {
-                    request = request.header(k, v);
+                Attempt::Permanent(message) => {
+                    record("refused");
+                    return failed(message);
                 }
-                let started = std::time::Instant::now();
-                let record = |outcome: &str| {
-                    let m = metrics();
-                    let took = started.elapsed().as_secs_f64();
-                    m.observe("hitl_agent_call_seconds", &[("outcome", outcome)], took);
-                    if outcome != "ok" {
-                        m.inc("hitl_agent_errors_total", &[("kind", outcome)]);
-                    }
-                };
-                let response = match request.send().await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        record(if e.is_timeout() { "timeout" } else { "network" });
-                        last_error = if e.is_timeout() {
-                            "timed out".to_owned()
-                        } else {
-                            e.to_string()
-                        };
-                        tracing::warn!(node = call.node_id, attempt, error = %last_error, "agent call failed");
-                        continue;
-                    }
-                };
-                let status = response.status();
-                let text = match response.text().await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        last_error = e.to_string();
-                        continue;
-                    }
-                };
+            };
+            let retried_status = status.is_server_error()
+                || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+            if retried_status {
                 record(if status.is_server_error() {
                     "http_5xx"
-                } else if status.is_success() {
-                    "ok"
                 } else {
                     "http_4xx"
                 });
-                if status.is_server_error() {
-                    last_error = format!("HTTP {status}");
-                    tracing::warn!(node = call.node_id, attempt, %status, "agent answered with a server error");
-                    continue;
-                }
-                if !status.is_success() {
-                    let message = serde_json::from_str::<Value>(&text)
-                        .ok()
-                        .and_then(|v| {
-                            v["message"]
-                                .as_str()
-                                .or(v["error"]["message"].as_str())
-                                .map(str::to_owned)
-                        })
-                        .unwrap_or_else(|| format!("agent refused the call (HTTP {status})"));
-                    return failed(message);
-                }
-                // A reply PostgreSQL cannot store would fail every write of the node's
-                // outcome, and the job would retry the call forever: fail the node instead.
-                if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()
-                    && let Err(u) = crate::domain::storable::check(text.as_bytes())
-                {
-                    return failed(format!("agent reply: {}: {}", u.path, u.message));
-                }
-                return Ok(match serde_json::from_str::<AgentReply>(&text) {
-                    Ok(reply) => outcome(call.node_id, reply),
-                    Err(e) => CapabilityOutcome::Failed {
-                        message: format!("agent answered with an invalid body: {e}"),
-                    },
+                tracing::warn!(node = call.node_id, %status, "agent answered with a status worth retrying");
+                return Err(TransientError {
+                    message: format!("HTTP {status}"),
+                    retry_after,
                 });
             }
-            failed(format!(
-                "agent at {url} did not answer after {} attempts: {last_error}",
-                self.settings.max_attempts.max(1)
-            ))
+            if !status.is_success() {
+                record("http_4xx");
+                let message = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| {
+                        v["message"]
+                            .as_str()
+                            .or(v["error"]["message"].as_str())
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| format!("agent refused the call (HTTP {status})"));
+                // The agent's words become the run's reason, so they must be storable too.
+                return failed(message.replace('\0', "\\u0000"));
+            }
+            record("ok");
+            match parse_reply(call.node_id, &text) {
+                Ok(outcome) => Ok(outcome),
+                Err(message) => failed(message),
+            }
         })
     }
 }
 
-fn outcome(node_id: &str, reply: AgentReply) -> CapabilityOutcome {
+fn outcome(node_id: &str, reply: AgentReply, runner_state: RunnerStateUpdate) -> CapabilityOutcome {
     match reply {
-        AgentReply::Completed {
-            output,
-            runner_state,
-            notes,
-        } => {
+        AgentReply::Completed { output, notes } => {
             let mut merge = Map::new();
             merge.insert(node_id.to_owned(), output);
             CapabilityOutcome::Completed {
@@ -326,10 +558,7 @@ fn outcome(node_id: &str, reply: AgentReply) -> CapabilityOutcome {
                 notes,
             }
         }
-        AgentReply::Interrupted {
-            request,
-            runner_state,
-        } => {
+        AgentReply::Interrupted { request } => {
             let contract = request.contract.unwrap_or_default();
             CapabilityOutcome::Interrupted {
                 request: Interrupt {
@@ -365,10 +594,11 @@ mod tests {
         AgentWebhook::new(WebhookSettings {
             allowed_urls: allowed.iter().map(|s| (*s).to_owned()).collect(),
             timeout: Duration::from_secs(1),
-            max_attempts: 1,
-            backoff: Duration::from_millis(1),
+            max_response: 1024,
+            ca_file: None,
             signing_secret: None,
         })
+        .unwrap()
     }
 
     #[test]
@@ -390,6 +620,7 @@ mod tests {
             "http://user:pw@agents.internal/",
             "http://agents.internal:8080/",
             "https://agents.internal/",
+            "ftp://agents.internal/",
             "http://127.0.0.1:9000/publisher",
             "http://127.0.0.1:9001/publish",
             "http://127.0.0.1:9000/",

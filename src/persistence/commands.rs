@@ -405,8 +405,9 @@ async fn apply_remove(
 }
 
 /// `failed → running` at the node that failed: the run's checkpointed context and
-/// runner state are kept, its failure reason cleared, and the node is entered again (with
-/// a new attempt key: the run's version moves on). `advance` says who moves it on.
+/// runner state are kept, its failure reason cleared, and the node is entered again: its
+/// attempt counter (`runnerMetadata.nodeAttempts`) moves on, so the agent sees a new
+/// attempt key. `advance` says who moves it on.
 async fn apply_retry(
     tx: &mut Tx<'_>,
     run: &LockedRun,
@@ -424,7 +425,13 @@ async fn apply_retry(
     };
     let (version, failed_because): (i64, Option<String>) = sqlx::query_as(
         "update orchestrator_runs o set status = 'running', status_reason = null, \
-             finished_at = null, version = o.version + 1, updated_at = now() \
+             finished_at = null, agent_retry = null, version = o.version + 1, updated_at = now(), \
+             runner_metadata = case when o.runner_metadata ? 'cursor' then jsonb_set( \
+                 o.runner_metadata, '{nodeAttempts}', \
+                 coalesce(o.runner_metadata -> 'nodeAttempts', '{}'::jsonb) || jsonb_build_object( \
+                     o.runner_metadata ->> 'cursor', \
+                     coalesce((o.runner_metadata -> 'nodeAttempts' ->> (o.runner_metadata ->> 'cursor'))::bigint, 1) + 1)) \
+               else o.runner_metadata end \
          from (select status_reason from orchestrator_runs where run_id = $1) before \
          where o.run_id = $1 returning o.version, before.status_reason",
     )
@@ -503,7 +510,7 @@ async fn move_run(
         "update orchestrator_runs set status = $2, pending_request_id = null, \
              status_reason = coalesce($3, status_reason), \
              finished_at = case when $2 in ('completed', 'failed', 'cancelled') then now() end, \
-             version = version + 1, updated_at = now() \
+             agent_retry = null, version = version + 1, updated_at = now() \
          where run_id = $1 returning version",
     )
     .bind(run_id)

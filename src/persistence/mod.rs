@@ -10,6 +10,7 @@
 //! together, bumps `version` and appends exactly one audit event. Locking the run before
 //! any of its requests or commands gives one lock order, so transitions cannot deadlock.
 
+mod agent_wait;
 mod commands;
 pub mod events;
 pub mod jobs;
@@ -30,6 +31,7 @@ use crate::domain::{
     TransitionOutcome, next_status,
 };
 
+pub use agent_wait::{AgentRetry, AgentWait, fail_abandoned_run, note_agent_unreachable};
 pub use commands::{
     ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, explain_refusal,
     explain_retry_refusal, fail_command, find_command, find_command_by_idempotency_key,
@@ -40,8 +42,9 @@ pub use requests::{
     expire_request, list_pending, validate_responses,
 };
 pub use runs::{
-    BriefInput, Checkpoint, CreatedRun, Finish, NewRequest, NewRun, RunHeader, RunRef, StepState,
-    checkpoint, create_run, find_run, finish_run, raise_request, start_run,
+    BriefInput, Checkpoint, CreatedRun, Finish, NewRequest, NewRun, NodeRunnerState, RunHeader,
+    RunRef, StepState, checkpoint, create_run, find_run, finish_run, raise_request, runner_state,
+    start_run,
 };
 pub use snapshot::{
     AuditRecord, RequestRecord, ResponseRecord, RunRecord, RunSnapshot, load_run_state,

@@ -175,11 +175,71 @@ pub async fn find_run(
 pub struct StepState {
     /// The new execution context (JSON object).
     pub execution_context: Value,
-    /// The new runner metadata: cursor, attempts, the agent runtime's runner state, agent
-    /// notes (JSON object).
+    /// The new runner metadata: cursor, node attempts, agent notes (JSON object).
     pub runner_metadata: Value,
     /// New plan artifacts, when the plan document itself changes (JSON object).
     pub plan: Option<Value>,
+    /// A node's runner state to store or clear with this step, if it changed.
+    pub runner_state: Option<NodeRunnerState>,
+}
+
+/// A node's runner state as its agent sent it: exact JSON text, or `None` to clear it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRunnerState {
+    pub node_id: String,
+    pub state: Option<String>,
+}
+
+/// The runner state `node_id` of the run stored last, exactly as its agent sent it.
+pub async fn runner_state(
+    executor: impl PgExecutor<'_>,
+    run_id: &RunId,
+    node_id: &str,
+) -> Result<Option<String>, PersistenceError> {
+    Ok(
+        sqlx::query_scalar(
+            "select state from run_runner_states where run_id = $1 and node_id = $2",
+        )
+        .bind(run_id)
+        .bind(node_id)
+        .fetch_optional(executor)
+        .await?,
+    )
+}
+
+async fn write_runner_state(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+    state: Option<&NodeRunnerState>,
+) -> Result<(), PersistenceError> {
+    match state {
+        None => {}
+        Some(NodeRunnerState {
+            node_id,
+            state: Some(text),
+        }) => {
+            sqlx::query(
+                "insert into run_runner_states (run_id, node_id, state) values ($1, $2, $3) \
+                 on conflict (run_id, node_id) do update set state = excluded.state, updated_at = now()",
+            )
+            .bind(run_id)
+            .bind(node_id)
+            .bind(text)
+            .execute(conn)
+            .await?;
+        }
+        Some(NodeRunnerState {
+            node_id,
+            state: None,
+        }) => {
+            sqlx::query("delete from run_runner_states where run_id = $1 and node_id = $2")
+                .bind(run_id)
+                .bind(node_id)
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn write_state(
@@ -197,7 +257,7 @@ async fn write_state(
              plan = coalesce($5, plan), \
              status_reason = coalesce($6, status_reason), \
              finished_at = case when $2 in ('completed', 'failed', 'cancelled') then now() end, \
-             version = version + 1, updated_at = now() \
+             agent_retry = null, version = version + 1, updated_at = now() \
          where run_id = $1 returning version",
     )
     .bind(run_id)
@@ -206,8 +266,9 @@ async fn write_state(
     .bind(state.map(|s| &s.runner_metadata))
     .bind(state.and_then(|s| s.plan.as_ref()))
     .bind(status_reason)
-    .fetch_one(conn)
+    .fetch_one(&mut *conn)
     .await?;
+    write_runner_state(conn, run_id, state.and_then(|s| s.runner_state.as_ref())).await?;
     Ok(version)
 }
 
@@ -340,7 +401,7 @@ pub async fn raise_request(
     let version: i64 = sqlx::query_scalar(
         "update orchestrator_runs set status = 'awaiting_hitl', pending_request_id = $2, \
              execution_context = $3, runner_metadata = $4, plan = coalesce($5, plan), \
-             version = version + 1, updated_at = now() \
+             agent_retry = null, version = version + 1, updated_at = now() \
          where run_id = $1 returning version",
     )
     .bind(run_id)
@@ -350,6 +411,7 @@ pub async fn raise_request(
     .bind(state.plan.as_ref())
     .fetch_one(&mut **tx)
     .await?;
+    write_runner_state(tx, run_id, state.runner_state.as_ref()).await?;
     append_audit(
         tx,
         run_id,

@@ -28,6 +28,9 @@ pub struct RunRecord {
     pub plan: Value,
     pub execution_context: Value,
     pub runner_metadata: Value,
+    /// While the run waits for an agent that is down: the outage; else `null`.
+    #[schema(value_type = Option<super::AgentRetry>)]
+    pub agent_retry: Option<sqlx::types::Json<super::AgentRetry>>,
     pub rehydrated_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -223,8 +226,8 @@ async fn load_parts(
 ) -> Result<Option<RunSnapshot>, PersistenceError> {
     let Some(run) = sqlx::query_as::<_, RunRecord>(
         "select run_id, thread_id, brief_id, status, status_reason, pending_request_id, version, \
-             plan, execution_context, runner_metadata, rehydrated_at, created_at, updated_at, \
-             finished_at \
+             plan, execution_context, runner_metadata, agent_retry, rehydrated_at, created_at, \
+             updated_at, finished_at \
          from orchestrator_runs where run_id = $1",
     )
     .bind(run_id)

@@ -93,6 +93,8 @@ fn metric_exporter() -> Result<opentelemetry_otlp::MetricExporter, String> {
 /// Installs the process-wide subscriber and, when configured, the OTLP exporters. Must
 /// run inside the tokio runtime (the exporters run on it). Calling it twice is harmless.
 pub fn init(format: LogFormat) -> Telemetry {
+    // The OTLP exporter's HTTP client needs it.
+    crate::tls::install_provider();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_core=warn"));

@@ -155,7 +155,7 @@ impl TestApp {
         let base = serve_with(state, limits).await;
         Self {
             base,
-            client: reqwest::Client::new(),
+            client: crate::common::http_client(),
             db,
             pool,
             engine,

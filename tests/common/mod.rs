@@ -418,6 +418,7 @@ pub mod fixtures {
             execution_context: json!({ "locale": "en", "step": n }),
             runner_metadata: json!({ "cursor": n }),
             plan: None,
+            runner_state: None,
         }
     }
 
@@ -709,4 +710,11 @@ pub mod queue_support {
         worker.stop().await;
         ids
     }
+}
+
+/// An HTTP client. reqwest has no TLS provider of its own in this build, so one is
+/// installed first (see `hitl_orchestrator::tls`).
+pub fn http_client() -> reqwest::Client {
+    hitl_orchestrator::tls::install_provider();
+    reqwest::Client::new()
 }

@@ -258,7 +258,7 @@ async fn serve_without_any_token_prints_a_generated_one_that_authenticates() {
     );
     let token = service.base_url.clone();
     assert_eq!(token.len(), 48, "{token}");
-    let client = reqwest::Client::new();
+    let client = crate::common::http_client();
     let url = format!("http://{addr}/api/hitl/pending");
     let started = Instant::now();
     let answer = loop {

@@ -321,7 +321,7 @@ async fn every_route_answers_503_while_the_database_is_unreachable() {
         test_tokens(),
     );
     let base = serve(state).await;
-    let client = reqwest::Client::new();
+    let client = crate::common::http_client();
     let run = "run_0193a4c0e2b77d3c8f1a2b3c4d5e6f70";
     let request = "hitl_req_0193a4c0e2b77d3c8f1a2b3c4d5e6f70";
     let requests = [

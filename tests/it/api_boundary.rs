@@ -249,7 +249,7 @@ async fn clients_stalling_in_their_head_or_body_are_cut_off_while_others_are_ser
     assert!(body_reply.contains("request_timeout"), "{body_reply}");
     assert!(took < Duration::from_secs(5), "closed after {took:?}");
     // A new connection: the first one's idle keep-alive is itself past the head timeout.
-    let fresh = reqwest::Client::new();
+    let fresh = crate::common::http_client();
     let ok = app
         .send(fresh.get(app.url("/healthz")).bearer_auth(OPERATOR))
         .await;

@@ -170,7 +170,7 @@ async fn an_api_process_streams_in_order_a_run_that_a_separate_worker_process_ad
     let (status, mut sse) = SseClient::connect(&api.base_url, "/api/events", ADMIN, None).await;
     assert_eq!(status, 200, "{}", api.log());
 
-    let client = reqwest::Client::new();
+    let client = crate::common::http_client();
     let plan = json!({ "nodes": [
         { "id": "prepare", "type": "task", "capability": "set", "input": { "draft": "v1" } },
         { "id": "review", "type": "hitl", "prompt": "Approve?", "responseTypes": ["approval"] },

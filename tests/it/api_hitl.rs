@@ -6,7 +6,8 @@ use std::sync::Arc;
 use crate::common::api::{ADMIN, AppOptions, OPERATOR, TestApp, approval, review_plan};
 use hitl_orchestrator::engine::Engine;
 use hitl_orchestrator::engine::capability::{
-    BoxFuture, Capability, CapabilityCall, CapabilityOutcome, CapabilityRegistry, TransientError,
+    BoxFuture, Capability, CapabilityCall, CapabilityOutcome, CapabilityRegistry,
+    RunnerStateUpdate, TransientError,
 };
 use serde_json::{Map, json};
 use tokio::sync::Semaphore;
@@ -267,7 +268,7 @@ impl Capability for Block {
             let _permit = self.0.acquire().await.unwrap();
             Ok(CapabilityOutcome::Completed {
                 merge: Map::new(),
-                runner_state: None,
+                runner_state: RunnerStateUpdate::Keep,
                 notes: None,
             })
         })

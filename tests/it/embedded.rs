@@ -207,7 +207,7 @@ async fn readyz_answers_503_within_two_seconds_while_the_database_is_down_and_re
         api::Authenticator::new(vec![]),
     ));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::new();
+    let client = crate::common::http_client();
 
     assert_eq!(
         client

@@ -12,7 +12,7 @@ use hitl_orchestrator::domain::{
 };
 use hitl_orchestrator::engine::capability::{
     BoxFuture, Capability, CapabilityCall, CapabilityOutcome, CapabilityRegistry, Interrupt,
-    TransientError,
+    RunnerStateUpdate, TransientError,
 };
 use hitl_orchestrator::engine::plan::Contract;
 use hitl_orchestrator::engine::{AdvanceOutcome, Engine, EngineError};
@@ -356,7 +356,7 @@ impl Capability for Gate {
             self.release.acquire().await.unwrap().forget();
             Ok(CapabilityOutcome::Completed {
                 merge: serde_json::Map::new(),
-                runner_state: None,
+                runner_state: RunnerStateUpdate::Keep,
                 notes: None,
             })
         })
@@ -526,7 +526,7 @@ async fn an_expired_request_continues_by_on_timeout() {
 
 /// A capability that interrupts on its first call and completes when called with answers.
 struct AskFirst {
-    seen: std::sync::Mutex<Vec<(Option<Value>, usize)>>,
+    seen: std::sync::Mutex<Vec<(Option<String>, usize)>>,
 }
 
 impl Capability for AskFirst {
@@ -539,7 +539,7 @@ impl Capability for AskFirst {
             self.seen
                 .lock()
                 .unwrap()
-                .push((call.runner_state.cloned(), answers));
+                .push((call.runner_state.map(str::to_owned), answers));
             if answers == 0 {
                 return Ok(CapabilityOutcome::Interrupted {
                     request: Interrupt {
@@ -548,14 +548,14 @@ impl Capability for AskFirst {
                         options: vec![],
                         contract: Contract::default(),
                     },
-                    runner_state: Some(json!({ "turn": 1 })),
+                    runner_state: RunnerStateUpdate::Set(r#"{"turn": 1}"#.into()),
                 });
             }
             let mut merge = serde_json::Map::new();
             merge.insert("sent".into(), json!(true));
             Ok(CapabilityOutcome::Completed {
                 merge,
-                runner_state: Some(json!({ "turn": 2 })),
+                runner_state: RunnerStateUpdate::Set(r#"{"turn":2}"#.into()),
                 notes: Some(json!("sent")),
             })
         })
@@ -603,11 +603,18 @@ async fn a_capability_that_interrupts_is_called_again_with_the_answers_and_its_r
         "{outcome:?}"
     );
     let seen = agent.seen.lock().unwrap().clone();
-    assert_eq!(seen, vec![(None, 0), (Some(json!({ "turn": 1 })), 1)]);
+    assert_eq!(
+        seen,
+        vec![(None, 0), (Some(r#"{"turn": 1}"#.to_owned()), 1)],
+        "the state exactly as given"
+    );
     let snap = snapshot(&db.pool, &run).await;
     assert_eq!(
-        snap.run.runner_metadata["runnerState"]["mail"],
-        json!({ "turn": 2 })
+        persistence::runner_state(&db.pool, &run, "mail")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"turn":2}"#)
     );
     assert_eq!(snap.run.runner_metadata["agentNotes"]["mail"], "sent");
     assert_eq!(snap.run.execution_context["sent"], true);

@@ -13,13 +13,16 @@ fn every_example_run_body_has_a_plan_the_service_accepts() {
     let mut registry = CapabilityRegistry::with_builtins();
     registry.register(
         "agent.webhook",
-        Arc::new(AgentWebhook::new(WebhookSettings {
-            allowed_urls: vec!["http://127.0.0.1:9000/".into()],
-            timeout: Duration::from_secs(1),
-            max_attempts: 1,
-            backoff: Duration::from_millis(1),
-            signing_secret: None,
-        })),
+        Arc::new(
+            AgentWebhook::new(WebhookSettings {
+                allowed_urls: vec!["http://127.0.0.1:9000/".into()],
+                timeout: Duration::from_secs(1),
+                max_response: 1024,
+                ca_file: None,
+                signing_secret: None,
+            })
+            .unwrap(),
+        ),
     );
     let engine = Engine::new(registry, true);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples");

@@ -8,9 +8,9 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use hitl_orchestrator::engine::Engine;
 use hitl_orchestrator::engine::capability::CapabilityRegistry;
 use hitl_orchestrator::engine::webhook::{AgentWebhook, WebhookSettings};
+use hitl_orchestrator::engine::{Engine, RetryPolicy};
 use serde_json::{Value, json};
 
 use crate::common::api::{AppOptions, OPERATOR, TestApp, approval};
@@ -70,12 +70,20 @@ fn agent_engine(url: &str) -> Engine {
     let settings = WebhookSettings {
         allowed_urls: vec![url.to_owned()],
         timeout: Duration::from_secs(5),
-        max_attempts: 3,
-        backoff: Duration::from_millis(50),
+        max_response: 1 << 20,
+        ca_file: None,
         signing_secret: None,
     };
-    registry.register("agent.webhook", Arc::new(AgentWebhook::new(settings)));
-    Engine::new(registry, true)
+    registry.register(
+        "agent.webhook",
+        Arc::new(AgentWebhook::new(settings).unwrap()),
+    );
+    // A short window: the slow 503s below must fail the run within the test.
+    Engine::new(registry, true).with_retry(RetryPolicy {
+        retry_for: Duration::from_millis(600),
+        backoff: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+    })
 }
 
 fn retry_body(who: &str) -> Value {

@@ -11,7 +11,8 @@ use crate::common::queue_support::{
 use hitl_orchestrator::domain::RunStatus;
 use hitl_orchestrator::engine::Engine;
 use hitl_orchestrator::engine::capability::{
-    BoxFuture, Capability, CapabilityCall, CapabilityOutcome, CapabilityRegistry, TransientError,
+    BoxFuture, Capability, CapabilityCall, CapabilityOutcome, CapabilityRegistry,
+    RunnerStateUpdate, TransientError,
 };
 use hitl_orchestrator::jobs::{ClaimedJob, Handled, Handler, JobContext, JobError, Worker};
 use hitl_orchestrator::persistence::jobs::{ApplyResume, JobPayload};
@@ -236,11 +237,14 @@ impl Capability for Flaky {
             let mut calls = self.calls.lock().unwrap();
             calls.push(Instant::now());
             if calls.len() <= self.failures {
-                return Err(TransientError("agent unavailable".into()));
+                return Err(TransientError {
+                    message: "agent unavailable".into(),
+                    retry_after: None,
+                });
             }
             Ok(CapabilityOutcome::Completed {
                 merge: serde_json::Map::new(),
-                runner_state: None,
+                runner_state: RunnerStateUpdate::Keep,
                 notes: None,
             })
         })
@@ -248,7 +252,8 @@ impl Capability for Flaky {
 }
 
 #[tokio::test]
-async fn a_job_failing_three_times_is_retried_with_growing_delays_then_succeeds() {
+async fn a_node_failing_transiently_three_times_is_retried_with_growing_delays_without_spending_job_attempts()
+ {
     let db = crate::common::fresh_db().await;
     let flaky = Arc::new(Flaky {
         failures: 3,
@@ -256,13 +261,18 @@ async fn a_job_failing_three_times_is_retried_with_growing_delays_then_succeeds(
     });
     let mut registry = CapabilityRegistry::with_builtins();
     registry.register("flaky", flaky.clone());
-    let engine = Engine::new(registry, true);
+    let engine = Engine::new(registry, true).with_retry(hitl_orchestrator::engine::RetryPolicy {
+        retry_for: Duration::from_secs(60),
+        backoff: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(10),
+    });
     let plan = json!({ "nodes": [ { "id": "call", "type": "task", "capability": "flaky" } ] });
     let runs = crate::common::queue_support::create_runs(&db.pool, &engine, 1, &plan).await;
 
     let mut settings = fast_settings();
     settings.poll_interval = Duration::from_millis(20);
-    settings.backoff_base = Duration::from_millis(200);
+    // Two job attempts only: an outage must not spend them.
+    settings.max_attempts = 2;
     let worker = RunningWorker::spawn(&db.pool, engine, settings);
     wait_for_count(
         &db.pool,
@@ -276,12 +286,13 @@ async fn a_job_failing_three_times_is_retried_with_growing_delays_then_succeeds(
     let calls = flaky.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 4);
     let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+    // Jitter keeps each wait between half and all of 200 ms, 400 ms, 800 ms.
     assert!(
         gaps[0] < gaps[1] && gaps[1] < gaps[2],
         "delays grow: {gaps:?}"
     );
     assert!(
-        gaps[0] >= Duration::from_millis(150),
+        gaps[0] >= Duration::from_millis(90),
         "the first retry waited: {gaps:?}"
     );
     let (attempts, status): (i32, String) =
@@ -290,7 +301,30 @@ async fn a_job_failing_three_times_is_retried_with_growing_delays_then_succeeds(
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert_eq!((attempts, status.as_str()), (4, "Done"));
+    assert_eq!(
+        (attempts, status.as_str()),
+        (1, "Done"),
+        "postponed, not retried"
+    );
+    let snap = persistence::load_snapshot(&db.pool, &runs[0])
+        .await
+        .unwrap()
+        .unwrap();
+    let outages: Vec<_> = snap
+        .audit_log
+        .iter()
+        .filter(|e| e.action == hitl_orchestrator::domain::AuditAction::AgentUnreachable)
+        .collect();
+    assert_eq!(
+        outages.len(),
+        1,
+        "one event when the outage began, not one per attempt"
+    );
+    assert_eq!(outages[0].details["lastError"], "agent unavailable");
+    assert!(
+        snap.run.agent_retry.is_none(),
+        "cleared once the node completed"
+    );
 }
 
 #[tokio::test]
@@ -586,7 +620,7 @@ impl Capability for Remote {
             *self.0.lock().unwrap() += 1;
             Ok(CapabilityOutcome::Completed {
                 merge: serde_json::Map::new(),
-                runner_state: None,
+                runner_state: RunnerStateUpdate::Keep,
                 notes: None,
             })
         })
@@ -639,9 +673,23 @@ async fn fault_in_the_advancement(max_attempts: i32) {
     .unwrap();
     assert_eq!(
         (command.as_str(), response, run.as_str()),
-        ("succeeded", 1, "running"),
-        "max {max_attempts} attempts: the operator's answer stands; the run waits for a repaired advancement"
+        ("succeeded", 1, "failed"),
+        "max {max_attempts} attempts: the operator's answer stands; the dead advancement fails the run"
     );
+    let reason: String = sqlx::query_scalar("select status_reason from orchestrator_runs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        reason.starts_with("the run could not be advanced: ") && reason.contains("injected fault"),
+        "{reason}"
+    );
+    // Nothing starts the failure over: the sweep finds nothing to repair.
+    let mut conn = db.pool.acquire().await.unwrap();
+    let (stranded, _) = persistence::rehydrate::find_stranded(&mut conn, Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert!(stranded.is_empty(), "{stranded:?}");
     let error: String = sqlx::query_scalar(
         "select last_result->>'Err' from apalis.jobs where job_type = 'hitl_advance' and status = 'Killed'",
     )

@@ -51,6 +51,7 @@ fn every_transition() -> Vec<Transition> {
         Transition::Cancel,
         Transition::Rehydrate,
         Transition::Retry,
+        Transition::AgentUnreachable,
     ];
     for action in TimeoutAction::ALL.iter().copied() {
         all.push(Transition::Expire {
@@ -113,7 +114,8 @@ fn a_queued_run_can_only_start_fail_be_removed_or_rehydrate() {
             | Transition::Expire { .. }
             | Transition::Complete
             | Transition::Cancel
-            | Transition::Retry => illegal(S::Queued, &t),
+            | Transition::Retry
+            | Transition::AgentUnreachable => illegal(S::Queued, &t),
         };
         assert_eq!(next_status(S::Queued, None, &t), want, "{t:?}");
     }
@@ -138,6 +140,7 @@ fn a_running_run_can_checkpoint_pause_finish_be_cancelled_or_rehydrate() {
             Transition::Fail => ok(S::Failed, None, None, A::RunFailed),
             Transition::Cancel => ok(S::Cancelled, None, None, A::RunCancelled),
             Transition::Rehydrate => ok(S::Running, None, None, A::Rehydrate),
+            Transition::AgentUnreachable => ok(S::Running, None, None, A::AgentUnreachable),
             Transition::Start
             | Transition::Resume { .. }
             | Transition::Expire { .. }
@@ -179,7 +182,8 @@ fn an_awaiting_run_can_only_resume_be_removed_expire_or_rehydrate() {
             | Transition::Complete
             | Transition::Fail
             | Transition::Cancel
-            | Transition::Retry => illegal(S::AwaitingHitl, &t),
+            | Transition::Retry
+            | Transition::AgentUnreachable => illegal(S::AwaitingHitl, &t),
         };
         assert_eq!(next_status(S::AwaitingHitl, Some(&p()), &t), want, "{t:?}");
     }
@@ -204,6 +208,7 @@ fn each_transition_records_its_own_audit_action() {
     let expected = [
         (Transition::Start, A::RunStarted),
         (Transition::Checkpoint, A::NodeCompleted),
+        (Transition::AgentUnreachable, A::AgentUnreachable),
         (
             Transition::RaiseRequest { request_id: p() },
             A::HitlRequested,
