@@ -197,3 +197,33 @@ impl Engine {
         Ok(persistence::create_run(tx, new).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_with_jitter_up_to_the_cap_and_retry_after_wins() {
+        let policy = RetryPolicy {
+            retry_for: Duration::from_secs(3600),
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+        };
+        for (attempts, full) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
+            let d = policy.delay(attempts, None);
+            let full = Duration::from_millis(full);
+            assert!(d >= full / 2 && d <= full, "attempt {attempts}: {d:?}");
+        }
+        assert_eq!(
+            policy.delay(1, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+    }
+}

@@ -234,21 +234,22 @@ fn describe(e: &dyn std::error::Error) -> String {
 }
 
 /// The TLS error under `e`, if the attempt failed in the handshake. `io::Error` hides its
-/// payload from `source()`, so each cause is also looked into.
+/// payload from `source()` (and hyper nests one in another), so payloads are looked into.
 fn tls_failure(e: &reqwest::Error) -> Option<String> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+    fn find(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
         }
-        if let Some(io) = c.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && let Some(found) = find(inner)
         {
-            return Some(tls.to_string());
+            return Some(found);
         }
-        cause = c.source();
+        e.source().and_then(find)
     }
-    None
+    find(e)
 }
 
 enum Read {
@@ -603,10 +604,16 @@ mod tests {
 
     #[test]
     fn the_allow_list_compares_origin_and_path_segments_not_string_prefixes() {
-        let w = webhook(&["http://agents.internal", "http://127.0.0.1:9000/publish/"]);
+        let w = webhook(&[
+            "http://agents.internal",
+            "http://127.0.0.1:9000/publish/",
+            "https://secure.internal:8443",
+        ]);
         for ok in [
             "http://agents.internal/",
             "http://agents.internal/run/x",
+            "http://agents.internal/publish",
+            "https://secure.internal:8443/agent",
             "http://agents.internal:80/x",
             "http://AGENTS.internal/x",
             "http://127.0.0.1:9000/publish",
@@ -623,10 +630,94 @@ mod tests {
             "ftp://agents.internal/",
             "http://127.0.0.1:9000/publisher",
             "http://127.0.0.1:9001/publish",
+            "http://secure.internal:8443/agent",
+            "https://secure.internal/agent",
             "http://127.0.0.1:9000/",
             "not a url",
         ] {
             assert!(w.check_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn runner_state_is_kept_as_sent_null_clears_it_and_absent_keeps_it() {
+        let state = r#"{"b": 1, "a": "\u0000", "a": 12345678901234567890123}"#;
+        let text = format!(r#"{{"status": "completed", "output": 1, "runnerState": {state}}}"#);
+        let Ok(CapabilityOutcome::Completed { runner_state, .. }) = parse_reply("n", &text) else {
+            panic!("a completed reply")
+        };
+        assert_eq!(runner_state, RunnerStateUpdate::Set(state.to_owned()));
+        let cleared = parse_reply("n", r#"{"status": "completed", "runnerState": null}"#);
+        assert!(matches!(
+            cleared,
+            Ok(CapabilityOutcome::Completed {
+                runner_state: RunnerStateUpdate::Clear,
+                ..
+            })
+        ));
+        let kept = parse_reply("n", r#"{"status": "completed"}"#);
+        assert!(matches!(
+            kept,
+            Ok(CapabilityOutcome::Completed {
+                runner_state: RunnerStateUpdate::Keep,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_rest_of_a_reply_must_be_storable_and_given_once_naming_the_field() {
+        for (reply, named) in [
+            (
+                r#"{"status": "completed", "output": {"t": ["ok", "\u0000"]}}"#,
+                "output.t[1]",
+            ),
+            (r#"{"status": "completed", "output": "\u0000"}"#, "output"),
+            (
+                r#"{"status": "completed", "output": 1, "output": 2}"#,
+                "output",
+            ),
+            (
+                r#"{"status": "completed", "runnerState": {}, "runnerState": {}}"#,
+                "runnerState",
+            ),
+            (r#"{"status": "failed", "message": "a\u0000b"}"#, "message"),
+        ] {
+            let Err(message) = parse_reply("n", reply) else {
+                panic!("refused: {reply}")
+            };
+            assert!(
+                message.starts_with(&format!("agent reply: {named}: ")),
+                "{reply}: {message}"
+            );
+        }
+        let Err(message) = parse_reply("n", r#"{"status": "sleeping"}"#) else {
+            panic!("refused")
+        };
+        assert!(
+            message.starts_with("agent answered with an invalid body"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date_and_capped_at_a_day() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("9999999"),
+            Some(Duration::from_secs(86_400))
+        );
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        let wait = parse_retry_after(&soon).unwrap();
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }

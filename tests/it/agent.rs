@@ -350,6 +350,12 @@ async fn a_reply_that_cannot_be_stored_fails_the_node_once_naming_the_field_and_
         1,
         "called once, not retried"
     );
+    // And the sweep leaves it failed: nothing is stranded.
+    let mut conn = db.pool.acquire().await.unwrap();
+    let (stranded, _) = persistence::rehydrate::find_stranded(&mut conn, Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert!(stranded.is_empty(), "{stranded:?}");
 }
 
 #[tokio::test]

@@ -87,3 +87,45 @@ fn a_short_api_key_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_old_agent_attempts_setting_is_refused_naming_its_replacement_and_agent_settings_are_checked()
+{
+    let (ok, _, stderr) = run(&["worker"], &[("HITL_AGENT_MAX_ATTEMPTS", "3")]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("HITL_AGENT_MAX_ATTEMPTS") && stderr.contains("HITL_AGENT_RETRY_FOR"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(
+        &["worker"],
+        &[
+            ("HITL_AGENT_BACKOFF", "10s"),
+            ("HITL_AGENT_BACKOFF_MAX", "1s"),
+        ],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("HITL_AGENT_BACKOFF_MAX"), "{stderr}");
+    let (ok, _, stderr) = run(&["worker"], &[("HITL_AGENT_MAX_RESPONSE", "lots")]);
+    assert!(!ok);
+    assert!(stderr.contains("--agent-max-response"), "{stderr}");
+    // An unreadable CA file stops the process before it opens any database.
+    let (ok, _, stderr) = run(
+        &["worker"],
+        &[("HITL_AGENT_CA_FILE", "/nonexistent/agents-ca.pem")],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("HITL_AGENT_CA_FILE /nonexistent/agents-ca.pem"),
+        "{stderr}"
+    );
+    let (_, stdout, _) = run(&["worker", "--help"], &[]);
+    for var in [
+        "HITL_AGENT_RETRY_FOR",
+        "HITL_AGENT_BACKOFF_MAX",
+        "HITL_AGENT_MAX_RESPONSE",
+        "HITL_AGENT_CA_FILE",
+    ] {
+        assert!(stdout.contains(var), "worker --help names {var}");
+    }
+}

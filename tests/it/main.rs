@@ -11,6 +11,7 @@
 mod common;
 
 mod agent;
+mod agent_faults;
 mod api_auth;
 mod api_bad_input;
 mod api_boundary;
