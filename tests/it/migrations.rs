@@ -170,6 +170,8 @@ fn bad_rows() -> Vec<(String, &'static str)> {
         (run_row("run_2", "t2", "brief_1", "queued", ok_plan, "execution_context='[]'"), "orchestrator_runs_execution_context_check"),
         (run_row("run_2", "t2", "brief_1", "queued", ok_plan, "runner_metadata='\"x\"'"), "orchestrator_runs_runner_metadata_check"),
         (run_row("run_2", "t2", "brief_1", "queued", ok_plan, "version=0"), "orchestrator_runs_version_check"),
+        (run_row("run_2", "t2", "brief_1", "running", ok_plan, "agent_retry='[]'"), "orchestrator_runs_agent_retry_check"),
+        ("insert into run_runner_states (run_id, node_id, state) values ('run_9', 'n', '{}')".into(), "run_runner_states_run_id_fkey"),
         (run_row("run_2", "t2", "brief_1", "completed", ok_plan, ""), "runs_finished_iff_terminal"),
         (run_row("run_2", "t2", "brief_1", "running", ok_plan, "finished_at=now()"), "runs_finished_iff_terminal"),
         (run_row("run_2", "t2", "brief_1", "awaiting_hitl", ok_plan, ""), "runs_pending_request_iff_awaiting"),
@@ -264,4 +266,64 @@ async fn every_foreign_key_and_check_constraint_rejects_a_bad_row() {
         .await
         .unwrap();
     assert_eq!(runs, 1);
+}
+
+#[tokio::test]
+async fn migration_7_moves_stored_runner_states_to_their_own_table_and_out_of_the_metadata() {
+    let pool = empty_database().await;
+    // The schema as migration 6 left it.
+    let dir = tempfile::tempdir().unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "20261202000007" {
+            std::fs::copy(&path, dir.path().join(&name)).unwrap();
+        }
+    }
+    // Our migrations tune the queue's tables: the queue's schema comes first.
+    apalis_postgres::PostgresStorage::setup(&pool).await.unwrap();
+    sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "insert into briefs (brief_id, title) values ('brief_1', 'b'); \
+         insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan, runner_metadata) \
+         values ('run_1', 't1', 'brief_1', 'running', '{\"nodes\": []}', \
+                 '{\"cursor\": \"mail\", \"runnerState\": {\"mail\": {\"turn\": 1}, \"other\": [1, 2]}}'), \
+                ('run_2', 't2', 'brief_1', 'running', '{\"nodes\": []}', '{\"cursor\": \"x\"}');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    db::migrate(&pool).await.unwrap();
+    let moved: Vec<(String, String, String)> = sqlx::query_as(
+        "select run_id, node_id, state from run_runner_states order by run_id, node_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        moved,
+        vec![
+            ("run_1".into(), "mail".into(), r#"{"turn": 1}"#.into()),
+            ("run_1".into(), "other".into(), "[1, 2]".into()),
+        ]
+    );
+    let metadata: Vec<serde_json::Value> =
+        sqlx::query_scalar("select runner_metadata from orchestrator_runs order by run_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        metadata,
+        vec![
+            serde_json::json!({ "cursor": "mail" }),
+            serde_json::json!({ "cursor": "x" })
+        ]
+    );
 }
