@@ -145,6 +145,8 @@ text_enum! {
         Option => "option",
         /// Free text (`freeformText`).
         Freeform => "freeform",
+        /// An approval with changed tool arguments (`editedArguments`, a JSON object).
+        Edit => "edit",
     }
 }
 
@@ -338,7 +340,7 @@ mod tests {
     fn response_type_values_are_the_documented_ones() {
         assert_eq!(
             ResponseType::ALLOWED,
-            ["approval", "rejection", "option", "freeform"]
+            ["approval", "rejection", "option", "freeform", "edit"]
         );
     }
 

@@ -33,12 +33,12 @@ use super::capability::{CapabilityCall, CapabilityOutcome, Interrupt, RunnerStat
 use super::plan::{HitlNode, NodeKind, Plan, TaskNode};
 use super::{Engine, EngineError};
 use crate::domain::{
-    AuditAction, RejectionPolicy, RequestId, RequestStatus, ResponseType, RunId, RunStatus,
-    TimeoutAction,
+    AuditAction, RejectionPolicy, RequestId, RequestStatus, ResponseId, ResponseType, RunId,
+    RunStatus, TimeoutAction,
 };
 use crate::persistence::{
     self, Checkpoint, Finish, NewRequest, NodeRunnerState, PersistenceError, RequestRecord,
-    RunSnapshot, StepState, Tx,
+    ResponseRecord, RunSnapshot, StepState, Tx,
 };
 use tracing::Instrument;
 
@@ -464,20 +464,17 @@ impl Engine {
                 pause @ Step::Pause(_) => pause,
             });
         }
-        Ok(Step::Pause(NewRequest {
-            request_id: RequestId::new(),
-            node_id,
-            operator_prompt: h.prompt.clone(),
-            response_types: h.response_types.clone(),
-            options: options_json(&h.options),
-            contract_summary: json!({ "facets": h.contract.facets,
-                                      "capabilityContract": h.contract.capability_contract }),
-            deadline: h.timeout_seconds.map(|s| {
-                let at =
-                    Utc::now() + Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000));
-                (at, h.on_timeout.unwrap_or(TimeoutAction::Reject))
-            }),
-        }))
+        let mut ask = Interrupt::single(
+            &node_id,
+            h.prompt.clone(),
+            h.response_types.clone(),
+            h.options.clone(),
+        );
+        ask.contract = h.contract.clone();
+        ask.deadline = h
+            .timeout_seconds
+            .map(|s| (s, h.on_timeout.unwrap_or(TimeoutAction::Reject)));
+        Ok(Step::Pause(interrupt_request(&node_id, ask)))
     }
 
     fn is_local(&self, t: &TaskNode) -> bool {
@@ -506,6 +503,9 @@ impl Engine {
             Some(id) => Some(awaited(snap, &id)?),
             None => None,
         };
+        let timed_out = resumed
+            .filter(|r| r.status == RequestStatus::Expired)
+            .map(timeout_answers);
         let context = Value::Object(work.ctx.clone());
         let attempt_key = format!(
             "{}:{node_id}:{}",
@@ -520,7 +520,9 @@ impl Engine {
             config: &t.config,
             execution_context: &context,
             runner_state,
-            responses: resumed.map(|r| r.responses.as_slice()),
+            responses: timed_out
+                .as_deref()
+                .or(resumed.map(|r| r.responses.as_slice())),
             attempt_key: &attempt_key,
         };
         let outcome = capability
@@ -718,24 +720,63 @@ fn follow_policy(at: &At<'_>, h: &HitlNode, decision: Decision, why: String) -> 
     }
 }
 
-fn options_json(options: &[super::plan::HitlOption]) -> Value {
-    Value::Array(
-        options
-            .iter()
-            .map(|o| json!({ "id": o.id, "label": o.label }))
-            .collect(),
-    )
-}
-
 fn interrupt_request(node_id: &str, i: Interrupt) -> NewRequest {
+    // The request-level answer types and options are the one item's; with several items
+    // each has its own, and these stay empty.
+    let (response_types, options) = match i.items.as_slice() {
+        [only] => (
+            only.response_types.clone(),
+            Value::Array(
+                only.options
+                    .iter()
+                    .map(|o| json!({ "id": o.id, "label": o.label }))
+                    .collect(),
+            ),
+        ),
+        _ => (Vec::new(), json!([])),
+    };
     NewRequest {
         request_id: RequestId::new(),
         node_id: node_id.to_owned(),
         operator_prompt: i.prompt,
-        response_types: i.response_types,
-        options: options_json(&i.options),
+        response_types,
+        options,
+        items: i.items,
         contract_summary: json!({ "facets": i.contract.facets,
                                   "capabilityContract": i.contract.capability_contract }),
-        deadline: None,
+        deadline: i.deadline.map(|(secs, action)| {
+            let secs = i64::try_from(secs).unwrap_or(i64::MAX / 1000);
+            (Utc::now() + Duration::seconds(secs), action)
+        }),
     }
+}
+
+/// What an agent is told when its request's deadline passed unanswered: every item
+/// approved or rejected by the request's `onTimeout` (a `cancel` ended the run instead).
+fn timeout_answers(request: &RequestRecord) -> Vec<ResponseRecord> {
+    let approve = request.on_timeout == Some(TimeoutAction::Approve);
+    let at = request.resolved_at.unwrap_or_else(Utc::now);
+    request
+        .items
+        .iter()
+        .map(|item| ResponseRecord {
+            response_id: ResponseId::new(),
+            request_id: request.request_id.clone(),
+            item_id: Some(item.item_id.clone()),
+            response_type: if approve {
+                ResponseType::Approval
+            } else {
+                ResponseType::Rejection
+            },
+            edited_arguments: None,
+            approved: Some(approve),
+            option_id: None,
+            freeform_text: (!approve)
+                .then(|| "the request's deadline passed without an answer".to_owned()),
+            responder_id: None,
+            responder_display_name: None,
+            command_id: None,
+            created_at: at,
+        })
+        .collect()
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::plan::{Contract, HitlOption};
-use crate::domain::{ResponseType, RunId, ThreadId};
-use crate::persistence::ResponseRecord;
+use crate::domain::{ResponseType, RunId, ThreadId, TimeoutAction};
+use crate::persistence::{ItemKind, ItemOption, RequestItem, ResponseRecord};
 
 /// A boxed future, so capabilities can be stored as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -51,13 +51,45 @@ pub enum RunnerStateUpdate {
     Set(String),
 }
 
-/// A HITL request a capability raises of its own (an agent's tool-approval interruption).
+/// A HITL request a capability raises of its own (an agent's tool approvals).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Interrupt {
     pub prompt: String,
-    pub response_types: Vec<ResponseType>,
-    pub options: Vec<HitlOption>,
+    /// Each decision asked for, answered on its own (at least one).
+    pub items: Vec<RequestItem>,
     pub contract: Contract,
+    /// A deadline, in seconds from now, and what it does to every item when it passes.
+    pub deadline: Option<(u64, TimeoutAction)>,
+}
+
+impl Interrupt {
+    /// A one-item request, as a `hitl` node asks: the item's id is the node's.
+    pub fn single(
+        node_id: &str,
+        prompt: String,
+        response_types: Vec<ResponseType>,
+        options: Vec<HitlOption>,
+    ) -> Self {
+        Self {
+            items: vec![RequestItem {
+                item_id: node_id.to_owned(),
+                kind: ItemKind::Question,
+                title: prompt.clone(),
+                tool: None,
+                response_types,
+                options: options
+                    .into_iter()
+                    .map(|o| ItemOption {
+                        id: o.id,
+                        label: o.label,
+                    })
+                    .collect(),
+            }],
+            prompt,
+            contract: Contract::default(),
+            deadline: None,
+        }
+    }
 }
 
 /// How a call ended.

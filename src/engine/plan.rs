@@ -488,15 +488,21 @@ fn parse_response_types(
         Some(Value::Array(items)) => items,
         Some(_) => return Err(at.error(field, "must be an array of response types")),
     };
+    // `edit` changes a tool's arguments: only an agent's tool approval has them.
+    const FOR_NODES: [&str; 4] = ["approval", "rejection", "option", "freeform"];
     if items.is_empty() {
-        let allowed = ResponseType::ALLOWED.join(", ");
+        let allowed = FOR_NODES.join(", ");
         return Err(at.error(field, format!("must list at least one of: {allowed}")));
     }
     let mut types = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let item_field = format!("{field}[{i}]");
-        let parse = |s: &str| ResponseType::parse(s).ok();
-        let kind = choice(&at, item_field.clone(), item, parse, ResponseType::ALLOWED)?;
+        let parse = |s: &str| {
+            ResponseType::parse(s)
+                .ok()
+                .filter(|t| *t != ResponseType::Edit)
+        };
+        let kind = choice(&at, item_field.clone(), item, parse, &FOR_NODES)?;
         if let Some(first) = types.iter().position(|seen| *seen == kind) {
             return Err(at.error(item_field, format!("duplicates {field}[{first}]")));
         }

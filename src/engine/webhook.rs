@@ -32,10 +32,10 @@ use super::capability::{
     BoxFuture, Capability, CapabilityCall, CapabilityOutcome, Interrupt, RunnerStateUpdate,
     TransientError,
 };
-use super::plan::{Contract, HitlOption};
+use super::plan::Contract;
 use crate::config::Secret;
-use crate::domain::ResponseType;
-use crate::persistence::ResponseRecord;
+use crate::domain::{ResponseType, TimeoutAction};
+use crate::persistence::{ItemKind, ItemOption, RequestItem, ResponseRecord, ToolCall};
 use crate::telemetry::metrics::metrics;
 
 /// How agent calls are made.
@@ -322,15 +322,167 @@ enum AgentReply {
     },
 }
 
+/// An agent's HITL request: `items` (several decisions), or the older one-question shape
+/// (`responseTypes`, `options`), read as one item whose id is the node's.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AgentRequest {
     prompt: String,
-    response_types: Vec<ResponseType>,
+    #[serde(default)]
+    items: Option<Vec<AgentItem>>,
+    #[serde(default)]
+    response_types: Option<Vec<ResponseType>>,
     #[serde(default)]
     options: Vec<AgentOption>,
     #[serde(default)]
     contract: Option<AgentContract>,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+    #[serde(default)]
+    on_timeout: Option<TimeoutAction>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentItem {
+    item_id: String,
+    #[serde(default)]
+    kind: Option<ItemKind>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    tool: Option<ToolCall>,
+    #[serde(default)]
+    response_types: Option<Vec<ResponseType>>,
+    #[serde(default)]
+    options: Vec<AgentOption>,
+}
+
+/// The longest deadline an agent may set: a year.
+const MAX_TIMEOUT_SECONDS: u64 = 366 * 24 * 3600;
+
+/// Reads an agent's request into the items it asks, or why it cannot be raised (the
+/// field named, as `request.items[1].itemId`).
+fn interrupt(node_id: &str, request: AgentRequest) -> Result<Interrupt, String> {
+    fn bad<T>(field: String, why: &str) -> Result<T, String> {
+        Err(format!("agent reply: request.{field}: {why}"))
+    }
+    if request.prompt.trim().is_empty() {
+        return bad("prompt".into(), "must not be empty");
+    }
+    let options = |field: String, options: Vec<AgentOption>, types: &[ResponseType]| {
+        let mut seen: Vec<ItemOption> = Vec::with_capacity(options.len());
+        for (i, o) in options.into_iter().enumerate() {
+            if o.id.is_empty() || seen.iter().any(|s| s.id == o.id) {
+                return bad(format!("{field}[{i}].id"), "must be non-empty and unique");
+            }
+            seen.push(ItemOption {
+                id: o.id,
+                label: o.label,
+            });
+        }
+        if types.contains(&ResponseType::Option) && seen.is_empty() {
+            return bad(
+                field,
+                "must offer an option when option answers are accepted",
+            );
+        }
+        Ok(seen)
+    };
+    let types = |field: String, types: Vec<ResponseType>| {
+        if types.is_empty() {
+            return bad(field, "must list at least one response type");
+        }
+        if let Some(i) = (1..types.len()).find(|&i| types[..i].contains(&types[i])) {
+            return bad(format!("{field}[{i}]"), "is listed twice");
+        }
+        Ok(types)
+    };
+    let items = match (request.items, request.response_types) {
+        (Some(_), Some(_)) => {
+            return bad(
+                "responseTypes".into(),
+                "goes into each item when the request has items",
+            );
+        }
+        (None, None) => return bad("items".into(), "is required (or responseTypes)"),
+        (None, Some(response_types)) => {
+            let response_types = types("responseTypes".into(), response_types)?;
+            let options = options("options".into(), request.options, &response_types)?;
+            vec![RequestItem {
+                item_id: node_id.to_owned(),
+                kind: ItemKind::Question,
+                title: request.prompt.clone(),
+                tool: None,
+                response_types,
+                options,
+            }]
+        }
+        (Some(items), None) => {
+            if items.is_empty() || items.len() > 100 {
+                return bad("items".into(), "must hold 1 to 100 items");
+            }
+            let mut out: Vec<RequestItem> = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                let at = |f: &str| format!("items[{i}].{f}");
+                if item.item_id.is_empty() || item.item_id.chars().count() > 200 {
+                    return bad(at("itemId"), "must be 1 to 200 characters");
+                }
+                if out.iter().any(|o| o.item_id == item.item_id) {
+                    return bad(at("itemId"), "must be unique in the request");
+                }
+                let kind = item.kind.unwrap_or(if item.tool.is_some() {
+                    ItemKind::ToolApproval
+                } else {
+                    ItemKind::Question
+                });
+                let title = match (item.title, &item.tool) {
+                    (Some(t), _) if !t.trim().is_empty() => t,
+                    (None, Some(tool)) => format!("Run {}", tool.name),
+                    _ => return bad(at("title"), "is required (or a tool to name)"),
+                };
+                let response_types = types(
+                    at("responseTypes"),
+                    item.response_types
+                        .unwrap_or_else(|| vec![ResponseType::Approval, ResponseType::Rejection]),
+                )?;
+                if response_types.contains(&ResponseType::Edit) && item.tool.is_none() {
+                    return bad(
+                        at("responseTypes"),
+                        "edit needs a tool whose arguments to edit",
+                    );
+                }
+                let options = options(at("options"), item.options, &response_types)?;
+                out.push(RequestItem {
+                    item_id: item.item_id,
+                    kind,
+                    title,
+                    tool: item.tool,
+                    response_types,
+                    options,
+                });
+            }
+            out
+        }
+    };
+    let deadline = match (request.timeout_seconds, request.on_timeout) {
+        (None, None) => None,
+        (None, Some(_)) => return bad("onTimeout".into(), "needs timeoutSeconds"),
+        (Some(s), _) if s == 0 || s > MAX_TIMEOUT_SECONDS => {
+            return bad("timeoutSeconds".into(), "must be 1 to 31622400 (a year)");
+        }
+        (Some(s), action) => Some((s, action.unwrap_or(TimeoutAction::Reject))),
+    };
+    let contract = request.contract.unwrap_or_default();
+    Ok(Interrupt {
+        prompt: request.prompt,
+        items,
+        contract: Contract {
+            facets: contract.facets,
+            capability_contract: contract.capability_contract,
+        },
+        deadline,
+    })
 }
 
 #[derive(Deserialize)]
@@ -559,28 +711,13 @@ fn outcome(node_id: &str, reply: AgentReply, runner_state: RunnerStateUpdate) ->
                 notes,
             }
         }
-        AgentReply::Interrupted { request } => {
-            let contract = request.contract.unwrap_or_default();
-            CapabilityOutcome::Interrupted {
-                request: Interrupt {
-                    prompt: request.prompt,
-                    response_types: request.response_types,
-                    options: request
-                        .options
-                        .into_iter()
-                        .map(|o| HitlOption {
-                            id: o.id,
-                            label: o.label,
-                        })
-                        .collect(),
-                    contract: Contract {
-                        facets: contract.facets,
-                        capability_contract: contract.capability_contract,
-                    },
-                },
+        AgentReply::Interrupted { request } => match interrupt(node_id, request) {
+            Ok(request) => CapabilityOutcome::Interrupted {
+                request,
                 runner_state,
-            }
-        }
+            },
+            Err(message) => CapabilityOutcome::Failed { message },
+        },
         AgentReply::Failed { message } => CapabilityOutcome::Failed {
             message: message.unwrap_or_else(|| "the agent reported a failure".into()),
         },

@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::jobs::{Advance, ApplyRemove, ApplyResume, ApplyRetry};
 use super::queue;
-use super::requests::{RequestShape, ResponseInput, validate_responses};
+use super::requests::{RequestItem, RequestShape, ResponseInput, validate_responses};
 use super::{AdvanceBy, AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit};
 use crate::domain::{
     AuditAction, CommandId, CommandKind, CommandStatus, Refusal, RefusalContext, RequestId,
@@ -177,10 +177,9 @@ pub enum ApplyOutcome {
 struct ToApply {
     #[sqlx(flatten)]
     command: CommandRecord,
-    #[sqlx(rename = "shape_response_types")]
-    response_types: Option<Vec<String>>,
-    #[sqlx(rename = "shape_options")]
-    options: Option<Value>,
+    /// The named request's items (`null` for a command naming no request).
+    #[sqlx(rename = "shape_items")]
+    items: Option<sqlx::types::Json<Vec<RequestItem>>>,
 }
 
 #[derive(Deserialize)]
@@ -214,25 +213,16 @@ pub async fn apply_command(
         id: command_id.to_string(),
     })?;
     // The named request's shape comes along: it never changes once raised.
-    let ToApply {
-        command,
-        response_types,
-        options,
-    } = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let ToApply { command, items } = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {COMMAND_COLUMNS}, \
-             (select q.response_types from hitl_requests q where q.request_id = c.request_id) \
-                 as shape_response_types, \
-             (select q.options from hitl_requests q where q.request_id = c.request_id) \
-                 as shape_options \
-         from hitl_commands c where command_id = $1 for update of c"
+             (select {} from hitl_requests q where q.request_id = c.request_id) as shape_items \
+         from hitl_commands c where command_id = $1 for update of c",
+        super::requests::items_sql("q")
     )))
     .bind(command_id)
     .fetch_one(&mut **tx)
     .await?;
-    let shape = (
-        response_types.unwrap_or_default(),
-        options.unwrap_or(Value::Null),
-    );
+    let shape = items.map(|i| i.0).unwrap_or_default();
     if command.status.is_final() {
         return Ok(ApplyOutcome::AlreadyFinal { command });
     }
@@ -257,7 +247,7 @@ async fn apply_resume(
     run: &LockedRun,
     command: CommandRecord,
     payload: CommandPayload,
-    (response_types, options): &(Vec<String>, Value),
+    items: &[RequestItem],
     advance: AdvanceBy,
 ) -> Result<ApplyOutcome, PersistenceError> {
     let Some(request_id) = command.request_id.clone() else {
@@ -279,33 +269,43 @@ async fn apply_resume(
     };
     let shape = RequestShape {
         request_id: &request_id,
-        response_types,
-        options,
+        items,
     };
-    if let Err(problem) = validate_responses(&shape, &payload.responses) {
-        let why = Refusal::InvalidResponse {
-            message: problem.to_string(),
-            field: problem.field,
+    let answered = match validate_responses(&shape, &payload.responses) {
+        Ok(answered) => answered,
+        Err(problem) => {
+            let why = Refusal::InvalidResponse {
+                message: problem.to_string(),
+                field: problem.field,
+            };
+            return reject(tx, &command, why).await;
+        }
+    };
+    for (position, (r, item_id)) in payload.responses.iter().zip(answered).enumerate() {
+        // An edit approves, with other arguments.
+        let approved = match r.response_type {
+            crate::domain::ResponseType::Edit => Some(true),
+            _ => r.approved,
         };
-        return reject(tx, &command, why).await;
-    }
-    for (position, r) in payload.responses.iter().enumerate() {
         sqlx::query(
             "insert into hitl_responses (response_id, request_id, run_id, position, response_type, \
-                 approved, option_id, freeform_text, responder_id, responder_display_name, command_id) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 approved, option_id, freeform_text, responder_id, responder_display_name, command_id, \
+                 item_id, edited_arguments) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(ResponseId::new())
         .bind(&request_id)
         .bind(&run.run_id)
         .bind(i32::try_from(position).unwrap_or(i32::MAX))
         .bind(r.response_type)
-        .bind(r.approved)
+        .bind(approved)
         .bind(&r.option_id)
         .bind(&r.freeform_text)
         .bind(&r.responder_id)
         .bind(&r.responder_display_name)
         .bind(&command.command_id)
+        .bind(item_id)
+        .bind(&r.edited_arguments)
         .execute(&mut **tx)
         .await?;
     }

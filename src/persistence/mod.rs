@@ -38,8 +38,8 @@ pub use commands::{
     record_command,
 };
 pub use requests::{
-    ExpireOutcome, PendingFilter, PendingItem, RequestShape, ResponseInput, ResponseProblem,
-    expire_request, list_pending, validate_responses,
+    ExpireOutcome, ItemKind, ItemOption, PendingFilter, PendingItem, RequestItem, RequestShape,
+    ResponseInput, ResponseProblem, ToolCall, expire_request, list_pending, validate_responses,
 };
 pub use runs::{
     BriefInput, Checkpoint, CreatedRun, Finish, NewRequest, NewRun, NodeRunnerState, RunHeader,

@@ -14,6 +14,67 @@ use crate::domain::{
     TimeoutAction, Transition,
 };
 
+/// What an item asks an operator for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemKind {
+    /// May this tool run with these arguments?
+    ToolApproval,
+    /// Anything else (a `hitl` node's question).
+    Question,
+}
+
+/// The tool call an item asks about, for the operator to see.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ToolCall {
+    /// The tool's name.
+    pub name: String,
+    /// Its arguments, as the agent would pass them (any JSON).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub arguments: Value,
+}
+
+/// An option an item offers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemOption {
+    pub id: String,
+    pub label: String,
+}
+
+/// One decision of a request: each item is answered on its own. A `hitl` node's request
+/// has one item whose `itemId` is the node id; an agent's interruption may have several
+/// (one per tool call awaiting approval, `itemId` its call id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestItem {
+    /// Unique in its request.
+    pub item_id: String,
+    pub kind: ItemKind,
+    /// What to show the operator.
+    pub title: String,
+    /// The tool call this item would let run, when it is a tool approval.
+    #[serde(default)]
+    pub tool: Option<ToolCall>,
+    /// The answers this item accepts.
+    pub response_types: Vec<ResponseType>,
+    /// The options offered (`option` answers).
+    #[serde(default)]
+    pub options: Vec<ItemOption>,
+}
+
+/// The items of request alias `q` as stored, or — for a request written before items
+/// existed — its one item derived from the request's own fields.
+pub(crate) fn items_sql(q: &str) -> String {
+    format!(
+        "coalesce({q}.items, jsonb_build_array(jsonb_build_object('itemId', {q}.node_id, \
+             'kind', 'question', 'title', {q}.operator_prompt, 'tool', null, \
+             'responseTypes', to_jsonb({q}.response_types), 'options', {q}.options)))"
+    )
+}
+
 /// One answer as an operator sends it (the runbook's `responses[]` items).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -21,15 +82,25 @@ pub struct ResponseInput {
     /// The request answered; when present it must be the pending request.
     #[serde(default)]
     pub request_id: Option<String>,
-    /// `approval`, `rejection`, `option` or `freeform`.
+    /// The item answered; may be left out when the request has one item.
+    #[serde(default)]
+    pub item_id: Option<String>,
+    /// `approval`, `rejection`, `option`, `freeform` or `edit` (an approval with
+    /// `editedArguments`), as the item accepts.
     pub response_type: ResponseType,
+    /// Required for `edit`: the arguments the tool is to run with instead (a JSON
+    /// object); refused with any other type.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub edited_arguments: Option<Value>,
     /// Required for `approval`; `false` or absent for `rejection`.
     #[serde(default)]
     pub approved: Option<bool>,
     /// Required for `option`: one of the request's option ids.
     #[serde(default)]
     pub option_id: Option<String>,
-    /// Required for `freeform`; allowed with any type.
+    /// Required for `freeform`; allowed with any type. With a rejection of an agent's
+    /// item, the message its agent receives.
     #[serde(default)]
     pub freeform_text: Option<String>,
     /// Who answered.
@@ -53,17 +124,17 @@ pub struct ResponseProblem {
 /// The parts of a request its answers are checked against.
 pub struct RequestShape<'a> {
     pub request_id: &'a RequestId,
-    pub response_types: &'a [String],
-    /// The offered options (`[{id, label}]`).
-    pub options: &'a Value,
+    pub items: &'a [RequestItem],
 }
 
-/// Checks every answer against the request; the first problem found is returned and
-/// nothing may be written when there is one.
-pub fn validate_responses(
-    request: &RequestShape<'_>,
+/// Checks every answer against the request — each names one of its items (or the only
+/// one), fits that item's answer types and options, and every item is answered; the first
+/// problem found is returned and nothing may be written when there is one. Returns the
+/// item each answer belongs to, in order.
+pub fn validate_responses<'r>(
+    request: &RequestShape<'r>,
     responses: &[ResponseInput],
-) -> Result<(), ResponseProblem> {
+) -> Result<Vec<&'r str>, ResponseProblem> {
     let problem = |field: String, message: String| Err(ResponseProblem { field, message });
     if responses.is_empty() {
         return problem(
@@ -77,11 +148,15 @@ pub fn validate_responses(
             "at most 100 responses are accepted".into(),
         );
     }
-    let offered: Vec<&str> = request
-        .options
-        .as_array()
-        .map(|a| a.iter().filter_map(|o| o["id"].as_str()).collect())
-        .unwrap_or_default();
+    let ids = || {
+        request
+            .items
+            .iter()
+            .map(|i| i.item_id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut answered: Vec<&'r str> = Vec::with_capacity(responses.len());
     for (i, r) in responses.iter().enumerate() {
         let at = |f: &str| format!("responses[{i}].{f}");
         if let Some(id) = &r.request_id
@@ -92,19 +167,54 @@ pub fn validate_responses(
                 format!("must be the pending request {}", request.request_id),
             );
         }
-        if !request
-            .response_types
-            .iter()
-            .any(|t| t == r.response_type.as_str())
-        {
+        let item = match (&r.item_id, request.items) {
+            (Some(id), items) => match items.iter().find(|item| item.item_id == *id) {
+                Some(item) => item,
+                None => {
+                    return problem(
+                        at("itemId"),
+                        format!("\"{id}\" is not an item of this request (items: {})", ids()),
+                    );
+                }
+            },
+            (None, [only]) => only,
+            (None, items) => {
+                return problem(
+                    at("itemId"),
+                    format!(
+                        "is required: this request has {} items ({})",
+                        items.len(),
+                        ids()
+                    ),
+                );
+            }
+        };
+        if !item.response_types.contains(&r.response_type) {
+            let accepted: Vec<&str> = item.response_types.iter().map(|t| t.as_str()).collect();
             return problem(
                 at("responseType"),
                 format!(
-                    "\"{}\" is not accepted by this request (accepted: {})",
+                    "\"{}\" is not accepted by item {} (accepted: {})",
                     r.response_type,
-                    request.response_types.join(", ")
+                    item.item_id,
+                    accepted.join(", ")
                 ),
             );
+        }
+        match (&r.edited_arguments, r.response_type) {
+            (None, ResponseType::Edit) => {
+                return problem(at("editedArguments"), "is required for an edit".into());
+            }
+            (Some(v), ResponseType::Edit) if !v.is_object() => {
+                return problem(at("editedArguments"), "must be a JSON object".into());
+            }
+            (Some(_), t) if t != ResponseType::Edit => {
+                return problem(
+                    at("editedArguments"),
+                    "is only accepted with responseType edit".into(),
+                );
+            }
+            _ => {}
         }
         match r.response_type {
             ResponseType::Approval if r.approved.is_none() => {
@@ -116,9 +226,13 @@ pub fn validate_responses(
                     "must be false or absent for a rejection".into(),
                 );
             }
+            ResponseType::Edit if r.approved == Some(false) => {
+                return problem(at("approved"), "must be true or absent for an edit".into());
+            }
             ResponseType::Option => match r.option_id.as_deref() {
                 None => return problem(at("optionId"), "is required for an option answer".into()),
-                Some(id) if !offered.contains(&id) => {
+                Some(id) if !item.options.iter().any(|o| o.id == id) => {
+                    let offered: Vec<&str> = item.options.iter().map(|o| o.id.as_str()).collect();
                     return problem(
                         at("optionId"),
                         format!("\"{id}\" is not offered (offered: {})", offered.join(", ")),
@@ -138,8 +252,23 @@ pub fn validate_responses(
             }
             _ => {}
         }
+        answered.push(item.item_id.as_str());
     }
-    Ok(())
+    if let Some(missing) = request
+        .items
+        .iter()
+        .find(|item| !answered.contains(&item.item_id.as_str()))
+    {
+        return problem(
+            "responses".into(),
+            format!(
+                "item \"{}\" has no answer: every item of the request needs one ({})",
+                missing.item_id,
+                ids()
+            ),
+        );
+    }
+    Ok(answered)
 }
 
 /// Filters and position of one page of the pending inbox.
@@ -167,6 +296,9 @@ pub struct PendingItem {
     pub contract_summary: Value,
     pub response_types: Vec<String>,
     pub options: Value,
+    /// Each decision the request asks for (one for a `hitl` node).
+    #[sqlx(json)]
+    pub items: Vec<RequestItem>,
     pub execution_context: Value,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -178,13 +310,15 @@ pub async fn list_pending(
     executor: impl PgExecutor<'_>,
     filter: &PendingFilter,
 ) -> Result<Vec<PendingItem>, PersistenceError> {
-    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "select r.run_id, r.thread_id, r.brief_id, r.request_id as pending_request_id, \
              r.node_id as pending_node_id, r.operator_prompt, r.contract_summary, \
-             r.response_types, r.options, o.execution_context, r.created_at, r.expires_at \
+             r.response_types, r.options, {} as items, o.execution_context, r.created_at, \
+             r.expires_at \
          from hitl_requests r join orchestrator_runs o on o.run_id = r.run_id \
          where r.status = 'pending'",
-    );
+        items_sql("r")
+    ));
     if let Some(t) = &filter.thread_id {
         q.push(" and r.thread_id = ")
             .push_bind(t.as_str().to_owned());

@@ -353,10 +353,12 @@ pub struct NewRequest {
     pub node_id: String,
     /// What the operator is asked.
     pub operator_prompt: String,
-    /// The kinds of answer accepted.
+    /// The kinds of answer accepted (the one item's; empty with several items).
     pub response_types: Vec<ResponseType>,
-    /// The options offered (`[{id, label}]`).
+    /// The options offered (`[{id, label}]`; the one item's, empty with several).
     pub options: Value,
+    /// Each decision asked for (at least one).
+    pub items: Vec<super::RequestItem>,
     /// Facets and capability contract (JSON object).
     pub contract_summary: Value,
     /// The deadline, with what it does when it passes.
@@ -383,8 +385,9 @@ pub async fn raise_request(
     let response_types: Vec<&str> = request.response_types.iter().map(|t| t.as_str()).collect();
     sqlx::query(
         "insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, \
-             operator_prompt, response_types, options, contract_summary, expires_at, on_timeout) \
-         select $1, run_id, thread_id, brief_id, $3, $4, $5, $6, $7, $8, $9 \
+             operator_prompt, response_types, options, contract_summary, expires_at, on_timeout, \
+             items) \
+         select $1, run_id, thread_id, brief_id, $3, $4, $5, $6, $7, $8, $9, $10 \
          from orchestrator_runs where run_id = $2",
     )
     .bind(&request_id)
@@ -396,6 +399,7 @@ pub async fn raise_request(
     .bind(&request.contract_summary)
     .bind(request.deadline.map(|(at, _)| at))
     .bind(request.deadline.map(|(_, action)| action))
+    .bind(sqlx::types::Json(&request.items))
     .execute(&mut **tx)
     .await?;
     let version: i64 = sqlx::query_scalar(
@@ -421,7 +425,12 @@ pub async fn raise_request(
             request_id: Some(&request_id),
             from_status: Some(run.status),
             to_status: Some(outcome.status),
-            details: Some(json!({ "nodeId": request.node_id })),
+            // What a live view needs to show the request (arguments stay in the request).
+            details: Some(
+                json!({ "nodeId": request.node_id, "items": request.items.iter().map(|i| json!({
+                "itemId": i.item_id, "kind": i.kind, "title": i.title,
+                "tool": i.tool.as_ref().map(|t| &t.name) })).collect::<Vec<_>>() }),
+            ),
             ..AuditEntry::default()
         },
     )

@@ -44,7 +44,11 @@ pub struct ResponseRecord {
     pub response_id: ResponseId,
     #[serde(skip)]
     pub request_id: RequestId,
+    /// The item it answers.
+    pub item_id: Option<String>,
     pub response_type: ResponseType,
+    /// With `edit`: the arguments the tool is to run with.
+    pub edited_arguments: Option<Value>,
     pub approved: Option<bool>,
     pub option_id: Option<String>,
     pub freeform_text: Option<String>,
@@ -64,6 +68,9 @@ pub struct RequestRecord {
     pub operator_prompt: String,
     pub response_types: Vec<String>,
     pub options: Value,
+    /// Each decision the request asks for (one for a `hitl` node).
+    #[sqlx(json)]
+    pub items: Vec<super::RequestItem>,
     pub contract_summary: Value,
     pub expires_at: Option<DateTime<Utc>>,
     pub on_timeout: Option<TimeoutAction>,
@@ -107,7 +114,9 @@ struct RequestAnswerRow {
     #[sqlx(flatten)]
     request: RequestRecord,
     response_id: Option<ResponseId>,
+    item_id: Option<String>,
     response_type: Option<ResponseType>,
+    edited_arguments: Option<Value>,
     approved: Option<bool>,
     option_id: Option<String>,
     freeform_text: Option<String>,
@@ -237,17 +246,19 @@ async fn load_parts(
         return Ok(None);
     };
     // Requests and their answers in one read: a row per answer, or one with no answer.
-    let rows: Vec<RequestAnswerRow> = sqlx::query_as(
+    let rows: Vec<RequestAnswerRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select q.request_id, q.node_id, q.status, q.operator_prompt, q.response_types, \
-             q.options, q.contract_summary, q.expires_at, q.on_timeout, q.created_at, \
-             q.resolved_at, q.resolved_by, q.denial_reason, \
-             s.response_id, s.response_type, s.approved, s.option_id, s.freeform_text, \
+             q.options, {} as items, q.contract_summary, q.expires_at, q.on_timeout, \
+             q.created_at, q.resolved_at, q.resolved_by, q.denial_reason, \
+             s.response_id, coalesce(s.item_id, q.node_id) as item_id, s.response_type, \
+             s.edited_arguments, s.approved, s.option_id, s.freeform_text, \
              s.responder_id, s.responder_display_name, s.command_id, \
              s.created_at as answered_at \
          from hitl_requests q left join hitl_responses s on s.request_id = q.request_id \
          where q.run_id = $1 \
          order by q.created_at, q.request_id, s.command_id, s.position",
-    )
+        super::requests::items_sql("q")
+    )))
     .bind(run_id)
     .fetch_all(&mut *conn)
     .await?;
@@ -265,7 +276,9 @@ async fn load_parts(
             request.responses.push(ResponseRecord {
                 response_id,
                 request_id: request.request_id.clone(),
+                item_id: row.item_id,
                 response_type,
+                edited_arguments: row.edited_arguments,
                 approved: row.approved,
                 option_id: row.option_id,
                 freeform_text: row.freeform_text,

@@ -308,8 +308,7 @@ async fn check(
     if let (Some(request), CommandInput::Resume { responses, .. }) = (request, &submission.input) {
         let shape = RequestShape {
             request_id: &request.request_id,
-            response_types: &request.response_types,
-            options: &request.options,
+            items: &request.items,
         };
         persistence::validate_responses(&shape, responses)
             .map_err(|p| ServiceError::invalid(p.field, p.message))?;

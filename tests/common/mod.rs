@@ -397,17 +397,31 @@ pub mod fixtures {
         node: &str,
         deadline: Option<(chrono::DateTime<chrono::Utc>, TimeoutAction)>,
     ) -> NewRequest {
+        let response_types = vec![
+            ResponseType::Approval,
+            ResponseType::Rejection,
+            ResponseType::Option,
+            ResponseType::Freeform,
+        ];
         NewRequest {
             request_id: RequestId::new(),
             node_id: node.into(),
             operator_prompt: format!("Decide on {node}"),
-            response_types: vec![
-                ResponseType::Approval,
-                ResponseType::Rejection,
-                ResponseType::Option,
-                ResponseType::Freeform,
-            ],
+            response_types: response_types.clone(),
             options: json!([ { "id": "a", "label": "Option A" }, { "id": "b", "label": "Option B" } ]),
+            items: vec![hitl_orchestrator::persistence::RequestItem {
+                item_id: node.into(),
+                kind: hitl_orchestrator::persistence::ItemKind::Question,
+                title: format!("Decide on {node}"),
+                tool: None,
+                response_types,
+                options: ["a", "b"]
+                    .map(|id| hitl_orchestrator::persistence::ItemOption {
+                        id: id.into(),
+                        label: format!("Option {}", id.to_uppercase()),
+                    })
+                    .to_vec(),
+            }],
             contract_summary: json!({ "facets": ["tone"], "capabilityContract": { "output": "text" } }),
             deadline,
         }

@@ -14,7 +14,6 @@ use hitl_orchestrator::engine::capability::{
     BoxFuture, Capability, CapabilityCall, CapabilityOutcome, CapabilityRegistry, Interrupt,
     RunnerStateUpdate, TransientError,
 };
-use hitl_orchestrator::engine::plan::Contract;
 use hitl_orchestrator::engine::{AdvanceOutcome, Engine, EngineError};
 use hitl_orchestrator::persistence::{
     self, AdvanceBy, BriefInput, ExpireOutcome, NewCommand, NewRun, PendingFilter, RunSnapshot,
@@ -542,12 +541,12 @@ impl Capability for AskFirst {
                 .push((call.runner_state.map(str::to_owned), answers));
             if answers == 0 {
                 return Ok(CapabilityOutcome::Interrupted {
-                    request: Interrupt {
-                        prompt: "May I send the email?".into(),
-                        response_types: vec![ResponseType::Approval],
-                        options: vec![],
-                        contract: Contract::default(),
-                    },
+                    request: Interrupt::single(
+                        call.node_id,
+                        "May I send the email?".into(),
+                        vec![ResponseType::Approval],
+                        vec![],
+                    ),
                     runner_state: RunnerStateUpdate::Set(r#"{"turn": 1}"#.into()),
                 });
             }

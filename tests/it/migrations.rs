@@ -183,6 +183,8 @@ fn bad_rows() -> Vec<(String, &'static str)> {
         (request_row("hitl_req_2", "run_1", "n", "p", "array['maybe']", ""), "hitl_requests_response_types_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", "array[]::text[]", ""), "hitl_requests_response_types_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "options='{}'"), "hitl_requests_options_check"),
+        (request_row("hitl_req_2", "run_1", "n", "p", approval, "items='[]'"), "hitl_requests_items_check"),
+        (request_row("hitl_req_2", "run_1", "n", "p", "array['edit', 'maybe']", ""), "hitl_requests_response_types_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "contract_summary='[]'"), "hitl_requests_contract_summary_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "status='open'"), "hitl_requests_status_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "expires_at, on_timeout=now(), 'ignore'"), "hitl_requests_on_timeout_check"),
@@ -208,6 +210,10 @@ fn bad_rows() -> Vec<(String, &'static str)> {
         (response_row("hitl_resp_2", "hitl_req_1", "approval", ""), "responses_approval_has_answer"),
         (response_row("hitl_resp_2", "hitl_req_1", "option", ""), "responses_option_has_id"),
         (response_row("hitl_resp_2", "hitl_req_1", "freeform", ""), "responses_freeform_has_text"),
+        (response_row("hitl_resp_2", "hitl_req_1", "rejection", "item_id=''"), "hitl_responses_item_id_check"),
+        (response_row("hitl_resp_2", "hitl_req_1", "edit", ""), "responses_edit_has_arguments"),
+        (response_row("hitl_resp_2", "hitl_req_1", "edit", "edited_arguments='[1]'"), "responses_edit_has_arguments"),
+        (response_row("hitl_resp_2", "hitl_req_1", "rejection", "edited_arguments='{}'"), "responses_edit_has_arguments"),
         (audit_row("run_9", 1, "resume", ""), "run_audit_events_run_id_fkey"),
         (audit_row("run_1", 0, "resume", ""), "run_audit_events_run_version_check"),
         (audit_row("run_1", 1, "dance", ""), "run_audit_events_action_check"),
@@ -282,7 +288,9 @@ async fn migration_7_moves_stored_runner_states_to_their_own_table_and_out_of_th
         }
     }
     // Our migrations tune the queue's tables: the queue's schema comes first.
-    apalis_postgres::PostgresStorage::setup(&pool).await.unwrap();
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .unwrap();
     sqlx::migrate::Migrator::new(dir.path())
         .await
         .unwrap()

@@ -117,7 +117,9 @@ async fn one_invalid_answer_among_valid_ones_writes_nothing() {
 fn answer(kind: ResponseType) -> ResponseInput {
     ResponseInput {
         request_id: None,
+        item_id: None,
         response_type: kind,
+        edited_arguments: None,
         approved: None,
         option_id: None,
         freeform_text: None,
@@ -129,16 +131,24 @@ fn answer(kind: ResponseType) -> ResponseInput {
 #[test]
 fn answers_are_checked_against_the_request_they_answer() {
     let request_id = RequestId::new();
-    let types = vec![
-        "approval".to_owned(),
-        "option".to_owned(),
-        "freeform".to_owned(),
-    ];
-    let options = json!([ { "id": "a", "label": "A" } ]);
+    let items = vec![persistence::RequestItem {
+        item_id: "review".into(),
+        kind: persistence::ItemKind::Question,
+        title: "Review".into(),
+        tool: None,
+        response_types: vec![
+            ResponseType::Approval,
+            ResponseType::Option,
+            ResponseType::Freeform,
+        ],
+        options: vec![persistence::ItemOption {
+            id: "a".into(),
+            label: "A".into(),
+        }],
+    }];
     let shape = RequestShape {
         request_id: &request_id,
-        response_types: &types,
-        options: &options,
+        items: &items,
     };
     let field = |responses: Vec<ResponseInput>| {
         persistence::validate_responses(&shape, &responses)
