@@ -28,22 +28,22 @@ use crate::common::queue_support::{RunningWorker, fast_settings, submit_resumes,
 
 /// One call as the agent received it.
 #[derive(Clone, Debug)]
-struct Call {
-    raw: String,
-    body: Value,
-    key: String,
+pub(crate) struct Call {
+    pub raw: String,
+    pub body: Value,
+    pub key: String,
 }
 
 /// What a scripted agent answers: status, exact body text, and how long it takes.
 type Script = dyn Fn(&Value, usize) -> (u16, String, Duration) + Send + Sync;
 
-struct RawAgent {
+pub(crate) struct RawAgent {
     calls: Mutex<Vec<Call>>,
     script: Box<Script>,
 }
 
 impl RawAgent {
-    fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
     }
 }
@@ -81,7 +81,7 @@ fn router(agent: Arc<RawAgent>) -> axum::Router {
         .with_state(agent)
 }
 
-fn raw_agent(
+pub(crate) fn raw_agent(
     script: impl Fn(&Value, usize) -> (u16, String, Duration) + Send + Sync + 'static,
 ) -> Arc<RawAgent> {
     Arc::new(RawAgent {
@@ -91,7 +91,7 @@ fn raw_agent(
 }
 
 /// Serves `agent` on `listener`; returns the agent's URL.
-fn serve(listener: tokio::net::TcpListener, agent: Arc<RawAgent>) -> String {
+pub(crate) fn serve(listener: tokio::net::TcpListener, agent: Arc<RawAgent>) -> String {
     let url = format!("http://{}/agent", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(agent)).await });
     url
@@ -105,7 +105,7 @@ fn free_address() -> SocketAddr {
         .unwrap()
 }
 
-fn webhook_engine(
+pub(crate) fn webhook_engine(
     allowed: &str,
     max_response: usize,
     ca_file: Option<std::path::PathBuf>,
@@ -134,14 +134,14 @@ fn fast_retries(window: Duration) -> RetryPolicy {
     }
 }
 
-fn completed(output: Value) -> (u16, String, Duration) {
+pub(crate) fn completed(output: Value) -> (u16, String, Duration) {
     reply(
         200,
         json!({ "status": "completed", "output": output }).to_string(),
     )
 }
 
-fn reply(status: u16, text: String) -> (u16, String, Duration) {
+pub(crate) fn reply(status: u16, text: String) -> (u16, String, Duration) {
     (status, text, Duration::ZERO)
 }
 
@@ -318,7 +318,7 @@ async fn a_worker_killed_mid_call_and_a_sweep_repair_deliver_the_attempt_with_th
     assert_eq!(snap.run.execution_context["tool"], "done");
 }
 
-async fn wait_until(done: impl Fn() -> bool) {
+pub(crate) async fn wait_until(done: impl Fn() -> bool) {
     let started = std::time::Instant::now();
     while !done() {
         assert!(

@@ -274,16 +274,15 @@ async fn every_foreign_key_and_check_constraint_rejects_a_bad_row() {
     assert_eq!(runs, 1);
 }
 
-#[tokio::test]
-async fn migration_7_moves_stored_runner_states_to_their_own_table_and_out_of_the_metadata() {
+/// An empty database migrated up to, not including, the migration named `before`.
+async fn migrated_before(before: &str) -> PgPool {
     let pool = empty_database().await;
-    // The schema as migration 6 left it.
     let dir = tempfile::tempdir().unwrap();
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     for entry in std::fs::read_dir(&source).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "20261202000007" {
+        if name.as_str() < before {
             std::fs::copy(&path, dir.path().join(&name)).unwrap();
         }
     }
@@ -297,6 +296,12 @@ async fn migration_7_moves_stored_runner_states_to_their_own_table_and_out_of_th
         .run(&pool)
         .await
         .unwrap();
+    pool
+}
+
+#[tokio::test]
+async fn migration_7_moves_stored_runner_states_to_their_own_table_and_out_of_the_metadata() {
+    let pool = migrated_before("20261202000007").await;
     sqlx::raw_sql(
         "insert into briefs (brief_id, title) values ('brief_1', 'b'); \
          insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan, runner_metadata) \
@@ -334,4 +339,39 @@ async fn migration_7_moves_stored_runner_states_to_their_own_table_and_out_of_th
             serde_json::json!({ "cursor": "x" })
         ]
     );
+}
+
+#[tokio::test]
+async fn migration_8_gives_every_stored_request_its_one_item_and_every_answer_that_item() {
+    let pool = migrated_before("20261202000008").await;
+    sqlx::raw_sql(
+        "insert into briefs (brief_id, title) values ('brief_1', 'b'); \
+         insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan) \
+         values ('run_1', 't1', 'brief_1', 'running', '{\"nodes\": []}'); \
+         insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, operator_prompt, \
+             response_types, options, status, resolved_at) \
+         values ('hitl_req_1', 'run_1', 't1', 'brief_1', 'review', 'Approve?', \
+                 array['approval', 'option'], '[{\"id\": \"a\", \"label\": \"A\"}]', 'resolved', now()); \
+         insert into hitl_responses (response_id, request_id, run_id, response_type, approved) \
+         values ('hitl_resp_1', 'hitl_req_1', 'run_1', 'approval', true);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    db::migrate(&pool).await.unwrap();
+    let items: serde_json::Value = sqlx::query_scalar("select items from hitl_requests")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        items,
+        serde_json::json!([ { "itemId": "review", "kind": "question", "title": "Approve?", "tool": null,
+                              "responseTypes": ["approval", "option"],
+                              "options": [ { "id": "a", "label": "A" } ] } ])
+    );
+    let item: Option<String> = sqlx::query_scalar("select item_id from hitl_responses")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(item.as_deref(), Some("review"));
 }
