@@ -16,6 +16,12 @@ pub const MAX_LONG_TEXT: usize = 4000;
 /// Longest brief title, in characters.
 pub const MAX_TITLE: usize = 500;
 
+// The limits other parsers enforce, gathered here so a front end can state them (the
+// OpenAPI document does) without reaching past the service layer.
+pub use super::pending::{DEFAULT_LIMIT as DEFAULT_PAGE_SIZE, MAX_LIMIT as MAX_PAGE_SIZE};
+pub use crate::domain::ids::THREAD_ID_MAX_CHARS;
+pub use crate::engine::plan::{MAX_NODE_ID_LEN, MAX_NODES, MAX_TIMEOUT_SECONDS};
+
 /// A client's key making a retried submission return the same command: 1 to 256
 /// visible ASCII characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
