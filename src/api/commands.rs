@@ -69,8 +69,8 @@ pub struct RemoveIn {
 /// `POST /api/hitl/resume`.
 #[utoipa::path(post, path = "/api/hitl/resume", tag = "hitl", security(("bearer" = [])),
     request_body = ResumeIn, params(
-        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and body returns the same command"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): wait up to N seconds for the outcome")),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and body returns the same command (scoped to the command kind)"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N from 0 to 30): wait up to N seconds for the outcome; other preferences are ignored")),
     responses(
         (status = 202, description = "accepted (or still running after Prefer: wait)", body = CommandAccepted),
         (status = 200, description = "with Prefer: wait, applied: the command and the updated run", body = CommandView),
@@ -112,8 +112,8 @@ pub async fn resume(
 /// `POST /api/hitl/remove`.
 #[utoipa::path(post, path = "/api/hitl/remove", tag = "hitl", security(("bearer" = [])),
     request_body = RemoveIn, params(
-        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and body returns the same command"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): wait up to N seconds for the outcome")),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and body returns the same command (scoped to the command kind)"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N from 0 to 30): wait up to N seconds for the outcome; other preferences are ignored")),
     responses(
         (status = 202, description = "accepted (or still running after Prefer: wait)", body = CommandAccepted),
         (status = 200, description = "with Prefer: wait, applied: the command and the updated run", body = CommandView),
@@ -247,8 +247,8 @@ pub struct RetryIn {
 #[utoipa::path(post, path = "/api/runs/{runId}/retry", tag = "runs", security(("bearer" = [])),
     request_body = RetryIn, params(
         ("runId" = String, Path, description = "the failed run"),
-        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and body returns the same command"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): wait up to N seconds for the outcome")),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and body returns the same command (scoped to the command kind)"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N from 0 to 30): wait up to N seconds for the outcome; other preferences are ignored")),
     responses(
         (status = 202, description = "accepted (or still running after Prefer: wait)", body = CommandAccepted),
         (status = 200, description = "with Prefer: wait, applied: the command and the run, running again", body = CommandView),

@@ -34,7 +34,7 @@ fn sse_event(event: &StreamEvent) -> Event {
 #[utoipa::path(get, path = "/api/events", tag = "events", security(("bearer" = [])),
     params(
         ("runId" = Option<String>, Query, description = "only this run's events"),
-        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id")),
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (1 to 18 digits)")),
     responses(
         (status = 200, description = "Server-Sent Events; each event's data is a StreamEvent",
          content_type = "text/event-stream", body = String),
@@ -52,7 +52,11 @@ pub async fn stream(
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .and_then(|s| s.trim().parse::<i64>().ok())
+                .map(str::trim)
+                // An id this stream sent: a whole number, digits only (as the document
+                // states it; 18 digits outlast any bigserial this service will reach).
+                .filter(|s| (1..=18).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<i64>().ok())
                 .ok_or_else(|| {
                     ApiError::invalid("Last-Event-ID", "must be an event id sent by this stream")
                 })?,

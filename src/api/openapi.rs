@@ -11,6 +11,9 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::service::{PendingItem, RunSnapshot};
 
+mod constraints;
+pub use constraints::CAPABILITIES;
+
 /// Every error: one envelope.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -172,9 +175,11 @@ const OPERATION_IDS: &[(&str, &str, &str)] = &[
 /// unique operation ids, the 422 every route answers for an unknown or repeated query
 /// parameter, the 500 any route may answer, 408 for a body that stalls, and the
 /// response headers (`Location`, `Preference-Applied`, `Idempotent-Replayed`,
-/// `WWW-Authenticate`).
+/// `WWW-Authenticate`); and what the parsers enforce (see `constraints`).
 pub fn document() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    // A rule that finds nothing is caught by `constraints`' tests, not here.
+    let _ = constraints::apply(&mut doc);
     let error = serde_json::json!({ "application/json": {
         "schema": { "$ref": "#/components/schemas/ErrorBody" } } });
     let header = |description: &str| serde_json::json!({ "description": description, "schema": { "type": "string" } });

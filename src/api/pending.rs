@@ -30,7 +30,7 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let query = PendingQuery {
         limit: PendingQuery::parse_limit(query.get("limit"))?,
-        after: query.get("cursor").map(PendingCursor::parse).transpose()?,
+        after: query.get("cursor").map(input::pending_cursor).transpose()?,
         thread_id: input::thread_id("threadId", query.get("threadId"))?,
         brief_id: input::brief_id("briefId", query.get("briefId"))?,
         node_id: query.get("nodeId").map(str::to_owned),

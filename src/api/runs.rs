@@ -61,11 +61,13 @@ pub async fn create(
     )?;
     let thread_id = input::thread_id("threadId", body.thread_id.as_deref())?;
     let execution_context = input::execution_context(body.execution_context)?;
+    let mut plan = body.plan;
+    whole_floats_as_integers(&mut plan);
     let new = CreateRun {
         brief,
         thread_id,
         execution_context,
-        plan: body.plan,
+        plan,
     };
     let created = state.service.create_run(new).await?;
     tracing::info!(
@@ -84,6 +86,26 @@ pub async fn create(
         response.headers_mut().insert(header::LOCATION, v);
     }
     Ok(response)
+}
+
+/// JSON Schema, and so `/openapi.json`, reads `2283.0` as the whole number 2283, while the
+/// plan parser takes only integers where it wants whole numbers: a node's
+/// `timeoutSeconds` written as a float with no fraction, within range, is passed on as
+/// the integer it equals. Anything else is left for the parser to refuse.
+fn whole_floats_as_integers(plan: &mut Value) {
+    let Some(nodes) = plan.get_mut("nodes").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for node in nodes {
+        if let Some(seconds) = node.get_mut("timeoutSeconds")
+            && seconds.is_f64()
+            && let Some(f) = seconds.as_f64()
+            && f.fract() == 0.0
+            && (1.0..=input::MAX_TIMEOUT_SECONDS as f64).contains(&f)
+        {
+            *seconds = Value::from(f as u64);
+        }
+    }
 }
 
 /// `GET /api/runs/{runId}`: the run's snapshot. An id that cannot be a run id names

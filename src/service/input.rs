@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use super::PendingCursor;
 use super::ServiceError;
 use crate::domain::{BriefId, IdError, Operator, RequestId, RunId, ThreadId};
 use crate::persistence::BriefInput;
@@ -14,6 +15,12 @@ pub const MAX_SHORT_TEXT: usize = 256;
 pub const MAX_LONG_TEXT: usize = 4000;
 /// Longest brief title, in characters.
 pub const MAX_TITLE: usize = 500;
+
+// The limits other parsers enforce, gathered here so a front end can state them (the
+// OpenAPI document does) without reaching past the service layer.
+pub use super::pending::{DEFAULT_LIMIT as DEFAULT_PAGE_SIZE, MAX_LIMIT as MAX_PAGE_SIZE};
+pub use crate::domain::ids::THREAD_ID_MAX_CHARS;
+pub use crate::engine::plan::{MAX_NODE_ID_LEN, MAX_NODES, MAX_TIMEOUT_SECONDS};
 
 /// A client's key making a retried submission return the same command: 1 to 256
 /// visible ASCII characters.
@@ -78,6 +85,26 @@ pub fn brief_id(field: &str, raw: Option<&str>) -> Result<Option<BriefId>, Servi
 /// A run id in `field`.
 pub fn run_id(field: &str, raw: Option<&str>) -> Result<Option<RunId>, ServiceError> {
     optional_id(field, raw, RunId::parse)
+}
+
+/// A page cursor of the pending inbox as `nextCursor` gives it: the hex (either case) of
+/// `{micros}:{requestId}`, the micros 1 to 18 digits (a time after 1970 that PostgreSQL
+/// can hold; a cursor naming one it cannot would fail the query). Else 422 `cursor`.
+pub fn pending_cursor(raw: &str) -> Result<PendingCursor, ServiceError> {
+    let refuse = || ServiceError::invalid("cursor", "is not a cursor this API returned");
+    let hex = raw.as_bytes();
+    if !hex.len().is_multiple_of(2) || hex.len() > 256 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return Err(refuse());
+    }
+    let decoded: Vec<u8> = hex
+        .chunks(2)
+        .filter_map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect();
+    let micros = decoded.split(|b| *b == b':').next().unwrap_or_default();
+    if !(1..=18).contains(&micros.len()) || !micros.iter().all(u8::is_ascii_digit) {
+        return Err(refuse());
+    }
+    PendingCursor::parse(raw)
 }
 
 /// Refuses `text` in `field` when it is longer than `max` characters.
@@ -173,6 +200,23 @@ mod tests {
             assert!(IdempotencyKey::parse(bad).is_err(), "{bad}");
         }
         assert!(IdempotencyKey::parse(&"k".repeat(256)).is_ok());
+    }
+
+    #[test]
+    fn a_cursor_names_a_time_after_1970_in_at_most_18_digits() {
+        let request = RequestId::new();
+        let hex = |text: &str| -> String { text.bytes().map(|b| format!("{b:02X}")).collect() };
+        let at = chrono::Utc::now();
+        let issued = PendingCursor::after(at, request.clone()).encode();
+        assert!(pending_cursor(&issued).is_ok());
+        assert!(pending_cursor(&hex(&format!("999999999999999999:{request}"))).is_ok());
+        for micros in ["1000000000000000000", "-1", "+1", ""] {
+            assert!(
+                pending_cursor(&hex(&format!("{micros}:{request}"))).is_err(),
+                "{micros}"
+            );
+        }
+        assert!(pending_cursor("+3").is_err());
     }
 
     #[test]
