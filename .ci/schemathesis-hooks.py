@@ -12,21 +12,17 @@ stays valid against the document, so every check, positive_data_acceptance inclu
 still holds the answer to the document. Schema-violating (negative) cases are sent as
 drawn.
 
-Two refusals of schema-valid requests depend on what earlier requests stored, so no
-schema can foresee them; `filter_failure` drops exactly those, after checking each one
-here (the summary counts what it dropped):
-- 422 `idempotency_key_reused`, when this run did send the same key with a different
-  request to the same route before (the fuzzer draws keys from a small space);
-- 422 `invalid_field` on `threadId` ("names a different run than runId"), when
-  `GET /api/runs/{runId}` confirms that run has another thread id.
-See docs/API.md, "Fuzzing".
+One refusal of a schema-valid request depends on what earlier requests stored, so no
+schema can foresee it; `filter_failure` drops exactly that one, after checking each
+here (the summary counts what it dropped): 422 `idempotency_key_reused`, when this run
+did send the same key with a different request to the same route before (the fuzzer
+draws keys from a small space). See docs/API.md, "Fuzzing".
 """
 
 import json
 import os
 from urllib.parse import urlsplit
 
-import requests
 import schemathesis
 
 AGENT_URL = os.environ["FUZZ_AGENT_URL"]
@@ -120,26 +116,10 @@ def _key_reused_by_the_fuzzer(case, response):
     return any(sent != this for sent in _SENT_WITH_KEY.get((case.path, key.strip()), []))
 
 
-def _thread_of_another_run(response):
-    body = _body(response.request)
-    if not isinstance(body, dict) or not body.get("runId") or not body.get("threadId"):
-        return False
-    url = urlsplit(response.request.url)
-    run = requests.get(
-        f"{url.scheme}://{url.netloc}/api/runs/{body['runId']}",
-        headers={"Authorization": response.request.headers.get("Authorization", "")},
-        timeout=10,
-    )
-    return run.status_code == 200 and run.json().get("threadId") != body["threadId"]
-
-
 def _excused(case, response):
     error = _error(response)
     if error.get("code") == "idempotency_key_reused":
         return _key_reused_by_the_fuzzer(case, response)
-    field = (error.get("details") or {}).get("field")
-    if error.get("code") == "invalid_field" and field == "threadId":
-        return _thread_of_another_run(response)
     return False
 
 

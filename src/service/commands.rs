@@ -284,9 +284,11 @@ async fn check(
     if let Some(thread) = &submission.target.thread_id
         && thread != &run.thread_id
     {
-        return Err(ServiceError::invalid(
-            "threadId",
-            "names a different run than runId",
+        // Well-formed, but no run has both: as a run that does not exist (409 would say
+        // the run's state is wrong; 422, that the body is).
+        return Err(ServiceError::not_found(
+            Entity::Run,
+            format!("run {run_id} is not the run of thread {thread}"),
         ));
     }
     let request_id = submission.request_id();

@@ -448,13 +448,16 @@ async fn stated_plan_rules_hold_at_their_boundaries() {
     let allowed = "http://127.0.0.1:9/agent/";
     registry.register(
         "agent.webhook",
-        Arc::new(AgentWebhook::new(WebhookSettings {
-            allowed_urls: vec![allowed.to_owned()],
-            timeout: Duration::from_millis(200),
-            max_attempts: 1,
-            backoff: Duration::from_millis(10),
-            signing_secret: None,
-        })),
+        Arc::new(
+            AgentWebhook::new(WebhookSettings {
+                allowed_urls: vec![allowed.to_owned()],
+                timeout: Duration::from_millis(200),
+                max_response: 1 << 20,
+                ca_file: None,
+                signing_secret: None,
+            })
+            .unwrap(),
+        ),
     );
     let registered: Vec<String> = registry.names().map(str::to_owned).collect();
     let app = TestApp::spawn_with(AppOptions {

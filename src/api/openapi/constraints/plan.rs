@@ -80,7 +80,7 @@ pub(super) fn components() -> Vec<(&'static str, Value)> {
                         "required": ["url"],
                         "properties": { "url": {
                             "type": "string",
-                            "description": "an http:// URL under one of HITL_AGENT_ALLOWED_URLS \
+                            "description": "an http:// or https:// URL under one of HITL_AGENT_ALLOWED_URLS \
                                 (a setting of the deployment)",
                         } },
                     } },
@@ -100,11 +100,12 @@ pub(super) fn components() -> Vec<(&'static str, Value)> {
                     "id": reference("NodeId"),
                     "type": { "const": "hitl" },
                     "prompt": not_blank(None),
+                    // `edit` is for an agent's tool approvals: a node has no arguments.
                     "responseTypes": {
                         "type": "array",
                         "minItems": 1,
                         "uniqueItems": true,
-                        "items": reference("ResponseType"),
+                        "items": { "enum": ["approval", "rejection", "option", "freeform"] },
                     },
                     "options": {
                         "type": ["array", "null"],
