@@ -94,7 +94,7 @@ fn the_example_plan_parses_into_its_typed_nodes() {
         panic!("review is a hitl node")
     };
     assert_eq!(review.prompt, "Approve the draft?");
-    assert_eq!(review.response_types, ResponseType::ALL);
+    assert_eq!(review.response_types, NODE_RESPONSE_TYPES);
     assert_eq!(
         review.options,
         [HitlOption {
@@ -572,7 +572,7 @@ prop_compose! {
         hitl in any::<bool>(),
         text in "\\PC{1,12}",
         input in proptest::collection::vec(("[a-z]{1,5}", any::<i64>()), 0..3),
-        types in proptest::sample::subsequence(ResponseType::ALL, 1..=4).prop_shuffle(),
+        types in proptest::sample::subsequence(&NODE_RESPONSE_TYPES[..], 1..=4).prop_shuffle(),
         options in 1usize..4,
         routes in proptest::collection::vec((0usize..4, 0usize..8), 0..4),
         facets in proptest::collection::vec("\\PC{0,6}", 0..3),
@@ -692,4 +692,24 @@ fn every_example_plan_in_the_plans_guide_parses_and_round_trips() {
         let plan = parse(&value).unwrap_or_else(|err| panic!("{err}"));
         assert_eq!(parse(&plan.to_json()), Ok(plan));
     }
+}
+
+/// What a `hitl` node may accept: every response type but `edit` (for tool approvals).
+const NODE_RESPONSE_TYPES: [ResponseType; 4] = [
+    ResponseType::Approval,
+    ResponseType::Rejection,
+    ResponseType::Option,
+    ResponseType::Freeform,
+];
+
+#[test]
+fn a_hitl_node_cannot_accept_edit_which_only_a_tool_approval_has() {
+    let plan = serde_json::json!({ "nodes": [ { "id": "review", "type": "hitl", "prompt": "?",
+                                                "responseTypes": ["approval", "edit"] } ] });
+    let e = Plan::parse(&plan, &|_| true).unwrap_err();
+    assert_eq!(e.field, "plan.nodes[0].responseTypes[1]");
+    assert_eq!(
+        e.message,
+        "must be one of: approval, rejection, option, freeform"
+    );
 }
