@@ -80,29 +80,9 @@ pub async fn note_agent_unreachable(
             "node {node_id}: the agent could not be reached for {} ({attempts} attempts); last error: {error}",
             humantime_secs(window)
         );
-        let version: i64 = sqlx::query_scalar(
-            "update orchestrator_runs set status = 'failed', status_reason = $2, finished_at = now(), \
-                 agent_retry = null, version = version + 1, updated_at = now() \
-             where run_id = $1 returning version",
-        )
-        .bind(run_id)
-        .bind(&reason)
-        .fetch_one(&mut **tx)
-        .await?;
-        append_audit(
-            tx,
-            run_id,
-            AuditEntry {
-                run_version: version,
-                action: Some(AuditAction::RunFailed),
-                note: Some(&reason),
-                from_status: Some(run.status),
-                to_status: Some(RunStatus::Failed),
-                details: Some(json!({ "nodeId": node_id, "agentRetry": { "attempts": attempts, "since": since } })),
-                ..AuditEntry::default()
-            },
-        )
-        .await?;
+        let details =
+            json!({ "nodeId": node_id, "agentRetry": { "attempts": attempts, "since": since } });
+        fail(tx, run_id, run.status, &reason, details).await?;
         return Ok(AgentWait::GaveUp);
     }
     let wait = chrono::Duration::from_std(delay(attempts)).unwrap_or(chrono::Duration::MAX);
@@ -170,13 +150,27 @@ pub async fn fail_abandoned_run(
         return Ok(false);
     }
     let reason = format!("the run could not be advanced: {cause}");
+    let details = json!({ "cause": "advancement_job_dead" });
+    fail(tx, run_id, run.status, &reason, details).await?;
+    Ok(true)
+}
+
+/// `queued | running → failed` with `reason`, under the run's lock (the caller checked the
+/// transition), audited `run_failed` with `details`.
+async fn fail(
+    tx: &mut Tx<'_>,
+    run_id: &RunId,
+    from: RunStatus,
+    reason: &str,
+    details: serde_json::Value,
+) -> Result<(), PersistenceError> {
     let version: i64 = sqlx::query_scalar(
         "update orchestrator_runs set status = 'failed', status_reason = $2, finished_at = now(), \
              agent_retry = null, version = version + 1, updated_at = now() \
          where run_id = $1 returning version",
     )
     .bind(run_id)
-    .bind(&reason)
+    .bind(reason)
     .fetch_one(&mut **tx)
     .await?;
     append_audit(
@@ -185,15 +179,15 @@ pub async fn fail_abandoned_run(
         AuditEntry {
             run_version: version,
             action: Some(AuditAction::RunFailed),
-            note: Some(&reason),
-            from_status: Some(run.status),
+            note: Some(reason),
+            from_status: Some(from),
             to_status: Some(RunStatus::Failed),
-            details: Some(json!({ "cause": "advancement_job_dead" })),
+            details: Some(details),
             ..AuditEntry::default()
         },
     )
     .await?;
-    Ok(true)
+    Ok(())
 }
 
 /// `1h`, `90s`: a window as the settings spell it.

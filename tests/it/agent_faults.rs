@@ -318,6 +318,21 @@ async fn a_worker_killed_mid_call_and_a_sweep_repair_deliver_the_attempt_with_th
     assert_eq!(snap.run.execution_context["tool"], "done");
 }
 
+/// Creates a run of `plan` and works it with `engine` until one run is `status`.
+async fn run_until(pool: &sqlx::PgPool, engine: Engine, plan: &Value, status: &str) -> RunId {
+    let run = crate::common::queue_support::create_runs(pool, &engine, 1, plan).await[0].clone();
+    let worker = RunningWorker::spawn(pool, engine, fast_settings());
+    wait_for_count(
+        pool,
+        &format!("select count(*) from orchestrator_runs where status = '{status}'"),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    worker.stop().await;
+    run
+}
+
 pub(crate) async fn wait_until(done: impl Fn() -> bool) {
     let started = std::time::Instant::now();
     while !done() {
@@ -356,17 +371,7 @@ async fn a_reply_over_the_limit_fails_the_node_and_the_agent_is_cut_off_before_i
     let engine = webhook_engine(&url, 64 * 1024, None);
     let plan = json!({ "nodes": [ { "id": "big", "type": "task", "capability": "agent.webhook",
                                      "config": { "url": url } } ] });
-    let run =
-        crate::common::queue_support::create_runs(&db.pool, &engine, 1, &plan).await[0].clone();
-    let worker = RunningWorker::spawn(&db.pool, engine, fast_settings());
-    wait_for_count(
-        &db.pool,
-        "select count(*) from orchestrator_runs where status = 'failed'",
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
-    worker.stop().await;
+    let run = run_until(&db.pool, engine, &plan, "failed").await;
     let reason = status_reason(&db.pool, &run).await;
     assert!(
         reason.contains("larger than HITL_AGENT_MAX_RESPONSE (65536 bytes)"),
@@ -616,17 +621,7 @@ async fn an_https_agent_signed_by_a_trusted_ca_works_and_an_untrusted_one_fails_
                                      "config": { "url": url } } ] });
 
     let trusting = webhook_engine(&url, 1 << 20, Some(ca_file));
-    let trusted =
-        crate::common::queue_support::create_runs(&db.pool, &trusting, 1, &plan).await[0].clone();
-    let worker = RunningWorker::spawn(&db.pool, trusting, fast_settings());
-    wait_for_count(
-        &db.pool,
-        "select count(*) from orchestrator_runs where status = 'completed'",
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
-    worker.stop().await;
+    let trusted = run_until(&db.pool, trusting, &plan, "completed").await;
     let snap = persistence::load_snapshot(&db.pool, &trusted)
         .await
         .unwrap()
@@ -637,17 +632,7 @@ async fn an_https_agent_signed_by_a_trusted_ca_works_and_an_untrusted_one_fails_
     // Without the CA: a configuration error, not an outage — failed at once, not retried.
     let doubting =
         webhook_engine(&url, 1 << 20, None).with_retry(fast_retries(Duration::from_secs(3600)));
-    let untrusted =
-        crate::common::queue_support::create_runs(&db.pool, &doubting, 1, &plan).await[0].clone();
-    let worker = RunningWorker::spawn(&db.pool, doubting, fast_settings());
-    wait_for_count(
-        &db.pool,
-        "select count(*) from orchestrator_runs where status = 'failed'",
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
-    worker.stop().await;
+    let untrusted = run_until(&db.pool, doubting, &plan, "failed").await;
     let reason = status_reason(&db.pool, &untrusted).await;
     assert!(
         reason.starts_with("TLS with the agent failed:")

@@ -47,6 +47,14 @@ fn agent_plan(url: &str) -> Value {
                          "config": { "url": url } } ] })
 }
 
+/// Resumes `run`'s `request` with `answers`, which must be accepted.
+async fn answer(app: &TestApp, run: &str, request: &str, answers: Value) {
+    let accepted = app
+        .post("/api/hitl/resume", OPERATOR, &resume(run, request, answers))
+        .await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+}
+
 fn resume(run: &str, request: &str, responses: Value) -> Value {
     json!({ "runId": run, "requestId": request, "responses": responses,
             "operator": { "id": "op", "displayName": "Operator" } })
@@ -154,14 +162,7 @@ async fn two_tool_approvals_are_listed_with_their_tools_and_answered_each_on_its
     let answers = json!([
         approve_mail,
         { "itemId": "call_rm", "responseType": "rejection", "freeformText": "keep the old draft" } ]);
-    let accepted = app
-        .post(
-            "/api/hitl/resume",
-            OPERATOR,
-            &resume(&run, &request, answers),
-        )
-        .await;
-    assert_eq!(accepted.status, 202, "{accepted:?}");
+    answer(&app, &run, &request, answers).await;
     let done = app.wait_for_run(&run, "completed").await;
     let calls = agent.calls();
     assert_eq!(calls.len(), 2);
@@ -205,14 +206,7 @@ async fn an_edit_reaches_the_agent_with_its_arguments() {
     let answers = json!([
         { "itemId": "call_mail", "responseType": "approval", "approved": true },
         { "itemId": "call_rm", "responseType": "edit", "editedArguments": { "path": "/drafts/older.md" } } ]);
-    let accepted = app
-        .post(
-            "/api/hitl/resume",
-            OPERATOR,
-            &resume(&run, &request, answers),
-        )
-        .await;
-    assert_eq!(accepted.status, 202, "{accepted:?}");
+    answer(&app, &run, &request, answers).await;
     let done = app.wait_for_run(&run, "completed").await;
     let got = &agent.calls()[1].body["responses"][1];
     assert_eq!(got["responseType"], "edit");
@@ -378,14 +372,7 @@ async fn the_example_agent_raises_two_tool_approvals_for_the_example_run_and_com
         { "itemId": "call_0", "responseType": "edit", "editedArguments": { "to": "sales@acme.example" } },
         { "itemId": "call_1", "responseType": "rejection", "freeformText": "leave it open" } ]);
     let request_id = request["requestId"].as_str().unwrap();
-    let accepted = app
-        .post(
-            "/api/hitl/resume",
-            OPERATOR,
-            &resume(&run, request_id, answers),
-        )
-        .await;
-    assert_eq!(accepted.status, 202, "{accepted:?}");
+    answer(&app, &run, request_id, answers).await;
     let done = app.wait_for_run(&run, "completed").await;
     assert_eq!(
         done["executionContext"]["send"]["decisions"],
