@@ -108,9 +108,16 @@ async fn serve_http(
 ) -> Result<(), AppError> {
     let configured = Authenticator::from_settings(http.api_key.as_ref(), http.api_tokens.as_ref())
         .map_err(AppError::Tokens)?;
-    let auth = match configured {
-        Some(auth) => auth,
-        None => {
+    let auth = match (configured, &http.tokens_file) {
+        (Some(auth), None) => auth,
+        (configured, Some(path)) => {
+            let auth = configured.unwrap_or_else(|| Authenticator::new(Vec::new()));
+            let count = auth.load_tokens_file(path).map_err(AppError::Tokens)?;
+            tracing::info!(tokens = count, "tokens file loaded");
+            spawn_tokens_reloader(auth.clone(), path.clone(), shutdown.clone());
+            auth
+        }
+        (None, None) => {
             // A local run with no token configured still needs one: made up here and
             // shown once, on stdout only (never in the logs).
             let (auth, token) = Authenticator::generated().map_err(AppError::Serve)?;
@@ -163,6 +170,33 @@ async fn serve_http(
 }
 
 /// Cancels `token` on the first Ctrl-C (SIGINT) or SIGTERM.
+/// Reloads the tokens file on every SIGHUP: added tokens work and removed ones stop
+/// without a restart; a file that does not parse is reported (its line named) and the
+/// tokens in force stay as they were.
+fn spawn_tokens_reloader(auth: Authenticator, path: std::path::PathBuf, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; the tokens file will not be reloaded");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = hup.recv() => {}
+            }
+            match auth.load_tokens_file(&path) {
+                Ok(count) => tracing::info!(tokens = count, "tokens file reloaded"),
+                Err(why) => {
+                    tracing::error!(error = %why, "tokens file not reloaded; the previous tokens stay in force")
+                }
+            }
+        }
+    });
+}
+
 fn spawn_signal_listener(token: CancellationToken) {
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();

@@ -5,7 +5,7 @@ mod bench;
 
 use clap::Parser;
 use hitl_orchestrator::config::{Cli, Command};
-use hitl_orchestrator::{app, telemetry};
+use hitl_orchestrator::{app, identity, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -13,13 +13,40 @@ async fn main() -> std::process::ExitCode {
     if let Err(e) = cli.validate() {
         e.exit();
     }
-    let telemetry = telemetry::init(cli.command.common().log_format);
+    if let Command::Token(args) = &cli.command {
+        return match identity::token_entry(
+            &args.name,
+            &args.scopes,
+            args.operator.as_deref(),
+            args.operator_name.as_deref(),
+        ) {
+            Ok((token, entry)) => {
+                println!(
+                    "# The token, shown this once: give it to its holder, keep it nowhere else."
+                );
+                println!("{token}");
+                println!("# Its entry for HITL_TOKENS_FILE (only the SHA-256 of the token):");
+                print!("{entry}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
+    let log_format = cli
+        .command
+        .common()
+        .map_or(hitl_orchestrator::config::LogFormat::Text, |c| c.log_format);
+    let telemetry = telemetry::init(log_format);
     let outcome = match &cli.command {
         Command::Role(role) => app::run(role).await.map_err(|e| e.to_string()),
         Command::Bench(args) => bench::run(args)
             .await
             .map(|result| println!("{result}"))
             .map_err(|e| format!("benchmark failed: {e}")),
+        Command::Token(_) => unreachable!("answered above"),
     };
     let code = match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

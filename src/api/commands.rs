@@ -44,7 +44,10 @@ pub struct ResumeIn {
     #[serde(default)]
     request_id: Option<String>,
     responses: Vec<ResponseInput>,
-    operator: OperatorIn,
+    /// Required unless the credential is bound to an operator (then it may be left out,
+    /// and naming another is 403 `operator_mismatch`).
+    #[serde(default)]
+    operator: Option<OperatorIn>,
     #[serde(default)]
     note: Option<String>,
 }
@@ -61,7 +64,9 @@ pub struct RemoveIn {
     request_id: Option<String>,
     #[serde(default)]
     reason: Option<String>,
-    operator: OperatorIn,
+    /// As in a resume.
+    #[serde(default)]
+    operator: Option<OperatorIn>,
     #[serde(default)]
     note: Option<String>,
 }
@@ -94,7 +99,7 @@ pub async fn resume(
                 "is required: the pending request being answered",
             )
         })?;
-    let operator = body.operator.parse()?;
+    let operator = acting(&principal, body.operator.as_ref())?;
     input::text("note", body.note.as_deref(), MAX_LONG_TEXT)?;
     let submission = SubmitCommand {
         target,
@@ -105,6 +110,7 @@ pub async fn resume(
         operator,
         note: body.note,
         idempotency_key,
+        principal: Some(principal.name.to_string()),
     };
     accept(&state, &principal, submission, wait).await
 }
@@ -131,7 +137,7 @@ pub async fn remove(
     let (idempotency_key, wait) = submission_headers(&headers)?;
     let target = target(body.run_id.as_deref(), body.thread_id.as_deref())?;
     let request_id = input::request_id("requestId", body.request_id.as_deref())?;
-    let operator = body.operator.parse()?;
+    let operator = acting(&principal, body.operator.as_ref())?;
     input::text("note", body.note.as_deref(), MAX_LONG_TEXT)?;
     input::text("reason", body.reason.as_deref(), MAX_LONG_TEXT)?;
     let submission = SubmitCommand {
@@ -143,6 +149,7 @@ pub async fn remove(
         operator,
         note: body.note,
         idempotency_key,
+        principal: Some(principal.name.to_string()),
     };
     accept(&state, &principal, submission, wait).await
 }
@@ -204,6 +211,12 @@ async fn accept(
     outcome::answer(state, submitted, wait).await
 }
 
+/// The operator the request acts as: the credential's bound one, or the body's.
+fn acting(principal: &Principal, given: Option<&OperatorIn>) -> Result<Operator, ApiError> {
+    let given = given.map(OperatorIn::parse).transpose()?;
+    Ok(input::acting_operator(principal, given)?)
+}
+
 impl OperatorIn {
     fn parse(&self) -> Result<Operator, ApiError> {
         Ok(input::operator(
@@ -237,7 +250,9 @@ fn target(run_id: Option<&str>, thread_id: Option<&str>) -> Result<RunTarget, Ap
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryIn {
-    operator: OperatorIn,
+    /// As in a resume.
+    #[serde(default)]
+    operator: Option<OperatorIn>,
     #[serde(default)]
     note: Option<String>,
 }
@@ -268,7 +283,7 @@ pub async fn retry(
     let Path(raw) = path.map_err(|_| unknown())?;
     let run_id = RunId::parse(&raw).map_err(|_| unknown())?;
     let (idempotency_key, wait) = submission_headers(&headers)?;
-    let operator = body.operator.parse()?;
+    let operator = acting(&principal, body.operator.as_ref())?;
     input::text("note", body.note.as_deref(), MAX_LONG_TEXT)?;
     let submission = SubmitCommand {
         target: RunTarget::run(run_id),
@@ -276,6 +291,7 @@ pub async fn retry(
         operator,
         note: body.note,
         idempotency_key,
+        principal: Some(principal.name.to_string()),
     };
     accept(&state, &principal, submission, wait).await
 }

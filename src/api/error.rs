@@ -29,6 +29,9 @@ pub enum ApiError {
     /// 403: a known token without the scope the route needs.
     #[error("this token lacks the `{}` scope", scope.as_str())]
     Forbidden { scope: Scope },
+    /// 403: a credential bound to an operator named another one.
+    #[error("{message}")]
+    OperatorMismatch { message: String, bound: String },
     /// 404: the route or the thing named does not exist.
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
@@ -107,6 +110,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::OperatorMismatch { .. } => (StatusCode::FORBIDDEN, "operator_mismatch"),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
@@ -136,6 +140,10 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden { scope } => {
                 (self.to_string(), json!({ "requiredScope": scope.as_str() }))
             }
+            ApiError::OperatorMismatch { message, bound } => (
+                message.clone(),
+                json!({ "field": "operator.id", "boundOperator": bound }),
+            ),
             ApiError::PayloadTooLarge { limit } => (self.to_string(), json!({ "limit": limit })),
             ApiError::CommandFailed { command_id } => (
                 format!("command {command_id} failed; see GET /api/hitl/commands/{command_id}"),
@@ -205,6 +213,15 @@ impl From<ServiceError> for ApiError {
                 message: e.to_string(),
                 details: Value::Null,
             },
+            e @ ServiceError::OperatorMismatch { .. } => {
+                let ServiceError::OperatorMismatch { bound } = &e else {
+                    unreachable!()
+                };
+                ApiError::OperatorMismatch {
+                    bound: bound.clone(),
+                    message: e.to_string(),
+                }
+            }
             ServiceError::Unavailable => ApiError::database_unavailable(),
             ServiceError::Internal(cause) => ApiError::Internal(cause),
         }

@@ -68,6 +68,7 @@ pub async fn create(
         thread_id,
         execution_context,
         plan,
+        principal: Some(principal.name.to_string()),
     };
     let created = state.service.create_run(new).await?;
     tracing::info!(

@@ -33,6 +33,7 @@ pub(super) async fn rehydrate(
                 plan: plan.clone(),
                 execution_context: json!({}),
                 runner_metadata: json!({}),
+                principal: None,
             };
             engine
                 .create_run(&mut tx, new)

@@ -202,15 +202,39 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// What the binary can be asked to do: run as one of the service's roles, or run a
-/// benchmark (the binary's own code, not the library's).
+/// What the binary can be asked to do: run as one of the service's roles, run a
+/// benchmark (the binary's own code, not the library's), or make a token.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the small variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     #[command(flatten)]
     Role(Role),
     /// Run a benchmark scenario on a fresh database and print its results as JSON
     /// (with --out, also written to <dir>/<scenario>.json). See docs/BENCHMARKS.md.
     Bench(BenchArgs),
+    /// Print a new random token, once, and the `[[token]]` entry for HITL_TOKENS_FILE
+    /// that holds only its SHA-256. Example:
+    /// `hitl-orchestrator token --name alice --scopes operate --operator alice`
+    Token(TokenArgs),
+}
+
+/// Arguments of `token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The entry's name (recorded in the audit beside the operator).
+    #[arg(long)]
+    pub name: String,
+    /// Comma-separated scopes: operate, submit, supervise, audit.
+    #[arg(long, value_delimiter = ',', default_value = "operate")]
+    pub scopes: Vec<String>,
+    /// The operator id the token is bound to; without it the entry is `actAs = true`
+    /// (a service principal that names the operator in each body).
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// The bound operator's display name.
+    #[arg(long)]
+    pub operator_name: Option<String>,
 }
 
 /// The roles the service can run as.
@@ -446,6 +470,12 @@ pub struct HttpArgs {
     #[arg(long, env = "API_TOKENS", hide_env_values = true)]
     pub api_tokens: Option<Secret>,
 
+    /// A TOML file of hashed tokens (`[[token]]` with `name`, `sha256`, `scopes`, and an
+    /// `operator` the token is bound to or `actAs = true`); see `hitl-orchestrator token`.
+    /// Reloaded on SIGHUP. Tokens checked against it are at least 32 characters.
+    #[arg(long, env = "HITL_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
     /// Largest request body accepted (bytes, or with a unit: 256KiB, 1MiB); larger bodies
     /// are refused with 413 before they are read.
     #[arg(long, env = "HITL_MAX_BODY", default_value = "256KiB")]
@@ -560,7 +590,9 @@ impl Cli {
                 format!("invalid value for {setting}: {why}"),
             )
         };
-        let common = self.command.common();
+        let Some(common) = self.command.common() else {
+            return Ok(());
+        };
         if common.agent_max_attempts.is_some() {
             return Err(invalid(
                 "--agent-max-attempts (HITL_AGENT_MAX_ATTEMPTS)",
@@ -638,7 +670,7 @@ impl Cli {
             _ => None,
         };
         if let Some(w) = worker {
-            let connections = self.command.common().db_max_connections;
+            let connections = common.db_max_connections;
             if w.worker_concurrency + 4 > connections {
                 return Err(invalid(
                     "--worker-concurrency (HITL_WORKER_CONCURRENCY)",
@@ -663,11 +695,12 @@ impl Cli {
 }
 
 impl Command {
-    /// The settings every command has.
-    pub fn common(&self) -> &CommonArgs {
+    /// The settings every command but `token` has.
+    pub fn common(&self) -> Option<&CommonArgs> {
         match self {
-            Command::Role(role) => role.common(),
-            Command::Bench(a) => &a.common,
+            Command::Role(role) => Some(role.common()),
+            Command::Bench(a) => Some(&a.common),
+            Command::Token(_) => None,
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct NewCommand {
     pub note: Option<String>,
     /// W3C trace context of the submitting request.
     pub trace_context: Option<Value>,
+    /// The credential it came with (its name).
+    pub principal: Option<String>,
 }
 
 /// A command row.
@@ -60,6 +62,8 @@ pub struct CommandRecord {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The credential it came with (its name).
+    pub principal: Option<String>,
 }
 
 /// What recording returned: the command, and whether this call created it (`false`: an
@@ -72,7 +76,7 @@ pub struct RecordedCommand {
 
 const COMMAND_COLUMNS: &str = "command_id, kind, run_id, request_id, idempotency_key, payload, \
     operator, note, status, outcome, error, attempts, trace_context, created_at, updated_at, \
-    started_at, finished_at";
+    started_at, finished_at, principal";
 
 /// Records a submission, `queued`. With an idempotency key already used for the same
 /// kind, returns the earlier command unchanged when the payload is equal, and refuses
@@ -84,8 +88,8 @@ pub async fn record_command(
     let command_id = CommandId::new();
     let inserted: Option<CommandRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "insert into hitl_commands (command_id, kind, run_id, request_id, idempotency_key, \
-             payload, operator, note, trace_context) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             payload, operator, note, trace_context, principal) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          on conflict (kind, idempotency_key) do nothing returning {COMMAND_COLUMNS}"
     )))
     .bind(&command_id)
@@ -97,6 +101,7 @@ pub async fn record_command(
     .bind(sqlx::types::Json(&new.operator))
     .bind(&new.note)
     .bind(&new.trace_context)
+    .bind(&new.principal)
     .fetch_optional(&mut **tx)
     .await?;
     if let Some(command) = inserted {
@@ -326,6 +331,7 @@ async fn apply_resume(
             action: Some(AuditAction::Resume),
             request_id: Some(&request_id),
             command_id: Some(&command.command_id),
+            principal: command.principal.as_deref(),
             operator: Some(&command.operator),
             note: command.note.as_deref(),
             from_status: Some(run.status),
@@ -385,6 +391,7 @@ async fn apply_remove(
             action: Some(AuditAction::Remove),
             request_id: denied.as_ref(),
             command_id: Some(&command.command_id),
+            principal: command.principal.as_deref(),
             operator: Some(&command.operator),
             note: command.note.as_deref(),
             from_status: Some(run.status),
@@ -445,6 +452,7 @@ async fn apply_retry(
             run_version: version,
             action: Some(AuditAction::Retry),
             command_id: Some(&command.command_id),
+            principal: command.principal.as_deref(),
             operator: Some(&command.operator),
             note: command.note.as_deref(),
             from_status: Some(run.status),

@@ -32,6 +32,8 @@ pub struct StreamEvent {
     pub from_status: Option<RunStatus>,
     pub to_status: RunStatus,
     pub operator_id: Option<String>,
+    /// The credential the change was made with.
+    pub principal: Option<String>,
     pub run_version: i64,
     /// What the transition recorded (node id, decision, what was repaired, …).
     pub details: Value,
@@ -46,7 +48,7 @@ impl StreamEvent {
 }
 
 const COLUMNS: &str = "event_id, tx_id::text::bigint as tx, run_id, request_id, command_id, action, \
-    from_status, to_status, operator_id, run_version, details, created_at as at";
+    from_status, to_status, operator_id, principal, run_version, details, created_at as at";
 
 /// Events after `after`, up to the horizon, in stream order (at most `limit`).
 pub async fn events_after(

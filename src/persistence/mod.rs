@@ -185,6 +185,8 @@ struct AuditEntry<'a> {
     request_id: Option<&'a RequestId>,
     command_id: Option<&'a CommandId>,
     operator: Option<&'a Operator>,
+    /// The credential the change came with.
+    principal: Option<&'a str>,
     note: Option<&'a str>,
     from_status: Option<RunStatus>,
     to_status: Option<RunStatus>,
@@ -198,8 +200,9 @@ async fn append_audit(
 ) -> Result<i64, PersistenceError> {
     let id: i64 = sqlx::query_scalar(
         "insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
-             operator_id, operator_display_name, operator_email, note, from_status, to_status, details) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, '{}'::jsonb)) \
+             operator_id, operator_display_name, operator_email, note, from_status, to_status, details, \
+             principal) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, '{}'::jsonb), $13) \
          returning event_id",
     )
     .bind(run_id)
@@ -214,6 +217,7 @@ async fn append_audit(
     .bind(e.from_status)
     .bind(e.to_status)
     .bind(e.details)
+    .bind(e.principal)
     .fetch_one(conn)
     .await?;
     Ok(id)

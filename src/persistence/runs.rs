@@ -35,6 +35,8 @@ pub struct NewRun {
     pub execution_context: Value,
     /// Initial runner metadata (JSON object).
     pub runner_metadata: Value,
+    /// The credential that created it (its name).
+    pub principal: Option<String>,
 }
 
 /// What creating a run returns.
@@ -102,6 +104,7 @@ pub async fn create_run(tx: &mut Tx<'_>, new: NewRun) -> Result<CreatedRun, Pers
         AuditEntry {
             run_version: 1,
             action: Some(AuditAction::RunCreated),
+            principal: new.principal.as_deref(),
             to_status: Some(RunStatus::Queued),
             ..AuditEntry::default()
         },

@@ -99,6 +99,8 @@ pub struct AuditRecord {
     pub run_version: i64,
     pub action: AuditAction,
     pub operator: Option<AuditOperator>,
+    /// The credential the change was made with (its name), beside the operator it acted as.
+    pub principal: Option<String>,
     pub note: Option<String>,
     pub command_id: Option<CommandId>,
     pub request_id: Option<RequestId>,
@@ -134,6 +136,7 @@ struct AuditRow {
     operator_id: Option<String>,
     operator_display_name: Option<String>,
     operator_email: Option<String>,
+    principal: Option<String>,
     note: Option<String>,
     command_id: Option<CommandId>,
     request_id: Option<RequestId>,
@@ -154,6 +157,7 @@ impl From<AuditRow> for AuditRecord {
                 display_name: r.operator_display_name,
                 email: r.operator_email,
             }),
+            principal: r.principal,
             note: r.note,
             command_id: r.command_id,
             request_id: r.request_id,
@@ -298,8 +302,8 @@ async fn load_parts(
     }
     let audit_log = sqlx::query_as::<_, AuditRow>(
         "select event_id, run_version, action, operator_id, operator_display_name, \
-             operator_email, note, command_id, request_id, from_status, to_status, details, \
-             created_at \
+             operator_email, principal, note, command_id, request_id, from_status, to_status, \
+             details, created_at \
          from run_audit_events where run_id = $1 order by event_id",
     )
     .bind(run_id)

@@ -78,9 +78,12 @@ pub enum CommandInput {
 pub struct SubmitCommand {
     pub target: RunTarget,
     pub input: CommandInput,
+    /// Who acts (see `input::acting_operator`).
     pub operator: Operator,
     pub note: Option<String>,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The credential submitting it (its name), for the audit.
+    pub principal: Option<String>,
 }
 
 /// The submission as stored with the command: what a retry under the same key must
@@ -197,6 +200,7 @@ impl Service {
                 payload,
                 operator: submission.operator,
                 note: submission.note,
+                principal: submission.principal,
                 trace_context: crate::telemetry::current_trace_context()
                     .and_then(|c| serde_json::to_value(c).ok()),
             },

@@ -144,6 +144,31 @@ pub fn operator(
     })
 }
 
+/// The operator a request acts as. A credential bound to an operator acts as that
+/// operator: the body may leave `operator` out, and naming another is refused
+/// (`OperatorMismatch`); an act-as credential (`API_KEY`, `API_TOKENS`, `actAs = true`)
+/// acts as the operator the body names, which is then required.
+pub fn acting_operator(
+    principal: &crate::identity::Principal,
+    given: Option<Operator>,
+) -> Result<Operator, ServiceError> {
+    match (&principal.operator, given) {
+        (Some(bound), Some(given)) if given.id != bound.id => Err(ServiceError::OperatorMismatch {
+            bound: bound.id.clone(),
+        }),
+        (Some(bound), _) => Ok(Operator {
+            id: bound.id.clone(),
+            display_name: bound.display_name.clone(),
+            email: bound.email.clone(),
+        }),
+        (None, Some(given)) => Ok(given),
+        (None, None) => Err(ServiceError::invalid(
+            "operator",
+            "is required: this credential acts for the operator the body names",
+        )),
+    }
+}
+
 /// The brief of a new run: a new one (`brief.title` not blank, at most 500
 /// characters; `content` defaults to `{}`) or an existing one by id — exactly one.
 pub fn brief(

@@ -140,6 +140,9 @@ pub enum ServiceError {
     /// The idempotency key was used before with a different submission.
     #[error("Idempotency-Key: this key was already used for a different request")]
     IdempotencyKeyReused,
+    /// The credential is bound to an operator and the body names another.
+    #[error("this credential acts as operator {bound}; the body names another operator")]
+    OperatorMismatch { bound: String },
     /// HITL is switched off (`HITL_ENABLED=false`): resume and remove are off.
     #[error("HITL is disabled (HITL_ENABLED=false): resume and remove are off")]
     HitlDisabled,

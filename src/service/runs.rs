@@ -16,6 +16,8 @@ pub struct CreateRun {
     pub execution_context: Value,
     /// The plan, validated by the engine here.
     pub plan: Value,
+    /// The credential creating it (its name), for the audit.
+    pub principal: Option<String>,
 }
 
 impl Service {
@@ -33,6 +35,7 @@ impl Service {
                     plan: new.plan,
                     execution_context: new.execution_context,
                     runner_metadata: json!({}),
+                    principal: new.principal,
                 },
             )
             .await?;

@@ -61,6 +61,8 @@ pub struct AppOptions {
     pub header_timeout: Duration,
     /// A stalled body is refused after this long.
     pub body_timeout: Duration,
+    /// A tokens file loaded beside the test tokens.
+    pub tokens_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AppOptions {
@@ -73,6 +75,7 @@ impl Default for AppOptions {
             write_timeout: Duration::from_secs(30),
             header_timeout: api::HttpLimits::default().header_timeout,
             body_timeout: api::HttpLimits::default().body_timeout,
+            tokens_file: None,
         }
     }
 }
@@ -143,7 +146,11 @@ impl TestApp {
         let service =
             Service::new(pool.clone(), options.engine).with_event_settings(options.events);
         let shutdown = service.shutdown().clone();
-        let mut state = AppState::new(service, test_tokens());
+        let auth = test_tokens();
+        if let Some(path) = &options.tokens_file {
+            auth.load_tokens_file(path).unwrap();
+        }
+        let mut state = AppState::new(service, auth);
         state.max_body = options.max_body;
         state.body_timeout = options.body_timeout;
         let limits = api::HttpLimits {

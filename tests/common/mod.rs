@@ -338,15 +338,25 @@ pub fn postgres_processes_for(pgdata: &Path) -> Vec<u32> {
 
 /// A minimal blocking HTTP GET on loopback, returning (status, body).
 pub fn http_get(base_url: &str, path: &str) -> (u16, String) {
+    http_get_with(base_url, path, "")
+}
+
+/// [`http_get`] with a bearer token (none when empty).
+pub fn http_get_with(base_url: &str, path: &str, token: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = base_url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the service");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -389,6 +399,7 @@ pub mod fixtures {
             plan: plan(),
             execution_context: json!({ "locale": "en" }),
             runner_metadata: json!({}),
+            principal: None,
         }
     }
 
@@ -479,6 +490,7 @@ pub mod fixtures {
             operator: operator(who),
             note: Some("Approved after review".into()),
             trace_context: None,
+            principal: None,
         }
     }
 
@@ -493,6 +505,7 @@ pub mod fixtures {
             operator: operator(who),
             note: Some("Removing".into()),
             trace_context: None,
+            principal: None,
         }
     }
 
@@ -621,6 +634,7 @@ pub mod queue_support {
                             plan: plan.clone(),
                             execution_context: json!({}),
                             runner_metadata: json!({}),
+                            principal: None,
                         },
                     )
                     .await

@@ -129,6 +129,7 @@ async fn create(engine: &Engine, pool: &PgPool, plan: Value) -> Result<RunId, En
         plan,
         execution_context: json!({ "customer": "acme" }),
         runner_metadata: json!({}),
+        principal: None,
     };
     let run = engine.create_run(&mut tx, new).await?;
     tx.commit().await.unwrap();
@@ -535,6 +536,7 @@ async fn an_unanswered_deadline_applies_on_timeout_and_an_answer_racing_its_expi
                     plan: timed,
                     execution_context: json!({}),
                     runner_metadata: json!({}),
+                    principal: None,
                 },
             )
             .await

@@ -257,7 +257,7 @@ async fn serve_without_any_token_prints_a_generated_one_that_authenticates() {
         "hitl-orchestrator api key: ",
     );
     let token = service.base_url.clone();
-    assert_eq!(token.len(), 48, "{token}");
+    assert_eq!(token.len(), 64, "{token}");
     let client = crate::common::http_client();
     let url = format!("http://{addr}/api/hitl/pending");
     let started = Instant::now();

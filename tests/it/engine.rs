@@ -31,6 +31,7 @@ fn new_run(plan: Value) -> NewRun {
         plan,
         execution_context: json!({ "locale": "en" }),
         runner_metadata: json!({}),
+        principal: None,
     }
 }
 
@@ -59,6 +60,7 @@ async fn answer(pool: &PgPool, run: &RunId, request: &RequestId, responses: Valu
         operator: operator("olivia"),
         note: None,
         trace_context: None,
+        principal: None,
     };
     let id = submit(pool, cmd).await;
     let outcome = apply(pool, &id).await;

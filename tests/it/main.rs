@@ -19,6 +19,7 @@ mod api_boundary;
 mod api_commands;
 mod api_events;
 mod api_hitl;
+mod api_identity;
 mod api_runs;
 mod bench;
 mod cli;

@@ -199,6 +199,7 @@ fn bad_rows() -> Vec<(String, &'static str)> {
         ("insert into hitl_commands (command_id, kind, run_id, payload, operator) values ('cmd_2', 'remove', 'run_1', '{}', '[]')".into(), "hitl_commands_operator_check"),
         (command_row("cmd_2", "remove", "run_1", "null", "status='done'"), "hitl_commands_status_check"),
         (command_row("cmd_2", "remove", "run_1", "null", "attempts=-1"), "hitl_commands_attempts_check"),
+        (command_row("cmd_2", "remove", "run_1", "null", "principal=''"), "hitl_commands_principal_check"),
         (command_row("cmd_2", "resume", "run_1", "null", ""), "commands_resume_names_request"),
         (command_row("cmd_2", "remove", "run_1", "null", "status='succeeded'"), "commands_finished_iff_final"),
         (command_row("cmd_2", "remove", "run_1", "null", "status, finished_at='failed', now()"), "commands_failed_has_error"),
@@ -220,6 +221,7 @@ fn bad_rows() -> Vec<(String, &'static str)> {
         (audit_row("run_1", 1, "resume", "request_id='hitl_req_9'"), "run_audit_events_request_id_fkey"),
         (audit_row("run_1", 1, "resume", "command_id='cmd_9'"), "run_audit_events_command_id_fkey"),
         (audit_row("run_1", 1, "resume", "details='[]'"), "run_audit_events_details_check"),
+        (audit_row("run_1", 1, "resume", "principal=''"), "run_audit_events_principal_check"),
         (audit_row("run_1", 1, "resume", "from_status='paused'"), "run_audit_events_from_status_check"),
         ("insert into run_audit_events (run_id, run_version, action, to_status) values ('run_1', 1, 'resume', 'paused')".into(), "run_audit_events_to_status_check"),
     ]

@@ -363,6 +363,7 @@ async fn the_sweep_repairs_a_run_stranded_while_the_system_runs_and_a_quiet_swee
                 plan: set,
                 execution_context: json!({}),
                 runner_metadata: json!({}),
+                principal: None,
             },
         )
         .await

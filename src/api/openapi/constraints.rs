@@ -210,10 +210,14 @@ fn component_rules() -> Vec<(&'static str, Value)> {
             json!({ "anyOf": [non_null("runId"), non_null("threadId")],
                     "required": ["requestId", "responses", "operator"] }),
         ),
+        // `operator` may be left out only by a credential bound to an operator; the
+        // document describes the act-as credentials (`API_KEY`, `API_TOKENS`).
         (
             "RemoveIn",
-            json!({ "anyOf": [non_null("runId"), non_null("threadId")] }),
+            json!({ "anyOf": [non_null("runId"), non_null("threadId")],
+                    "required": ["operator"] }),
         ),
+        ("RetryIn", json!({ "required": ["operator"] })),
         (
             "ResponseInput",
             json!({ "allOf": [
@@ -280,6 +284,9 @@ fn property_rules() -> Vec<(&'static str, &'static str, Value)> {
                         and options" }),
         ),
         ("ResumeIn", "note", note.clone()),
+        ("ResumeIn", "operator", reference("OperatorIn")),
+        ("RemoveIn", "operator", reference("OperatorIn")),
+        ("RetryIn", "operator", reference("OperatorIn")),
         ("RemoveIn", "runId", run_id),
         ("RemoveIn", "threadId", thread_id),
         ("RemoveIn", "requestId", or_null(reference("RequestId"))),
