@@ -108,6 +108,12 @@ async fn serve_http(
 ) -> Result<(), AppError> {
     let configured = Authenticator::from_settings(http.api_key.as_ref(), http.api_tokens.as_ref())
         .map_err(AppError::Tokens)?;
+    let jwt = jwt_verifier(http)?;
+    // With a tokens file or an identity provider there is no need to make a token up.
+    let configured = match (configured, jwt.is_some() || http.tokens_file.is_some()) {
+        (None, true) => Some(Authenticator::new(Vec::new())),
+        (configured, _) => configured,
+    };
     let auth = match (configured, &http.tokens_file) {
         (Some(auth), None) => auth,
         (configured, Some(path)) => {
@@ -128,6 +134,10 @@ async fn serve_http(
             );
             auth
         }
+    };
+    let auth = match jwt {
+        Some(verifier) => auth.with_jwt(verifier),
+        None => auth,
     };
     let listener = TcpListener::bind(http.listen_addr)
         .await
@@ -170,6 +180,32 @@ async fn serve_http(
 }
 
 /// Cancels `token` on the first Ctrl-C (SIGINT) or SIGTERM.
+/// The JWT verifier the settings ask for, if any (the settings were checked at start;
+/// the JWKS location is checked here).
+fn jwt_verifier(
+    http: &HttpArgs,
+) -> Result<Option<std::sync::Arc<crate::identity::jwt::JwtVerifier>>, AppError> {
+    use crate::identity::jwt::{ClaimNames, JwksSource, JwtSettings, JwtVerifier};
+    let Some(url) = &http.jwks_url else {
+        return Ok(None);
+    };
+    let jwks =
+        JwksSource::parse(url).map_err(|why| AppError::Tokens(format!("HITL_JWKS_URL {why}")))?;
+    let missing = || AppError::Tokens("HITL_JWT_ISSUER and HITL_JWT_AUDIENCE are required".into());
+    Ok(Some(JwtVerifier::new(JwtSettings {
+        jwks,
+        issuer: http.jwt_issuer.clone().ok_or_else(missing)?,
+        audience: http.jwt_audience.clone().ok_or_else(missing)?,
+        claims: ClaimNames {
+            id: http.jwt_claim_id.clone(),
+            name: http.jwt_claim_name.clone(),
+            email: http.jwt_claim_email.clone(),
+            groups: http.jwt_claim_groups.clone(),
+            scope: http.jwt_claim_scope.clone(),
+        },
+    })))
+}
+
 /// Reloads the tokens file on every SIGHUP: added tokens work and removed ones stop
 /// without a restart; a file that does not parse is reported (its line named) and the
 /// tokens in force stay as they were.

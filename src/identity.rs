@@ -10,6 +10,8 @@
 //! error body or a message. The file can be reloaded while the service runs (SIGHUP); a
 //! file that does not parse leaves the tokens in force as they were.
 
+pub mod jwt;
+
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -36,6 +38,7 @@ pub struct Principal {
 pub struct Authenticator {
     tokens: Arc<Vec<ApiToken>>,
     hashed: Arc<RwLock<Arc<Vec<HashedToken>>>>,
+    jwt: Option<Arc<jwt::JwtVerifier>>,
 }
 
 impl Authenticator {
@@ -44,7 +47,28 @@ impl Authenticator {
         Self {
             tokens: Arc::new(tokens),
             hashed: Arc::default(),
+            jwt: None,
         }
+    }
+
+    /// These credentials plus JWT bearer tokens checked by `verifier`.
+    pub fn with_jwt(mut self, verifier: Arc<jwt::JwtVerifier>) -> Self {
+        self.jwt = Some(verifier);
+        self
+    }
+
+    /// The principal a bearer token authenticates as: a configured or listed token, or
+    /// (when one is configured) a valid JWT.
+    pub async fn authenticate_bearer(&self, presented: &[u8]) -> Option<Principal> {
+        if let Some(principal) = self.authenticate(presented) {
+            return Some(principal);
+        }
+        let verifier = self.jwt.as_ref()?;
+        let token = std::str::from_utf8(presented).ok()?;
+        if token.matches('.').count() != 2 {
+            return None;
+        }
+        verifier.verify(token).await
     }
 
     /// The tokens of `API_KEY` and `API_TOKENS`, or `None` when neither is set. Errors

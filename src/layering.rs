@@ -17,7 +17,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("tls", &[]),
     ("telemetry", &["config", "tls"]),
     ("db", &["config"]),
-    ("identity", &["config"]),
+    ("identity", &["config", "tls"]),
     ("persistence", &["domain", "telemetry"]),
     (
         "engine",

@@ -21,11 +21,15 @@ pub async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let principal = request
+    let token = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| bearer_token(v.as_bytes()))
-        .and_then(|token| state.auth.authenticate(token));
+        .map(<[u8]>::to_vec);
+    let principal = match token {
+        Some(token) => state.auth.authenticate_bearer(&token).await,
+        None => None,
+    };
     match principal {
         Some(p) => {
             request.extensions_mut().insert(p);

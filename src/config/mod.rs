@@ -476,6 +476,40 @@ pub struct HttpArgs {
     #[arg(long, env = "HITL_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
 
+    /// The JWKS of an identity provider whose JWT bearer tokens (RS256 or ES256) are
+    /// accepted: an https:// URL, an http:// loopback URL, or a file. Needs
+    /// HITL_JWT_ISSUER and HITL_JWT_AUDIENCE.
+    #[arg(long, env = "HITL_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// The `iss` a JWT must carry.
+    #[arg(long, env = "HITL_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The `aud` a JWT must carry.
+    #[arg(long, env = "HITL_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// The claim holding the operator's id.
+    #[arg(long, env = "HITL_JWT_CLAIM_ID", default_value = "sub")]
+    pub jwt_claim_id: String,
+
+    /// The claim holding the operator's display name.
+    #[arg(long, env = "HITL_JWT_CLAIM_NAME", default_value = "name")]
+    pub jwt_claim_name: String,
+
+    /// The claim holding the operator's email.
+    #[arg(long, env = "HITL_JWT_CLAIM_EMAIL", default_value = "email")]
+    pub jwt_claim_email: String,
+
+    /// The claim holding the operator's groups (an array of strings).
+    #[arg(long, env = "HITL_JWT_CLAIM_GROUPS", default_value = "groups")]
+    pub jwt_claim_groups: String,
+
+    /// The claim holding the scopes, space-separated (operate, submit, supervise, audit).
+    #[arg(long, env = "HITL_JWT_CLAIM_SCOPE", default_value = "scope")]
+    pub jwt_claim_scope: String,
+
     /// Largest request body accepted (bytes, or with a unit: 256KiB, 1MiB); larger bodies
     /// are refused with 413 before they are read.
     #[arg(long, env = "HITL_MAX_BODY", default_value = "256KiB")]
@@ -643,6 +677,16 @@ impl Cli {
         if let Some(h) = http {
             tokens::configured_tokens(h.api_key.as_ref(), h.api_tokens.as_ref())
                 .map_err(|why| invalid("--api-tokens (API_TOKENS)", why))?;
+        }
+        if let Some(h) = http
+            && h.jwks_url.is_some()
+            && (h.jwt_issuer.is_none() || h.jwt_audience.is_none())
+        {
+            return Err(invalid(
+                "--jwks-url (HITL_JWKS_URL)",
+                "needs HITL_JWT_ISSUER and HITL_JWT_AUDIENCE: tokens are checked against both"
+                    .to_owned(),
+            ));
         }
         if let Some(h) = http {
             for (setting, value) in [

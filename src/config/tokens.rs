@@ -38,7 +38,8 @@ impl Scope {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    /// The scope named `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|scope| scope.as_str() == s)
     }
 

@@ -63,6 +63,8 @@ pub struct AppOptions {
     pub body_timeout: Duration,
     /// A tokens file loaded beside the test tokens.
     pub tokens_file: Option<std::path::PathBuf>,
+    /// JWT bearer tokens accepted beside the test tokens.
+    pub jwt: Option<hitl_orchestrator::identity::jwt::JwtSettings>,
 }
 
 impl Default for AppOptions {
@@ -76,6 +78,7 @@ impl Default for AppOptions {
             header_timeout: api::HttpLimits::default().header_timeout,
             body_timeout: api::HttpLimits::default().body_timeout,
             tokens_file: None,
+            jwt: None,
         }
     }
 }
@@ -146,9 +149,12 @@ impl TestApp {
         let service =
             Service::new(pool.clone(), options.engine).with_event_settings(options.events);
         let shutdown = service.shutdown().clone();
-        let auth = test_tokens();
+        let mut auth = test_tokens();
         if let Some(path) = &options.tokens_file {
             auth.load_tokens_file(path).unwrap();
+        }
+        if let Some(jwt) = options.jwt.clone() {
+            auth = auth.with_jwt(hitl_orchestrator::identity::jwt::JwtVerifier::new(jwt));
         }
         let mut state = AppState::new(service, auth);
         state.max_body = options.max_body;

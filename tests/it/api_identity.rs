@@ -163,9 +163,22 @@ fn sighup_adds_and_revokes_tokens_and_a_broken_file_names_its_line_and_changes_n
     let file = dir.path().join("tokens.toml");
     std::fs::write(&file, &first_entry).unwrap();
     let data = dir.path().join("data");
+    // And an identity provider's keys, from a file.
+    let (key, jwk) = crate::api_jwt::es256("file-key");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, serde_json::json!({ "keys": [jwk] }).to_string()).unwrap();
+    let jwt = crate::api_jwt::sign(
+        jsonwebtoken::Algorithm::ES256,
+        "file-key",
+        &key,
+        &crate::api_jwt::claims("dana", "operate"),
+    );
     let env = [
         ("HITL_TOKENS_FILE", file.to_str().unwrap()),
         ("HITL_DATA_DIR", data.to_str().unwrap()),
+        ("HITL_JWKS_URL", jwks.to_str().unwrap()),
+        ("HITL_JWT_ISSUER", crate::api_jwt::ISSUER),
+        ("HITL_JWT_AUDIENCE", crate::api_jwt::AUDIENCE),
         ("API_KEY", ""),
         ("API_TOKENS", ""),
     ];
@@ -173,6 +186,7 @@ fn sighup_adds_and_revokes_tokens_and_a_broken_file_names_its_line_and_changes_n
     let base = service.base_url.clone();
     assert_eq!(status_with(&base, &first), 200);
     assert_eq!(status_with(&base, &second), 401);
+    assert_eq!(status_with(&base, &jwt), 200, "a JWT of the provider");
 
     let hup = |service: &ServiceProcess| {
         let pid = nix::unistd::Pid::from_raw(service.child.id() as i32);
@@ -210,8 +224,8 @@ fn sighup_adds_and_revokes_tokens_and_a_broken_file_names_its_line_and_changes_n
     );
     assert!(service.signal_and_wait(Signal::SIGTERM, Duration::from_secs(20)));
     let log = service.log();
-    for secret in [&first, &second] {
-        assert!(!log.contains(secret.as_str()), "no token in the log");
+    for secret in [&first, &second, &jwt] {
+        assert!(!log.contains(secret.as_str()), "no token or JWT in the log");
     }
     for hash in [&first_entry, &second_entry] {
         let sha = hash.lines().find(|l| l.starts_with("sha256")).unwrap();

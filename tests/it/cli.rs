@@ -129,3 +129,28 @@ fn the_old_agent_attempts_setting_is_refused_naming_its_replacement_and_agent_se
         assert!(stdout.contains(var), "worker --help names {var}");
     }
 }
+
+#[test]
+fn jwt_settings_are_checked_at_start() {
+    let (ok, _, stderr) = run(&["api"], &[("HITL_JWKS_URL", "https://idp.example/jwks")]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("HITL_JWT_ISSUER") && stderr.contains("HITL_JWT_AUDIENCE"),
+        "{stderr}"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = run(
+        &["api"],
+        &[
+            ("HITL_JWKS_URL", "http://idp.example/jwks"),
+            ("HITL_JWT_ISSUER", "https://idp.example"),
+            ("HITL_JWT_AUDIENCE", "hitl"),
+            ("HITL_DATA_DIR", data.path().to_str().unwrap()),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("HITL_JWKS_URL must be an https:// URL"),
+        "{stderr}"
+    );
+}

@@ -20,6 +20,7 @@ mod api_commands;
 mod api_events;
 mod api_hitl;
 mod api_identity;
+mod api_jwt;
 mod api_runs;
 mod bench;
 mod cli;
