@@ -39,7 +39,10 @@ pub enum AuthErrors {
     #[response(status = 401, description = "no or unknown token")]
     Unauthorized(ErrorBody),
     /// The token lacks the route's scope.
-    #[response(status = 403, description = "the token lacks the scope")]
+    #[response(
+        status = 403,
+        description = "the token lacks the scope (`forbidden`), or a token bound to an operator named another one (`operator_mismatch`)"
+    )]
     Forbidden(ErrorBody),
     /// The database is unreachable.
     #[response(status = 503, description = "database unavailable")]
@@ -111,7 +114,17 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API_KEY / API_TOKENS token (acts for the body's `operator`), a \
+                         HITL_TOKENS_FILE token (bound to its operator, or act-as), or an \
+                         identity provider's RS256/ES256 JWT (bound to the operator its \
+                         claims name); see docs/API.md, \"Who acts\".",
+                    ))
+                    .build(),
+            ),
         );
     }
 }
@@ -120,7 +133,8 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "hitl-orchestrator", description = "Durable human-in-the-loop orchestration. \
-        Bearer tokens with scopes `operate` and `submit`; see docs/API.md."),
+        Bearer tokens (static, hashed in a tokens file, or an identity provider's JWTs) with \
+        scopes `operate`, `submit`, `supervise` and `audit`; see docs/API.md."),
     paths(
         super::pending::list,
         super::commands::resume,

@@ -332,6 +332,15 @@ pub fn review_plan() -> Value {
         { "id": "publish", "type": "task", "capability": "set", "input": { "published": true } } ] })
 }
 
+/// The first audit event of `action` in a run's snapshot.
+pub fn audit_event(snapshot: &Value, action: &str) -> Value {
+    snapshot["auditLog"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["action"] == action))
+        .unwrap_or_else(|| panic!("no {action} event in {snapshot}"))
+        .clone()
+}
+
 /// A resume body approving `request` as operator `who`.
 pub fn approval(run: &str, request: &str, who: &str) -> Value {
     json!({ "runId": run, "requestId": request,

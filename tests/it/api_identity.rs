@@ -79,13 +79,7 @@ async fn a_bound_token_acts_as_its_operator_only_and_the_audit_names_the_credent
     let accepted = resume_with(&app, &alice, &body).await;
     assert_eq!(accepted.status, 202, "{accepted:?}");
     let done = app.wait_for_run(&run, "completed").await;
-    let resume = done["auditLog"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["action"] == "resume")
-        .unwrap()
-        .clone();
+    let resume = crate::common::api::audit_event(&done, "resume");
     assert_eq!(resume["operator"]["id"], "alice");
     assert_eq!(resume["operator"]["displayName"], "alice (bound)");
     assert_eq!(
@@ -111,13 +105,7 @@ async fn a_bound_token_acts_as_its_operator_only_and_the_audit_names_the_credent
     let accepted = resume_with(&app, &bot, &approval(&run, &request, "carol")).await;
     assert_eq!(accepted.status, 202, "{accepted:?}");
     let done = app.wait_for_run(&run, "completed").await;
-    let resume = done["auditLog"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["action"] == "resume")
-        .unwrap()
-        .clone();
+    let resume = crate::common::api::audit_event(&done, "resume");
     assert_eq!(
         (
             resume["operator"]["id"].as_str(),

@@ -229,13 +229,7 @@ async fn tokens_of_the_identity_provider_are_verified_against_its_jwks() {
     let accepted = app.post("/api/hitl/resume", &valid, &body).await;
     assert_eq!(accepted.status, 202, "{accepted:?}");
     let done = app.wait_for_run(&run, "completed").await;
-    let resume = done["auditLog"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["action"] == "resume")
-        .unwrap()
-        .clone();
+    let resume = crate::common::api::audit_event(&done, "resume");
     assert_eq!(resume["operator"]["id"], "dana");
     assert_eq!(resume["operator"]["email"], "dana@example.com");
     assert_eq!(resume["principal"], "jwt:dana");
