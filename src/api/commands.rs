@@ -110,7 +110,7 @@ pub async fn resume(
         operator,
         note: body.note,
         idempotency_key,
-        principal: Some(principal.name.to_string()),
+        principal: Some(principal.clone()),
     };
     accept(&state, &principal, submission, wait).await
 }
@@ -149,7 +149,7 @@ pub async fn remove(
         operator,
         note: body.note,
         idempotency_key,
-        principal: Some(principal.name.to_string()),
+        principal: Some(principal.clone()),
     };
     accept(&state, &principal, submission, wait).await
 }
@@ -291,7 +291,7 @@ pub async fn retry(
         operator,
         note: body.note,
         idempotency_key,
-        principal: Some(principal.name.to_string()),
+        principal: Some(principal.clone()),
     };
     accept(&state, &principal, submission, wait).await
 }

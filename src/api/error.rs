@@ -29,6 +29,9 @@ pub enum ApiError {
     /// 403: a known token without the scope the route needs.
     #[error("this token lacks the `{}` scope", scope.as_str())]
     Forbidden { scope: Scope },
+    /// 403: the request is assigned to others.
+    #[error("{message}")]
+    NotAssignee { message: String, request_id: String },
     /// 403: a credential bound to an operator named another one.
     #[error("{message}")]
     OperatorMismatch { message: String, bound: String },
@@ -111,6 +114,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::OperatorMismatch { .. } => (StatusCode::FORBIDDEN, "operator_mismatch"),
+            ApiError::NotAssignee { .. } => (StatusCode::FORBIDDEN, "not_assignee"),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
@@ -212,6 +216,12 @@ impl From<ServiceError> for ApiError {
                 code: "hitl_disabled",
                 message: e.to_string(),
                 details: Value::Null,
+            },
+            ServiceError::NotAssignee { request_id } => ApiError::NotAssignee {
+                message: format!(
+                    "request {request_id} is assigned to other operators; this credential may not answer or remove it"
+                ),
+                request_id,
             },
             e @ ServiceError::OperatorMismatch { .. } => {
                 let ServiceError::OperatorMismatch { bound } = &e else {

@@ -161,7 +161,9 @@ pub async fn serve(
 pub const QUERY_PARAMETERS: &[(&str, &[&str])] = &[
     (
         "/api/hitl/pending",
-        &["limit", "cursor", "threadId", "briefId", "nodeId"],
+        &[
+            "limit", "cursor", "threadId", "briefId", "nodeId", "assignee", "group",
+        ],
     ),
     ("/api/runs", &["threadId"]),
     ("/api/events", &["runId"]),

@@ -41,7 +41,7 @@ pub enum AuthErrors {
     /// The token lacks the route's scope.
     #[response(
         status = 403,
-        description = "the token lacks the scope (`forbidden`), or a token bound to an operator named another one (`operator_mismatch`)"
+        description = "the token lacks the scope (`forbidden`), a token bound to an operator named another one (`operator_mismatch`), or the request is assigned to others (`not_assignee`)"
     )]
     Forbidden(ErrorBody),
     /// The database is unreachable.

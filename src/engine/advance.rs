@@ -474,6 +474,7 @@ impl Engine {
         ask.deadline = h
             .timeout_seconds
             .map(|s| (s, h.on_timeout.unwrap_or(TimeoutAction::Reject)));
+        ask.assignees = h.assignees.clone();
         Ok(Step::Pause(interrupt_request(&node_id, ask)))
     }
 
@@ -742,6 +743,7 @@ fn interrupt_request(node_id: &str, i: Interrupt) -> NewRequest {
         response_types,
         options,
         items: i.items,
+        assignees: i.assignees,
         contract_summary: json!({ "facets": i.contract.facets,
                                   "capabilityContract": i.contract.capability_contract }),
         deadline: i.deadline.map(|(secs, action)| {

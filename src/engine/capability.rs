@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::plan::{Contract, HitlOption};
 use crate::domain::{ResponseType, RunId, ThreadId, TimeoutAction};
-use crate::persistence::{ItemKind, ItemOption, RequestItem, ResponseRecord};
+use crate::persistence::{Assignees, ItemKind, ItemOption, RequestItem, ResponseRecord};
 
 /// A boxed future, so capabilities can be stored as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -60,6 +60,8 @@ pub struct Interrupt {
     pub contract: Contract,
     /// A deadline, in seconds from now, and what it does to every item when it passes.
     pub deadline: Option<(u64, TimeoutAction)>,
+    /// Who may answer; `None`: anyone with the operate scope.
+    pub assignees: Option<Assignees>,
 }
 
 impl Interrupt {
@@ -88,6 +90,7 @@ impl Interrupt {
             prompt,
             contract: Contract::default(),
             deadline: None,
+            assignees: None,
         }
     }
 }

@@ -38,6 +38,7 @@ const HITL_FIELDS: &[&str] = &[
     "onTimeout",
     "onRejection",
     "next",
+    "assignees",
 ];
 const OPTION_FIELDS: &[&str] = &["id", "label"];
 const CONTRACT_FIELDS: &[&str] = &["facets", "capabilityContract"];
@@ -109,6 +110,8 @@ pub struct HitlNode {
     /// Where an `option` answer goes: option id → node id (never this node's own id).
     /// An option not listed goes on to the next node in order.
     pub next: BTreeMap<String, String>,
+    /// Who may answer the node's requests; `None`: anyone with the operate scope.
+    pub assignees: Option<crate::persistence::Assignees>,
 }
 
 /// One choice offered by a HITL node.
@@ -255,6 +258,12 @@ fn node_to_json(node: &Node) -> Value {
             }
             out.insert("onRejection".into(), hitl.on_rejection.as_str().into());
             out.insert("next".into(), Value::Object(next));
+            if let Some(a) = &hitl.assignees {
+                out.insert(
+                    "assignees".into(),
+                    json!({ "users": a.users, "groups": a.groups }),
+                );
+            }
         }
     }
     Value::Object(out)
@@ -466,6 +475,12 @@ fn parse_hitl(object: &Map<String, Value>, at: At<'_>) -> Result<HitlNode, PlanE
         )?,
     };
     let next = parse_next(object, at, &options)?;
+    let assignees = match present(object, "assignees") {
+        None => None,
+        Some(value) => Some(parse_assignees(value).map_err(|(field, why)| {
+            at.error(format!("{}{field}", join(at.path, "assignees")), why)
+        })?),
+    };
     Ok(HitlNode {
         prompt,
         response_types,
@@ -475,7 +490,64 @@ fn parse_hitl(object: &Map<String, Value>, at: At<'_>) -> Result<HitlNode, PlanE
         on_timeout,
         on_rejection,
         next,
+        assignees,
     })
+}
+
+/// At most this many users, and this many groups, per request.
+pub const MAX_ASSIGNEES: usize = 100;
+
+/// `{users: [operator ids], groups: [names]}`: each 1 to 256 characters, not blank, at most
+/// [`MAX_ASSIGNEES`] of each, at least one in all. Errors: (path under `assignees`, why).
+pub fn parse_assignees(value: &Value) -> Result<crate::persistence::Assignees, (String, String)> {
+    let Some(object) = value.as_object() else {
+        return Err((
+            String::new(),
+            "must be an object of users and groups".into(),
+        ));
+    };
+    if let Some(key) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "users" | "groups"))
+    {
+        return Err((
+            format!(".{key}"),
+            "is not a field of assignees (users, groups)".into(),
+        ));
+    }
+    let list = |key: &str| -> Result<Vec<String>, (String, String)> {
+        let Some(value) = object.get(key).filter(|v| !v.is_null()) else {
+            return Ok(Vec::new());
+        };
+        let Some(items) = value.as_array() else {
+            return Err((format!(".{key}"), "must be an array of strings".into()));
+        };
+        if items.len() > MAX_ASSIGNEES {
+            return Err((
+                format!(".{key}"),
+                format!("must list at most {MAX_ASSIGNEES}"),
+            ));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item.as_str() {
+                Some(s) if !s.trim().is_empty() && s.chars().count() <= 256 => Ok(s.to_owned()),
+                _ => Err((
+                    format!(".{key}[{i}]"),
+                    "must be a string of 1 to 256 characters, not blank".into(),
+                )),
+            })
+            .collect()
+    };
+    let assignees = crate::persistence::Assignees {
+        users: list("users")?,
+        groups: list("groups")?,
+    };
+    if assignees.users.is_empty() && assignees.groups.is_empty() {
+        return Err((String::new(), "must name at least one user or group".into()));
+    }
+    Ok(assignees)
 }
 
 fn parse_response_types(

@@ -340,6 +340,8 @@ struct AgentRequest {
     timeout_seconds: Option<u64>,
     #[serde(default)]
     on_timeout: Option<TimeoutAction>,
+    #[serde(default)]
+    assignees: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -473,8 +475,16 @@ fn interrupt(node_id: &str, request: AgentRequest) -> Result<Interrupt, String> 
         }
         (Some(s), action) => Some((s, action.unwrap_or(TimeoutAction::Reject))),
     };
+    let assignees = match request.assignees.filter(|v| !v.is_null()) {
+        None => None,
+        Some(value) => Some(
+            super::plan::parse_assignees(&value)
+                .or_else(|(field, why)| bad(format!("assignees{field}"), &why))?,
+        ),
+    };
     let contract = request.contract.unwrap_or_default();
     Ok(Interrupt {
+        assignees,
         prompt: request.prompt,
         items,
         contract: Contract {

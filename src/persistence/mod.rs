@@ -38,8 +38,9 @@ pub use commands::{
     record_command,
 };
 pub use requests::{
-    ExpireOutcome, ItemKind, ItemOption, PendingFilter, PendingItem, RequestItem, RequestShape,
-    ResponseInput, ResponseProblem, ToolCall, expire_request, list_pending, validate_responses,
+    Assignees, ExpireOutcome, ItemKind, ItemOption, PendingFilter, PendingItem, RequestItem,
+    RequestShape, ResponseInput, ResponseProblem, ToolCall, expire_request, list_pending,
+    validate_responses,
 };
 pub use runs::{
     BriefInput, Checkpoint, CreatedRun, Finish, NewRequest, NewRun, NodeRunnerState, RunHeader,

@@ -65,6 +65,28 @@ pub struct RequestItem {
     pub options: Vec<ItemOption>,
 }
 
+/// Who may answer a request: the operators listed, and the members of the groups listed.
+/// A request without assignees may be answered by anyone with the `operate` scope.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Assignees {
+    /// Operator ids.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Group names (a credential's `groups`).
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl Assignees {
+    /// Whether an operator `operator` (if the credential is bound to one) in `groups` is
+    /// listed.
+    pub fn admit(&self, operator: Option<&str>, groups: &[String]) -> bool {
+        operator.is_some_and(|id| self.users.iter().any(|u| u == id))
+            || groups.iter().any(|g| self.groups.contains(g))
+    }
+}
+
 /// The items of request alias `q` as stored, or — for a request written before items
 /// existed — its one item derived from the request's own fields.
 pub(crate) fn items_sql(q: &str) -> String {
@@ -277,6 +299,10 @@ pub struct PendingFilter {
     pub thread_id: Option<ThreadId>,
     pub brief_id: Option<BriefId>,
     pub node_id: Option<String>,
+    /// Only requests assigned to this operator (if any) or to one of these groups.
+    pub assigned_to: Option<(Option<String>, Vec<String>)>,
+    /// Only requests assigned to this group.
+    pub group: Option<String>,
     /// Start after this `(created_at, request_id)` (the last item of the previous page).
     pub after: Option<(DateTime<Utc>, RequestId)>,
     /// Page size.
@@ -299,6 +325,9 @@ pub struct PendingItem {
     /// Each decision the request asks for (one for a `hitl` node).
     #[sqlx(json)]
     pub items: Vec<RequestItem>,
+    /// Who may answer it (`null`: anyone with the operate scope).
+    #[schema(value_type = Option<Assignees>)]
+    pub assignees: Option<sqlx::types::Json<Assignees>>,
     pub execution_context: Value,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -313,8 +342,8 @@ pub async fn list_pending(
     let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "select r.run_id, r.thread_id, r.brief_id, r.request_id as pending_request_id, \
              r.node_id as pending_node_id, r.operator_prompt, r.contract_summary, \
-             r.response_types, r.options, {} as items, o.execution_context, r.created_at, \
-             r.expires_at \
+             r.response_types, r.options, {} as items, r.assignees, o.execution_context, \
+             r.created_at, r.expires_at \
          from hitl_requests r join orchestrator_runs o on o.run_id = r.run_id \
          where r.status = 'pending'",
         items_sql("r")
@@ -329,6 +358,19 @@ pub async fn list_pending(
     }
     if let Some(n) = &filter.node_id {
         q.push(" and r.node_id = ").push_bind(n.clone());
+    }
+    if let Some((operator, groups)) = &filter.assigned_to {
+        q.push(" and (coalesce(r.assignees -> 'users', '[]') ? ")
+            .push_bind(operator.clone().unwrap_or_default())
+            .push(" and ")
+            .push_bind(operator.is_some())
+            .push(" or coalesce(r.assignees -> 'groups', '[]') ?| ")
+            .push_bind(groups.clone())
+            .push(")");
+    }
+    if let Some(g) = &filter.group {
+        q.push(" and coalesce(r.assignees -> 'groups', '[]') ? ")
+            .push_bind(g.clone());
     }
     if let Some((at, id)) = &filter.after {
         q.push(" and (r.created_at, r.request_id) > (")

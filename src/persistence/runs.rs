@@ -362,6 +362,8 @@ pub struct NewRequest {
     pub options: Value,
     /// Each decision asked for (at least one).
     pub items: Vec<super::RequestItem>,
+    /// Who may answer it; `None`: anyone with the operate scope.
+    pub assignees: Option<super::Assignees>,
     /// Facets and capability contract (JSON object).
     pub contract_summary: Value,
     /// The deadline, with what it does when it passes.
@@ -389,8 +391,8 @@ pub async fn raise_request(
     sqlx::query(
         "insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, \
              operator_prompt, response_types, options, contract_summary, expires_at, on_timeout, \
-             items) \
-         select $1, run_id, thread_id, brief_id, $3, $4, $5, $6, $7, $8, $9, $10 \
+             items, assignees) \
+         select $1, run_id, thread_id, brief_id, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
          from orchestrator_runs where run_id = $2",
     )
     .bind(&request_id)
@@ -403,6 +405,7 @@ pub async fn raise_request(
     .bind(request.deadline.map(|(at, _)| at))
     .bind(request.deadline.map(|(_, action)| action))
     .bind(sqlx::types::Json(&request.items))
+    .bind(request.assignees.as_ref().map(sqlx::types::Json))
     .execute(&mut **tx)
     .await?;
     let version: i64 = sqlx::query_scalar(

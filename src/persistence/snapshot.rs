@@ -71,6 +71,9 @@ pub struct RequestRecord {
     /// Each decision the request asks for (one for a `hitl` node).
     #[sqlx(json)]
     pub items: Vec<super::RequestItem>,
+    /// Who may answer it (`null`: anyone with the operate scope).
+    #[schema(value_type = Option<super::Assignees>)]
+    pub assignees: Option<sqlx::types::Json<super::Assignees>>,
     pub contract_summary: Value,
     pub expires_at: Option<DateTime<Utc>>,
     pub on_timeout: Option<TimeoutAction>,
@@ -252,7 +255,7 @@ async fn load_parts(
     // Requests and their answers in one read: a row per answer, or one with no answer.
     let rows: Vec<RequestAnswerRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select q.request_id, q.node_id, q.status, q.operator_prompt, q.response_types, \
-             q.options, {} as items, q.contract_summary, q.expires_at, q.on_timeout, \
+             q.options, {} as items, q.assignees, q.contract_summary, q.expires_at, q.on_timeout, \
              q.created_at, q.resolved_at, q.resolved_by, q.denial_reason, \
              s.response_id, coalesce(s.item_id, q.node_id) as item_id, s.response_type, \
              s.edited_arguments, s.approved, s.option_id, s.freeform_text, \

@@ -82,8 +82,9 @@ pub struct SubmitCommand {
     pub operator: Operator,
     pub note: Option<String>,
     pub idempotency_key: Option<IdempotencyKey>,
-    /// The credential submitting it (its name), for the audit.
-    pub principal: Option<String>,
+    /// The credential submitting it: named in the audit, and checked against the
+    /// request's assignees.
+    pub principal: Option<crate::identity::Principal>,
 }
 
 /// The submission as stored with the command: what a retry under the same key must
@@ -200,7 +201,7 @@ impl Service {
                 payload,
                 operator: submission.operator,
                 note: submission.note,
-                principal: submission.principal,
+                principal: submission.principal.as_ref().map(|p| p.name.to_string()),
                 trace_context: crate::telemetry::current_trace_context()
                     .and_then(|c| serde_json::to_value(c).ok()),
             },
@@ -311,6 +312,28 @@ async fn check(
                 })?,
         ),
     };
+    // Only an assignee answers or removes an assigned request (or a supervisor).
+    let assigned = request.or_else(|| {
+        run.pending_request_id
+            .as_ref()
+            .and_then(|id| snapshot.hitl_requests.iter().find(|r| &r.request_id == id))
+    });
+    if let (Some(assignees), Some(principal)) = (
+        assigned.and_then(|r| r.assignees.as_ref()),
+        submission.principal.as_ref(),
+    ) && !matches!(submission.input, CommandInput::Retry)
+        && !principal.scopes.contains(crate::identity::Scope::Supervise)
+        && !assignees.admit(
+            principal.operator.as_ref().map(|o| o.id.as_str()),
+            &principal.groups,
+        )
+    {
+        return Err(ServiceError::NotAssignee {
+            request_id: assigned
+                .map(|r| r.request_id.to_string())
+                .unwrap_or_default(),
+        });
+    }
     if let (Some(request), CommandInput::Resume { responses, .. }) = (request, &submission.input) {
         let shape = RequestShape {
             request_id: &request.request_id,

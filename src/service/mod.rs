@@ -140,6 +140,11 @@ pub enum ServiceError {
     /// The idempotency key was used before with a different submission.
     #[error("Idempotency-Key: this key was already used for a different request")]
     IdempotencyKeyReused,
+    /// The request names who may answer it, and this credential is not among them.
+    #[error(
+        "request {request_id} is assigned to other operators; this credential may not answer or remove it"
+    )]
+    NotAssignee { request_id: String },
     /// The credential is bound to an operator and the body names another.
     #[error("this credential acts as operator {bound}; the body names another operator")]
     OperatorMismatch { bound: String },

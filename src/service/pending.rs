@@ -70,6 +70,11 @@ pub struct PendingQuery {
     pub thread_id: Option<ThreadId>,
     pub brief_id: Option<BriefId>,
     pub node_id: Option<String>,
+    /// `assignee=me`: requests listing this operator (if the credential is bound to one)
+    /// or one of these groups.
+    pub assigned_to: Option<(Option<String>, Vec<String>)>,
+    /// `group=…`: requests listing this group.
+    pub group: Option<String>,
 }
 
 impl Default for PendingQuery {
@@ -80,6 +85,8 @@ impl Default for PendingQuery {
             thread_id: None,
             brief_id: None,
             node_id: None,
+            assigned_to: None,
+            group: None,
         }
     }
 }
@@ -119,6 +126,8 @@ impl Service {
             thread_id: query.thread_id,
             brief_id: query.brief_id,
             node_id: query.node_id,
+            assigned_to: query.assigned_to,
+            group: query.group,
             after: query.after.map(|c| (c.created_at, c.request_id)),
             // One more than the page: whether it comes back says if there is a next page.
             limit: limit + 1,

@@ -435,6 +435,7 @@ pub mod fixtures {
             }],
             contract_summary: json!({ "facets": ["tone"], "capabilityContract": { "output": "text" } }),
             deadline,
+            assignees: None,
         }
     }
 

@@ -13,6 +13,7 @@ mod common;
 mod agent;
 mod agent_faults;
 mod agent_items;
+mod api_assignees;
 mod api_auth;
 mod api_bad_input;
 mod api_boundary;

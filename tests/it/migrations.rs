@@ -184,6 +184,7 @@ fn bad_rows() -> Vec<(String, &'static str)> {
         (request_row("hitl_req_2", "run_1", "n", "p", "array[]::text[]", ""), "hitl_requests_response_types_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "options='{}'"), "hitl_requests_options_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "items='[]'"), "hitl_requests_items_check"),
+        (request_row("hitl_req_2", "run_1", "n", "p", approval, "assignees='[]'"), "hitl_requests_assignees_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", "array['edit', 'maybe']", ""), "hitl_requests_response_types_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "contract_summary='[]'"), "hitl_requests_contract_summary_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "status='open'"), "hitl_requests_status_check"),

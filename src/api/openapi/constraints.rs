@@ -342,6 +342,19 @@ fn parameter_rules() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ),
         ("/api/hitl/pending", "get", "nodeId", string(NO_NUL.into())),
         (
+            "/api/hitl/pending",
+            "get",
+            "assignee",
+            json!({ "type": "string", "enum": ["me"], "pattern": "^me$" }),
+        ),
+        (
+            "/api/hitl/pending",
+            "get",
+            "group",
+            json!({ "type": "string", "minLength": 1, "maxLength": 256,
+                    "pattern": not_blank_pattern() }),
+        ),
+        (
             "/api/hitl/commands/{commandId}",
             "get",
             "commandId",

@@ -632,6 +632,7 @@ fn build(raw: &[RawNode]) -> Plan {
                 on_timeout: r.timeout.map(|(_, a)| a),
                 on_rejection: r.on_rejection,
                 next,
+                assignees: None,
             })
         };
         Node {

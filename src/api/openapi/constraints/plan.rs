@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{not_blank, not_blank_pattern, or_null, reference, text};
 use crate::domain::{RejectionPolicy, TimeoutAction};
-use crate::service::input::{MAX_NODE_ID_LEN, MAX_NODES, MAX_TIMEOUT_SECONDS};
+use crate::service::input::{MAX_ASSIGNEES, MAX_NODE_ID_LEN, MAX_NODES, MAX_TIMEOUT_SECONDS};
 
 /// The capabilities a `task` node may name: the engine's built-ins and `agent.webhook`
 /// (`Engine::for_service`); `tests/it/openapi.rs` checks this against the registry.
@@ -125,6 +125,23 @@ pub(super) fn components() -> Vec<(&'static str, Value)> {
                         "propertyNames": { "pattern": not_blank_pattern() },
                         "additionalProperties": reference("NodeId"),
                     },
+                    "assignees": { "oneOf": [ { "type": "null" }, {
+                        "type": "object",
+                        "description": "who may answer: these operator ids and the members of these groups",
+                        "additionalProperties": false,
+                        "properties": {
+                            "users": { "type": ["array", "null"], "maxItems": MAX_ASSIGNEES,
+                                       "items": { "type": "string", "minLength": 1, "maxLength": 256,
+                                                  "pattern": not_blank_pattern() } },
+                            "groups": { "type": ["array", "null"], "maxItems": MAX_ASSIGNEES,
+                                        "items": { "type": "string", "minLength": 1, "maxLength": 256,
+                                                   "pattern": not_blank_pattern() } },
+                        },
+                        "anyOf": [
+                            { "required": ["users"], "properties": { "users": { "type": "array", "minItems": 1 } } },
+                            { "required": ["groups"], "properties": { "groups": { "type": "array", "minItems": 1 } } },
+                        ],
+                    } ] },
                 },
                 "allOf": [
                     {
