@@ -29,12 +29,14 @@ pub enum ApiError {
     /// 403: a known token without the scope the route needs.
     #[error("this token lacks the `{}` scope", scope.as_str())]
     Forbidden { scope: Scope },
-    /// 403: the request is assigned to others.
+    /// 403: the credential may not act as it asked (`operator_mismatch`: it is bound to
+    /// another operator; `not_assignee`: the request is assigned to others).
     #[error("{message}")]
-    NotAssignee { message: String, request_id: String },
-    /// 403: a credential bound to an operator named another one.
-    #[error("{message}")]
-    OperatorMismatch { message: String, bound: String },
+    Denied {
+        code: &'static str,
+        message: String,
+        details: Value,
+    },
     /// 404: the route or the thing named does not exist.
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
@@ -113,8 +115,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::OperatorMismatch { .. } => (StatusCode::FORBIDDEN, "operator_mismatch"),
-            ApiError::NotAssignee { .. } => (StatusCode::FORBIDDEN, "not_assignee"),
+            ApiError::Denied { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
@@ -144,10 +145,9 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden { scope } => {
                 (self.to_string(), json!({ "requiredScope": scope.as_str() }))
             }
-            ApiError::OperatorMismatch { message, bound } => (
-                message.clone(),
-                json!({ "field": "operator.id", "boundOperator": bound }),
-            ),
+            ApiError::Denied {
+                message, details, ..
+            } => (message.clone(), details.clone()),
             ApiError::PayloadTooLarge { limit } => (self.to_string(), json!({ "limit": limit })),
             ApiError::CommandFailed { command_id } => (
                 format!("command {command_id} failed; see GET /api/hitl/commands/{command_id}"),
@@ -186,6 +186,8 @@ impl IntoResponse for ApiError {
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
+        // The service's wording is the client's message.
+        let message = e.to_string();
         match e {
             ServiceError::Invalid { field, message } => ApiError::invalid(field, message),
             ServiceError::InvalidPlan(plan) => ApiError::Invalid {
@@ -217,21 +219,16 @@ impl From<ServiceError> for ApiError {
                 message: e.to_string(),
                 details: Value::Null,
             },
-            ServiceError::NotAssignee { request_id } => ApiError::NotAssignee {
-                message: format!(
-                    "request {request_id} is assigned to other operators; this credential may not answer or remove it"
-                ),
-                request_id,
+            ServiceError::NotAssignee { request_id } => ApiError::Denied {
+                code: "not_assignee",
+                message,
+                details: json!({ "requestId": request_id }),
             },
-            e @ ServiceError::OperatorMismatch { .. } => {
-                let ServiceError::OperatorMismatch { bound } = &e else {
-                    unreachable!()
-                };
-                ApiError::OperatorMismatch {
-                    bound: bound.clone(),
-                    message: e.to_string(),
-                }
-            }
+            ServiceError::OperatorMismatch { bound } => ApiError::Denied {
+                code: "operator_mismatch",
+                message,
+                details: json!({ "field": "operator.id", "boundOperator": bound }),
+            },
             ServiceError::Unavailable => ApiError::database_unavailable(),
             ServiceError::Internal(cause) => ApiError::Internal(cause),
         }

@@ -161,12 +161,12 @@ async fn approve(app: &TestApp, run: &str) {
     assert_eq!(resumed.status, 202, "{resumed:?}");
 }
 
-#[tokio::test]
-async fn an_agent_down_when_the_operator_answers_is_waited_for_and_called_once_it_is_back() {
+/// An app whose agent (at the address returned) is down, retried for `window`, and a run
+/// the operator has just approved up to that agent's node.
+async fn answered_while_down(window: Duration) -> (TestApp, String, SocketAddr) {
     let address = free_address();
     let url = format!("http://{address}/agent");
-    let engine =
-        webhook_engine(&url, 1 << 20, None).with_retry(fast_retries(Duration::from_secs(60)));
+    let engine = webhook_engine(&url, 1 << 20, None).with_retry(fast_retries(window));
     let app = TestApp::spawn_with(AppOptions {
         engine,
         ..AppOptions::default()
@@ -174,6 +174,12 @@ async fn an_agent_down_when_the_operator_answers_is_waited_for_and_called_once_i
     .await;
     let run = app.create_run(review_then_tool(&url)).await;
     approve(&app, &run).await;
+    (app, run, address)
+}
+
+#[tokio::test]
+async fn an_agent_down_when_the_operator_answers_is_waited_for_and_called_once_it_is_back() {
+    let (app, run, address) = answered_while_down(Duration::from_secs(60)).await;
 
     // Down: connections refused. The run keeps running and says why.
     let waiting = app
@@ -214,16 +220,7 @@ async fn an_agent_down_when_the_operator_answers_is_waited_for_and_called_once_i
 
 #[tokio::test]
 async fn an_agent_down_past_the_window_fails_the_run_with_the_reason_and_nothing_retries_it() {
-    let url = format!("http://{}/agent", free_address());
-    let engine =
-        webhook_engine(&url, 1 << 20, None).with_retry(fast_retries(Duration::from_millis(800)));
-    let app = TestApp::spawn_with(AppOptions {
-        engine,
-        ..AppOptions::default()
-    })
-    .await;
-    let run = app.create_run(review_then_tool(&url)).await;
-    approve(&app, &run).await;
+    let (app, run, _) = answered_while_down(Duration::from_millis(800)).await;
     let failed = app.wait_for_run(&run, "failed").await;
     let reason = failed["statusReason"].as_str().unwrap();
     assert!(

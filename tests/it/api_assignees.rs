@@ -151,6 +151,10 @@ async fn only_assignees_or_a_supervisor_answer_and_the_inbox_filters_by_assignee
         (403, "not_assignee"),
         "{refused:?}"
     );
+    assert_eq!(
+        refused.body["error"]["details"]["requestId"],
+        bob_request.as_str()
+    );
     assert_eq!(app.dump().await, before, "refusals change nothing");
 
     // A group member, and a supervisor, may.
