@@ -33,6 +33,18 @@ pub struct Principal {
     pub groups: Arc<[String]>,
 }
 
+impl Principal {
+    /// Who this principal's approval counts as: its operator when it is bound to one
+    /// (however many credentials that operator holds), itself when it acts as the
+    /// operators bodies name (however many it names: one credential is one approver).
+    pub fn approver(&self) -> String {
+        match &self.operator {
+            Some(operator) => format!("operator:{}", operator.id),
+            None => format!("principal:{}", self.name),
+        }
+    }
+}
+
 /// The configured credentials; clones share them, so a reload reaches every holder.
 #[derive(Clone, Debug)]
 pub struct Authenticator {

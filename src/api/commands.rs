@@ -25,7 +25,7 @@ use crate::service::{CommandInput, ResponseInput, RunTarget, SubmitCommand};
 /// Who acts, as the runbook's `operator` object gives it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct OperatorIn {
+pub(super) struct OperatorIn {
     id: String,
     #[serde(default)]
     display_name: Option<String>,
@@ -50,6 +50,10 @@ pub struct ResumeIn {
     operator: Option<OperatorIn>,
     #[serde(default)]
     note: Option<String>,
+    /// Answer even though another principal has claimed the request (needs the
+    /// `supervise` scope; the claim is broken, audited `claim_broken`).
+    #[serde(default)]
+    force: bool,
 }
 
 /// The body of `POST /api/hitl/remove`.
@@ -69,6 +73,9 @@ pub struct RemoveIn {
     operator: Option<OperatorIn>,
     #[serde(default)]
     note: Option<String>,
+    /// As in a resume.
+    #[serde(default)]
+    force: bool,
 }
 
 /// `POST /api/hitl/resume`.
@@ -106,6 +113,7 @@ pub async fn resume(
         input: CommandInput::Resume {
             request_id,
             responses: body.responses,
+            force: body.force,
         },
         operator,
         note: body.note,
@@ -145,6 +153,7 @@ pub async fn remove(
         input: CommandInput::Remove {
             request_id,
             reason: body.reason,
+            force: body.force,
         },
         operator,
         note: body.note,
@@ -212,7 +221,10 @@ async fn accept(
 }
 
 /// The operator the request acts as: the credential's bound one, or the body's.
-fn acting(principal: &Principal, given: Option<&OperatorIn>) -> Result<Operator, ApiError> {
+pub(super) fn acting(
+    principal: &Principal,
+    given: Option<&OperatorIn>,
+) -> Result<Operator, ApiError> {
     let given = given.map(OperatorIn::parse).transpose()?;
     Ok(input::acting_operator(principal, given)?)
 }

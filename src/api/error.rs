@@ -224,6 +224,11 @@ impl From<ServiceError> for ApiError {
                 message,
                 details: json!({ "requestId": request_id }),
             },
+            ServiceError::ForceNeedsSupervise => ApiError::Denied {
+                code: "supervise_required",
+                message,
+                details: json!({ "field": "force", "scope": "supervise" }),
+            },
             ServiceError::OperatorMismatch { bound } => ApiError::Denied {
                 code: "operator_mismatch",
                 message,

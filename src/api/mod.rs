@@ -6,6 +6,7 @@
 //! then checks its scope first among its extractors, before the body is read.
 
 pub mod auth;
+mod claims;
 mod commands;
 pub mod error;
 pub mod events;
@@ -63,6 +64,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/hitl/pending"),
     ("POST", "/api/hitl/resume"),
     ("POST", "/api/hitl/remove"),
+    ("POST", "/api/hitl/claim"),
+    ("POST", "/api/hitl/unclaim"),
     ("GET", "/api/hitl/commands/{commandId}"),
     ("POST", "/api/runs"),
     ("GET", "/api/runs"),
@@ -199,6 +202,8 @@ pub fn router(state: AppState) -> Router {
         .route("/hitl/pending", get(pending::list))
         .route("/hitl/resume", post(commands::resume))
         .route("/hitl/remove", post(commands::remove))
+        .route("/hitl/claim", post(claims::claim))
+        .route("/hitl/unclaim", post(claims::unclaim))
         .route("/hitl/commands/{command_id}", get(commands::show))
         .route("/runs", post(runs::create).get(runs::list))
         .route("/runs/{run_id}", get(runs::show))

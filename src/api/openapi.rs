@@ -41,7 +41,7 @@ pub enum AuthErrors {
     /// The token lacks the route's scope.
     #[response(
         status = 403,
-        description = "the token lacks the scope (`forbidden`), a token bound to an operator named another one (`operator_mismatch`), or the request is assigned to others (`not_assignee`)"
+        description = "the token lacks the scope (`forbidden`), a token bound to an operator named another one (`operator_mismatch`), the request is assigned to others (`not_assignee`), or `force` without the supervise scope (`supervise_required`)"
     )]
     Forbidden(ErrorBody),
     /// The database is unreachable.
@@ -139,6 +139,8 @@ impl Modify for BearerAuth {
         super::pending::list,
         super::commands::resume,
         super::commands::remove,
+        super::claims::claim,
+        super::claims::unclaim,
         super::commands::show,
         super::runs::create,
         super::runs::list,
@@ -153,7 +155,7 @@ impl Modify for BearerAuth {
     components(schemas(ErrorBody, CommandAccepted, RunAccepted, PendingPage, RunPage,
         crate::service::StreamEvent)),
     modifiers(&BearerAuth),
-    tags((name = "hitl", description = "the pending inbox, resume, remove, commands"),
+    tags((name = "hitl", description = "the pending inbox, resume, remove, claims, commands"),
          (name = "runs", description = "creating and reading runs"),
          (name = "events", description = "live Server-Sent Events"),
          (name = "probes", description = "liveness, readiness, this document")),
@@ -172,6 +174,8 @@ const OPERATION_IDS: &[(&str, &str, &str)] = &[
     ("get", "/api/hitl/pending", "listPending"),
     ("post", "/api/hitl/resume", "resume"),
     ("post", "/api/hitl/remove", "remove"),
+    ("post", "/api/hitl/claim", "claim"),
+    ("post", "/api/hitl/unclaim", "unclaim"),
     ("get", "/api/hitl/commands/{commandId}", "showCommand"),
     ("post", "/api/runs", "createRun"),
     ("get", "/api/runs", "listRunsOfThread"),

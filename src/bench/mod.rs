@@ -187,6 +187,7 @@ async fn seed(pool: &PgPool, n: usize, commands: bool) -> Result<(), BenchError>
                 note: None,
                 trace_context: None,
                 principal: None,
+                approver: None,
             };
             persistence::record_command(&mut tx, command).await?;
         }

@@ -9,8 +9,10 @@ pub mod status;
 pub mod storable;
 
 pub use ids::{BriefId, CommandId, IdError, RequestId, ResponseId, RunId, ThreadId};
-pub use refusal::{Operator, Refusal, RefusalContext, Winner};
-pub use state_machine::{RunModel, Transition, TransitionError, TransitionOutcome, next_status};
+pub use refusal::{ClaimHolder, Operator, Refusal, RefusalContext, Winner};
+pub use state_machine::{
+    RequestNote, RunModel, Transition, TransitionError, TransitionOutcome, next_status,
+};
 pub use status::{
     AuditAction, CommandKind, CommandStatus, ParseStatusError, RejectionPolicy, RequestStatus,
     ResponseType, RunStatus, TimeoutAction,

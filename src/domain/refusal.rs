@@ -24,6 +24,29 @@ pub struct Operator {
     pub email: Option<String>,
 }
 
+/// Who holds a claim on a request: the credential (its name) and the operator it acted
+/// as. Two claims are the same holder when both agree.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimHolder {
+    /// The credential's name (`[[token]] name`, or the JWT's subject).
+    pub principal: String,
+    /// The operator it acted as.
+    pub operator: Operator,
+}
+
+impl ClaimHolder {
+    /// Whether `principal` acting as `operator` is this holder.
+    pub fn is(&self, principal: Option<&str>, operator: &Operator) -> bool {
+        principal.is_some_and(|p| p == self.principal) && operator.id == self.operator.id
+    }
+
+    /// "operator alice (token alice-laptop)".
+    pub fn describe(&self) -> String {
+        format!("operator {} ({})", self.operator.id, self.principal)
+    }
+}
+
 /// Who settled a request or ended a run first: the audit event that did it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -100,6 +123,21 @@ pub enum Refusal {
         #[serde(flatten)]
         context: RefusalContext,
     },
+    /// Another principal holds a claim on the request (until `expires_at`).
+    Claimed {
+        message: String,
+        holder: ClaimHolder,
+        expires_at: DateTime<Utc>,
+        #[serde(flatten)]
+        context: RefusalContext,
+    },
+    /// This approver's approval of the request is already counted.
+    AlreadyApproved {
+        message: String,
+        approver: String,
+        #[serde(flatten)]
+        context: RefusalContext,
+    },
     /// An answer does not fit the request (`field` names it, e.g. `responses[1].optionId`).
     InvalidResponse { message: String, field: String },
     /// The stored command cannot be read as a command of its kind.
@@ -114,6 +152,8 @@ impl Refusal {
             Refusal::NotPending { .. } => "not_pending",
             Refusal::RunTerminal { .. } => "run_terminal",
             Refusal::RunNotFailed { .. } => "run_not_failed",
+            Refusal::Claimed { .. } => "claimed",
+            Refusal::AlreadyApproved { .. } => "already_approved",
             Refusal::InvalidResponse { .. } => "invalid_response",
             Refusal::InvalidPayload { .. } => "invalid_payload",
         }
@@ -126,6 +166,8 @@ impl Refusal {
             | Refusal::NotPending { message, .. }
             | Refusal::RunTerminal { message, .. }
             | Refusal::RunNotFailed { message, .. }
+            | Refusal::Claimed { message, .. }
+            | Refusal::AlreadyApproved { message, .. }
             | Refusal::InvalidResponse { message, .. }
             | Refusal::InvalidPayload { message } => message,
         }
@@ -140,6 +182,8 @@ impl Refusal {
                 | Refusal::NotPending { .. }
                 | Refusal::RunTerminal { .. }
                 | Refusal::RunNotFailed { .. }
+                | Refusal::Claimed { .. }
+                | Refusal::AlreadyApproved { .. }
         )
     }
 

@@ -59,6 +59,47 @@ pub enum Transition {
     /// An operator retries a failed run: `failed → running`, at the node that failed.
     /// The one way out of a terminal status; `completed` and `cancelled` never change.
     Retry,
+    /// Something is recorded about the pending request that leaves the run waiting on
+    /// it: `awaiting_hitl → awaiting_hitl`, the same request pending.
+    Note {
+        /// Must be the pending request.
+        request_id: RequestId,
+        /// What is recorded.
+        note: RequestNote,
+    },
+}
+
+/// What a [`Transition::Note`] records about a pending request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestNote {
+    /// A principal claimed it (or renewed its claim).
+    Claimed,
+    /// The claim's holder released it.
+    Released,
+    /// A supervisor overrode another principal's claim.
+    ClaimBroken,
+    /// An approval was counted, short of the number needed.
+    ApprovalRecorded,
+}
+
+impl RequestNote {
+    /// Every note.
+    pub const ALL: [RequestNote; 4] = [
+        RequestNote::Claimed,
+        RequestNote::Released,
+        RequestNote::ClaimBroken,
+        RequestNote::ApprovalRecorded,
+    ];
+
+    /// The audit action the note records.
+    pub const fn audit_action(self) -> AuditAction {
+        match self {
+            RequestNote::Claimed => AuditAction::RequestClaimed,
+            RequestNote::Released => AuditAction::RequestReleased,
+            RequestNote::ClaimBroken => AuditAction::ClaimBroken,
+            RequestNote::ApprovalRecorded => AuditAction::ApprovalRecorded,
+        }
+    }
 }
 
 impl Transition {
@@ -77,6 +118,12 @@ impl Transition {
             Self::Rehydrate => "rehydrate",
             Self::Retry => "retry",
             Self::AgentUnreachable => "agent_unreachable",
+            Self::Note { note, .. } => match note {
+                RequestNote::Claimed => "claim",
+                RequestNote::Released => "release",
+                RequestNote::ClaimBroken => "break_claim",
+                RequestNote::ApprovalRecorded => "record_approval",
+            },
         }
     }
 
@@ -95,6 +142,7 @@ impl Transition {
             Self::Rehydrate => AuditAction::Rehydrate,
             Self::Retry => AuditAction::Retry,
             Self::AgentUnreachable => AuditAction::AgentUnreachable,
+            Self::Note { note, .. } => note.audit_action(),
         }
     }
 }
@@ -233,6 +281,10 @@ pub fn next_status(
         }
         Transition::Cancel if from == Running => (Cancelled, None, RequestStatus::Cancelled),
         Transition::Rehydrate => (from, pending.cloned(), RequestStatus::Cancelled),
+        Transition::Note { request_id, .. } if from == AwaitingHitl => {
+            require_pending(request_id)?;
+            (AwaitingHitl, pending.cloned(), RequestStatus::Pending)
+        }
         _ => return Err(illegal()),
     };
 

@@ -244,6 +244,14 @@ text_enum! {
         /// An agent call failed in a way worth retrying (the agent is down, busy or
         /// slow): the run keeps running and the call is retried for `HITL_AGENT_RETRY_FOR`.
         AgentUnreachable => "agent_unreachable",
+        /// A principal claimed the pending request (or renewed its claim).
+        RequestClaimed => "request_claimed",
+        /// The claim's holder released it.
+        RequestReleased => "request_released",
+        /// A supervisor overrode another principal's claim (`force: true`).
+        ClaimBroken => "claim_broken",
+        /// An approval was counted, short of the number the request needs.
+        ApprovalRecorded => "approval_recorded",
     }
 }
 
@@ -265,6 +273,10 @@ impl AuditAction {
             AuditAction::Rehydrate => "rehydrated",
             AuditAction::Retry => "run_retried",
             AuditAction::AgentUnreachable => "agent_unreachable",
+            AuditAction::RequestClaimed => "request_claimed",
+            AuditAction::RequestReleased => "request_released",
+            AuditAction::ClaimBroken => "claim_broken",
+            AuditAction::ApprovalRecorded => "approval_recorded",
         }
     }
 }
@@ -378,6 +390,10 @@ mod tests {
                 "rehydrate",
                 "retry",
                 "agent_unreachable",
+                "request_claimed",
+                "request_released",
+                "claim_broken",
+                "approval_recorded",
             ]
         );
     }

@@ -475,6 +475,7 @@ impl Engine {
             .timeout_seconds
             .map(|s| (s, h.on_timeout.unwrap_or(TimeoutAction::Reject)));
         ask.assignees = h.assignees.clone();
+        ask.approvals = h.approvals;
         Ok(Step::Pause(interrupt_request(&node_id, ask)))
     }
 
@@ -744,6 +745,7 @@ fn interrupt_request(node_id: &str, i: Interrupt) -> NewRequest {
         options,
         items: i.items,
         assignees: i.assignees,
+        approvals_required: i.approvals,
         contract_summary: json!({ "facets": i.contract.facets,
                                   "capabilityContract": i.contract.capability_contract }),
         deadline: i.deadline.map(|(secs, action)| {

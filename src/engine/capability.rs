@@ -62,6 +62,8 @@ pub struct Interrupt {
     pub deadline: Option<(u64, TimeoutAction)>,
     /// Who may answer; `None`: anyone with the operate scope.
     pub assignees: Option<Assignees>,
+    /// Distinct approvals needed before the request resolves (`None`: one answer).
+    pub approvals: Option<u32>,
 }
 
 impl Interrupt {
@@ -91,6 +93,7 @@ impl Interrupt {
             contract: Contract::default(),
             deadline: None,
             assignees: None,
+            approvals: None,
         }
     }
 }

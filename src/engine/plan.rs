@@ -39,6 +39,7 @@ const HITL_FIELDS: &[&str] = &[
     "onRejection",
     "next",
     "assignees",
+    "approvals",
 ];
 const OPTION_FIELDS: &[&str] = &["id", "label"];
 const CONTRACT_FIELDS: &[&str] = &["facets", "capabilityContract"];
@@ -112,6 +113,10 @@ pub struct HitlNode {
     pub next: BTreeMap<String, String>,
     /// Who may answer the node's requests; `None`: anyone with the operate scope.
     pub assignees: Option<crate::persistence::Assignees>,
+    /// Distinct approvals (1 to [`MAX_APPROVALS`]) needed before a request resolves;
+    /// `None`: one answer settles it. Only with `responseTypes` of approval (and
+    /// rejection).
+    pub approvals: Option<u32>,
 }
 
 /// One choice offered by a HITL node.
@@ -263,6 +268,9 @@ fn node_to_json(node: &Node) -> Value {
                     "assignees".into(),
                     json!({ "users": a.users, "groups": a.groups }),
                 );
+            }
+            if let Some(n) = hitl.approvals {
+                out.insert("approvals".into(), json!({ "required": n }));
             }
         }
     }
@@ -481,6 +489,16 @@ fn parse_hitl(object: &Map<String, Value>, at: At<'_>) -> Result<HitlNode, PlanE
             at.error(format!("{}{field}", join(at.path, "assignees")), why)
         })?),
     };
+    let approvals = match present(object, "approvals") {
+        None => None,
+        Some(value) => {
+            let n = parse_approvals(value).map_err(|(field, why)| {
+                at.error(format!("{}{field}", join(at.path, "approvals")), why)
+            })?;
+            approvals_fit(&response_types).map_err(|why| at.error_in("approvals", why))?;
+            Some(n)
+        }
+    };
     Ok(HitlNode {
         prompt,
         response_types,
@@ -491,7 +509,49 @@ fn parse_hitl(object: &Map<String, Value>, at: At<'_>) -> Result<HitlNode, PlanE
         on_rejection,
         next,
         assignees,
+        approvals,
     })
+}
+
+/// The most approvals a request may need.
+pub const MAX_APPROVALS: u32 = 20;
+
+/// `{required: N}`, N a whole number from 1 to [`MAX_APPROVALS`]. Errors: (path under
+/// `approvals`, why).
+pub fn parse_approvals(value: &Value) -> Result<u32, (String, String)> {
+    let Some(object) = value.as_object() else {
+        return Err((String::new(), "must be an object: {\"required\": N}".into()));
+    };
+    if let Some(key) = object.keys().find(|k| k.as_str() != "required") {
+        return Err((
+            format!(".{key}"),
+            "is not a field of approvals (required)".into(),
+        ));
+    }
+    match object.get("required").map(Value::as_u64) {
+        None => Err((".required".into(), "is required".into())),
+        Some(Some(n)) if (1..=u64::from(MAX_APPROVALS)).contains(&n) => Ok(n as u32),
+        Some(_) => Err((
+            ".required".into(),
+            format!("must be a whole number from 1 to {MAX_APPROVALS}"),
+        )),
+    }
+}
+
+/// Whether answers of `types` can be counted as approvals: approval must be among them,
+/// and nothing but approval and rejection (two different choices cannot add up).
+pub fn approvals_fit(types: &[ResponseType]) -> Result<(), String> {
+    if !types.contains(&ResponseType::Approval)
+        || types
+            .iter()
+            .any(|t| !matches!(t, ResponseType::Approval | ResponseType::Rejection))
+    {
+        return Err(
+            "needs responseTypes of approval (and rejection) only: each approval is the same decision"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// At most this many users, and this many groups, per request.

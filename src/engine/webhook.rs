@@ -342,6 +342,8 @@ struct AgentRequest {
     on_timeout: Option<TimeoutAction>,
     #[serde(default)]
     assignees: Option<Value>,
+    #[serde(default)]
+    approvals: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -400,6 +402,7 @@ fn interrupt(node_id: &str, request: AgentRequest) -> Result<Interrupt, String> 
         }
         Ok(types)
     };
+    let one_item = request.items.is_none();
     let items = match (request.items, request.response_types) {
         (Some(_), Some(_)) => {
             return bad(
@@ -482,8 +485,29 @@ fn interrupt(node_id: &str, request: AgentRequest) -> Result<Interrupt, String> 
                 .or_else(|(field, why)| bad(format!("assignees{field}"), &why))?,
         ),
     };
+    let approvals = match request.approvals.filter(|v| !v.is_null()) {
+        None => None,
+        Some(value) => {
+            let n = super::plan::parse_approvals(&value)
+                .or_else(|(field, why)| bad(format!("approvals{field}"), &why))?;
+            if let Some((i, why)) = items.iter().enumerate().find_map(|(i, item)| {
+                super::plan::approvals_fit(&item.response_types)
+                    .err()
+                    .map(|why| (i, why))
+            }) {
+                let field = if one_item {
+                    "responseTypes".to_owned()
+                } else {
+                    format!("items[{i}].responseTypes")
+                };
+                return bad(field, &why);
+            }
+            Some(n)
+        }
+    };
     let contract = request.contract.unwrap_or_default();
     Ok(Interrupt {
+        approvals,
         assignees,
         prompt: request.prompt,
         items,

@@ -12,13 +12,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgExecutor};
 
+use super::claims::{Actor, Claim};
 use super::jobs::{Advance, ApplyRemove, ApplyResume, ApplyRetry};
 use super::queue;
-use super::requests::{RequestItem, RequestShape, ResponseInput, validate_responses};
+use super::requests::{Approvals, RequestItem, RequestShape, ResponseInput, validate_responses};
 use super::{AdvanceBy, AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit};
 use crate::domain::{
     AuditAction, CommandId, CommandKind, CommandStatus, Refusal, RefusalContext, RequestId,
-    ResponseId, RunId, RunStatus, Transition, TransitionError, Winner,
+    RequestNote, ResponseId, ResponseType, RunId, RunStatus, Transition, TransitionError, Winner,
 };
 
 /// A submission to record.
@@ -38,6 +39,9 @@ pub struct NewCommand {
     pub trace_context: Option<Value>,
     /// The credential it came with (its name).
     pub principal: Option<String>,
+    /// Who a resume's approval counts as (see `hitl_approvals`): `operator:<id>` for a
+    /// bound credential, `principal:<name>` for an act-as one.
+    pub approver: Option<String>,
 }
 
 /// A command row.
@@ -64,6 +68,8 @@ pub struct CommandRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// The credential it came with (its name).
     pub principal: Option<String>,
+    /// Who its approval counts as, for a resume.
+    pub approver: Option<String>,
 }
 
 /// What recording returned: the command, and whether this call created it (`false`: an
@@ -76,7 +82,7 @@ pub struct RecordedCommand {
 
 const COMMAND_COLUMNS: &str = "command_id, kind, run_id, request_id, idempotency_key, payload, \
     operator, note, status, outcome, error, attempts, trace_context, created_at, updated_at, \
-    started_at, finished_at, principal";
+    started_at, finished_at, principal, approver";
 
 /// Records a submission, `queued`. With an idempotency key already used for the same
 /// kind, returns the earlier command unchanged when the payload is equal, and refuses
@@ -88,8 +94,8 @@ pub async fn record_command(
     let command_id = CommandId::new();
     let inserted: Option<CommandRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "insert into hitl_commands (command_id, kind, run_id, request_id, idempotency_key, \
-             payload, operator, note, trace_context, principal) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             payload, operator, note, trace_context, principal, approver) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
          on conflict (kind, idempotency_key) do nothing returning {COMMAND_COLUMNS}"
     )))
     .bind(&command_id)
@@ -102,6 +108,7 @@ pub async fn record_command(
     .bind(&new.note)
     .bind(&new.trace_context)
     .bind(&new.principal)
+    .bind(&new.approver)
     .fetch_optional(&mut **tx)
     .await?;
     if let Some(command) = inserted {
@@ -185,6 +192,12 @@ struct ToApply {
     /// The named request's items (`null` for a command naming no request).
     #[sqlx(rename = "shape_items")]
     items: Option<sqlx::types::Json<Vec<RequestItem>>>,
+    /// The claim on the request the command acts on, while its lease lasts.
+    #[sqlx(rename = "shape_claim")]
+    claim: Option<sqlx::types::Json<Claim>>,
+    /// Distinct approvals the named request needs.
+    #[sqlx(rename = "shape_approvals_required")]
+    approvals_required: Option<i32>,
 }
 
 #[derive(Deserialize)]
@@ -193,6 +206,17 @@ struct CommandPayload {
     responses: Vec<ResponseInput>,
     #[serde(default)]
     reason: Option<String>,
+    /// Override another principal's claim (the API checked the `supervise` scope).
+    #[serde(default)]
+    force: bool,
+}
+
+/// What the command acts on besides the run: the named request's items and the number
+/// of approvals it needs, and the claim on the request it acts on.
+struct Subject {
+    items: Vec<RequestItem>,
+    claim: Option<Claim>,
+    approvals_required: Option<i32>,
 }
 
 /// Applies a recorded resume or remove command, exactly once in effect.
@@ -205,7 +229,7 @@ pub async fn apply_command(
     // The run is found through the command and locked in one statement (a command's
     // run never changes); the command itself is read after the lock, so its status is
     // the one the run's last transition left.
-    let run = sqlx::query_as::<_, LockedRun>(
+    let mut run = sqlx::query_as::<_, LockedRun>(
         "select run_id, status, pending_request_id, version from orchestrator_runs \
          where run_id = (select run_id from hitl_commands where command_id = $1) \
          for no key update",
@@ -217,17 +241,29 @@ pub async fn apply_command(
         entity: "command",
         id: command_id.to_string(),
     })?;
-    // The named request's shape comes along: it never changes once raised.
-    let ToApply { command, items } = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    // The named request's shape comes along (it never changes once raised), and the
+    // claim on the request acted on (a remove may name none: the pending one).
+    let to_apply: ToApply = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {COMMAND_COLUMNS}, \
-             (select {} from hitl_requests q where q.request_id = c.request_id) as shape_items \
+             (select {} from hitl_requests q where q.request_id = c.request_id) as shape_items, \
+             (select case when q.claim_expires_at > now() then jsonb_build_object( \
+                      'claimedBy', q.claimed_by, 'claimExpiresAt', q.claim_expires_at) end \
+              from hitl_requests q where q.request_id = coalesce(c.request_id, $2)) as shape_claim, \
+             (select q.approvals_required from hitl_requests q where q.request_id = c.request_id) \
+                 as shape_approvals_required \
          from hitl_commands c where command_id = $1 for update of c",
         super::requests::items_sql("q")
     )))
     .bind(command_id)
+    .bind(&run.pending_request_id)
     .fetch_one(&mut **tx)
     .await?;
-    let shape = items.map(|i| i.0).unwrap_or_default();
+    let command = to_apply.command;
+    let subject = Subject {
+        items: to_apply.items.map(|i| i.0).unwrap_or_default(),
+        claim: to_apply.claim.map(|c| c.0),
+        approvals_required: to_apply.approvals_required,
+    };
     if command.status.is_final() {
         return Ok(ApplyOutcome::AlreadyFinal { command });
     }
@@ -241,18 +277,18 @@ pub async fn apply_command(
         }
     };
     match command.kind {
-        CommandKind::Resume => apply_resume(tx, &run, command, payload, &shape, advance).await,
-        CommandKind::Remove => apply_remove(tx, &run, command, payload).await,
+        CommandKind::Resume => apply_resume(tx, &mut run, command, payload, subject, advance).await,
+        CommandKind::Remove => apply_remove(tx, &mut run, command, payload, subject).await,
         CommandKind::Retry => apply_retry(tx, &run, command, advance).await,
     }
 }
 
 async fn apply_resume(
     tx: &mut Tx<'_>,
-    run: &LockedRun,
+    run: &mut LockedRun,
     command: CommandRecord,
     payload: CommandPayload,
-    items: &[RequestItem],
+    subject: Subject,
     advance: AdvanceBy,
 ) -> Result<ApplyOutcome, PersistenceError> {
     let Some(request_id) = command.request_id.clone() else {
@@ -274,7 +310,8 @@ async fn apply_resume(
     };
     let shape = RequestShape {
         request_id: &request_id,
-        items,
+        items: &subject.items,
+        approvals_required: subject.approvals_required,
     };
     let answered = match validate_responses(&shape, &payload.responses) {
         Ok(answered) => answered,
@@ -286,6 +323,41 @@ async fn apply_resume(
             return reject(tx, &command, why).await;
         }
     };
+    if let Some(refused) = settle_claim(tx, run, &command, &payload, &request_id, &subject).await? {
+        return reject(tx, &command, refused).await;
+    }
+    let mut approvals = None;
+    if let Some(required) = subject.approvals_required
+        && payload
+            .responses
+            .iter()
+            .all(|r| r.response_type == ResponseType::Approval && r.approved == Some(true))
+    {
+        match count_approval(tx, run, &command, &request_id, &subject, required).await? {
+            Counted::Twice(why) => return reject(tx, &command, why).await,
+            Counted::Short { approvals, version } => {
+                let outcome = json!({
+                    "run": { "runId": run.run_id, "status": RunStatus::AwaitingHitl,
+                             "version": version, "pendingRequestId": request_id },
+                    "approvals": approvals,
+                });
+                let command = finish_command(
+                    tx,
+                    &command.command_id,
+                    CommandStatus::Succeeded,
+                    outcome,
+                    None,
+                )
+                .await?;
+                return Ok(ApplyOutcome::Applied {
+                    command,
+                    run_status: RunStatus::AwaitingHitl,
+                    version,
+                });
+            }
+            Counted::Enough(all) => approvals = Some(all),
+        }
+    }
     for (position, (r, item_id)) in payload.responses.iter().zip(answered).enumerate() {
         // An edit approves, with other arguments.
         let approved = match r.response_type {
@@ -336,7 +408,10 @@ async fn apply_resume(
             note: command.note.as_deref(),
             from_status: Some(run.status),
             to_status: Some(outcome.status),
-            details: Some(json!({ "responses": payload.responses.len() })),
+            details: Some(match &approvals {
+                None => json!({ "responses": payload.responses.len() }),
+                Some(a) => json!({ "responses": payload.responses.len(), "approvals": a }),
+            }),
         },
     )
     .await?;
@@ -345,14 +420,163 @@ async fn apply_resume(
         let run_id = run.run_id.clone();
         queue::enqueue(tx, &Advance { run_id }, None).await?;
     }
-    succeed(tx, command, &run.run_id, outcome.status, version).await
+    succeed(
+        tx,
+        command,
+        &run.run_id,
+        outcome.status,
+        version,
+        approvals.as_ref(),
+    )
+    .await
+}
+
+/// What counting an approval came to.
+enum Counted {
+    /// This approver was counted before.
+    Twice(Refusal),
+    /// Counted, and still short of the number needed: the run keeps waiting.
+    Short { approvals: Approvals, version: i64 },
+    /// Counted, and the number is reached: the resume resolves the request.
+    Enough(Approvals),
+}
+
+/// Counts the command's approval of `request_id` once per approver (the primary key of
+/// `hitl_approvals` refuses a second). Short of the number needed, the run stays waiting
+/// with an `approval_recorded` event, and the approver's own claim ends with it.
+async fn count_approval(
+    tx: &mut Tx<'_>,
+    run: &mut LockedRun,
+    command: &CommandRecord,
+    request_id: &RequestId,
+    subject: &Subject,
+    required: i32,
+) -> Result<Counted, PersistenceError> {
+    let approver = command
+        .approver
+        .clone()
+        .unwrap_or_else(|| format!("operator:{}", command.operator.id));
+    let counted = sqlx::query(
+        "insert into hitl_approvals (request_id, approver, command_id, principal, operator) \
+         values ($1, $2, $3, $4, $5) on conflict do nothing",
+    )
+    .bind(request_id)
+    .bind(&approver)
+    .bind(&command.command_id)
+    .bind(&command.principal)
+    .bind(sqlx::types::Json(&command.operator))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let approvals: sqlx::types::Json<Approvals> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select {} from hitl_requests q where q.request_id = $1",
+        super::requests::approvals_sql("q")
+    )))
+    .bind(request_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let approvals = approvals.0;
+    if !counted {
+        let mut context = run.context(Some(request_id));
+        context.request_status = Some(crate::domain::RequestStatus::Pending);
+        return Ok(Counted::Twice(Refusal::AlreadyApproved {
+            message: format!(
+                "{approver} has already approved request {request_id} ({} of {} approvals are in)",
+                approvals.have, approvals.required
+            ),
+            approver,
+            context,
+        }));
+    }
+    if approvals.have >= i64::from(required) {
+        return Ok(Counted::Enough(approvals));
+    }
+    let mut details = json!({ "approver": approver, "have": approvals.have,
+                              "required": approvals.required });
+    if subject.claim.as_ref().is_some_and(|c| {
+        c.claimed_by
+            .is(command.principal.as_deref(), &command.operator)
+    }) {
+        super::claims::clear_claim(tx, request_id).await?;
+        details["claimReleased"] = json!(true);
+    }
+    let version = super::claims::note(
+        tx,
+        run,
+        request_id,
+        RequestNote::ApprovalRecorded,
+        Actor {
+            principal: command.principal.as_deref(),
+            operator: &command.operator,
+            command_id: Some(&command.command_id),
+        },
+        details,
+    )
+    .await?;
+    Ok(Counted::Short { approvals, version })
+}
+
+/// A claim another principal holds on the request stops the command (`claimed`), unless
+/// the command was forced (the API checked `supervise`): then the claim is broken, with
+/// its own audit event, before the command applies.
+async fn settle_claim(
+    tx: &mut Tx<'_>,
+    run: &mut LockedRun,
+    command: &CommandRecord,
+    payload: &CommandPayload,
+    request_id: &RequestId,
+    subject: &Subject,
+) -> Result<Option<Refusal>, PersistenceError> {
+    let Some(claim) = &subject.claim else {
+        return Ok(None);
+    };
+    if claim
+        .claimed_by
+        .is(command.principal.as_deref(), &command.operator)
+    {
+        return Ok(None);
+    }
+    if !payload.force {
+        let mut context = run.context(Some(request_id));
+        context.request_status = Some(crate::domain::RequestStatus::Pending);
+        return Ok(Some(claimed_refusal(claim, context)));
+    }
+    let by = Actor {
+        principal: command.principal.as_deref(),
+        operator: &command.operator,
+        command_id: Some(&command.command_id),
+    };
+    super::claims::break_claim(tx, run, request_id, claim, by).await?;
+    Ok(None)
+}
+
+/// `claimed`: who holds the request, and until when.
+pub fn claimed_refusal(claim: &Claim, context: RefusalContext) -> Refusal {
+    let request = context
+        .request_id
+        .as_ref()
+        .map_or_else(|| "the request".to_owned(), |id| format!("request {id}"));
+    Refusal::Claimed {
+        message: format!(
+            "{request} is claimed by {} until {}",
+            claim.claimed_by.describe(),
+            claim
+                .claim_expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        holder: claim.claimed_by.clone(),
+        expires_at: claim.claim_expires_at,
+        context,
+    }
 }
 
 async fn apply_remove(
     tx: &mut Tx<'_>,
-    run: &LockedRun,
+    run: &mut LockedRun,
     command: CommandRecord,
     payload: CommandPayload,
+    subject: Subject,
 ) -> Result<ApplyOutcome, PersistenceError> {
     let transition = Transition::Remove {
         request_id: command.request_id.clone(),
@@ -371,6 +595,12 @@ async fn apply_remove(
         .clone()
         .unwrap_or_else(|| "removed by an operator".to_owned());
     let denied = run.pending_request_id.clone();
+    if let Some(request_id) = &denied
+        && let Some(refused) =
+            settle_claim(tx, run, &command, &payload, request_id, &subject).await?
+    {
+        return reject(tx, &command, refused).await;
+    }
     if let Some(request_id) = &denied {
         sqlx::query(
             "update hitl_requests set status = 'denied', denial_reason = $2, resolved_at = now(), \
@@ -408,7 +638,7 @@ async fn apply_remove(
             .execute(&mut **tx)
             .await?;
     }
-    succeed(tx, command, &run.run_id, outcome.status, version).await
+    succeed(tx, command, &run.run_id, outcome.status, version, None).await
 }
 
 /// `failed → running` at the node that failed: the run's checkpointed context and
@@ -466,7 +696,7 @@ async fn apply_retry(
         let run_id = run.run_id.clone();
         queue::enqueue(tx, &Advance { run_id }, None).await?;
     }
-    succeed(tx, command, &run.run_id, outcome.status, version).await
+    succeed(tx, command, &run.run_id, outcome.status, version, None).await
 }
 
 /// Why a retry cannot apply: another retry (after `since`, the refused command's own
@@ -534,9 +764,13 @@ async fn succeed(
     run_id: &RunId,
     status: RunStatus,
     version: i64,
+    approvals: Option<&Approvals>,
 ) -> Result<ApplyOutcome, PersistenceError> {
-    let outcome = json!({ "run": { "runId": run_id, "status": status, "version": version,
+    let mut outcome = json!({ "run": { "runId": run_id, "status": status, "version": version,
                                    "pendingRequestId": null } });
+    if let Some(a) = approvals {
+        outcome["approvals"] = json!(a);
+    }
     let command = finish_command(
         tx,
         &command.command_id,

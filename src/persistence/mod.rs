@@ -11,6 +11,7 @@
 //! any of its requests or commands gives one lock order, so transitions cannot deadlock.
 
 mod agent_wait;
+mod claims;
 mod commands;
 pub mod events;
 pub mod jobs;
@@ -32,15 +33,16 @@ use crate::domain::{
 };
 
 pub use agent_wait::{AgentRetry, AgentWait, fail_abandoned_run, note_agent_unreachable};
+pub use claims::{Claim, ClaimSubject, lock_claim_subject, write_claim, write_release};
 pub use commands::{
-    ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, explain_refusal,
-    explain_retry_refusal, fail_command, find_command, find_command_by_idempotency_key,
-    record_command,
+    ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, claimed_refusal,
+    explain_refusal, explain_retry_refusal, fail_command, find_command,
+    find_command_by_idempotency_key, record_command,
 };
 pub use requests::{
-    Assignees, ExpireOutcome, ItemKind, ItemOption, PendingFilter, PendingItem, RequestItem,
-    RequestShape, ResponseInput, ResponseProblem, ToolCall, expire_request, list_pending,
-    validate_responses,
+    Approval, Approvals, Assignees, ExpireOutcome, ItemKind, ItemOption, PendingFilter,
+    PendingItem, RequestItem, RequestShape, ResponseInput, ResponseProblem, ToolCall,
+    expire_request, list_pending, validate_responses,
 };
 pub use runs::{
     BriefInput, Checkpoint, CreatedRun, Finish, NewRequest, NewRun, NodeRunnerState, RunHeader,

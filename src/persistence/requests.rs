@@ -10,8 +10,8 @@ use super::jobs::Advance;
 use super::queue;
 use super::{AdvanceBy, AuditEntry, PersistenceError, Tx, append_audit, lock_run};
 use crate::domain::{
-    AuditAction, BriefId, RequestId, RequestStatus, ResponseType, RunId, RunStatus, ThreadId,
-    TimeoutAction, Transition,
+    AuditAction, BriefId, ClaimHolder, CommandId, Operator, RequestId, RequestStatus, ResponseType,
+    RunId, RunStatus, ThreadId, TimeoutAction, Transition,
 };
 
 /// What an item asks an operator for.
@@ -97,6 +97,65 @@ pub(crate) fn items_sql(q: &str) -> String {
     )
 }
 
+/// The claim on request alias `q` while its lease lasts and the request is pending:
+/// `claimed_by` and `claim_expires_at`, both null otherwise (a lease ends by time alone).
+pub(crate) fn claim_sql(q: &str) -> String {
+    let live = format!("{q}.claim_expires_at > now() and {q}.status = 'pending'");
+    format!(
+        "case when {live} then {q}.claimed_by end as claimed_by, \
+         case when {live} then {q}.claim_expires_at end as claim_expires_at"
+    )
+}
+
+/// The approvals of request alias `q` (`{required, have, by}`), null for a request that
+/// needs none.
+pub(crate) fn approvals_sql(q: &str) -> String {
+    format!(
+        "case when {q}.approvals_required is not null then jsonb_build_object( \
+             'required', {q}.approvals_required, \
+             'have', (select count(*) from hitl_approvals a where a.request_id = {q}.request_id), \
+             'by', coalesce((select jsonb_agg(jsonb_build_object('approver', a.approver, \
+                     'principal', a.principal, 'operator', a.operator, 'commandId', a.command_id, \
+                     'at', a.created_at) order by a.created_at, a.approver) \
+                 from hitl_approvals a where a.request_id = {q}.request_id), '[]'::jsonb)) end"
+    )
+}
+
+/// How far a request needing several approvals has got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approvals {
+    /// Distinct approvals needed.
+    pub required: i64,
+    /// Counted so far.
+    pub have: i64,
+    /// Who approved, oldest first.
+    pub by: Vec<Approval>,
+}
+
+impl Approvals {
+    /// Whether `approver` is among those counted.
+    pub fn counts(&self, approver: &str) -> bool {
+        self.by.iter().any(|a| a.approver == approver)
+    }
+}
+
+/// One approval counted towards a request's `approvals.required`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// Who it counts as: `operator:<id>` for a credential bound to an operator,
+    /// `principal:<name>` for an act-as credential (however many operators it names).
+    pub approver: String,
+    /// The credential's name.
+    pub principal: Option<String>,
+    /// The operator it acted as.
+    pub operator: Operator,
+    /// The resume that carried it.
+    pub command_id: CommandId,
+    pub at: DateTime<Utc>,
+}
+
 /// One answer as an operator sends it (the runbook's `responses[]` items).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -147,6 +206,10 @@ pub struct ResponseProblem {
 pub struct RequestShape<'a> {
     pub request_id: &'a RequestId,
     pub items: &'a [RequestItem],
+    /// Distinct approvals the request needs (`None`: one answer settles it); such a
+    /// request takes only approvals and rejections, so that every approval counted is the
+    /// same decision.
+    pub approvals_required: Option<i32>,
 }
 
 /// Checks every answer against the request — each names one of its items (or the only
@@ -211,6 +274,19 @@ pub fn validate_responses<'r>(
                 );
             }
         };
+        if let Some(required) = request.approvals_required
+            && !matches!(
+                r.response_type,
+                ResponseType::Approval | ResponseType::Rejection
+            )
+        {
+            return problem(
+                at("responseType"),
+                format!(
+                    "this request needs {required} approvals by distinct people: each answer is an approval or a rejection"
+                ),
+            );
+        }
         if !item.response_types.contains(&r.response_type) {
             let accepted: Vec<&str> = item.response_types.iter().map(|t| t.as_str()).collect();
             return problem(
@@ -328,6 +404,14 @@ pub struct PendingItem {
     /// Who may answer it (`null`: anyone with the operate scope).
     #[schema(value_type = Option<Assignees>)]
     pub assignees: Option<sqlx::types::Json<Assignees>>,
+    /// Who is working on it, while the claim's lease lasts (`null`: nobody).
+    #[schema(value_type = Option<ClaimHolder>)]
+    pub claimed_by: Option<sqlx::types::Json<ClaimHolder>>,
+    /// When the claim's lease ends.
+    pub claim_expires_at: Option<DateTime<Utc>>,
+    /// For a request needing several approvals: how many, and who approved so far.
+    #[schema(value_type = Option<Approvals>)]
+    pub approvals: Option<sqlx::types::Json<Approvals>>,
     pub execution_context: Value,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -342,11 +426,13 @@ pub async fn list_pending(
     let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "select r.run_id, r.thread_id, r.brief_id, r.request_id as pending_request_id, \
              r.node_id as pending_node_id, r.operator_prompt, r.contract_summary, \
-             r.response_types, r.options, {} as items, r.assignees, o.execution_context, \
-             r.created_at, r.expires_at \
+             r.response_types, r.options, {} as items, r.assignees, {}, {} as approvals, \
+             o.execution_context, r.created_at, r.expires_at \
          from hitl_requests r join orchestrator_runs o on o.run_id = r.run_id \
          where r.status = 'pending'",
-        items_sql("r")
+        items_sql("r"),
+        claim_sql("r"),
+        approvals_sql("r")
     ));
     if let Some(t) = &filter.thread_id {
         q.push(" and r.thread_id = ")

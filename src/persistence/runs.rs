@@ -364,6 +364,8 @@ pub struct NewRequest {
     pub items: Vec<super::RequestItem>,
     /// Who may answer it; `None`: anyone with the operate scope.
     pub assignees: Option<super::Assignees>,
+    /// Distinct approvals needed before it resolves (`None`: one answer settles it).
+    pub approvals_required: Option<u32>,
     /// Facets and capability contract (JSON object).
     pub contract_summary: Value,
     /// The deadline, with what it does when it passes.
@@ -391,8 +393,8 @@ pub async fn raise_request(
     sqlx::query(
         "insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, \
              operator_prompt, response_types, options, contract_summary, expires_at, on_timeout, \
-             items, assignees) \
-         select $1, run_id, thread_id, brief_id, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+             items, assignees, approvals_required) \
+         select $1, run_id, thread_id, brief_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
          from orchestrator_runs where run_id = $2",
     )
     .bind(&request_id)
@@ -406,6 +408,11 @@ pub async fn raise_request(
     .bind(request.deadline.map(|(_, action)| action))
     .bind(sqlx::types::Json(&request.items))
     .bind(request.assignees.as_ref().map(sqlx::types::Json))
+    .bind(
+        request
+            .approvals_required
+            .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+    )
     .execute(&mut **tx)
     .await?;
     let version: i64 = sqlx::query_scalar(

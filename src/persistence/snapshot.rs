@@ -74,6 +74,14 @@ pub struct RequestRecord {
     /// Who may answer it (`null`: anyone with the operate scope).
     #[schema(value_type = Option<super::Assignees>)]
     pub assignees: Option<sqlx::types::Json<super::Assignees>>,
+    /// Who is working on it, while the claim's lease lasts (`null`: nobody).
+    #[schema(value_type = Option<crate::domain::ClaimHolder>)]
+    pub claimed_by: Option<sqlx::types::Json<crate::domain::ClaimHolder>>,
+    /// When the claim's lease ends.
+    pub claim_expires_at: Option<DateTime<Utc>>,
+    /// For a request needing several approvals: how many, and who approved so far.
+    #[schema(value_type = Option<super::Approvals>)]
+    pub approvals: Option<sqlx::types::Json<super::Approvals>>,
     pub contract_summary: Value,
     pub expires_at: Option<DateTime<Utc>>,
     pub on_timeout: Option<TimeoutAction>,
@@ -255,7 +263,8 @@ async fn load_parts(
     // Requests and their answers in one read: a row per answer, or one with no answer.
     let rows: Vec<RequestAnswerRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select q.request_id, q.node_id, q.status, q.operator_prompt, q.response_types, \
-             q.options, {} as items, q.assignees, q.contract_summary, q.expires_at, q.on_timeout, \
+             q.options, {} as items, q.assignees, {}, {} as approvals, q.contract_summary, \
+             q.expires_at, q.on_timeout, \
              q.created_at, q.resolved_at, q.resolved_by, q.denial_reason, \
              s.response_id, coalesce(s.item_id, q.node_id) as item_id, s.response_type, \
              s.edited_arguments, s.approved, s.option_id, s.freeform_text, \
@@ -264,7 +273,9 @@ async fn load_parts(
          from hitl_requests q left join hitl_responses s on s.request_id = q.request_id \
          where q.run_id = $1 \
          order by q.created_at, q.request_id, s.command_id, s.position",
-        super::requests::items_sql("q")
+        super::requests::items_sql("q"),
+        super::requests::claim_sql("q"),
+        super::requests::approvals_sql("q")
     )))
     .bind(run_id)
     .fetch_all(&mut *conn)

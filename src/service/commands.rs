@@ -17,8 +17,8 @@ use serde_json::Value;
 use super::input::IdempotencyKey;
 use super::{Entity, RunSnapshot, Service, ServiceError};
 use crate::domain::{
-    CommandId, CommandKind, Operator, Refusal, RefusalContext, RequestId, RunId, ThreadId,
-    Transition, next_status,
+    CommandId, CommandKind, Operator, Refusal, RefusalContext, RequestId, ResponseType, RunId,
+    ThreadId, Transition, next_status,
 };
 use crate::persistence::{
     self, CommandRecord, NewCommand, RequestShape, ResponseInput, RunRef, Tx,
@@ -63,11 +63,15 @@ pub enum CommandInput {
     Resume {
         request_id: RequestId,
         responses: Vec<ResponseInput>,
+        /// Override another principal's claim on the request (needs `supervise`).
+        force: bool,
     },
     /// Cancel the run; `request_id`, when given, must be the pending request.
     Remove {
         request_id: Option<RequestId>,
         reason: Option<String>,
+        /// As for a resume.
+        force: bool,
     },
     /// Put a failed run back to running at the node that failed.
     Retry,
@@ -101,6 +105,8 @@ struct Payload<'a> {
     reason: Option<Option<&'a str>>,
     operator: &'a Operator,
     note: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    force: bool,
 }
 
 impl SubmitCommand {
@@ -120,6 +126,13 @@ impl SubmitCommand {
         }
     }
 
+    fn force(&self) -> bool {
+        match self.input {
+            CommandInput::Resume { force, .. } | CommandInput::Remove { force, .. } => force,
+            CommandInput::Retry => false,
+        }
+    }
+
     fn payload(&self) -> Result<Value, ServiceError> {
         let (responses, reason) = match &self.input {
             CommandInput::Resume { responses, .. } => (Some(responses.as_slice()), None),
@@ -134,6 +147,7 @@ impl SubmitCommand {
             reason,
             operator: &self.operator,
             note: self.note.as_deref(),
+            force: self.force(),
         })
         .map_err(|e| ServiceError::Internal(format!("a command's payload: {e}")))
     }
@@ -202,6 +216,10 @@ impl Service {
                 operator: submission.operator,
                 note: submission.note,
                 principal: submission.principal.as_ref().map(|p| p.name.to_string()),
+                approver: match (&submission.input, &submission.principal) {
+                    (CommandInput::Resume { .. }, Some(p)) => Some(p.approver()),
+                    _ => None,
+                },
                 trace_context: crate::telemetry::current_trace_context()
                     .and_then(|c| serde_json::to_value(c).ok()),
             },
@@ -334,10 +352,19 @@ async fn check(
                 .unwrap_or_default(),
         });
     }
+    if submission.force()
+        && !submission
+            .principal
+            .as_ref()
+            .is_some_and(|p| p.scopes.contains(crate::identity::Scope::Supervise))
+    {
+        return Err(ServiceError::ForceNeedsSupervise);
+    }
     if let (Some(request), CommandInput::Resume { responses, .. }) = (request, &submission.input) {
         let shape = RequestShape {
             request_id: &request.request_id,
             items: &request.items,
+            approvals_required: request.approvals.as_ref().map(|a| a.required as i32),
         };
         persistence::validate_responses(&shape, responses)
             .map_err(|p| ServiceError::invalid(p.field, p.message))?;
@@ -362,6 +389,49 @@ async fn check(
         let refusal = match transition {
             Transition::Retry => persistence::explain_retry_refusal(tx, context, None).await?,
             _ => persistence::explain_refusal(tx, context, &error).await?,
+        };
+        return Err(ServiceError::Refused(Box::new(refusal)));
+    }
+    // The request is pending: a claim someone else holds, or an approval already
+    // counted, refuses the command now, as the worker would.
+    let context = || RefusalContext {
+        run_id: Some(run.run_id.clone()),
+        run_status: Some(run.status),
+        request_id: assigned.map(|r| r.request_id.clone()),
+        request_status: assigned.map(|r| r.status),
+        pending_request_id: run.pending_request_id.clone(),
+    };
+    if let Some(request) = assigned.filter(|_| !matches!(submission.input, CommandInput::Retry))
+        && let (Some(holder), Some(expires_at)) = (&request.claimed_by, request.claim_expires_at)
+        && !submission.force()
+        && !holder.0.is(
+            submission.principal.as_ref().map(|p| &*p.name),
+            &submission.operator,
+        )
+    {
+        let claim = persistence::Claim {
+            claimed_by: holder.0.clone(),
+            claim_expires_at: expires_at,
+        };
+        let refusal = persistence::claimed_refusal(&claim, context());
+        return Err(ServiceError::Refused(Box::new(refusal)));
+    }
+    if let (Some(request), CommandInput::Resume { responses, .. }, Some(principal)) =
+        (request, &submission.input, &submission.principal)
+        && let Some(approvals) = &request.approvals
+        && approvals.counts(&principal.approver())
+        && responses
+            .iter()
+            .all(|r| r.response_type == ResponseType::Approval && r.approved == Some(true))
+    {
+        let approver = principal.approver();
+        let refusal = Refusal::AlreadyApproved {
+            message: format!(
+                "{approver} has already approved request {} ({} of {} approvals are in)",
+                request.request_id, approvals.have, approvals.required
+            ),
+            approver,
+            context: context(),
         };
         return Err(ServiceError::Refused(Box::new(refusal)));
     }

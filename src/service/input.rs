@@ -20,7 +20,9 @@ pub const MAX_TITLE: usize = 500;
 // OpenAPI document does) without reaching past the service layer.
 pub use super::pending::{DEFAULT_LIMIT as DEFAULT_PAGE_SIZE, MAX_LIMIT as MAX_PAGE_SIZE};
 pub use crate::domain::ids::THREAD_ID_MAX_CHARS;
-pub use crate::engine::plan::{MAX_ASSIGNEES, MAX_NODE_ID_LEN, MAX_NODES, MAX_TIMEOUT_SECONDS};
+pub use crate::engine::plan::{
+    MAX_APPROVALS, MAX_ASSIGNEES, MAX_NODE_ID_LEN, MAX_NODES, MAX_TIMEOUT_SECONDS,
+};
 
 /// A client's key making a retried submission return the same command: 1 to 256
 /// visible ASCII characters.

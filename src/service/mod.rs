@@ -8,6 +8,7 @@
 //! Below: `engine` (plans, advancing runs) and `persistence` (all SQL). Above: the front
 //! ends and the job handlers.
 
+pub mod claims;
 pub mod commands;
 pub mod events;
 pub mod input;
@@ -29,6 +30,7 @@ pub use crate::persistence::{
     AuditRecord, BriefInput, CommandRecord, CreatedRun, PendingItem, RequestRecord, ResponseInput,
     ResponseRecord, RunRecord, RunSnapshot,
 };
+pub use claims::{ClaimOrder, ClaimState};
 pub use commands::{CommandInput, CommandState, RunTarget, SubmitCommand, Submitted};
 pub use events::{EventFilter, EventHub, EventSettings, EventStream};
 pub use metrics::{refresh_gauges, refresh_loop};
@@ -145,6 +147,9 @@ pub enum ServiceError {
         "request {request_id} is assigned to other operators; this credential may not answer or remove it"
     )]
     NotAssignee { request_id: String },
+    /// `force: true` from a credential without the `supervise` scope.
+    #[error("force overrides another principal's claim and needs the supervise scope")]
+    ForceNeedsSupervise,
     /// The credential is bound to an operator and the body names another.
     #[error("this credential acts as operator {bound}; the body names another operator")]
     OperatorMismatch { bound: String },

@@ -28,14 +28,36 @@ pub const SUBMITTER: &str = "submitter-token-0123456789ab";
 pub const STRANGER: &str = "stranger-token-0123456789abc";
 
 /// The orchestrator's tables, for dumps.
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 7] = [
     "briefs",
     "orchestrator_runs",
     "hitl_requests",
     "hitl_responses",
     "hitl_commands",
     "run_audit_events",
+    "hitl_approvals",
 ];
+
+/// Writes a tokens file (HITL_TOKENS_FILE) of `entries` — `(name, scopes, more lines)`,
+/// scopes as TOML list items (`"operate", "supervise"`) — each with a new random token;
+/// returns the file and the tokens, in order.
+pub fn tokens_file(
+    dir: &std::path::Path,
+    entries: &[(&str, &str, &str)],
+) -> (std::path::PathBuf, Vec<String>) {
+    let mut text = String::new();
+    let mut tokens = Vec::new();
+    for (name, scopes, rest) in entries {
+        let (token, hash) = hitl_orchestrator::identity::new_token().unwrap();
+        text.push_str(&format!(
+            "[[token]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nscopes = [{scopes}]\n{rest}\n"
+        ));
+        tokens.push(token);
+    }
+    let path = dir.join("tokens.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, tokens)
+}
 
 /// The authenticator every test app uses.
 pub fn test_tokens() -> Authenticator {
@@ -231,6 +253,25 @@ impl TestApp {
                 .json(body),
         )
         .await
+    }
+
+    /// POST as `token` with extra headers.
+    pub async fn post_as(
+        &self,
+        path: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        self.send(request).await
     }
 
     /// POST with extra headers.

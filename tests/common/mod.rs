@@ -436,6 +436,7 @@ pub mod fixtures {
             contract_summary: json!({ "facets": ["tone"], "capabilityContract": { "output": "text" } }),
             deadline,
             assignees: None,
+            approvals_required: None,
         }
     }
 
@@ -492,6 +493,7 @@ pub mod fixtures {
             note: Some("Approved after review".into()),
             trace_context: None,
             principal: None,
+            approver: None,
         }
     }
 
@@ -507,6 +509,7 @@ pub mod fixtures {
             note: Some("Removing".into()),
             trace_context: None,
             principal: None,
+            approver: None,
         }
     }
 

@@ -383,3 +383,95 @@ async fn the_example_agent_raises_two_tool_approvals_for_the_example_run_and_com
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+#[tokio::test]
+async fn an_agents_request_may_need_two_approvals_each_answering_every_item() {
+    let agent = raw_agent(|body, _| {
+        if body["responses"].is_null() {
+            let request = json!({ "prompt": "Two tools, four eyes", "approvals": { "required": 2 },
+                "items": [
+                    { "itemId": "call_mail", "tool": { "name": "send_email", "arguments": {} } },
+                    { "itemId": "call_pay", "tool": { "name": "pay", "arguments": { "eur": 10 } } } ] });
+            reply(
+                200,
+                json!({ "status": "interrupted", "request": request }).to_string(),
+            )
+        } else {
+            completed(json!({ "answers": body["responses"] }))
+        }
+    });
+    let (app, url) = app_with_agent(agent).await;
+    let run = app.create_run(agent_plan(&url)).await;
+    let parked = app.wait_for_run(&run, "awaiting_hitl").await;
+    let request = parked["pendingRequestId"].as_str().unwrap().to_owned();
+    assert_eq!(parked["hitlRequests"][0]["approvals"]["required"], 2);
+    let both = json!([
+        { "itemId": "call_mail", "responseType": "approval", "approved": true },
+        { "itemId": "call_pay", "responseType": "approval", "approved": true } ]);
+    // An edit cannot be counted among approvals.
+    let edit = json!([
+        { "itemId": "call_mail", "responseType": "approval", "approved": true },
+        { "itemId": "call_pay", "responseType": "edit", "editedArguments": { "eur": 1 } } ]);
+    let refused = app
+        .post("/api/hitl/resume", OPERATOR, &resume(&run, &request, edit))
+        .await;
+    assert_eq!(
+        (refused.status, refused.field()),
+        (422, "responses[1].responseType")
+    );
+    // Two act-as credentials are two approvers.
+    let wait = [("Prefer", "wait=20")];
+    let first = app
+        .post_as(
+            "/api/hitl/resume",
+            OPERATOR,
+            &resume(&run, &request, both.clone()),
+            &wait,
+        )
+        .await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.body["run"]["status"], "awaiting_hitl");
+    let second = app
+        .post_as(
+            "/api/hitl/resume",
+            crate::common::api::ADMIN,
+            &resume(&run, &request, both),
+            &wait,
+        )
+        .await;
+    assert_eq!(second.status, 200, "{second:?}");
+    let done = app.wait_for_run(&run, "completed").await;
+    let answers = done["executionContext"]["tools"]["answers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        answers.len(),
+        2,
+        "the resolving answers reach the agent: {done}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_agents_request_needing_approvals_offers_approval_and_rejection_only() {
+    let agent = raw_agent(|_, _| {
+        let request = json!({ "prompt": "?", "approvals": { "required": 2 }, "items": [
+            { "itemId": "a", "title": "A" },
+            { "itemId": "b", "title": "B", "tool": { "name": "t", "arguments": {} },
+              "responseTypes": ["approval", "edit"] } ] });
+        reply(
+            200,
+            json!({ "status": "interrupted", "request": request }).to_string(),
+        )
+    });
+    let (app, url) = app_with_agent(agent).await;
+    let run = app.create_run(agent_plan(&url)).await;
+    let failed = app.wait_for_run(&run, "failed").await;
+    assert!(
+        failed["statusReason"].as_str().unwrap().starts_with(
+            "agent reply: request.items[1].responseTypes: needs responseTypes of approval"
+        ),
+        "{failed}"
+    );
+    app.stop().await;
+}

@@ -15,20 +15,20 @@ use tokio::net::TcpStream;
 
 /// One SSE event as received.
 #[derive(Clone, Debug, PartialEq)]
-struct Sse {
-    id: Option<String>,
-    event: String,
-    data: Value,
+pub(crate) struct Sse {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: Value,
 }
 
 /// A bare SSE client over a socket.
-struct SseClient {
+pub(crate) struct SseClient {
     reader: BufReader<TcpStream>,
     comments: usize,
 }
 
 impl SseClient {
-    async fn connect(
+    pub(crate) async fn connect(
         base: &str,
         path: &str,
         token: &str,
@@ -136,7 +136,7 @@ impl SseClient {
     }
 
     /// Events until one named `last` for `run` (inclusive), keeping only `run`'s.
-    async fn until(&mut self, run: &str, last: &str) -> Vec<Sse> {
+    pub(crate) async fn until(&mut self, run: &str, last: &str) -> Vec<Sse> {
         let mut seen = Vec::new();
         loop {
             let e = self
@@ -155,7 +155,7 @@ impl SseClient {
     }
 }
 
-fn names(events: &[Sse]) -> Vec<&str> {
+pub(crate) fn names(events: &[Sse]) -> Vec<&str> {
     events.iter().map(|e| e.event.as_str()).collect()
 }
 

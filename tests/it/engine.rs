@@ -61,6 +61,7 @@ async fn answer(pool: &PgPool, run: &RunId, request: &RequestId, responses: Valu
         note: None,
         trace_context: None,
         principal: None,
+        approver: None,
     };
     let id = submit(pool, cmd).await;
     let outcome = apply(pool, &id).await;

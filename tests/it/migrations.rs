@@ -155,6 +155,13 @@ fn audit_row(run: &str, version: i64, action: &str, extra: &str) -> String {
     )
 }
 
+fn approval_row(request: &str, approver: &str, command: &str, operator: &str) -> String {
+    format!(
+        "insert into hitl_approvals (request_id, approver, command_id, operator) values \
+         ('{request}', '{approver}', '{command}', '{operator}')"
+    )
+}
+
 /// One bad row per constraint: (statement, the constraint that must reject it).
 fn bad_rows() -> Vec<(String, &'static str)> {
     let ok_plan = r#"{"nodes": []}"#;
@@ -185,6 +192,14 @@ fn bad_rows() -> Vec<(String, &'static str)> {
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "options='{}'"), "hitl_requests_options_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "items='[]'"), "hitl_requests_items_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "assignees='[]'"), "hitl_requests_assignees_check"),
+        (request_row("hitl_req_2", "run_1", "n", "p", approval, "approvals_required=0"), "hitl_requests_approvals_required_check"),
+        (request_row("hitl_req_2", "run_1", "n", "p", approval, "claimed_by, claim_expires_at='[]', now()"), "hitl_requests_claimed_by_check"),
+        (request_row("hitl_req_2", "run_1", "n", "p", approval, "claimed_by='{}'"), "requests_claim_has_lease"),
+        (request_row("hitl_req_2", "run_1", "n", "p", approval, "claim_expires_at=now()"), "requests_claim_has_lease"),
+        (approval_row("hitl_req_9", "operator:a", "cmd_1", "{}"), "hitl_approvals_request_id_fkey"),
+        (approval_row("hitl_req_1", "", "cmd_1", "{}"), "hitl_approvals_approver_check"),
+        (approval_row("hitl_req_1", "operator:a", "cmd_9", "{}"), "hitl_approvals_command_id_fkey"),
+        (approval_row("hitl_req_1", "operator:a", "cmd_1", "[]"), "hitl_approvals_operator_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", "array['edit', 'maybe']", ""), "hitl_requests_response_types_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "contract_summary='[]'"), "hitl_requests_contract_summary_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "status='open'"), "hitl_requests_status_check"),
@@ -201,6 +216,7 @@ fn bad_rows() -> Vec<(String, &'static str)> {
         (command_row("cmd_2", "remove", "run_1", "null", "status='done'"), "hitl_commands_status_check"),
         (command_row("cmd_2", "remove", "run_1", "null", "attempts=-1"), "hitl_commands_attempts_check"),
         (command_row("cmd_2", "remove", "run_1", "null", "principal=''"), "hitl_commands_principal_check"),
+        (command_row("cmd_2", "remove", "run_1", "null", "approver=''"), "hitl_commands_approver_check"),
         (command_row("cmd_2", "resume", "run_1", "null", ""), "commands_resume_names_request"),
         (command_row("cmd_2", "remove", "run_1", "null", "status='succeeded'"), "commands_finished_iff_final"),
         (command_row("cmd_2", "remove", "run_1", "null", "status, finished_at='failed', now()"), "commands_failed_has_error"),

@@ -149,6 +149,7 @@ fn answers_are_checked_against_the_request_they_answer() {
     let shape = RequestShape {
         request_id: &request_id,
         items: &items,
+        approvals_required: None,
     };
     let field = |responses: Vec<ResponseInput>| {
         persistence::validate_responses(&shape, &responses)

@@ -218,6 +218,11 @@ fn component_rules() -> Vec<(&'static str, Value)> {
                     "required": ["operator"] }),
         ),
         ("RetryIn", json!({ "required": ["operator"] })),
+        ("ClaimIn", json!({ "required": ["requestId", "operator"] })),
+        (
+            "UnclaimIn",
+            json!({ "required": ["requestId", "operator"] }),
+        ),
         (
             "ResponseInput",
             json!({ "allOf": [
@@ -293,6 +298,17 @@ fn property_rules() -> Vec<(&'static str, &'static str, Value)> {
         ("RemoveIn", "reason", note.clone()),
         ("RemoveIn", "note", note.clone()),
         ("RetryIn", "note", note),
+        ("ClaimIn", "requestId", reference("RequestId")),
+        (
+            "ClaimIn",
+            "leaseSeconds",
+            json!({ "type": ["integer", "null"], "minimum": 1,
+                    "maximum": crate::service::claims::MAX_LEASE.as_secs(),
+                    "default": crate::service::claims::DEFAULT_LEASE.as_secs() }),
+        ),
+        ("ClaimIn", "operator", reference("OperatorIn")),
+        ("UnclaimIn", "requestId", reference("RequestId")),
+        ("UnclaimIn", "operator", reference("OperatorIn")),
         (
             "ResponseInput",
             "requestId",

@@ -53,6 +53,16 @@ fn every_transition() -> Vec<Transition> {
         Transition::Retry,
         Transition::AgentUnreachable,
     ];
+    for note in RequestNote::ALL {
+        all.push(Transition::Note {
+            request_id: p(),
+            note,
+        });
+        all.push(Transition::Note {
+            request_id: other(),
+            note,
+        });
+    }
     for action in TimeoutAction::ALL.iter().copied() {
         all.push(Transition::Expire {
             request_id: p(),
@@ -115,7 +125,8 @@ fn a_queued_run_can_only_start_fail_be_removed_or_rehydrate() {
             | Transition::Complete
             | Transition::Cancel
             | Transition::Retry
-            | Transition::AgentUnreachable => illegal(S::Queued, &t),
+            | Transition::AgentUnreachable
+            | Transition::Note { .. } => illegal(S::Queued, &t),
         };
         assert_eq!(next_status(S::Queued, None, &t), want, "{t:?}");
     }
@@ -144,7 +155,8 @@ fn a_running_run_can_checkpoint_pause_finish_be_cancelled_or_rehydrate() {
             Transition::Start
             | Transition::Resume { .. }
             | Transition::Expire { .. }
-            | Transition::Retry => illegal(S::Running, &t),
+            | Transition::Retry
+            | Transition::Note { .. } => illegal(S::Running, &t),
         };
         assert_eq!(next_status(S::Running, None, &t), want, "{t:?}");
     }
@@ -169,6 +181,10 @@ fn an_awaiting_run_can_only_resume_be_removed_expire_or_rehydrate() {
                 };
                 ok(status, None, Some((p(), Rq::Expired)), A::Expire)
             }
+            Transition::Note { request_id, note } if *request_id == p() => {
+                ok(S::AwaitingHitl, Some(p()), None, note.audit_action())
+            }
+            Transition::Note { request_id, .. } => not_pending(request_id, Some(p())),
             Transition::Resume { request_id }
             | Transition::Remove {
                 request_id: Some(request_id),
@@ -227,6 +243,34 @@ fn each_transition_records_its_own_audit_action() {
         (Transition::Cancel, A::RunCancelled),
         (Transition::Rehydrate, A::Rehydrate),
         (Transition::Retry, A::Retry),
+        (
+            Transition::Note {
+                request_id: p(),
+                note: RequestNote::Claimed,
+            },
+            A::RequestClaimed,
+        ),
+        (
+            Transition::Note {
+                request_id: p(),
+                note: RequestNote::Released,
+            },
+            A::RequestReleased,
+        ),
+        (
+            Transition::Note {
+                request_id: p(),
+                note: RequestNote::ClaimBroken,
+            },
+            A::ClaimBroken,
+        ),
+        (
+            Transition::Note {
+                request_id: p(),
+                note: RequestNote::ApprovalRecorded,
+            },
+            A::ApprovalRecorded,
+        ),
     ];
     for (t, action) in expected {
         assert_eq!(t.audit_action(), action, "{t:?}");
@@ -415,6 +459,7 @@ enum Step {
     Cancel,
     Rehydrate,
     Retry,
+    Note(Req, RequestNote),
 }
 
 fn arb_req() -> impl Strategy<Value = Req> {
@@ -442,6 +487,8 @@ fn arb_step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Cancel),
         2 => Just(Step::Rehydrate),
         1 => Just(Step::Retry),
+        2 => (arb_req(), proptest::sample::select(RequestNote::ALL.to_vec()))
+            .prop_map(|(r, n)| Step::Note(r, n)),
     ]
 }
 
@@ -480,6 +527,10 @@ fn to_transition(step: &Step, model: &RunModel) -> Transition {
         Step::Cancel => Transition::Cancel,
         Step::Rehydrate => Transition::Rehydrate,
         Step::Retry => Transition::Retry,
+        Step::Note(r, note) => Transition::Note {
+            request_id: resolve(r, model),
+            note: *note,
+        },
     }
 }
 

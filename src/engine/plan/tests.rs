@@ -633,6 +633,7 @@ fn build(raw: &[RawNode]) -> Plan {
                 on_rejection: r.on_rejection,
                 next,
                 assignees: None,
+                approvals: None,
             })
         };
         Node {

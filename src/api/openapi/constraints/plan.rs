@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 
 use super::{not_blank, not_blank_pattern, or_null, reference, text};
 use crate::domain::{RejectionPolicy, TimeoutAction};
-use crate::service::input::{MAX_ASSIGNEES, MAX_NODE_ID_LEN, MAX_NODES, MAX_TIMEOUT_SECONDS};
+use crate::service::input::{
+    MAX_APPROVALS, MAX_ASSIGNEES, MAX_NODE_ID_LEN, MAX_NODES, MAX_TIMEOUT_SECONDS,
+};
 
 /// The capabilities a `task` node may name: the engine's built-ins and `agent.webhook`
 /// (`Engine::for_service`); `tests/it/openapi.rs` checks this against the registry.
@@ -142,6 +144,15 @@ pub(super) fn components() -> Vec<(&'static str, Value)> {
                             { "required": ["groups"], "properties": { "groups": { "type": "array", "minItems": 1 } } },
                         ],
                     } ] },
+                    "approvals": { "oneOf": [ { "type": "null" }, {
+                        "type": "object",
+                        "description": "distinct approvals needed before the request resolves (each by another operator, or another act-as credential)",
+                        "additionalProperties": false,
+                        "required": ["required"],
+                        "properties": {
+                            "required": { "type": "integer", "minimum": 1, "maximum": MAX_APPROVALS },
+                        },
+                    } ] },
                 },
                 "allOf": [
                     {
@@ -150,6 +161,14 @@ pub(super) fn components() -> Vec<(&'static str, Value)> {
                             "responseTypes": { "type": "array", "contains": { "const": "option" } } } },
                         "then": { "required": ["options"], "properties": {
                             "options": { "type": "array", "minItems": 1 } } },
+                    },
+                    {
+                        "description": "approvals count answers of approval (and rejection) only",
+                        "if": { "required": ["approvals"], "properties": {
+                            "approvals": { "type": "object" } } },
+                        "then": { "required": ["responseTypes"], "properties": {
+                            "responseTypes": { "type": "array", "contains": { "const": "approval" },
+                                               "items": { "enum": ["approval", "rejection"] } } } },
                     },
                     {
                         "description": "onTimeout only together with timeoutSeconds",

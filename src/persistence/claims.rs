@@ -1,0 +1,307 @@
+//! Claims on pending requests: who is working on one, for how long, and the notes a
+//! request collects while its run keeps waiting (claimed, released, a claim broken, an
+//! approval counted).
+//!
+//! A claim is bookkeeping on the request, not a step of the run: it is written in one
+//! transaction under the run's lock (so it orders with the commands a worker applies),
+//! bumps the run's version and writes one audit event, like every transition, and leaves
+//! the run `awaiting_hitl`. A lease ends by time alone: every reader compares
+//! `claim_expires_at` with `now()`, so nothing has to run when it ends.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+
+use super::requests::{Assignees, claim_sql};
+use super::{AuditEntry, LockedRun, PersistenceError, Tx, append_audit, explain_refusal};
+use crate::domain::{
+    ClaimHolder, Operator, Refusal, RequestId, RequestNote, RequestStatus, RunId, RunStatus,
+    Transition,
+};
+
+/// A claim while its lease lasts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    /// Who holds it.
+    pub claimed_by: ClaimHolder,
+    /// When the lease ends.
+    pub claim_expires_at: DateTime<Utc>,
+}
+
+/// A request and its run, locked for a claim or a release.
+#[derive(Debug)]
+pub struct ClaimSubject {
+    run: LockedRun,
+    pub request_id: RequestId,
+    pub request_status: RequestStatus,
+    /// Who may answer the request (`None`: anyone with the operate scope).
+    pub assignees: Option<Assignees>,
+    /// The claim on it now, if its lease lasts.
+    pub claim: Option<Claim>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SubjectRow {
+    run_id: RunId,
+    status: RunStatus,
+    pending_request_id: Option<RequestId>,
+    version: i64,
+    request_status: RequestStatus,
+    assignees: Option<sqlx::types::Json<Assignees>>,
+    claimed_by: Option<sqlx::types::Json<ClaimHolder>>,
+    claim_expires_at: Option<DateTime<Utc>>,
+}
+
+impl ClaimSubject {
+    /// The run the request belongs to.
+    pub fn run_id(&self) -> &RunId {
+        &self.run.run_id
+    }
+
+    /// Why the request cannot be claimed or released now (it is not the pending request
+    /// any more: who settled it, or that the run ended), or `None` when it can.
+    pub async fn refusal(&self, tx: &mut Tx<'_>) -> Result<Option<Refusal>, PersistenceError> {
+        let t = self.note(RequestNote::Claimed);
+        match self.run.check(&t, None) {
+            Ok(_) => Ok(None),
+            Err(PersistenceError::Transition { source, .. }) => {
+                let mut context = self.run.context(Some(&self.request_id));
+                context.request_status = Some(self.request_status);
+                Ok(Some(explain_refusal(tx, context, &source).await?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn note(&self, note: RequestNote) -> Transition {
+        Transition::Note {
+            request_id: self.request_id.clone(),
+            note,
+        }
+    }
+}
+
+/// Locks the run of request `request_id` and reads the request; `None` when there is no
+/// such request.
+pub async fn lock_claim_subject(
+    tx: &mut Tx<'_>,
+    request_id: &RequestId,
+) -> Result<Option<ClaimSubject>, PersistenceError> {
+    let row: Option<SubjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select o.run_id, o.status, o.pending_request_id, o.version, q.status as request_status, \
+             q.assignees, {} \
+         from hitl_requests q join orchestrator_runs o on o.run_id = q.run_id \
+         where q.request_id = $1 for no key update of o",
+        claim_sql("q")
+    )))
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|r| ClaimSubject {
+        run: LockedRun {
+            run_id: r.run_id,
+            status: r.status,
+            pending_request_id: r.pending_request_id,
+            version: r.version,
+        },
+        request_id: request_id.clone(),
+        request_status: r.request_status,
+        assignees: r.assignees.map(|a| a.0),
+        claim: match (r.claimed_by, r.claim_expires_at) {
+            (Some(holder), Some(expires_at)) => Some(Claim {
+                claimed_by: holder.0,
+                claim_expires_at: expires_at,
+            }),
+            _ => None,
+        },
+    }))
+}
+
+/// Claims (or renews the claim on) the pending request for `holder`, for `lease`. When
+/// another principal's claim is overridden (the caller checked `force` and `supervise`),
+/// the audit says so first (`claim_broken`, naming the holder it broke).
+pub async fn write_claim(
+    tx: &mut Tx<'_>,
+    subject: &mut ClaimSubject,
+    holder: &ClaimHolder,
+    lease: Duration,
+) -> Result<Claim, PersistenceError> {
+    if let Some(previous) = subject.claim.take()
+        && !previous
+            .claimed_by
+            .is(Some(&holder.principal), &holder.operator)
+    {
+        break_claim(
+            tx,
+            &mut subject.run,
+            &subject.request_id,
+            &previous,
+            holder.into(),
+        )
+        .await?;
+    }
+    let t = subject.note(RequestNote::Claimed);
+    subject.run.check(&t, None)?;
+    let seconds = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
+    let expires_at: DateTime<Utc> = sqlx::query_scalar(
+        "update hitl_requests set claimed_by = $2, \
+             claim_expires_at = now() + make_interval(secs => $3) \
+         where request_id = $1 returning claim_expires_at",
+    )
+    .bind(&subject.request_id)
+    .bind(sqlx::types::Json(holder))
+    .bind(seconds as f64)
+    .fetch_one(&mut **tx)
+    .await?;
+    note(
+        tx,
+        &mut subject.run,
+        &subject.request_id,
+        RequestNote::Claimed,
+        holder.into(),
+        json!({ "claimExpiresAt": expires_at, "leaseSeconds": seconds }),
+    )
+    .await?;
+    let claim = Claim {
+        claimed_by: holder.clone(),
+        claim_expires_at: expires_at,
+    };
+    subject.claim = Some(claim.clone());
+    Ok(claim)
+}
+
+/// Ends the claim on the pending request: `request_released` by its holder, or
+/// `claim_broken` by anyone else (the caller checked `force` and `supervise`). No claim
+/// (or one whose lease is over) writes nothing.
+pub async fn write_release(
+    tx: &mut Tx<'_>,
+    subject: &mut ClaimSubject,
+    by: &ClaimHolder,
+) -> Result<(), PersistenceError> {
+    let Some(previous) = subject.claim.take() else {
+        return Ok(());
+    };
+    if previous.claimed_by.is(Some(&by.principal), &by.operator) {
+        clear_claim(tx, &subject.request_id).await?;
+        note(
+            tx,
+            &mut subject.run,
+            &subject.request_id,
+            RequestNote::Released,
+            by.into(),
+            json!({}),
+        )
+        .await?;
+        Ok(())
+    } else {
+        break_claim(
+            tx,
+            &mut subject.run,
+            &subject.request_id,
+            &previous,
+            by.into(),
+        )
+        .await
+    }
+}
+
+/// Clears a claim another principal held, with its `claim_broken` event (the run stays
+/// locked by the caller).
+pub(super) async fn break_claim(
+    tx: &mut Tx<'_>,
+    run: &mut LockedRun,
+    request_id: &RequestId,
+    previous: &Claim,
+    by: Actor<'_>,
+) -> Result<(), PersistenceError> {
+    clear_claim(tx, request_id).await?;
+    note(
+        tx,
+        run,
+        request_id,
+        RequestNote::ClaimBroken,
+        by,
+        json!({ "holder": previous.claimed_by, "claimExpiresAt": previous.claim_expires_at }),
+    )
+    .await
+    .map(|_| ())
+}
+
+pub(super) async fn clear_claim(
+    conn: &mut PgConnection,
+    request_id: &RequestId,
+) -> Result<(), PersistenceError> {
+    sqlx::query(
+        "update hitl_requests set claimed_by = null, claim_expires_at = null \
+         where request_id = $1",
+    )
+    .bind(request_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Who a note is by: a principal acting as an operator, with the command when one
+/// carried it.
+pub(super) struct Actor<'a> {
+    pub principal: Option<&'a str>,
+    pub operator: &'a Operator,
+    pub command_id: Option<&'a crate::domain::CommandId>,
+}
+
+impl<'a> From<&'a ClaimHolder> for Actor<'a> {
+    fn from(holder: &'a ClaimHolder) -> Self {
+        Actor {
+            principal: Some(&holder.principal),
+            operator: &holder.operator,
+            command_id: None,
+        }
+    }
+}
+
+/// Records `what` about the pending request: the run keeps waiting on it, its version
+/// moves on, and one audit event says who did it. Returns the new version.
+pub(super) async fn note(
+    tx: &mut Tx<'_>,
+    run: &mut LockedRun,
+    request_id: &RequestId,
+    what: RequestNote,
+    by: Actor<'_>,
+    details: Value,
+) -> Result<i64, PersistenceError> {
+    let t = Transition::Note {
+        request_id: request_id.clone(),
+        note: what,
+    };
+    let outcome = run.check(&t, None)?;
+    let version: i64 = sqlx::query_scalar(
+        "update orchestrator_runs set version = version + 1, updated_at = now() \
+         where run_id = $1 returning version",
+    )
+    .bind(&run.run_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    append_audit(
+        tx,
+        &run.run_id,
+        AuditEntry {
+            run_version: version,
+            action: Some(outcome.audit_action),
+            request_id: Some(request_id),
+            command_id: by.command_id,
+            operator: Some(by.operator),
+            principal: by.principal,
+            note: None,
+            from_status: Some(run.status),
+            to_status: Some(outcome.status),
+            details: Some(details),
+        },
+    )
+    .await?;
+    run.version = version;
+    Ok(version)
+}
