@@ -24,7 +24,8 @@ pub struct ClaimIn {
     request_id: Option<String>,
     /// How long the claim lasts, 1 to 86400 seconds (default 900); claiming again renews it.
     #[serde(default)]
-    lease_seconds: Option<u64>,
+    #[schema(value_type = Option<u64>)]
+    lease_seconds: Option<serde_json::Number>,
     /// Take the claim from another principal (needs the `supervise` scope; audited
     /// `claim_broken`).
     #[serde(default)]
@@ -90,9 +91,19 @@ pub async fn claim(
     ApiJson(body): ApiJson<ClaimIn>,
 ) -> Result<Json<ClaimView>, ApiError> {
     let request_id = required_request(body.request_id.as_deref())?;
-    let lease = match body.lease_seconds {
+    // `60.0` is the whole number 60 to JSON Schema, and so to `/openapi.json`.
+    let whole = |n: &serde_json::Number| {
+        n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        })
+    };
+    let lease = match body.lease_seconds.as_ref().map(whole) {
         None => DEFAULT_LEASE,
-        Some(s) if (1..=MAX_LEASE.as_secs()).contains(&s) => std::time::Duration::from_secs(s),
+        Some(Some(s)) if (1..=MAX_LEASE.as_secs()).contains(&s) => {
+            std::time::Duration::from_secs(s)
+        }
         Some(_) => {
             return Err(ApiError::invalid(
                 "leaseSeconds",

@@ -528,7 +528,15 @@ pub fn parse_approvals(value: &Value) -> Result<u32, (String, String)> {
             "is not a field of approvals (required)".into(),
         ));
     }
-    match object.get("required").map(Value::as_u64) {
+    // `2.0` is the whole number 2 to JSON Schema, and so to `/openapi.json`.
+    let whole = |v: &Value| {
+        v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        })
+    };
+    match object.get("required").map(whole) {
         None => Err((".required".into(), "is required".into())),
         Some(Some(n)) if (1..=u64::from(MAX_APPROVALS)).contains(&n) => Ok(n as u32),
         Some(_) => Err((
