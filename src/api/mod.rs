@@ -15,6 +15,7 @@ pub mod listener;
 pub mod openapi;
 mod outcome;
 mod pending;
+mod requests;
 mod runs;
 mod tracing_layer;
 
@@ -64,6 +65,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/hitl/resume"),
     ("POST", "/api/hitl/remove"),
     ("GET", "/api/hitl/commands/{commandId}"),
+    ("GET", "/api/hitl/requests/{requestId}"),
     ("POST", "/api/runs"),
     ("GET", "/api/runs"),
     ("GET", "/api/runs/{runId}"),
@@ -200,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         .route("/hitl/resume", post(commands::resume))
         .route("/hitl/remove", post(commands::remove))
         .route("/hitl/commands/{command_id}", get(commands::show))
+        .route("/hitl/requests/{request_id}", get(requests::show))
         .route("/runs", post(runs::create).get(runs::list))
         .route("/runs/{run_id}", get(runs::show))
         .route("/runs/{run_id}/retry", post(commands::retry))

@@ -26,8 +26,8 @@ use crate::persistence::PersistenceError;
 pub use crate::db::NotReady;
 pub use crate::persistence::events::StreamEvent;
 pub use crate::persistence::{
-    AuditRecord, BriefInput, CommandRecord, CreatedRun, PendingItem, RequestRecord, ResponseInput,
-    ResponseRecord, RunRecord, RunSnapshot,
+    AuditRecord, BriefInput, CommandRecord, CreatedRun, PendingItem, RequestRecord, RequestView,
+    ResponseInput, ResponseRecord, RunRecord, RunSnapshot,
 };
 pub use commands::{CommandInput, CommandState, RunTarget, SubmitCommand, Submitted};
 pub use events::{EventFilter, EventHub, EventSettings, EventStream};

@@ -22,6 +22,7 @@ mod api_events;
 mod api_hitl;
 mod api_identity;
 mod api_jwt;
+mod api_requests;
 mod api_runs;
 mod bench;
 mod cli;
