@@ -32,6 +32,7 @@ mod engine;
 mod examples;
 mod migrations;
 mod openapi;
+mod operator_cli;
 mod persistence_commands;
 mod persistence_runs;
 mod rehydrate;
