@@ -170,3 +170,42 @@ impl Failure {
 fn print_json(value: &Value) {
     println!("{value}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn api(status: u16) -> Failure {
+        Failure::Api(Box::new(Reply {
+            status,
+            headers: Default::default(),
+            body: json!({}),
+        }))
+    }
+
+    #[test]
+    fn each_answer_has_the_exit_code_the_help_states() {
+        for (status, code) in [
+            (409, 3),
+            (404, 4),
+            (401, 5),
+            (403, 5),
+            (503, 6),
+            (500, 7),
+            (422, 8),
+            (400, 8),
+            (413, 8),
+        ] {
+            assert_eq!(api(status).exit_code(), code, "{status}");
+        }
+        let conflict = json!({ "outcome": { "reason": "not_pending", "message": "settled" } });
+        assert_eq!(Failure::Rejected(conflict).exit_code(), 3);
+        let misfit = json!({ "outcome": { "reason": "invalid_response", "message": "no",
+                                          "field": "responses[0].optionId" } });
+        assert_eq!(Failure::Rejected(misfit).exit_code(), 8);
+        assert_eq!(Failure::Unfinished(json!({})).exit_code(), 9);
+        assert_eq!(Failure::Network(String::new()).exit_code(), 6);
+        assert_eq!(Failure::Usage(String::new()).exit_code(), 2);
+    }
+}
