@@ -1,17 +1,21 @@
 //! The `hitl-orchestrator` binary: parse the command line, start logging, hand over to
-//! the library's role, or run a benchmark (the binary's own `bench` module).
+//! the library's role, or run a benchmark (the binary's own `bench` module); the
+//! operator's client commands go to the library's `cli`.
 
 mod bench;
 
 use clap::Parser;
 use hitl_orchestrator::config::{Cli, Command};
-use hitl_orchestrator::{app, identity, telemetry};
+use hitl_orchestrator::{app, cli, identity, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Err(e) = cli.validate() {
         e.exit();
+    }
+    if let Command::Client(command) = &cli.command {
+        return cli::run(command).await;
     }
     if let Command::Token(args) = &cli.command {
         return match identity::token_entry(
@@ -46,7 +50,7 @@ async fn main() -> std::process::ExitCode {
             .await
             .map(|result| println!("{result}"))
             .map_err(|e| format!("benchmark failed: {e}")),
-        Command::Token(_) => unreachable!("answered above"),
+        Command::Token(_) | Command::Client(_) => unreachable!("answered above"),
     };
     let code = match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

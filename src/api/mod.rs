@@ -16,6 +16,7 @@ pub mod listener;
 pub mod openapi;
 mod outcome;
 mod pending;
+mod requests;
 mod runs;
 mod tracing_layer;
 
@@ -67,6 +68,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/hitl/claim"),
     ("POST", "/api/hitl/unclaim"),
     ("GET", "/api/hitl/commands/{commandId}"),
+    ("GET", "/api/hitl/requests/{requestId}"),
     ("POST", "/api/runs"),
     ("GET", "/api/runs"),
     ("GET", "/api/runs/{runId}"),
@@ -205,6 +207,7 @@ pub fn router(state: AppState) -> Router {
         .route("/hitl/claim", post(claims::claim))
         .route("/hitl/unclaim", post(claims::unclaim))
         .route("/hitl/commands/{command_id}", get(commands::show))
+        .route("/hitl/requests/{request_id}", get(requests::show))
         .route("/runs", post(runs::create).get(runs::list))
         .route("/runs/{run_id}", get(runs::show))
         .route("/runs/{run_id}/retry", post(commands::retry))

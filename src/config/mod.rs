@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod client;
 pub mod tokens;
 
 /// A string that must never be printed: `Debug` and `Display` show `[redacted]`.
@@ -195,7 +196,8 @@ pub enum LogFormat {
         Every piece of orchestrator state lives in PostgreSQL. Without DATABASE_URL the \
         service starts its own PostgreSQL from the locally installed server binaries, in \
         --data-dir, so one command runs it on a fresh machine. Every flag can also be \
-        given as the environment variable shown beside it."
+        given as the environment variable shown beside it.",
+    after_help = client::CLIENT_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -203,7 +205,8 @@ pub struct Cli {
 }
 
 /// What the binary can be asked to do: run as one of the service's roles, run a
-/// benchmark (the binary's own code, not the library's), or make a token.
+/// benchmark (the binary's own code, not the library's), make a token, or act as an
+/// operator's client of a running service.
 #[derive(Debug, Subcommand)]
 // Parsed once per process: the size of the small variants does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -217,6 +220,8 @@ pub enum Command {
     /// that holds only its SHA-256. Example:
     /// `hitl-orchestrator token --name alice --scopes operate --operator alice`
     Token(TokenArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 /// Arguments of `token`.
@@ -744,7 +749,7 @@ impl Command {
         match self {
             Command::Role(role) => Some(role.common()),
             Command::Bench(a) => Some(&a.common),
-            Command::Token(_) => None,
+            Command::Token(_) | Command::Client(_) => None,
         }
     }
 }

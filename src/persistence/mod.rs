@@ -50,8 +50,8 @@ pub use runs::{
     start_run,
 };
 pub use snapshot::{
-    AuditRecord, RequestRecord, ResponseRecord, RunRecord, RunSnapshot, load_run_state,
-    load_run_state_in, load_snapshot, load_snapshot_in,
+    AuditRecord, RequestRecord, RequestView, ResponseRecord, RunRecord, RunSnapshot, load_request,
+    load_run_state, load_run_state_in, load_snapshot, load_snapshot_in,
 };
 
 /// A database transaction, as every transition takes it.

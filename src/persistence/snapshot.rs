@@ -192,6 +192,54 @@ pub struct RunSnapshot {
     pub audit_log: Vec<AuditRecord>,
 }
 
+/// One request with its answers, and the run it belongs to: what a client holding only a
+/// request id needs to act on it (`GET /api/hitl/requests/{requestId}`).
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestView {
+    pub run_id: RunId,
+    pub thread_id: ThreadId,
+    pub brief_id: BriefId,
+    /// The run's status now (a request stays `pending` only while its run awaits it).
+    pub run_status: RunStatus,
+    #[serde(flatten)]
+    pub request: RequestRecord,
+}
+
+/// Reads one request as the run's snapshot shows it (the same rows, so the two never
+/// disagree), in one repeatable-read transaction; `None` when no request has this id.
+pub async fn load_request(
+    pool: &PgPool,
+    request_id: &RequestId,
+) -> Result<Option<RequestView>, PersistenceError> {
+    let mut tx = pool
+        .begin_with("begin isolation level repeatable read read only")
+        .await?;
+    let run_id: Option<RunId> =
+        sqlx::query_scalar("select run_id from hitl_requests where request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let snapshot = match run_id {
+        Some(run_id) => load_parts(&mut tx, &run_id, false).await?,
+        None => None,
+    };
+    tx.commit().await?;
+    Ok(snapshot.and_then(|s| {
+        let request = s
+            .hitl_requests
+            .into_iter()
+            .find(|r| r.request_id == *request_id)?;
+        Some(RequestView {
+            run_id: s.run.run_id,
+            thread_id: s.run.thread_id,
+            brief_id: s.run.brief_id,
+            run_status: s.run.status,
+            request,
+        })
+    }))
+}
+
 /// Reads the snapshot in one repeatable-read, read-only transaction, so its parts agree
 /// with each other even while the run moves on.
 pub async fn load_snapshot(

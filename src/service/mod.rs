@@ -27,8 +27,8 @@ use crate::persistence::PersistenceError;
 pub use crate::db::NotReady;
 pub use crate::persistence::events::StreamEvent;
 pub use crate::persistence::{
-    AuditRecord, BriefInput, CommandRecord, CreatedRun, PendingItem, RequestRecord, ResponseInput,
-    ResponseRecord, RunRecord, RunSnapshot,
+    AuditRecord, BriefInput, CommandRecord, CreatedRun, PendingItem, RequestRecord, RequestView,
+    ResponseInput, ResponseRecord, RunRecord, RunSnapshot,
 };
 pub use claims::{ClaimOrder, ClaimState};
 pub use commands::{CommandInput, CommandState, RunTarget, SubmitCommand, Submitted};

@@ -1,9 +1,9 @@
-//! Runs: creating one from a brief and a plan, and reading one.
+//! Runs: creating one from a brief and a plan, and reading one, or one of its requests.
 
 use serde_json::{Value, json};
 
-use super::{Entity, RunSnapshot, Service, ServiceError};
-use crate::domain::{RunId, ThreadId};
+use super::{Entity, RequestView, RunSnapshot, Service, ServiceError};
+use crate::domain::{RequestId, RunId, ThreadId};
 use crate::persistence::{self, BriefInput, CreatedRun, NewRun, RunRef};
 
 /// A run to create.
@@ -48,6 +48,14 @@ impl Service {
         persistence::load_snapshot(&self.pool, run_id)
             .await?
             .ok_or_else(|| ServiceError::not_found(Entity::Run, "no such run"))
+    }
+
+    /// One request with its answers and its run's ids and status (404 when there is
+    /// none).
+    pub async fn request(&self, request_id: &RequestId) -> Result<RequestView, ServiceError> {
+        persistence::load_request(&self.pool, request_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(Entity::Request, "no such request"))
     }
 
     /// The run of `thread`, if any (a thread has at most one).

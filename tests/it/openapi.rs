@@ -144,6 +144,7 @@ async fn the_document_is_valid_openapi_3_1_and_matches_the_router_both_ways() {
     let fill = |p: &str| {
         p.replace("{commandId}", "cmd_00000000000000000000000000000000")
             .replace("{runId}", "run_00000000000000000000000000000000")
+            .replace("{requestId}", "hitl_req_00000000000000000000000000000000")
     };
     let paths: BTreeSet<&str> = ROUTES.iter().map(|(_, p)| *p).collect();
     for path in paths {

@@ -376,6 +376,12 @@ fn parameter_rules() -> Vec<(&'static str, &'static str, &'static str, Value)> {
             "commandId",
             string(prefixed("cmd")),
         ),
+        (
+            "/api/hitl/requests/{requestId}",
+            "get",
+            "requestId",
+            string(prefixed("hitl_req")),
+        ),
         ("/api/runs", "get", "threadId", thread_id),
         ("/api/runs/{runId}", "get", "runId", string(prefixed("run"))),
         (
