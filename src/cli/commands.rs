@@ -1,5 +1,5 @@
-//! `pending`, `show`, `resume`, `remove` and `retry`: each one or a few API calls, the
-//! answer printed as a table or as the API's JSON.
+//! `pending`, `show`, `resume`, `remove`, `retry`, `claim` and `unclaim`: each one or a
+//! few API calls, the answer printed as a table or as the API's JSON.
 //!
 //! A submission (resume, remove, retry) carries one `Idempotency-Key`, generated unless
 //! given and printed on stderr before the first attempt; every retry of the call sends
@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use super::http::{CALL_TIMEOUT, Call, Client, Reply};
 use super::{Failure, print_json, render, resume};
 use crate::config::client::{
-    OutputFormat, PendingArgs, RemoveArgs, ResumeArgs, RetryArgs, ShowArgs, SubmitArgs,
+    ClaimArgs, OutputFormat, PendingArgs, RemoveArgs, ResumeArgs, RetryArgs, ShowArgs, SubmitArgs,
+    UnclaimArgs,
 };
 use crate::domain::{CommandId, RequestId, RunId};
 
@@ -191,11 +192,14 @@ pub async fn resume(client: &Client, args: &ResumeArgs) -> Result<(), Failure> {
         args.text.as_deref(),
         client.operator.as_ref(),
     );
-    let body = with_operator_and_note(
+    let mut body = with_operator_and_note(
         json!({ "runId": request["runId"], "requestId": id, "responses": responses }),
         client,
         &args.submit,
     );
+    if args.force {
+        body["force"] = json!(true);
+    }
     submit(
         client,
         "/api/hitl/resume",
@@ -233,6 +237,9 @@ pub async fn remove(client: &Client, args: &RemoveArgs) -> Result<(), Failure> {
         }
         Named::Command(_) => unreachable!("commands are not accepted here"),
     }
+    if args.force {
+        body["force"] = json!(true);
+    }
     let body = with_operator_and_note(body, client, &args.submit);
     submit(
         client,
@@ -251,6 +258,68 @@ pub async fn retry(client: &Client, args: &RetryArgs) -> Result<(), Failure> {
     let body = with_operator_and_note(json!({}), client, &args.submit);
     let path = format!("/api/runs/{run}/retry");
     submit(client, &path, &body, &args.submit, args.client.output).await
+}
+
+/// `claim`: `POST /api/hitl/claim`, answered at once.
+pub async fn claim(client: &Client, args: &ClaimArgs) -> Result<(), Failure> {
+    let id = RequestId::parse(&args.request_id)
+        .map_err(|e| Failure::Invalid(format!("REQUEST_ID: `{}` {e}", args.request_id)))?;
+    let mut body = json!({ "requestId": id });
+    if let Some(lease) = args.lease {
+        let seconds = lease.0.as_secs();
+        if !(1..=86_400).contains(&seconds) {
+            return Err(Failure::Usage(format!(
+                "--lease: {lease} is not between 1s and 24h"
+            )));
+        }
+        body["leaseSeconds"] = json!(seconds);
+    }
+    claim_call(
+        client,
+        "/api/hitl/claim",
+        body,
+        args.force,
+        args.client.output,
+    )
+    .await
+}
+
+/// `unclaim`: `POST /api/hitl/unclaim`, answered at once.
+pub async fn unclaim(client: &Client, args: &UnclaimArgs) -> Result<(), Failure> {
+    let id = RequestId::parse(&args.request_id)
+        .map_err(|e| Failure::Invalid(format!("REQUEST_ID: `{}` {e}", args.request_id)))?;
+    let body = json!({ "requestId": id });
+    claim_call(
+        client,
+        "/api/hitl/unclaim",
+        body,
+        args.force,
+        args.client.output,
+    )
+    .await
+}
+
+/// A claim or a release: it changes nothing when repeated (a claim renews its own
+/// lease), so a network error may retry it as is.
+async fn claim_call(
+    client: &Client,
+    path: &str,
+    mut body: Value,
+    force: bool,
+    output: OutputFormat,
+) -> Result<(), Failure> {
+    if let Some(op) = operator(client) {
+        body["operator"] = op;
+    }
+    if force {
+        body["force"] = json!(true);
+    }
+    let reply = client.send(&Call::post(path, &body)).await?.success()?;
+    match output {
+        OutputFormat::Json => print_json(&reply.body),
+        OutputFormat::Table => println!("{}", render::claim(&reply.body)),
+    }
+    Ok(())
 }
 
 /// Submits a command under one `Idempotency-Key` and, with `--wait`, follows it to its

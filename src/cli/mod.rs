@@ -1,5 +1,5 @@
-//! The operator's client: the `pending`, `show`, `resume`, `remove`, `retry`, `watch` and
-//! `completions` commands of the binary, which talk to a running service over its HTTP
+//! The operator's client: the `pending`, `show`, `resume`, `remove`, `retry`, `claim`,
+//! `unclaim`, `watch` and `completions` commands of the binary, which talk to a running service over its HTTP
 //! API — the same contract as curl, with scriptable output (`--output json`), stable exit
 //! codes ([`EXIT_CODES`](crate::config::client::EXIT_CODES)) and safe retries (one
 //! `Idempotency-Key` per decision, reused when a network error interrupts a call).
@@ -65,6 +65,8 @@ async fn dispatch(client: &Client, command: &ClientCommand) -> Result<(), Failur
         ClientCommand::Resume(args) => commands::resume(client, args).await,
         ClientCommand::Remove(args) => commands::remove(client, args).await,
         ClientCommand::Retry(args) => commands::retry(client, args).await,
+        ClientCommand::Claim(args) => commands::claim(client, args).await,
+        ClientCommand::Unclaim(args) => commands::unclaim(client, args).await,
         ClientCommand::Watch(args) => watch::watch(client, args).await,
         ClientCommand::Completions(_) => Ok(()),
     }

@@ -61,26 +61,43 @@ fn one_line(s: &str) -> String {
 /// The narrowest the prompt column gets, in characters.
 const MIN_PROMPT: u16 = 16;
 
-/// The pending table: request, run, node, prompt, age, expires. With a width, each row
-/// is one line and the prompt is cut (with `…`) to fit it.
+/// The pending table: request, run, node, prompt, age, expires — and, when some request
+/// has one, who claimed it and how many approvals are in. With a width, each row is one
+/// line and the prompt is cut (with `…`) to fit it.
 pub fn pending(items: &[Value], now: DateTime<Utc>, width: Option<u16>) -> String {
     if items.is_empty() {
         return "No pending requests.".into();
     }
+    let claims = items.iter().any(|i| !i["claimedBy"].is_null());
+    let approvals = items.iter().any(|i| !i["approvals"].is_null());
     let mut table = Table::new();
     table.load_style(comfy_table::presets::NOTHING);
-    let mut header = Row::from(vec!["REQUEST", "RUN", "NODE", "PROMPT", "AGE", "EXPIRES"]);
+    let mut header = vec!["REQUEST", "RUN", "NODE", "PROMPT", "AGE", "EXPIRES"];
+    if claims {
+        header.push("CLAIMED BY");
+    }
+    if approvals {
+        header.push("APPROVALS");
+    }
+    let mut header = Row::from(header);
     header.max_height(1);
     table.set_header(header);
     for item in items {
-        let mut row = Row::from(vec![
+        let mut cells = vec![
             text(&item["pendingRequestId"]),
             text(&item["runId"]),
             text(&item["pendingNodeId"]),
             one_line(&text(&item["operatorPrompt"])),
             age(&item["createdAt"], now),
             deadline(&item["expiresAt"], now),
-        ]);
+        ];
+        if claims {
+            cells.push(text(&item["claimedBy"]["operator"]["id"]));
+        }
+        if approvals {
+            cells.push(approval_count(&item["approvals"]));
+        }
+        let mut row = Row::from(cells);
         row.max_height(1);
         table.add_row(row);
     }
@@ -98,6 +115,32 @@ pub fn pending(items: &[Value], now: DateTime<Utc>, width: Option<u16>) -> Strin
         }
     }
     table.trim_fmt()
+}
+
+/// `1/2`, or `-` for a request that needs no approvals.
+fn approval_count(approvals: &Value) -> String {
+    if approvals.is_null() {
+        return "-".into();
+    }
+    format!(
+        "{}/{}",
+        text(&approvals["have"]),
+        text(&approvals["required"])
+    )
+}
+
+/// A claim's answer: who holds the request until when, or that nobody does.
+pub fn claim(view: &Value) -> String {
+    let request = text(&view["requestId"]);
+    match view["claimedBy"].as_object() {
+        None => format!("{request} is not claimed"),
+        Some(holder) => format!(
+            "{request} is claimed by operator {} ({}) until {}",
+            text(&holder["operator"]["id"]),
+            text(&holder["principal"]),
+            text(&view["claimExpiresAt"]),
+        ),
+    }
 }
 
 /// A run: its state, each request with its items and answers, and the audit timeline.
@@ -189,6 +232,31 @@ pub fn request(r: &Value, mark: &str) -> String {
         text(&r["expiresAt"]),
     );
     let _ = writeln!(out, "    prompt: {}", one_line(&text(&r["operatorPrompt"])));
+    if let Some(holder) = r["claimedBy"].as_object() {
+        let _ = writeln!(
+            out,
+            "    claimed by operator {} ({}) until {}",
+            text(&holder["operator"]["id"]),
+            text(&holder["principal"]),
+            text(&r["claimExpiresAt"])
+        );
+    }
+    if !r["approvals"].is_null() {
+        let by: Vec<String> = r["approvals"]["by"]
+            .as_array()
+            .map(|a| a.iter().map(|x| text(&x["approver"])).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    approvals {} (by {})",
+            approval_count(&r["approvals"]),
+            if by.is_empty() {
+                "nobody yet".to_owned()
+            } else {
+                by.join(", ")
+            }
+        );
+    }
     if let Some(a) = r["assignees"].as_object() {
         let _ = writeln!(
             out,

@@ -1,5 +1,5 @@
 //! The operator client's command line: `pending`, `show`, `resume`, `remove`, `retry`,
-//! `watch` and `completions`, which talk to a running service over HTTP (`crate::cli`
+//! `claim`, `unclaim`, `watch` and `completions`, which talk to a running service over HTTP (`crate::cli`
 //! carries them out). Their exit codes are stated here, once, for `--help`.
 
 use std::path::PathBuf;
@@ -28,6 +28,7 @@ Operator commands (talk to a running service; see `hitl-orchestrator <command> -
   hitl-orchestrator show hitl_req_0193…
   hitl-orchestrator resume hitl_req_0193… --approve --note 'Looks good' --wait 10s
   hitl-orchestrator remove run_0193… --reason 'Duplicate'
+  hitl-orchestrator claim hitl_req_0193… --lease 30m
   hitl-orchestrator watch --run run_0193…
 They read HITL_URL (default http://127.0.0.1:8080), HITL_TOKEN or HITL_TOKEN_FILE, and
 HITL_OPERATOR.
@@ -58,6 +59,13 @@ const REMOVE_EXAMPLES: &str = "Example:
   hitl-orchestrator remove run_0193… --reason 'Duplicate request' --wait 10s";
 const RETRY_EXAMPLES: &str = "Example:
   hitl-orchestrator retry run_0193… --note 'Agent fixed' --wait 10s";
+const CLAIM_EXAMPLES: &str = "Examples:
+  hitl-orchestrator claim hitl_req_0193…
+  hitl-orchestrator claim hitl_req_0193… --lease 2h
+  hitl-orchestrator claim hitl_req_0193… --force   (a supervisor taking over)";
+const UNCLAIM_EXAMPLES: &str = "Examples:
+  hitl-orchestrator unclaim hitl_req_0193…
+  hitl-orchestrator unclaim hitl_req_0193… --force   (a supervisor ending another's claim)";
 const WATCH_EXAMPLES: &str = "Examples:
   hitl-orchestrator watch
   hitl-orchestrator watch --run run_0193… --output json | jq -c 'select(.event == \"resumed\")'";
@@ -93,6 +101,13 @@ pub enum ClientCommand {
     /// Retry a failed run from the node that failed.
     #[command(after_help = RETRY_EXAMPLES, after_long_help = with_exit_codes(RETRY_EXAMPLES))]
     Retry(RetryArgs),
+    /// Claim a pending request for a while, so that nobody else answers, removes or
+    /// claims it meanwhile (claiming again renews the lease).
+    #[command(after_help = CLAIM_EXAMPLES, after_long_help = with_exit_codes(CLAIM_EXAMPLES))]
+    Claim(ClaimArgs),
+    /// Release a claim (yours, or with --force and the supervise scope anyone's).
+    #[command(after_help = UNCLAIM_EXAMPLES, after_long_help = with_exit_codes(UNCLAIM_EXAMPLES))]
+    Unclaim(UnclaimArgs),
     /// Follow the live events (`/api/events`), one line per event, reconnecting with
     /// Last-Event-ID so that nothing is missed or repeated.
     #[command(after_help = WATCH_EXAMPLES, after_long_help = with_exit_codes(WATCH_EXAMPLES))]
@@ -229,6 +244,10 @@ pub struct ResumeArgs {
     /// Send without asking for confirmation (when the client asked for the answer).
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Answer even though another principal claimed the request (needs the supervise
+    /// scope; the claim is broken, and the audit says so).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub submit: SubmitArgs,
 }
@@ -244,8 +263,41 @@ pub struct RemoveArgs {
     /// Why (stored as the request's denial reason).
     #[arg(long)]
     pub reason: String,
+    /// Remove even though another principal claimed the pending request (needs the
+    /// supervise scope).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub submit: SubmitArgs,
+}
+
+/// Arguments of `claim`.
+#[derive(Debug, Clone, Args)]
+pub struct ClaimArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The pending request (`hitl_req_…`).
+    #[arg(value_name = "REQUEST_ID")]
+    pub request_id: String,
+    /// How long the claim lasts (1s to 24h; default 15m).
+    #[arg(long, value_name = "DURATION")]
+    pub lease: Option<Millis>,
+    /// Take the claim from another principal (needs the supervise scope).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Arguments of `unclaim`.
+#[derive(Debug, Clone, Args)]
+pub struct UnclaimArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The pending request (`hitl_req_…`).
+    #[arg(value_name = "REQUEST_ID")]
+    pub request_id: String,
+    /// End another principal's claim (needs the supervise scope).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `retry`.
@@ -294,6 +346,8 @@ impl ClientCommand {
             ClientCommand::Resume(a) => Some(&a.client),
             ClientCommand::Remove(a) => Some(&a.client),
             ClientCommand::Retry(a) => Some(&a.client),
+            ClientCommand::Claim(a) => Some(&a.client),
+            ClientCommand::Unclaim(a) => Some(&a.client),
             ClientCommand::Watch(a) => Some(&a.client),
             ClientCommand::Completions(_) => None,
         }

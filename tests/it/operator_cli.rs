@@ -1,5 +1,5 @@
-//! The operator CLI (`pending`, `show`, `resume`, `remove`, `retry`, `watch`,
-//! `completions`): the built binary run against a real service on port 0 with a real
+//! The operator CLI (`pending`, `show`, `resume`, `remove`, `retry`, `claim`, `unclaim`,
+//! `watch`, `completions`): the built binary run against a real service on port 0 with a real
 //! PostgreSQL — each command's success path and each exit code, `--output json` parsed,
 //! a resume retried through a proxy that cuts its first attempt, and `watch` following
 //! the event stream across a restart of the API under it.
@@ -748,5 +748,82 @@ async fn on_a_terminal_resume_shows_the_request_asks_for_each_item_and_confirms(
         crate::common::api::audit_event(&snapshot, "resume")["note"],
         "asked on a terminal"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn claim_and_unclaim_hold_a_request_and_force_needs_supervise() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, tokens) = crate::common::api::tokens_file(
+        dir.path(),
+        &[("boss", "\"operate\", \"supervise\"", "actAs = true")],
+    );
+    let app = TestApp::spawn_with(crate::common::api::AppOptions {
+        tokens_file: Some(file),
+        ..crate::common::api::AppOptions::default()
+    })
+    .await;
+    let boss = &tokens[0];
+    let (_, request) = app.parked_run().await;
+    // The boss (with supervise) and OPERATOR are two principals, both acting as op-cli.
+    let claimed = cli_as(
+        &app.base,
+        boss,
+        &["claim", &request, "--lease", "10m", "-o", "json"],
+    )
+    .await;
+    assert_exit(&claimed, 0);
+    let claimed = claimed.json();
+    assert_eq!(claimed["claimedBy"]["operator"]["id"], "op-cli");
+    assert_eq!(claimed["requestId"], request.as_str());
+    let table = cli_as(&app.base, boss, &["pending"]).await;
+    assert!(
+        table.stdout.lines().next().unwrap().contains("CLAIMED BY"),
+        "{table:#?}"
+    );
+    let shown = cli_as(&app.base, boss, &["show", &request]).await;
+    assert!(
+        shown.stdout.contains("claimed by operator op-cli"),
+        "{shown:#?}"
+    );
+
+    let taken = cli_as(&app.base, OPERATOR, &["claim", &request]).await;
+    assert_exit(&taken, 3);
+    assert!(
+        taken.stderr.contains("claimed by operator op-cli"),
+        "{taken:#?}"
+    );
+    let answered = cli_as(&app.base, OPERATOR, &["resume", &request, "--approve"]).await;
+    assert_exit(&answered, 3);
+    let forced = cli_as(
+        &app.base,
+        OPERATOR,
+        &["resume", &request, "--approve", "--force"],
+    )
+    .await;
+    assert_exit(&forced, 5);
+    assert_exit(
+        &cli_as(&app.base, boss, &["claim", &request, "--lease", "0s"]).await,
+        2,
+    );
+
+    let released = cli_as(&app.base, boss, &["unclaim", &request]).await;
+    assert_exit(&released, 0);
+    assert!(released.stdout.contains("is not claimed"), "{released:#?}");
+    assert_exit(&cli_as(&app.base, OPERATOR, &["claim", &request]).await, 0);
+    let over = cli_as(&app.base, boss, &["claim", &request, "--force"]).await;
+    assert_exit(&over, 0);
+    assert!(
+        over.stdout.contains("claimed by operator op-cli"),
+        "{over:#?}"
+    );
+    let broken: i64 = sqlx::query_scalar(
+        "select count(*) from run_audit_events where request_id = $1 and action = 'claim_broken'",
+    )
+    .bind(&request)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(broken, 1);
     app.stop().await;
 }
