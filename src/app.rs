@@ -36,6 +36,43 @@ pub enum AppError {
     Tokens(String),
     #[error("invalid agent settings: {0}")]
     Agent(String),
+    #[error("HITL_AUDIT_SIGNING_KEY_FILE: {0}")]
+    AuditKey(String),
+    #[error("cannot chain the audit trail: {0}")]
+    AuditChain(#[source] crate::persistence::PersistenceError),
+}
+
+/// Installs the audit signing key (when one is set) and, once the database is open,
+/// lists its public key and chains every event written without a hash (by an earlier
+/// version).
+pub fn install_audit_signer(common: &crate::config::CommonArgs) -> Result<(), AppError> {
+    use crate::persistence::audit;
+    let signer = match &common.audit_signing_key_file {
+        None => None,
+        Some(path) => Some(Arc::new(
+            audit::Signer::from_pem_file(path).map_err(AppError::AuditKey)?,
+        )),
+    };
+    if let Some(s) = &signer {
+        tracing::info!(key_id = s.key_id(), "audit events are signed");
+    }
+    audit::install_signer(signer);
+    Ok(())
+}
+
+/// See [`install_audit_signer`].
+pub async fn prepare_audit(pool: &sqlx::PgPool) -> Result<(), AppError> {
+    use crate::persistence::audit;
+    audit::register_signer(pool)
+        .await
+        .map_err(AppError::AuditChain)?;
+    let chained = audit::chain_unhashed(pool)
+        .await
+        .map_err(AppError::AuditChain)?;
+    if chained > 0 {
+        tracing::info!(events = chained, "audit events chained");
+    }
+    Ok(())
 }
 
 /// What a process runs once its database is open.
@@ -60,7 +97,9 @@ pub async fn run(role: &Role) -> Result<(), AppError> {
     };
     // Before the database: a bad agent setting is refused at once, not after a connect.
     let engine = Engine::for_service(common).map_err(AppError::Agent)?;
+    install_audit_signer(common)?;
     let db = Database::open(common).await?;
+    prepare_audit(&db.pool).await?;
     let grace = common.shutdown_grace.0;
     let refresher = tokio::spawn(crate::service::refresh_loop(
         db.pool.clone(),

@@ -165,6 +165,19 @@ async fn a_resume_traced_from_the_api_to_the_worker_and_metrics_arrive_over_otlp
         .await
         .unwrap();
     assert_eq!(reply.status(), 200);
+    // The audit event the resume wrote (in the worker, continuing the request's trace)
+    // names that trace.
+    let snapshot: Value = client
+        .get(format!("{base}/api/runs/{run}"))
+        .bearer_auth(CANARY_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resume = common::api::audit_event(&snapshot, "resume");
+    assert_eq!(resume["traceId"], trace_id, "{resume}");
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -58,12 +58,17 @@ pub trait RequiredScope {
 pub struct Operate;
 /// Marker: the `submit` scope.
 pub struct Submit;
+/// Marker: the `audit` scope.
+pub struct Audit;
 
 impl RequiredScope for Operate {
     const SCOPE: Scope = Scope::Operate;
 }
 impl RequiredScope for Submit {
     const SCOPE: Scope = Scope::Submit;
+}
+impl RequiredScope for Audit {
+    const SCOPE: Scope = Scope::Audit;
 }
 
 /// Extractor: the request's principal, which holds scope `S` (403 otherwise). Put it

@@ -5,6 +5,7 @@
 //! so authentication comes before routing, parsing or any database work; each handler
 //! then checks its scope first among its extractors, before the body is read.
 
+mod audit;
 pub mod auth;
 mod claims;
 mod commands;
@@ -74,6 +75,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/runs/{runId}"),
     ("POST", "/api/runs/{runId}/retry"),
     ("GET", "/api/events"),
+    ("GET", "/api/audit/keys"),
+    ("GET", "/api/audit/verify"),
+    ("GET", "/api/runs/{runId}/audit/verify"),
+    ("GET", "/api/audit"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
@@ -172,6 +177,8 @@ pub const QUERY_PARAMETERS: &[(&str, &[&str])] = &[
     ),
     ("/api/runs", &["threadId"]),
     ("/api/events", &["runId"]),
+    ("/api/audit", &["after", "limit"]),
+    ("/api/audit/verify", &["after", "limit"]),
 ];
 
 /// Refuses a query parameter the matched route does not accept (after authentication,
@@ -212,6 +219,9 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{run_id}", get(runs::show))
         .route("/runs/{run_id}/retry", post(commands::retry))
         .route("/events", get(events::stream))
+        .route("/audit", get(audit::export))
+        .route("/audit/verify", get(audit::verify_all))
+        .route("/runs/{run_id}/audit/verify", get(audit::verify_run))
         .route_layer(axum::middleware::from_fn(check_query))
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
@@ -221,6 +231,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(health::metrics))
+        // Public keys need no token: anyone holding them can check a signature.
+        .route("/api/audit/keys", get(audit::keys))
         .route_layer(axum::middleware::from_fn(check_query))
         .nest("/api", api)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -86,6 +86,16 @@ pub async fn run(args: &BenchArgs) -> Result<Value, BenchError> {
         },
     )?;
     db::migrate(&pool).await?;
+    // Signed when HITL_AUDIT_SIGNING_KEY_FILE is set: in this process, and in the worker
+    // processes a scenario starts (they inherit the environment).
+    let signer = match &args.common.audit_signing_key_file {
+        None => None,
+        Some(path) => Some(std::sync::Arc::new(
+            persistence::audit::Signer::from_pem_file(path).map_err(BenchError::Other)?,
+        )),
+    };
+    persistence::audit::install_signer(signer);
+    persistence::audit::register_signer(&pool).await?;
 
     let n = args.n.unwrap_or(args.scenario.default_n());
     let result = match args.scenario {
@@ -165,6 +175,9 @@ async fn seed(pool: &PgPool, n: usize, commands: bool) -> Result<(), BenchError>
     let mut tx = pool.begin().await?;
     persistence::seed::parked_runs(&mut tx, n as i64, &plan).await?;
     tx.commit().await?;
+    // Seeded events are inserted in bulk, unchained; the service would chain them at its
+    // start, inside what the rehydrate scenario measures.
+    persistence::audit::chain_unhashed(pool).await?;
     if !commands {
         settle(pool).await?;
         return Ok(());

@@ -423,6 +423,13 @@ pub struct CommonArgs {
     #[arg(long, env = "HITL_AGENT_SIGNING_SECRET", hide_env_values = true)]
     pub agent_signing_secret: Option<Secret>,
 
+    /// Ed25519 private key (PKCS#8 PEM, e.g. `openssl genpkey -algorithm ed25519`) that
+    /// signs every audit event this process writes; its public key is listed at
+    /// `GET /api/audit/keys`. Unset: events are hash-chained but not signed. Give every
+    /// process the same file; rotate by replacing it and restarting.
+    #[arg(long, env = "HITL_AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: Option<PathBuf>,
+
     /// How long a graceful shutdown waits for in-flight requests and jobs; jobs still
     /// running then are released back to the queue.
     #[arg(long, env = "HITL_SHUTDOWN_GRACE", default_value = "10s")]

@@ -38,6 +38,8 @@ pub struct StreamEvent {
     /// What the transition recorded (node id, decision, what was repaired, …).
     pub details: Value,
     pub at: DateTime<Utc>,
+    /// The trace of the request or job that caused it (when tracing was on).
+    pub trace_id: Option<String>,
 }
 
 impl StreamEvent {
@@ -48,7 +50,7 @@ impl StreamEvent {
 }
 
 const COLUMNS: &str = "event_id, tx_id::text::bigint as tx, run_id, request_id, command_id, action, \
-    from_status, to_status, operator_id, principal, run_version, details, created_at as at";
+    from_status, to_status, operator_id, principal, run_version, details, created_at as at, trace_id";
 
 /// Events after `after`, up to the horizon, in stream order (at most `limit`).
 pub async fn events_after(

@@ -11,6 +11,7 @@
 //! any of its requests or commands gives one lock order, so transitions cannot deadlock.
 
 mod agent_wait;
+pub mod audit;
 mod claims;
 mod commands;
 pub mod events;
@@ -201,27 +202,5 @@ async fn append_audit(
     run_id: &RunId,
     e: AuditEntry<'_>,
 ) -> Result<i64, PersistenceError> {
-    let id: i64 = sqlx::query_scalar(
-        "insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
-             operator_id, operator_display_name, operator_email, note, from_status, to_status, details, \
-             principal) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, '{}'::jsonb), $13) \
-         returning event_id",
-    )
-    .bind(run_id)
-    .bind(e.run_version)
-    .bind(e.action)
-    .bind(e.request_id)
-    .bind(e.command_id)
-    .bind(e.operator.map(|o| o.id.as_str()))
-    .bind(e.operator.and_then(|o| o.display_name.as_deref()))
-    .bind(e.operator.and_then(|o| o.email.as_deref()))
-    .bind(e.note)
-    .bind(e.from_status)
-    .bind(e.to_status)
-    .bind(e.details)
-    .bind(e.principal)
-    .fetch_one(conn)
-    .await?;
-    Ok(id)
+    audit::append(conn, run_id, e).await
 }

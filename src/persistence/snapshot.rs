@@ -119,6 +119,8 @@ pub struct AuditRecord {
     pub to_status: RunStatus,
     pub details: Value,
     pub at: DateTime<Utc>,
+    /// The trace of the request or job that caused it (when tracing was on).
+    pub trace_id: Option<String>,
 }
 
 /// A request joined with one of its answers (all `None` when it has none).
@@ -155,6 +157,7 @@ struct AuditRow {
     to_status: RunStatus,
     details: Value,
     created_at: DateTime<Utc>,
+    trace_id: Option<String>,
 }
 
 impl From<AuditRow> for AuditRecord {
@@ -176,6 +179,7 @@ impl From<AuditRow> for AuditRecord {
             to_status: r.to_status,
             details: r.details,
             at: r.created_at,
+            trace_id: r.trace_id,
         }
     }
 }
@@ -365,7 +369,7 @@ async fn load_parts(
     let audit_log = sqlx::query_as::<_, AuditRow>(
         "select event_id, run_version, action, operator_id, operator_display_name, \
              operator_email, principal, note, command_id, request_id, from_status, to_status, \
-             details, created_at \
+             details, created_at, trace_id \
          from run_audit_events where run_id = $1 order by event_id",
     )
     .bind(run_id)

@@ -8,6 +8,7 @@
 //! Below: `engine` (plans, advancing runs) and `persistence` (all SQL). Above: the front
 //! ends and the job handlers.
 
+pub mod audit;
 pub mod claims;
 pub mod commands;
 pub mod events;

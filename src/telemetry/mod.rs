@@ -190,6 +190,15 @@ pub fn current_trace_context() -> Option<HashMap<String, String>> {
     (!carrier.is_empty()).then_some(carrier)
 }
 
+/// The current span's trace id (32 hex digits), when tracing is on and there is a trace.
+pub fn current_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let context = span.span_context();
+    context.is_valid().then(|| context.trace_id().to_string())
+}
+
 /// Makes `span` a child of the trace in `carrier` (W3C headers), when there is one.
 pub fn continue_trace(span: &tracing::Span, carrier: &HashMap<String, String>) {
     let cx = TraceContextPropagator::new().extract(carrier);

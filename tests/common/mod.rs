@@ -143,6 +143,10 @@ async fn template() -> &'static str {
                 db::migrate(&pool)
                     .await
                     .expect("migrate the template database");
+                hitl_orchestrator::persistence::audit::install_signer(Some(test_signer()));
+                hitl_orchestrator::persistence::audit::register_signer(&pool)
+                    .await
+                    .expect("list the test signing key");
                 pool.close().await;
                 exec(
                     &mut conn,
@@ -177,8 +181,33 @@ pub struct TestDb {
     pub name: String,
 }
 
+/// The audit signing key every test process signs with (made for the tests with
+/// `openssl genpkey -algorithm ed25519`; its public key is listed in every test database).
+pub const TEST_AUDIT_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIFP0Zl3RhlaIdSQ0C3qFbeBBqhIfD2pDV0dEjOiSCKzG
+-----END PRIVATE KEY-----
+";
+
+/// The test signing key, installed in this process once: every audit event an
+/// in-process app or worker writes is signed, as in a deployment with a key.
+pub fn test_signer() -> std::sync::Arc<hitl_orchestrator::persistence::audit::Signer> {
+    static SIGNER: OnceLock<std::sync::Arc<hitl_orchestrator::persistence::audit::Signer>> =
+        OnceLock::new();
+    SIGNER
+        .get_or_init(|| {
+            let signer = std::sync::Arc::new(
+                hitl_orchestrator::persistence::audit::Signer::from_pem(TEST_AUDIT_KEY.as_bytes())
+                    .unwrap(),
+            );
+            hitl_orchestrator::persistence::audit::install_signer(Some(signer.clone()));
+            signer
+        })
+        .clone()
+}
+
 /// Creates a fresh database cloned from the migrated template.
 pub async fn fresh_db() -> TestDb {
+    test_signer();
     let template = template().await;
     let admin = &server().admin_url;
     let name = format!("hitl_test_{}", uuid::Uuid::now_v7().simple());
@@ -689,6 +718,9 @@ pub mod queue_support {
             .await
             .unwrap();
         tx.commit().await.unwrap();
+        hitl_orchestrator::persistence::audit::chain_unhashed(pool)
+            .await
+            .unwrap();
     }
 
     /// Records a resume approving the pending request of every run given, 200 per

@@ -26,6 +26,7 @@ mod api_identity;
 mod api_jwt;
 mod api_requests;
 mod api_runs;
+mod audit;
 mod bench;
 mod cli;
 mod compose;

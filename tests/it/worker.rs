@@ -291,7 +291,10 @@ async fn a_node_failing_transiently_three_times_is_retried_with_growing_delays_w
     // comparing one wait with the next would fail whenever a short one ran late.
     for (i, gap) in gaps.iter().enumerate() {
         let floor = Duration::from_millis(100 << i) - Duration::from_millis(10);
-        assert!(*gap >= floor, "retry {i} waited at least {floor:?}: {gaps:?}");
+        assert!(
+            *gap >= floor,
+            "retry {i} waited at least {floor:?}: {gaps:?}"
+        );
     }
     let (attempts, status): (i32, String) =
         sqlx::query_as("select attempts, status from apalis.jobs where job_type = 'hitl_advance' and convert_from(job, 'UTF8') like '%' || $1 || '%'")
