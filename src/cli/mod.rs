@@ -7,6 +7,7 @@
 //! It knows the command line, the ids and statuses of `domain`, and the API's JSON; it
 //! never reaches the database or the engine, so it runs anywhere the API is reachable.
 
+mod audit;
 mod commands;
 mod http;
 mod render;
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::config::client::{ClientCommand, OutputFormat};
+use crate::config::client::{AuditCommand, ClientCommand, OutputFormat};
 use http::{Client, Reply};
 
 /// Runs one client command and says how it ended (see `EXIT_CODES`).
@@ -67,6 +68,8 @@ async fn dispatch(client: &Client, command: &ClientCommand) -> Result<(), Failur
         ClientCommand::Retry(args) => commands::retry(client, args).await,
         ClientCommand::Claim(args) => commands::claim(client, args).await,
         ClientCommand::Unclaim(args) => commands::unclaim(client, args).await,
+        ClientCommand::Audit(AuditCommand::Verify(args)) => audit::verify(client, args).await,
+        ClientCommand::Audit(AuditCommand::Export(args)) => audit::export(client, args).await,
         ClientCommand::Watch(args) => watch::watch(client, args).await,
         ClientCommand::Completions(_) => Ok(()),
     }
@@ -91,6 +94,8 @@ pub enum Failure {
     CommandFailed(Value),
     /// `--wait` ran out before the command's outcome (9).
     Unfinished(Value),
+    /// `audit verify` found a broken chain (10); the verdicts were printed.
+    Tampered(String),
 }
 
 impl Failure {
@@ -119,6 +124,7 @@ impl Failure {
             }
             Failure::CommandFailed(_) => 7,
             Failure::Unfinished(_) => 9,
+            Failure::Tampered(_) => 10,
         }
     }
 
@@ -128,7 +134,10 @@ impl Failure {
         let json = match self {
             Failure::Api(reply) | Failure::Unauthenticated(reply) => Some(&reply.body),
             Failure::Rejected(c) | Failure::CommandFailed(c) | Failure::Unfinished(c) => Some(c),
-            Failure::Usage(_) | Failure::Invalid(_) | Failure::Network(_) => None,
+            Failure::Usage(_)
+            | Failure::Invalid(_)
+            | Failure::Network(_)
+            | Failure::Tampered(_) => None,
         };
         if output == OutputFormat::Json
             && let Some(body) = json
@@ -141,7 +150,10 @@ impl Failure {
 
     fn message(&self) -> String {
         match self {
-            Failure::Usage(m) | Failure::Invalid(m) | Failure::Network(m) => m.clone(),
+            Failure::Usage(m)
+            | Failure::Invalid(m)
+            | Failure::Network(m)
+            | Failure::Tampered(m) => m.clone(),
             Failure::Api(reply) => render::api_error(reply),
             Failure::Unauthenticated(reply) => format!(
                 "{}; no token was given: use --token-file (HITL_TOKEN_FILE) or --token \

@@ -19,7 +19,8 @@ Exit codes:
   6  service unavailable (503), or the network failed after the retries
   7  the command failed (500)
   8  invalid input (422 and other refusals of what was sent)
-  9  --wait ran out before the outcome (the command goes on: follow it with `show CMD_ID`)";
+  9  --wait ran out before the outcome (the command goes on: follow it with `show CMD_ID`)
+ 10  audit verify: a run's audit chain is broken (the first broken link is printed)";
 
 /// The examples and exit codes under the top-level `--help`.
 pub const CLIENT_HELP: &str = "\
@@ -37,7 +38,7 @@ Exit codes of the operator commands:
   0 done, 2 usage, 3 conflict or not pending (409), 4 not found (404),
   5 unauthenticated or forbidden (401/403), 6 service unavailable (503, or the network
   failed after the retries), 7 command failed (500), 8 invalid input (422),
-  9 --wait ran out before the outcome";
+  9 --wait ran out before the outcome, 10 a broken audit chain (audit verify)";
 
 const PENDING_EXAMPLES: &str = "Examples:
   hitl-orchestrator pending
@@ -66,6 +67,11 @@ const CLAIM_EXAMPLES: &str = "Examples:
 const UNCLAIM_EXAMPLES: &str = "Examples:
   hitl-orchestrator unclaim hitl_req_0193…
   hitl-orchestrator unclaim hitl_req_0193… --force   (a supervisor ending another's claim)";
+const AUDIT_EXAMPLES: &str = "Examples (a credential with the audit scope):
+  hitl-orchestrator audit verify --run run_0193…
+  hitl-orchestrator audit verify --all --output json | jq -c 'select(.intact | not)'
+  hitl-orchestrator audit export > audit.ndjson
+  hitl-orchestrator audit export --after 41234 --follow";
 const WATCH_EXAMPLES: &str = "Examples:
   hitl-orchestrator watch
   hitl-orchestrator watch --run run_0193… --output json | jq -c 'select(.event == \"resumed\")'";
@@ -108,6 +114,9 @@ pub enum ClientCommand {
     /// Release a claim (yours, or with --force and the supervise scope anyone's).
     #[command(after_help = UNCLAIM_EXAMPLES, after_long_help = with_exit_codes(UNCLAIM_EXAMPLES))]
     Unclaim(UnclaimArgs),
+    /// The tamper-evident audit trail: verify runs' chains, export every event.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Follow the live events (`/api/events`), one line per event, reconnecting with
     /// Last-Event-ID so that nothing is missed or repeated.
     #[command(after_help = WATCH_EXAMPLES, after_long_help = with_exit_codes(WATCH_EXAMPLES))]
@@ -287,6 +296,51 @@ pub struct ClaimArgs {
     pub force: bool,
 }
 
+/// `audit verify` and `audit export`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify a run's audit chain (or every run's, a page at a time): intact, or the
+    /// first broken link — an edited, deleted, inserted or reordered event, a bad
+    /// signature, an unknown key. Exits 10 when a chain is broken.
+    #[command(after_help = AUDIT_EXAMPLES, after_long_help = with_exit_codes(AUDIT_EXAMPLES))]
+    Verify(AuditVerifyArgs),
+    /// Print every audit event after `--after` as NDJSON (one event per line, in the
+    /// order they committed); with --follow, keep printing new ones.
+    #[command(after_help = AUDIT_EXAMPLES, after_long_help = with_exit_codes(AUDIT_EXAMPLES))]
+    Export(AuditExportArgs),
+}
+
+/// Arguments of `audit verify`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The run to verify (`run_…`).
+    #[arg(
+        long,
+        value_name = "RUN_ID",
+        conflicts_with = "all",
+        required_unless_present = "all"
+    )]
+    pub run: Option<String>,
+    /// Every run (with --output json, one verdict per line).
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Arguments of `audit export`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditExportArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Start after this event id (the last `eventId` an earlier export printed).
+    #[arg(long, value_name = "EVENT_ID", default_value_t = 0)]
+    pub after: u64,
+    /// Keep following: print events as they commit, until interrupted.
+    #[arg(long)]
+    pub follow: bool,
+}
+
 /// Arguments of `unclaim`.
 #[derive(Debug, Clone, Args)]
 pub struct UnclaimArgs {
@@ -348,6 +402,8 @@ impl ClientCommand {
             ClientCommand::Retry(a) => Some(&a.client),
             ClientCommand::Claim(a) => Some(&a.client),
             ClientCommand::Unclaim(a) => Some(&a.client),
+            ClientCommand::Audit(AuditCommand::Verify(a)) => Some(&a.client),
+            ClientCommand::Audit(AuditCommand::Export(a)) => Some(&a.client),
             ClientCommand::Watch(a) => Some(&a.client),
             ClientCommand::Completions(_) => None,
         }

@@ -345,6 +345,27 @@ impl TestApp {
         }
     }
 
+    /// Asserts that every run's audit chain verifies: every transition appended its
+    /// event in order, hashed and signed.
+    pub async fn assert_audit_intact(&self) {
+        let mut conn = self.pool.acquire().await.unwrap();
+        let mut after: Option<hitl_orchestrator::domain::RunId> = None;
+        loop {
+            let (verdicts, next) =
+                hitl_orchestrator::persistence::audit::verify_page(&mut conn, after.as_ref(), 100)
+                    .await
+                    .unwrap();
+            for v in &verdicts {
+                assert!(v.intact, "{v:?}");
+                assert_eq!(v.signed, v.events, "{v:?}");
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => return,
+            }
+        }
+    }
+
     /// Every row of every orchestrator table, to show a refused request changed nothing.
     /// `rehydrated_at` is left out: a worker's start-up rescan stamps it on its own time.
     pub async fn dump(&self) -> Vec<Vec<Value>> {

@@ -274,6 +274,7 @@ async fn eight_approvers_at_once_count_exactly_two_and_resolve_the_request_once(
         "approvals, resumes, recorded, answering commands"
     );
     app.wait_for_run(&run, "completed").await;
+    app.assert_audit_intact().await;
     app.stop().await;
 }
 

@@ -254,6 +254,7 @@ async fn a_claim_holds_off_everyone_else_until_released_or_its_lease_ends() {
             "request_claimed"
         ]
     );
+    app.assert_audit_intact().await;
     app.stop().await;
 }
 

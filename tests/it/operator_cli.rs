@@ -827,3 +827,98 @@ async fn claim_and_unclaim_hold_a_request_and_force_needs_supervise() {
     assert_eq!(broken, 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn audit_verify_names_a_broken_chain_and_export_prints_every_event_and_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, tokens) = crate::common::api::tokens_file(
+        dir.path(),
+        &[("auditor", "\"audit\"", "operator = { id = \"auditor\" }")],
+    );
+    let app = TestApp::spawn_with(crate::common::api::AppOptions {
+        tokens_file: Some(file),
+        ..crate::common::api::AppOptions::default()
+    })
+    .await;
+    let auditor = &tokens[0];
+    let (run, _) = app.parked_run().await;
+    let (other, _) = app.parked_run().await;
+
+    let ok = cli_as(&app.base, auditor, &["audit", "verify", "--run", &run]).await;
+    assert_exit(&ok, 0);
+    assert!(ok.stdout.contains("intact"), "{ok:#?}");
+    let all = cli_as(
+        &app.base,
+        auditor,
+        &["audit", "verify", "--all", "-o", "json"],
+    )
+    .await;
+    assert_exit(&all, 0);
+    let verdicts: Vec<Value> = all
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(verdicts.len(), 2);
+    assert!(verdicts.iter().all(|v| v["intact"] == true), "{verdicts:?}");
+    assert_exit(&cli_as(&app.base, auditor, &["audit", "verify"]).await, 2);
+    assert_exit(
+        &cli_as(&app.base, OPERATOR, &["audit", "verify", "--all"]).await,
+        5,
+    );
+
+    sqlx::query(
+        "update run_audit_events set note = 'edited' where run_id = $1 and run_version = 2",
+    )
+    .bind(&other)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let tampered = cli_as(&app.base, auditor, &["audit", "verify", "--all"]).await;
+    assert_exit(&tampered, 10);
+    assert!(
+        tampered
+            .stdout
+            .contains(&format!("{other}  BROKEN  altered at version 2")),
+        "{tampered:#?}"
+    );
+    assert!(tampered.stderr.contains("1 of 2 runs"), "{tampered:#?}");
+
+    let events: i64 = scalar(&app.pool, "select count(*) from run_audit_events").await;
+    let exported = cli_as(&app.base, auditor, &["audit", "export"]).await;
+    assert_exit(&exported, 0);
+    let lines: Vec<Value> = exported
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as i64, events);
+    let first = lines[0]["eventId"].as_i64().unwrap().to_string();
+    let rest = cli_as(&app.base, auditor, &["audit", "export", "--after", &first]).await;
+    assert_eq!(rest.stdout.lines().count() as i64, events - 1);
+
+    // --follow prints what commits later too.
+    let mut follow = command(&app.base, auditor, &["audit", "export", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut seen = 0;
+    let started = Instant::now();
+    let new_run = app.create_run(crate::common::api::review_plan()).await;
+    app.wait_for_run(&new_run, "awaiting_hitl").await;
+    let total: i64 = scalar(&app.pool, "select count(*) from run_audit_events").await;
+    while seen < total {
+        let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
+            .await
+            .expect("the export follows")
+            .unwrap()
+            .expect("a line");
+        let e: Value = serde_json::from_str(&line).unwrap();
+        assert!(e["hash"].is_string(), "{e}");
+        seen += 1;
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+    follow.kill().await.unwrap();
+    app.stop().await;
+}
