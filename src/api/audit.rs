@@ -96,8 +96,7 @@ pub async fn verify_all(
 #[utoipa::path(get, path = "/api/audit", tag = "audit", security(("bearer" = [])),
     params(
         ("after" = Option<i64>, Query, description = "an event id: start after it (default: from the start)"),
-        ("limit" = Option<i64>, Query, description = "events per page, 1 to 1000 (default 1000)"),
-        ("Accept" = Option<String>, Header, description = "`application/x-ndjson` for one event per line")),
+        ("limit" = Option<i64>, Query, description = "events per page, 1 to 1000 (default 1000)")),
     responses(
         (status = 200, description = "a page of events (with `Accept: application/x-ndjson`, one event per line: continue after the last line's `eventId`)", content(
             (ExportPage = "application/json"),
@@ -112,9 +111,7 @@ pub async fn export(
     let after = match query.get("after") {
         None => None,
         Some(raw) => Some(
-            raw.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
+            digits(raw)
                 .ok_or_else(|| ApiError::invalid("after", "must be an event id (digits)"))?,
         ),
     };
@@ -145,10 +142,16 @@ pub async fn export(
 fn page_size(raw: Option<&str>, max: i64) -> Result<i64, ApiError> {
     match raw {
         None => Ok(max),
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
+        Some(s) => digits(s)
             .filter(|n| (1..=max).contains(n))
             .ok_or_else(|| ApiError::invalid("limit", format!("must be 1 to {max}"))),
     }
+}
+
+/// A whole number written as 1 to 18 digits (no sign, no spaces), as the document states.
+fn digits(raw: &str) -> Option<i64> {
+    if raw.is_empty() || raw.len() > 18 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse().ok()
 }

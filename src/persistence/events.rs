@@ -84,6 +84,23 @@ pub async fn horizon(conn: &mut PgConnection) -> Result<StreamPosition, Persiste
     Ok(last.unwrap_or((0, 0)))
 }
 
+/// The stream position of event `event_id`, or of the latest event before it when it
+/// does not exist (archived and removed, or never issued); the start of the stream when
+/// there is none.
+pub async fn position_at_or_before(
+    conn: &mut PgConnection,
+    event_id: i64,
+) -> Result<StreamPosition, PersistenceError> {
+    let found: Option<StreamPosition> = sqlx::query_as(
+        "select tx_id::text::bigint, event_id from run_audit_events where event_id <= $1 \
+         order by event_id desc limit 1",
+    )
+    .bind(event_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(found.unwrap_or((0, 0)))
+}
+
 /// The stream position of event `event_id` (a client's `Last-Event-ID`).
 pub async fn position_of(
     conn: &mut PgConnection,

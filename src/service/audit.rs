@@ -40,7 +40,7 @@ impl Service {
 
     /// Up to `limit` events after event `after` (from the start when `None`), in the
     /// live stream's commit-safe order: a page never skips an event that commits late.
-    /// An `after` this database never issued is 422 naming `after`.
+    /// An `after` that names no event is read as the latest event before it.
     pub async fn export_audit(
         &self,
         after: Option<i64>,
@@ -49,9 +49,7 @@ impl Service {
         let mut conn = self.pool.acquire().await?;
         let position = match after {
             None | Some(0) => (0, 0),
-            Some(id) => events::position_of(&mut conn, id)
-                .await?
-                .ok_or_else(|| ServiceError::invalid("after", "is not the id of an audit event"))?,
+            Some(id) => events::position_at_or_before(&mut conn, id).await?,
         };
         Ok(audit::export_after(&mut conn, position, limit).await?)
     }
