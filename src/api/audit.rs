@@ -14,7 +14,7 @@ use super::extract::QueryParams;
 use super::openapi::{AuthErrors, ErrorBody};
 use super::{ApiError, AppState};
 use crate::domain::RunId;
-use crate::persistence::audit::{ExportedEvent, SigningKey, Verification};
+use crate::service::audit::{ExportedEvent, SigningKey, Verification};
 use crate::service::audit::{MAX_EXPORT_PAGE, MAX_VERIFY_PAGE};
 use crate::service::input;
 

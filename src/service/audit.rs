@@ -4,7 +4,8 @@
 
 use super::{Entity, Service, ServiceError};
 use crate::domain::RunId;
-use crate::persistence::audit::{self, ExportedEvent, SigningKey, Verification};
+use crate::persistence::audit;
+pub use crate::persistence::audit::{ExportedEvent, SigningKey, Verification};
 use crate::persistence::events;
 
 /// Largest page of an export, and of a verification of every run.
