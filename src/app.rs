@@ -36,6 +36,8 @@ pub enum AppError {
     Tokens(String),
     #[error("invalid agent settings: {0}")]
     Agent(String),
+    #[error("invalid console settings: {0}")]
+    Console(String),
 }
 
 /// What a process runs once its database is open.
@@ -109,6 +111,11 @@ async fn serve_http(
     let configured = Authenticator::from_settings(http.api_key.as_ref(), http.api_tokens.as_ref())
         .map_err(AppError::Tokens)?;
     let jwt = jwt_verifier(http)?;
+    let console = crate::console::ConsoleSettings {
+        public_url: http.public_url.clone(),
+        session_ttl: crate::config::console::check_session_ttl(http.console_session_ttl.0)
+            .map_err(AppError::Console)?,
+    };
     // With a tokens file or an identity provider there is no need to make a token up.
     let configured = match (configured, jwt.is_some() || http.tokens_file.is_some()) {
         (None, true) => Some(Authenticator::new(Vec::new())),
@@ -148,6 +155,11 @@ async fn serve_http(
     let addr = listener.local_addr().map_err(AppError::Serve)?;
     // Printed on stdout, apart from the logs, so scripts and tests can find the port.
     println!("hitl-orchestrator listening on http://{addr}");
+    let site = http
+        .public_url
+        .as_ref()
+        .map_or_else(|| format!("http://{addr}"), |u| u.origin().to_owned());
+    println!("hitl-orchestrator console: {site}/console/");
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "HTTP API listening");
 
@@ -157,6 +169,7 @@ async fn serve_http(
         auth: Arc::new(auth),
         max_body: http.max_body.0,
         body_timeout: http.http_body_timeout.0,
+        console,
     };
     let limits = api::HttpLimits {
         header_timeout: http.http_header_timeout.0,

@@ -11,6 +11,7 @@
 //! any of its requests or commands gives one lock order, so transitions cannot deadlock.
 
 mod agent_wait;
+mod briefs;
 mod claims;
 mod commands;
 pub mod events;
@@ -21,6 +22,7 @@ pub mod rehydrate;
 mod requests;
 mod runs;
 pub mod seed;
+mod sessions;
 mod snapshot;
 pub mod stats;
 
@@ -33,6 +35,7 @@ use crate::domain::{
 };
 
 pub use agent_wait::{AgentRetry, AgentWait, fail_abandoned_run, note_agent_unreachable};
+pub use briefs::{BriefRecord, RequestBrief, find_brief, request_briefs};
 pub use claims::{Claim, ClaimSubject, lock_claim_subject, write_claim, write_release};
 pub use commands::{
     ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, claimed_refusal,
@@ -49,6 +52,7 @@ pub use runs::{
     RunRef, StepState, checkpoint, create_run, find_run, finish_run, raise_request, runner_state,
     start_run,
 };
+pub use sessions::{NewSession, SessionRecord, delete_session, find_session, insert_session};
 pub use snapshot::{
     AuditRecord, RequestRecord, RequestView, ResponseRecord, RunRecord, RunSnapshot, load_request,
     load_run_state, load_run_state_in, load_snapshot, load_snapshot_in,

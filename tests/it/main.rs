@@ -29,6 +29,7 @@ mod api_runs;
 mod bench;
 mod cli;
 mod compose;
+mod console;
 mod embedded;
 mod engine;
 mod examples;
