@@ -30,6 +30,7 @@ mod bench;
 mod cli;
 mod compose;
 mod console;
+mod console_browser;
 mod embedded;
 mod engine;
 mod examples;
