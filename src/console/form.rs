@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
@@ -38,8 +38,8 @@ impl Fields {
 }
 
 /// Reads a form body: 415 unless it is `application/x-www-form-urlencoded`, 413 past
-/// `limit` bytes, 408 when it has not arrived within `timeout`, 400 when it does not
-/// decode.
+/// `limit` bytes (declared, or while it arrives), 408 when it has not arrived within
+/// `timeout`, 400 when it does not decode.
 pub async fn read(
     headers: &HeaderMap,
     body: Body,
@@ -61,6 +61,20 @@ pub async fn read(
             "The console accepts only its own HTML forms.",
         ));
     }
+    let too_large = || {
+        pages::refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Too large",
+            "The form is larger than this service accepts.",
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
     let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => {
             return Err(pages::refused(
@@ -69,13 +83,8 @@ pub async fn read(
                 "The form took too long to arrive.",
             ));
         }
-        Ok(Err(_)) => {
-            return Err(pages::refused(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Too large",
-                "The form is larger than this service accepts.",
-            ));
-        }
+        // Past the limit while arriving (a chunked body), or cut off.
+        Ok(Err(_)) => return Err(too_large()),
         Ok(Ok(bytes)) => bytes,
     };
     serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)

@@ -24,7 +24,7 @@ mod inbox;
 mod outcome;
 mod pages;
 mod request;
-pub mod session;
+mod session;
 mod sign_in;
 mod views;
 

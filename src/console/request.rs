@@ -185,26 +185,7 @@ async fn submit(
     input: CommandInput,
     id: &RequestId,
 ) -> Response {
-    let prepared = (|| {
-        let note = fields.text("note");
-        input::text("note", note.as_deref(), MAX_LONG_TEXT)?;
-        if let CommandInput::Remove { reason, .. } = &input {
-            input::text("reason", reason.as_deref(), MAX_LONG_TEXT)?;
-        }
-        let key = fields
-            .text("key")
-            .map(|k| IdempotencyKey::parse(&k))
-            .transpose()?;
-        Ok::<_, ServiceError>(SubmitCommand {
-            target,
-            input,
-            operator: signed.operator.clone(),
-            note,
-            idempotency_key: key,
-            principal: Some(signed.principal.clone()),
-        })
-    })();
-    let submitted = match prepared {
+    let submitted = match submission(&signed, fields, target, input) {
         Ok(submission) => console.service.submit(submission).await,
         Err(e) => Err(e),
     };
@@ -240,6 +221,33 @@ async fn submit(
         }
         Err(e) => pages::service_error(e, Some(&signed)),
     }
+}
+
+/// The command a form asks for: its note and (for a removal) reason within their
+/// lengths, its idempotency key, who acts.
+fn submission(
+    signed: &Signed,
+    fields: &form::Fields,
+    target: RunTarget,
+    input: CommandInput,
+) -> Result<SubmitCommand, ServiceError> {
+    let note = fields.text("note");
+    input::text("note", note.as_deref(), MAX_LONG_TEXT)?;
+    if let CommandInput::Remove { reason, .. } = &input {
+        input::text("reason", reason.as_deref(), MAX_LONG_TEXT)?;
+    }
+    let key = fields
+        .text("key")
+        .map(|k| IdempotencyKey::parse(&k))
+        .transpose()?;
+    Ok(SubmitCommand {
+        target,
+        input,
+        operator: signed.operator.clone(),
+        note,
+        idempotency_key: key,
+        principal: Some(signed.principal.clone()),
+    })
 }
 
 /// `POST /console/requests/{requestId}/claim`: claims it for the default lease (or renews

@@ -135,16 +135,12 @@ pub async fn submit(
         }
         None
     };
-    let (Some(id), secure) = (SessionId::generate(), console.settings.secure()) else {
-        tracing::error!("no randomness for a console session id");
-        return pages::refused(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Something went wrong",
-            "The service could not start a session.",
-        );
-    };
-    let Some(sealed) = id.seal(token.as_bytes()) else {
-        tracing::error!("a console credential could not be sealed");
+    let sealed = SessionId::generate().and_then(|id| {
+        let sealed = id.seal(token.as_bytes())?;
+        Some((id, sealed))
+    });
+    let Some((id, sealed)) = sealed else {
+        tracing::error!("no randomness for a console session: none started");
         return pages::refused(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
@@ -170,7 +166,7 @@ pub async fn submit(
     }
     tracing::info!(principal = %principal.name, "console sign-in");
     let mut response = Redirect::to("/console/").into_response();
-    let cookie = session::set_cookie(&id, secure, ttl.as_secs());
+    let cookie = session::set_cookie(&id, console.settings.secure(), ttl.as_secs());
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }

@@ -142,7 +142,8 @@ impl Visitor {
         self.post_with(path, fields, &[("origin", &origin)]).await
     }
 
-    /// Posts `fields` with these headers (and no others of a browser's).
+    /// Posts `fields` with these headers (and no others of a browser's), as a form unless
+    /// they name another content type.
     pub async fn post_with(
         &mut self,
         path: &str,
@@ -152,8 +153,13 @@ impl Visitor {
         let mut request = self
             .client
             .post(format!("{}{path}", self.base))
-            .header("content-type", "application/x-www-form-urlencoded")
             .body(serde_urlencoded::to_string(fields).unwrap());
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header("content-type", "application/x-www-form-urlencoded");
+        }
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
@@ -929,4 +935,32 @@ pub(crate) fn session_bad_rows() -> Vec<(String, &'static str)> {
             "console_sessions_expire_after_creation",
         ),
     ]
+}
+
+#[tokio::test]
+async fn a_form_too_large_or_not_a_form_is_refused_and_changes_nothing() {
+    let (app, people) = console_app().await;
+    let (mut visitor, _run, request, csrf, key) = on_a_request(&app, &people.alice).await;
+    let before = app.dump().await;
+    let answer = format!("/console/requests/{request}/answer");
+    let huge = "x".repeat(hitl_orchestrator::api::DEFAULT_MAX_BODY + 1);
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("key", &key),
+        ("decision-0", "approve"),
+        ("note", &huge),
+    ];
+    let page = visitor.post(&answer, &fields).await;
+    assert_eq!(page.status, 413, "{}", page.header("content-type"));
+    let origin = app.base.clone();
+    let json = visitor
+        .post_with(
+            &answer,
+            &[],
+            &[("origin", &origin), ("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(json.status, 415, "only the console's own forms");
+    assert_eq!(app.dump().await, before);
+    app.stop().await;
 }
