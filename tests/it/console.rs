@@ -695,10 +695,12 @@ async fn the_inbox_lists_oldest_first_filters_and_pages_by_keyset() {
     let (app, people) = console_app().await;
     let parked = three_parked(&app).await;
     let other = app
-        .create_run(
-            json!({ "nodes": [ { "id": "legal", "type": "hitl", "prompt": "Legal check?",
-                                         "responseTypes": ["approval"] } ] }),
-        )
+        .create_run(json!({ "nodes": [ {
+            "id": "legal", "type": "hitl", "prompt": "Legal check?",
+            "responseTypes": ["approval", "rejection"],
+            "timeoutSeconds": 7200, "onTimeout": "approve",
+            "assignees": { "users": ["alice"], "groups": ["legal"] },
+            "approvals": { "required": 2 } } ] }))
         .await;
     app.wait_for_run(&other, "awaiting_hitl").await;
     let mut visitor = Visitor::signed_in(&app, &people.alice, None).await;
@@ -714,7 +716,15 @@ async fn the_inbox_lists_oldest_first_filters_and_pages_by_keyset() {
 
     let legal = visitor.get("/console/?node=legal").await;
     assert_eq!(order(&legal.body).len(), 1);
-    assert!(legal.body.contains("Legal check?"));
+    for shown in [
+        "Legal check?",
+        "in 1 h",
+        "then it is approved",
+        "alice, group legal",
+        "0 of 2",
+    ] {
+        assert!(legal.body.contains(shown), "{shown}: {}", legal.body);
+    }
     let snapshot = app.get(&format!("/api/runs/{}", parked[1].0), ADMIN).await;
     let thread = snapshot.body["threadId"].as_str().unwrap().to_owned();
     let by_thread = visitor
