@@ -31,6 +31,7 @@ mod cli;
 mod compose;
 mod console;
 mod console_browser;
+mod console_sessions;
 mod embedded;
 mod engine;
 mod examples;
