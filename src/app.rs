@@ -34,10 +34,10 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
     #[error("invalid API token settings: {0}")]
     Tokens(String),
-    #[error("invalid agent settings: {0}")]
-    Agent(String),
     #[error("invalid console settings: {0}")]
     Console(String),
+    #[error("invalid agent settings: {0}")]
+    Agent(String),
 }
 
 /// What a process runs once its database is open.

@@ -11,7 +11,6 @@
 //! any of its requests or commands gives one lock order, so transitions cannot deadlock.
 
 mod agent_wait;
-mod briefs;
 mod claims;
 mod commands;
 pub mod events;
@@ -22,9 +21,12 @@ pub mod rehydrate;
 mod requests;
 mod runs;
 pub mod seed;
-mod sessions;
 mod snapshot;
 pub mod stats;
+
+// What the operator console reads beside the pending list, and its sessions.
+mod briefs;
+mod sessions;
 
 use serde_json::Value;
 use sqlx::{PgConnection, Postgres, Transaction};
