@@ -34,6 +34,8 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
     #[error("invalid API token settings: {0}")]
     Tokens(String),
+    #[error("invalid console settings: {0}")]
+    Console(String),
     #[error("invalid agent settings: {0}")]
     Agent(String),
     #[error("HITL_AUDIT_SIGNING_KEY_FILE: {0}")]
@@ -148,6 +150,11 @@ async fn serve_http(
     let configured = Authenticator::from_settings(http.api_key.as_ref(), http.api_tokens.as_ref())
         .map_err(AppError::Tokens)?;
     let jwt = jwt_verifier(http)?;
+    let console = crate::console::ConsoleSettings {
+        public_url: http.public_url.clone(),
+        session_ttl: crate::config::console::check_session_ttl(http.console_session_ttl.0)
+            .map_err(AppError::Console)?,
+    };
     // With a tokens file or an identity provider there is no need to make a token up.
     let configured = match (configured, jwt.is_some() || http.tokens_file.is_some()) {
         (None, true) => Some(Authenticator::new(Vec::new())),
@@ -187,6 +194,11 @@ async fn serve_http(
     let addr = listener.local_addr().map_err(AppError::Serve)?;
     // Printed on stdout, apart from the logs, so scripts and tests can find the port.
     println!("hitl-orchestrator listening on http://{addr}");
+    let site = http
+        .public_url
+        .as_ref()
+        .map_or_else(|| format!("http://{addr}"), |u| u.origin().to_owned());
+    println!("hitl-orchestrator console: {site}/console/");
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "HTTP API listening");
 
@@ -196,6 +208,7 @@ async fn serve_http(
         auth: Arc::new(auth),
         max_body: http.max_body.0,
         body_timeout: http.http_body_timeout.0,
+        console,
     };
     let limits = api::HttpLimits {
         header_timeout: http.http_header_timeout.0,

@@ -46,6 +46,8 @@ pub struct AppState {
     pub max_body: usize,
     /// A body that makes no progress this long is refused (408).
     pub body_timeout: Duration,
+    /// The operator console's settings (it is served under `/console/`).
+    pub console: crate::console::ConsoleSettings,
 }
 
 impl AppState {
@@ -56,12 +58,15 @@ impl AppState {
             auth: Arc::new(auth),
             max_body: DEFAULT_MAX_BODY,
             body_timeout: HttpLimits::default().body_timeout,
+            console: crate::console::ConsoleSettings::default(),
         }
     }
 }
 
-/// Every (method, path) the router serves. `tests/openapi.rs` checks that this is exactly
-/// what `/openapi.json` documents, that each is served, and that other methods are not.
+/// Every (method, path) of the API the router serves. `tests/openapi.rs` checks that this
+/// is exactly what `/openapi.json` documents, that each is served, and that other methods
+/// are not. The operator console (`/console/…`, and `/` redirecting there) is HTML for
+/// people, not part of the API: it is left out of both.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/hitl/pending"),
     ("POST", "/api/hitl/resume"),
@@ -134,10 +139,10 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 // Out of file descriptors and the like: wait and go on accepting.
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -149,7 +154,18 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let io =
             hyper_util::rt::TokioIo::new(listener::WriteTimeout::new(stream, limits.write_timeout));
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The peer's address travels with each request (the console limits sign-ins per
+        // client address).
+        let service =
+            hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+                app.clone(),
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request
+                },
+            ));
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
@@ -205,6 +221,17 @@ async fn check_query(
     }
 }
 
+/// The console over the same service and credentials as the API.
+fn console(state: &AppState) -> crate::console::Console {
+    crate::console::Console::new(
+        state.service.clone(),
+        state.auth.clone(),
+        state.console.clone(),
+        state.max_body,
+        state.body_timeout,
+    )
+}
+
 /// The whole router.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -234,6 +261,8 @@ pub fn router(state: AppState) -> Router {
         // Public keys need no token: anyone holding them can check a signature.
         .route("/api/audit/keys", get(audit::keys))
         .route_layer(axum::middleware::from_fn(check_query))
+        .route("/", get(crate::console::to_inbox))
+        .merge(crate::console::router(console(&state)))
         .nest("/api", api)
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)

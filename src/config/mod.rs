@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod client;
+pub mod console;
 pub mod tokens;
 
 /// A string that must never be printed: `Debug` and `Display` show `[redacted]`.
@@ -526,6 +527,17 @@ pub struct HttpArgs {
     /// are refused with 413 before they are read.
     #[arg(long, env = "HITL_MAX_BODY", default_value = "256KiB")]
     pub max_body: ByteSize,
+
+    /// The address operators open the service at, e.g. https://hitl.example.com (an
+    /// origin: no path). The console's session cookie is Secure when it is https://, and
+    /// its forms are accepted only from this origin (unset: from the request's own Host).
+    #[arg(long, env = "HITL_PUBLIC_URL")]
+    pub public_url: Option<console::PublicUrl>,
+
+    /// How long a console sign-in lasts, 1m to 30d (its credential is still checked again
+    /// on every request).
+    #[arg(long, env = "HITL_CONSOLE_SESSION_TTL", default_value = "8h")]
+    pub console_session_ttl: Millis,
 }
 
 /// Settings of the queue workers (`serve` and `worker`).

@@ -25,6 +25,10 @@ pub mod seed;
 mod snapshot;
 pub mod stats;
 
+// What the operator console reads beside the pending list, and its sessions.
+mod briefs;
+mod sessions;
+
 use serde_json::Value;
 use sqlx::{PgConnection, Postgres, Transaction};
 
@@ -34,6 +38,7 @@ use crate::domain::{
 };
 
 pub use agent_wait::{AgentRetry, AgentWait, fail_abandoned_run, note_agent_unreachable};
+pub use briefs::{BriefRecord, RequestBrief, find_brief, request_briefs};
 pub use claims::{Claim, ClaimSubject, lock_claim_subject, write_claim, write_release};
 pub use commands::{
     ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, claimed_refusal,
@@ -50,6 +55,7 @@ pub use runs::{
     RunRef, StepState, checkpoint, create_run, find_run, finish_run, raise_request, runner_state,
     start_run,
 };
+pub use sessions::{NewSession, SessionRecord, delete_session, find_session, insert_session};
 pub use snapshot::{
     AuditRecord, RequestRecord, RequestView, ResponseRecord, RunRecord, RunSnapshot, load_request,
     load_run_state, load_run_state_in, load_snapshot, load_snapshot_in,

@@ -12,10 +12,12 @@ pub mod audit;
 pub mod claims;
 pub mod commands;
 pub mod events;
+mod inbox;
 pub mod input;
 mod metrics;
 mod pending;
 mod runs;
+mod sessions;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -31,9 +33,15 @@ pub use crate::persistence::{
     AuditRecord, BriefInput, CommandRecord, CreatedRun, PendingItem, RequestRecord, RequestView,
     ResponseInput, ResponseRecord, RunRecord, RunSnapshot,
 };
+// What the console reads and stores, beside the above.
+pub use crate::persistence::{
+    Approvals, Assignees, BriefRecord, ItemKind, ItemOption, NewSession, RequestItem,
+    SessionRecord, ToolCall,
+};
 pub use claims::{ClaimOrder, ClaimState};
 pub use commands::{CommandInput, CommandState, RunTarget, SubmitCommand, Submitted};
 pub use events::{EventFilter, EventHub, EventSettings, EventStream};
+pub use inbox::{InboxEntry, InboxPage};
 pub use metrics::{refresh_gauges, refresh_loop};
 pub use pending::{PendingCursor, PendingPage, PendingQuery};
 pub use runs::CreateRun;

@@ -87,6 +87,8 @@ pub struct AppOptions {
     pub tokens_file: Option<std::path::PathBuf>,
     /// JWT bearer tokens accepted beside the test tokens.
     pub jwt: Option<hitl_orchestrator::identity::jwt::JwtSettings>,
+    /// The operator console's settings.
+    pub console: hitl_orchestrator::console::ConsoleSettings,
 }
 
 impl Default for AppOptions {
@@ -101,6 +103,7 @@ impl Default for AppOptions {
             body_timeout: api::HttpLimits::default().body_timeout,
             tokens_file: None,
             jwt: None,
+            console: Default::default(),
         }
     }
 }
@@ -137,6 +140,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db: TestDb,
     pub pool: PgPool,
+    /// The app's credentials (a clone shares them: reloading its tokens file reloads the app's).
+    pub auth: Authenticator,
     engine: Engine,
     worker: Option<RunningWorker>,
     shutdown: CancellationToken,
@@ -178,7 +183,8 @@ impl TestApp {
         if let Some(jwt) = options.jwt.clone() {
             auth = auth.with_jwt(hitl_orchestrator::identity::jwt::JwtVerifier::new(jwt));
         }
-        let mut state = AppState::new(service, auth);
+        let mut state = AppState::new(service, auth.clone());
+        state.console = options.console.clone();
         state.max_body = options.max_body;
         state.body_timeout = options.body_timeout;
         let limits = api::HttpLimits {
@@ -193,6 +199,7 @@ impl TestApp {
             client: crate::common::http_client(),
             db,
             pool,
+            auth,
             engine,
             worker,
             shutdown,

@@ -262,7 +262,10 @@ async fn every_foreign_key_and_check_constraint_rejects_a_bad_row() {
         .unwrap();
 
     let mut covered = BTreeSet::new();
-    for (sql, constraint) in bad_rows() {
+    for (sql, constraint) in bad_rows()
+        .into_iter()
+        .chain(crate::console_sessions::session_bad_rows())
+    {
         let mut tx = db.pool.begin().await.unwrap();
         let err = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .execute(&mut *tx)

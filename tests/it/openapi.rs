@@ -119,6 +119,14 @@ async fn the_document_is_valid_openapi_3_1_and_matches_the_router_both_ways() {
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
     assert_eq!(documented, served);
+    // The operator console is HTML for people, not the API: `/` and `/console/…` are
+    // served (tests/it/console.rs) but neither listed nor documented.
+    assert!(
+        served
+            .iter()
+            .all(|(_, p)| p != "/" && !p.starts_with("/console")),
+        "{served:?}"
+    );
 
     // Every /api operation requires the bearer token, but the public keys of the audit
     // trail (public, so that anyone can check a signature).

@@ -1,0 +1,120 @@
+//! `GET /console/`: the inbox — pending requests, oldest first, filtered by thread, brief
+//! and node, a page at a time (keyset paging with the service's opaque cursor; `limit`
+//! rows a page, 50 unless asked).
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::Console;
+use super::pages::{self, Chrome, Filters, InboxPage};
+use super::views::InboxRow;
+use crate::service::{PendingQuery, ServiceError, input};
+
+/// The inbox's query string.
+#[derive(Debug, Default, Deserialize)]
+pub struct InboxQuery {
+    #[serde(default)]
+    thread: Option<String>,
+    #[serde(default)]
+    brief: Option<String>,
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Rows per page, 1 to 500 (50 by default).
+    #[serde(default)]
+    limit: Option<String>,
+}
+
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+impl InboxQuery {
+    fn parse(&self) -> Result<PendingQuery, ServiceError> {
+        Ok(PendingQuery {
+            limit: PendingQuery::parse_limit(given(&self.limit))?,
+            after: given(&self.cursor).map(input::pending_cursor).transpose()?,
+            thread_id: input::thread_id("thread", given(&self.thread))?,
+            brief_id: input::brief_id("brief", given(&self.brief))?,
+            node_id: given(&self.node).map(str::to_owned),
+            ..PendingQuery::default()
+        })
+    }
+
+    /// The inbox's address with these filters, starting after `cursor`.
+    fn href(&self, cursor: Option<&str>) -> String {
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for (name, value) in [
+            ("thread", &self.thread),
+            ("brief", &self.brief),
+            ("node", &self.node),
+            ("limit", &self.limit),
+        ] {
+            if let Some(v) = given(value) {
+                pairs.push((name, v));
+            }
+        }
+        if let Some(c) = cursor {
+            pairs.push(("cursor", c));
+        }
+        let query = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+        if query.is_empty() {
+            "/console/".to_owned()
+        } else {
+            format!("/console/?{query}")
+        }
+    }
+}
+
+/// `GET /console/`.
+pub async fn show(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    query: Result<Query<InboxQuery>, QueryRejection>,
+) -> Response {
+    let signed = match console.signed(&headers).await {
+        Ok(s) => s,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let filters = Filters {
+        thread: query.thread.clone().unwrap_or_default(),
+        brief: query.brief.clone().unwrap_or_default(),
+        node: query.node.clone().unwrap_or_default(),
+    };
+    let filtered = [&query.thread, &query.brief, &query.node]
+        .into_iter()
+        .any(|v| given(v).is_some());
+    let mut page = InboxPage {
+        chrome: Chrome::of(&signed),
+        filters,
+        filtered,
+        error: None,
+        rows: Vec::new(),
+        next: None,
+        first: given(&query.cursor).map(|_| query.href(None)),
+    };
+    let parsed = match query.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            page.error = Some(e.to_string());
+            return pages::render(StatusCode::UNPROCESSABLE_ENTITY, &page);
+        }
+    };
+    let inbox = match console.service.inbox(parsed).await {
+        Ok(inbox) => inbox,
+        Err(e) => return pages::service_error(e, Some(&signed)),
+    };
+    let now = chrono::Utc::now();
+    page.next = inbox.next_cursor.map(|c| query.href(Some(&c.encode())));
+    page.rows = inbox
+        .entries
+        .into_iter()
+        .map(|e| InboxRow::new(e, now))
+        .collect();
+    pages::render(StatusCode::OK, &page)
+}

@@ -1,0 +1,27 @@
+//! Sign-in sessions of the operator console, as stored: open one, find one, end one. The
+//! console owns the session id, its hash and the sealing of the credential (none of which
+//! the service or the database ever see in clear); this keeps the rows.
+
+use super::{Service, ServiceError};
+use crate::persistence::{self, NewSession, SessionRecord};
+
+impl Service {
+    /// Stores a new session (and deletes the ones that have expired).
+    pub async fn open_session(&self, new: NewSession) -> Result<SessionRecord, ServiceError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(persistence::insert_session(&mut conn, &new).await?)
+    }
+
+    /// The session whose id hashes to `session_hash`, unless it has ended.
+    pub async fn session(
+        &self,
+        session_hash: &[u8; 32],
+    ) -> Result<Option<SessionRecord>, ServiceError> {
+        Ok(persistence::find_session(&self.pool, session_hash).await?)
+    }
+
+    /// Ends a session (nothing when it has ended already).
+    pub async fn end_session(&self, session_hash: &[u8; 32]) -> Result<(), ServiceError> {
+        Ok(persistence::delete_session(&self.pool, session_hash).await?)
+    }
+}
