@@ -111,13 +111,7 @@ pub async fn claim(
             ));
         }
     };
-    let operator = acting(&principal, body.operator.as_ref())?;
-    let order = ClaimOrder {
-        request_id,
-        principal,
-        operator,
-        force: body.force,
-    };
+    let order = order(request_id, principal, body.operator.as_ref(), body.force)?;
     let claimed = state.service.claim(order, lease).await?;
     tracing::info!(
         name: "hitl_claim_api",
@@ -144,13 +138,7 @@ pub async fn unclaim(
     ApiJson(body): ApiJson<UnclaimIn>,
 ) -> Result<Json<ClaimView>, ApiError> {
     let request_id = required_request(body.request_id.as_deref())?;
-    let operator = acting(&principal, body.operator.as_ref())?;
-    let order = ClaimOrder {
-        request_id,
-        principal,
-        operator,
-        force: body.force,
-    };
+    let order = order(request_id, principal, body.operator.as_ref(), body.force)?;
     let released = state.service.unclaim(order).await?;
     tracing::info!(
         name: "hitl_unclaim_api",
@@ -160,6 +148,22 @@ pub async fn unclaim(
         "request released"
     );
     Ok(Json(released.into()))
+}
+
+/// The claim or release `principal` asks for, acting as its operator (or the body's).
+fn order(
+    request_id: RequestId,
+    principal: super::auth::Principal,
+    operator: Option<&OperatorIn>,
+    force: bool,
+) -> Result<ClaimOrder, ApiError> {
+    let operator = acting(&principal, operator)?;
+    Ok(ClaimOrder {
+        request_id,
+        principal,
+        operator,
+        force,
+    })
 }
 
 fn required_request(raw: Option<&str>) -> Result<RequestId, ApiError> {

@@ -336,24 +336,14 @@ async fn apply_resume(
         match count_approval(tx, run, &command, &request_id, &subject, required).await? {
             Counted::Twice(why) => return reject(tx, &command, why).await,
             Counted::Short { approvals, version } => {
-                let outcome = json!({
-                    "run": { "runId": run.run_id, "status": RunStatus::AwaitingHitl,
-                             "version": version, "pendingRequestId": request_id },
-                    "approvals": approvals,
-                });
-                let command = finish_command(
-                    tx,
-                    &command.command_id,
-                    CommandStatus::Succeeded,
-                    outcome,
-                    None,
-                )
-                .await?;
-                return Ok(ApplyOutcome::Applied {
-                    command,
-                    run_status: RunStatus::AwaitingHitl,
+                // The run keeps waiting on the same request.
+                let waiting = Succeeded {
+                    status: RunStatus::AwaitingHitl,
                     version,
-                });
+                    pending: Some(&request_id),
+                    approvals: Some(&approvals),
+                };
+                return succeed(tx, command, &run.run_id, waiting).await;
             }
             Counted::Enough(all) => approvals = Some(all),
         }
@@ -420,15 +410,13 @@ async fn apply_resume(
         let run_id = run.run_id.clone();
         queue::enqueue(tx, &Advance { run_id }, None).await?;
     }
-    succeed(
-        tx,
-        command,
-        &run.run_id,
-        outcome.status,
+    let moved = Succeeded {
+        status: outcome.status,
         version,
-        approvals.as_ref(),
-    )
-    .await
+        pending: None,
+        approvals: approvals.as_ref(),
+    };
+    succeed(tx, command, &run.run_id, moved).await
 }
 
 /// What counting an approval came to.
@@ -638,7 +626,13 @@ async fn apply_remove(
             .execute(&mut **tx)
             .await?;
     }
-    succeed(tx, command, &run.run_id, outcome.status, version, None).await
+    succeed(
+        tx,
+        command,
+        &run.run_id,
+        Succeeded::moved(outcome.status, version),
+    )
+    .await
 }
 
 /// `failed → running` at the node that failed: the run's checkpointed context and
@@ -696,7 +690,13 @@ async fn apply_retry(
         let run_id = run.run_id.clone();
         queue::enqueue(tx, &Advance { run_id }, None).await?;
     }
-    succeed(tx, command, &run.run_id, outcome.status, version, None).await
+    succeed(
+        tx,
+        command,
+        &run.run_id,
+        Succeeded::moved(outcome.status, version),
+    )
+    .await
 }
 
 /// Why a retry cannot apply: another retry (after `since`, the refused command's own
@@ -758,16 +758,39 @@ async fn move_run(
     .await?)
 }
 
+/// Where a command that applied left its run (the command's `outcome`).
+struct Succeeded<'a> {
+    status: RunStatus,
+    version: i64,
+    /// The request the run still waits on (an approval short of the number needed).
+    pending: Option<&'a RequestId>,
+    approvals: Option<&'a Approvals>,
+}
+
+impl Succeeded<'_> {
+    fn moved(status: RunStatus, version: i64) -> Self {
+        Self {
+            status,
+            version,
+            pending: None,
+            approvals: None,
+        }
+    }
+}
+
 async fn succeed(
     tx: &mut Tx<'_>,
     command: CommandRecord,
     run_id: &RunId,
-    status: RunStatus,
-    version: i64,
-    approvals: Option<&Approvals>,
+    Succeeded {
+        status,
+        version,
+        pending,
+        approvals,
+    }: Succeeded<'_>,
 ) -> Result<ApplyOutcome, PersistenceError> {
     let mut outcome = json!({ "run": { "runId": run_id, "status": status, "version": version,
-                                   "pendingRequestId": null } });
+                                   "pendingRequestId": pending } });
     if let Some(a) = approvals {
         outcome["approvals"] = json!(a);
     }

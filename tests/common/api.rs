@@ -59,6 +59,22 @@ pub fn tokens_file(
     (path, tokens)
 }
 
+/// A test app that also accepts the tokens of a tokens file of `entries` (see
+/// [`tokens_file`]); returns the app, the entries' tokens in order, and the directory
+/// holding the file (kept for as long as the app runs).
+pub async fn spawn_with_tokens(
+    entries: &[(&str, &str, &str)],
+) -> (TestApp, Vec<String>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, tokens) = tokens_file(dir.path(), entries);
+    let app = TestApp::spawn_with(AppOptions {
+        tokens_file: Some(file),
+        ..AppOptions::default()
+    })
+    .await;
+    (app, tokens, dir)
+}
+
 /// The authenticator every test app uses.
 pub fn test_tokens() -> Authenticator {
     Authenticator::new(

@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::api_events::{SseClient, names};
-use crate::common::api::{AppOptions, OPERATOR, SUBMITTER, TestApp, audit_event, tokens_file};
+use crate::common::api::{OPERATOR, SUBMITTER, TestApp, audit_event};
 
 const WAIT: (&str, &str) = ("Prefer", "wait=20");
 
@@ -34,14 +34,7 @@ async fn parked(app: &TestApp, required: u32) -> (String, String) {
 }
 
 async fn app_with(entries: &[(&str, &str, &str)]) -> (TestApp, Vec<String>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let (file, tokens) = tokens_file(dir.path(), entries);
-    let app = TestApp::spawn_with(AppOptions {
-        tokens_file: Some(file),
-        ..AppOptions::default()
-    })
-    .await;
-    (app, tokens, dir)
+    crate::common::api::spawn_with_tokens(entries).await
 }
 
 #[tokio::test]

@@ -11,19 +11,11 @@ use hitl_orchestrator::persistence::audit::{self, ChainFields};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::common::api::{AppOptions, OPERATOR, TestApp, approval, tokens_file};
+use crate::common::api::{OPERATOR, TestApp, approval, spawn_with_tokens};
 
 async fn app() -> (TestApp, String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let (file, tokens) = tokens_file(
-        dir.path(),
-        &[("auditor", "\"audit\"", "operator = { id = \"auditor\" }")],
-    );
-    let app = TestApp::spawn_with(AppOptions {
-        tokens_file: Some(file),
-        ..AppOptions::default()
-    })
-    .await;
+    let (app, tokens, dir) =
+        spawn_with_tokens(&[("auditor", "\"audit\"", "operator = { id = \"auditor\" }")]).await;
     (app, tokens[0].clone(), dir)
 }
 

@@ -133,7 +133,10 @@ async fn the_document_is_valid_openapi_3_1_and_matches_the_router_both_ways() {
     for (method, path) in &documented {
         let op = &doc["paths"][path][method.to_lowercase()];
         if path == "/api/audit/keys" {
-            assert!(op.get("security").is_none(), "{method} {path} needs no token");
+            assert!(
+                op.get("security").is_none(),
+                "{method} {path} needs no token"
+            );
             continue;
         }
         if path.starts_with("/api/") {

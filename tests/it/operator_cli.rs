@@ -753,15 +753,11 @@ async fn on_a_terminal_resume_shows_the_request_asks_for_each_item_and_confirms(
 
 #[tokio::test]
 async fn claim_and_unclaim_hold_a_request_and_force_needs_supervise() {
-    let dir = tempfile::tempdir().unwrap();
-    let (file, tokens) = crate::common::api::tokens_file(
-        dir.path(),
-        &[("boss", "\"operate\", \"supervise\"", "actAs = true")],
-    );
-    let app = TestApp::spawn_with(crate::common::api::AppOptions {
-        tokens_file: Some(file),
-        ..crate::common::api::AppOptions::default()
-    })
+    let (app, tokens, _dir) = crate::common::api::spawn_with_tokens(&[(
+        "boss",
+        "\"operate\", \"supervise\"",
+        "actAs = true",
+    )])
     .await;
     let boss = &tokens[0];
     let (_, request) = app.parked_run().await;
@@ -830,15 +826,11 @@ async fn claim_and_unclaim_hold_a_request_and_force_needs_supervise() {
 
 #[tokio::test]
 async fn audit_verify_names_a_broken_chain_and_export_prints_every_event_and_follows() {
-    let dir = tempfile::tempdir().unwrap();
-    let (file, tokens) = crate::common::api::tokens_file(
-        dir.path(),
-        &[("auditor", "\"audit\"", "operator = { id = \"auditor\" }")],
-    );
-    let app = TestApp::spawn_with(crate::common::api::AppOptions {
-        tokens_file: Some(file),
-        ..crate::common::api::AppOptions::default()
-    })
+    let (app, tokens, _dir) = crate::common::api::spawn_with_tokens(&[(
+        "auditor",
+        "\"audit\"",
+        "operator = { id = \"auditor\" }",
+    )])
     .await;
     let auditor = &tokens[0];
     let (run, _) = app.parked_run().await;
