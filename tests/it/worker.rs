@@ -545,9 +545,10 @@ async fn a_resume_moves_the_run_through_local_nodes_to_its_next_pause_in_one_com
         "no advancement job: the resume's own job moved the run on"
     );
     // resume, node_completed (review), node_completed (note), hitl_requested: one
-    // transaction wrote them all (one `xmin`, and one `now()` in their `created_at`).
+    // transaction wrote them all (one `xmin`, and one `tx_id`; `created_at` is each
+    // event's own time, as its hash covers it).
     let (events, transactions, writers): (i64, i64, i64) = sqlx::query_as(
-        "select count(*), count(distinct created_at), count(distinct xmin::text) from run_audit_events \
+        "select count(*), count(distinct tx_id::text), count(distinct xmin::text) from run_audit_events \
          where run_id = $1 and run_version > (select run_version from run_audit_events \
              where run_id = $1 and action = 'resume') - 1",
     )
