@@ -36,6 +36,7 @@ mod console_sessions;
 mod embedded;
 mod engine;
 mod examples;
+mod kubernetes;
 mod migrations;
 mod openapi;
 mod operator_cli;
