@@ -24,12 +24,9 @@ fn dir() -> PathBuf {
 
 /// Every YAML document of `path` (manifests hold several, separated by `---`).
 fn documents(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| {
-            Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        })
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
         .collect()
 }
 
@@ -131,10 +128,11 @@ fn settings(role: &str) -> BTreeMap<String, String> {
     let mut settings = BTreeMap::new();
     for line in help.lines() {
         let line = line.trim();
-        if let Some(option) = line.split_whitespace().find(|w| w.starts_with("--")) {
-            if line.starts_with('-') {
-                flag = Some(option.trim_end_matches(',').to_owned());
-            }
+        // An option's line starts with its flag (`--name`, or `-n, --name`).
+        if line.starts_with('-')
+            && let Some(option) = line.split_whitespace().find(|w| w.starts_with("--"))
+        {
+            flag = Some(option.trim_end_matches(',').to_owned());
         }
         if let Some(rest) = line.strip_prefix("[env: ") {
             let var: String = rest
@@ -151,8 +149,10 @@ fn settings(role: &str) -> BTreeMap<String, String> {
 /// Variables read outside the command line (tracing's filter, the OpenTelemetry SDK),
 /// allowed only when docs/OBSERVABILITY.md names them.
 fn telemetry_variable(var: &str) -> bool {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/OBSERVABILITY.md"))
-        .unwrap();
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/OBSERVABILITY.md"),
+    )
+    .unwrap();
     (var == "RUST_LOG" || var.starts_with("OTEL_")) && doc.contains(var)
 }
 
@@ -229,12 +229,20 @@ fn environment(objects: &[Value], workload: &Value) -> BTreeMap<String, Option<S
             .find(|o| kind(o) == "ConfigMap" && name(o) == map)
             .unwrap_or_else(|| panic!("{}: ConfigMap {map} is in the base", name(workload)));
         for (k, v) in config["data"].as_mapping().unwrap() {
-            env.insert(k.as_str().unwrap().to_owned(), v.as_str().map(str::to_owned));
+            env.insert(
+                k.as_str().unwrap().to_owned(),
+                v.as_str().map(str::to_owned),
+            );
         }
     }
     let patched: Vec<Value> = component_patches(workload)
         .into_iter()
-        .flat_map(|(_, ops)| appended(&ops, "env").into_iter().cloned().collect::<Vec<_>>())
+        .flat_map(|(_, ops)| {
+            appended(&ops, "env")
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
         .collect();
     for var in seq(&c["env"]).iter().chain(&patched) {
         env.insert(
@@ -292,7 +300,11 @@ fn labels_match(selector: &Value, labels: &Value) -> bool {
 #[test]
 fn every_manifest_parses_and_the_kustomization_lists_every_file_of_the_base() {
     for file in yaml_files() {
-        assert!(!documents(&file).is_empty(), "{} has a document", file.display());
+        assert!(
+            !documents(&file).is_empty(),
+            "{} has a document",
+            file.display()
+        );
     }
     let listed: BTreeSet<String> = seq(&kustomization()["resources"])
         .iter()
@@ -331,18 +343,33 @@ fn each_workload_runs_the_service_role_it_is_named_for_in_the_image_the_kustomiz
     let mut roles = BTreeSet::new();
     for w in workloads(&objects) {
         let role = role(w);
-        assert!(commands.contains(&role), "{}: {role} is not a command of the binary", name(w));
+        assert!(
+            commands.contains(&role),
+            "{}: {role} is not a command of the binary",
+            name(w)
+        );
         // A role of the service, not one of the operator's client commands.
         assert!(settings(&role).contains_key("DATABASE_URL"), "{role}");
         let component = w["metadata"]["labels"]["app.kubernetes.io/component"].as_str();
         assert_eq!(component, Some(role.as_str()), "{}", name(w));
         let labels = &w["spec"]["template"]["metadata"]["labels"];
-        assert_eq!(labels["app.kubernetes.io/component"].as_str(), Some(role.as_str()));
+        assert_eq!(
+            labels["app.kubernetes.io/component"].as_str(),
+            Some(role.as_str())
+        );
         if kind(w) == "Deployment" {
-            assert!(labels_match(&w["spec"]["selector"]["matchLabels"], labels), "{}", name(w));
+            assert!(
+                labels_match(&w["spec"]["selector"]["matchLabels"], labels),
+                "{}",
+                name(w)
+            );
         }
         let image = container(w)["image"].as_str().unwrap();
-        assert!(images.iter().any(|i| i == image), "{}: image {image} is set by the kustomization", name(w));
+        assert!(
+            images.iter().any(|i| i == image),
+            "{}: image {image} is set by the kustomization",
+            name(w)
+        );
         roles.insert(role);
     }
     assert_eq!(
@@ -382,7 +409,11 @@ fn probes_ask_routes_the_router_serves_on_the_port_listen_addr_opens() {
         let probes = ["startupProbe", "readinessProbe", "livenessProbe"];
         let Role::Api(args) = the_role(&cli) else {
             // No HTTP in this role: nothing may point at a port it does not open.
-            assert!(c["ports"].is_null(), "{}: a role without HTTP declares no ports", name(w));
+            assert!(
+                c["ports"].is_null(),
+                "{}: a role without HTTP declares no ports",
+                name(w)
+            );
             for p in probes {
                 assert!(c[p].is_null(), "{}: {p} on a role without HTTP", name(w));
             }
@@ -396,23 +427,48 @@ fn probes_ask_routes_the_router_serves_on_the_port_listen_addr_opens() {
         );
         for p in probes {
             let get = &c[p]["httpGet"];
-            let path = get["path"].as_str().unwrap_or_else(|| panic!("{}: {p}", name(w)));
-            assert!(routes.contains(path), "{}: {p} asks {path}, which is no route", name(w));
-            assert_eq!(container_port(w, &get["port"]), listen.port(), "{}: {p}", name(w));
+            let path = get["path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: {p}", name(w)));
+            assert!(
+                routes.contains(path),
+                "{}: {p} asks {path}, which is no route",
+                name(w)
+            );
+            assert_eq!(
+                container_port(w, &get["port"]),
+                listen.port(),
+                "{}: {p}",
+                name(w)
+            );
         }
-        assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
-        assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["path"].as_str(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["path"].as_str(),
+            Some("/healthz")
+        );
         let annotations = &w["spec"]["template"]["metadata"]["annotations"];
         let scraped = annotations["prometheus.io/path"].as_str().unwrap();
         assert!(routes.contains(scraped), "{scraped}");
-        assert_eq!(annotations["prometheus.io/port"].as_str(), Some(listen.port().to_string().as_str()));
+        assert_eq!(
+            annotations["prometheus.io/port"].as_str(),
+            Some(listen.port().to_string().as_str())
+        );
 
         let labels = &w["spec"]["template"]["metadata"]["labels"];
         let services: Vec<&Value> = objects
             .iter()
             .filter(|o| kind(o) == "Service" && labels_match(&o["spec"]["selector"], labels))
             .collect();
-        assert_eq!(services.len(), 1, "{}: one Service selects its pods", name(w));
+        assert_eq!(
+            services.len(),
+            1,
+            "{}: one Service selects its pods",
+            name(w)
+        );
         for port in seq(&services[0]["spec"]["ports"]) {
             assert_eq!(container_port(w, &port["targetPort"]), listen.port());
         }
@@ -437,7 +493,7 @@ fn the_grace_period_outlasts_the_shutdown_grace_and_the_pre_stop_pause() {
             .as_u64()
             .unwrap_or_else(|| panic!("{}: terminationGracePeriodSeconds is set", name(w)));
         assert!(
-            period >= grace.as_secs() + pause + 1,
+            period > grace.as_secs() + pause,
             "{}: {period} s for a {pause} s preStop and a {grace:?} shutdown grace",
             name(w)
         );
@@ -460,24 +516,39 @@ fn secrets_and_the_files_that_settings_point_at_line_up() {
             .collect()
     };
     let objects = base();
-    assert!(objects.iter().all(|o| kind(o) != "Secret"), "no Secret is applied by the base");
+    assert!(
+        objects.iter().all(|o| kind(o) != "Secret"),
+        "no Secret is applied by the base"
+    );
     for w in workloads(&objects) {
         let c = container(w);
         for var in seq(&c["env"]) {
             let r = &var["valueFrom"]["secretKeyRef"];
             if let Some(secret) = r["name"].as_str() {
-                assert!(keys(secret).contains(r["key"].as_str().unwrap()), "{}: {var:?}", name(w));
+                assert!(
+                    keys(secret).contains(r["key"].as_str().unwrap()),
+                    "{}: {var:?}",
+                    name(w)
+                );
             }
         }
         // Mount path → the Secret's keys, the component's mounts and volumes included.
         let patches = component_patches(w);
         let volumes: Vec<Value> = seq(&pod_spec(w)["volumes"])
             .into_iter()
-            .chain(patches.iter().flat_map(|(_, ops)| appended(ops, "volumes").into_iter().cloned()))
+            .chain(
+                patches
+                    .iter()
+                    .flat_map(|(_, ops)| appended(ops, "volumes").into_iter().cloned()),
+            )
             .collect();
         let mounts: Vec<Value> = seq(&c["volumeMounts"])
             .into_iter()
-            .chain(patches.iter().flat_map(|(_, ops)| appended(ops, "volumeMounts").into_iter().cloned()))
+            .chain(
+                patches
+                    .iter()
+                    .flat_map(|(_, ops)| appended(ops, "volumeMounts").into_iter().cloned()),
+            )
             .collect();
         let mut files = BTreeMap::new();
         for m in &mounts {
@@ -485,7 +556,11 @@ fn secrets_and_the_files_that_settings_point_at_line_up() {
                 .iter()
                 .find(|v| v["name"] == m["name"])
                 .unwrap_or_else(|| panic!("{}: mount {:?} has its volume", name(w), m["name"]));
-            assert!(m["subPath"].is_null(), "{}: a subPath mount is never updated", name(w));
+            assert!(
+                m["subPath"].is_null(),
+                "{}: a subPath mount is never updated",
+                name(w)
+            );
             if let Some(secret) = volume["secret"]["secretName"].as_str() {
                 files.insert(m["mountPath"].as_str().unwrap().to_owned(), keys(secret));
             }
@@ -499,7 +574,12 @@ fn secrets_and_the_files_that_settings_point_at_line_up() {
             let in_secret = files
                 .get(dir.to_str().unwrap())
                 .is_some_and(|keys| keys.contains(file.to_str().unwrap()));
-            assert!(in_secret, "{}: {var}={} is a key of a mounted Secret", name(w), path.display());
+            assert!(
+                in_secret,
+                "{}: {var}={} is a key of a mounted Secret",
+                name(w),
+                path.display()
+            );
         }
     }
 }
@@ -525,10 +605,16 @@ fn every_deployment_has_a_disruption_budget_and_the_worker_autoscaler_scales_on_
     let target = &hpa["spec"]["scaleTargetRef"];
     let scaled = objects
         .iter()
-        .find(|o| kind(o) == target["kind"].as_str().unwrap() && name(o) == target["name"].as_str().unwrap())
+        .find(|o| {
+            kind(o) == target["kind"].as_str().unwrap()
+                && name(o) == target["name"].as_str().unwrap()
+        })
         .expect("the autoscaler's target is in the base");
     assert_eq!(role(scaled), "worker");
-    assert!(scaled["spec"]["replicas"].is_null(), "the autoscaler, not the Deployment, sets the count");
+    assert!(
+        scaled["spec"]["replicas"].is_null(),
+        "the autoscaler, not the Deployment, sets the count"
+    );
     let metrics = seq(&hpa["spec"]["metrics"]);
     assert_eq!(metrics.len(), 1);
     assert_eq!(metrics[0]["type"].as_str(), Some("External"));
@@ -551,7 +637,12 @@ fn every_deployment_has_a_disruption_budget_and_the_worker_autoscaler_scales_on_
         Some(&hitl_orchestrator::telemetry::metrics::Kind::Gauge),
         "{metric} is a gauge the service exports"
     );
-    assert!(rule["metricsQuery"].as_str().unwrap().contains("<<.Series>>"));
+    assert!(
+        rule["metricsQuery"]
+            .as_str()
+            .unwrap()
+            .contains("<<.Series>>")
+    );
     // The queues counted are kinds the workers run, without the ones whose Pending
     // jobs wait for a time instead of for a worker.
     let query = rule["metricsQuery"].as_str().unwrap();
@@ -563,7 +654,10 @@ fn every_deployment_has_a_disruption_budget_and_the_worker_autoscaler_scales_on_
     let kinds = hitl_orchestrator::jobs::registry().kinds();
     for queue in queues.split('|') {
         assert!(kinds.contains(&queue), "{queue} is a job kind");
-        assert!(!["hitl_expire", "hitl_cleanup"].contains(&queue), "{queue} waits for a time");
+        assert!(
+            !["hitl_expire", "hitl_cleanup"].contains(&queue),
+            "{queue} waits for a time"
+        );
     }
     assert!(query.contains("status=\"Pending\""), "{query}");
 
@@ -571,7 +665,10 @@ fn every_deployment_has_a_disruption_budget_and_the_worker_autoscaler_scales_on_
     let scrape = one_document(&dir().join("prometheus/scrape-config.yaml"));
     let job = &seq(&scrape["scrape_configs"])[0];
     let path = job["metrics_path"].as_str().unwrap();
-    assert!(hitl_orchestrator::api::ROUTES.contains(&("GET", path)), "{path}");
+    assert!(
+        hitl_orchestrator::api::ROUTES.contains(&("GET", path)),
+        "{path}"
+    );
     let keep = seq(&job["relabel_configs"])
         .into_iter()
         .find(|r| r["action"].as_str() == Some("keep"))
@@ -580,6 +677,12 @@ fn every_deployment_has_a_disruption_budget_and_the_worker_autoscaler_scales_on_
         .iter()
         .find(|o| kind(o) == "Deployment" && role(o) == "api")
         .unwrap();
-    let port_name = seq(&container(api)["ports"])[0]["name"].as_str().unwrap().to_owned();
-    assert_eq!(keep["regex"].as_str(), Some(format!("hitl-orchestrator;api;{port_name}").as_str()));
+    let port_name = seq(&container(api)["ports"])[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        keep["regex"].as_str(),
+        Some(format!("hitl-orchestrator;api;{port_name}").as_str())
+    );
 }
