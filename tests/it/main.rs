@@ -43,6 +43,7 @@ mod operator_cli;
 mod persistence_commands;
 mod persistence_runs;
 mod rehydrate;
+mod retention;
 mod retry;
 mod worker;
 
