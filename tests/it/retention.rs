@@ -44,7 +44,7 @@ fn fill(sql: &str, vars: &[(&str, &str)]) -> String {
         let mut out = String::new();
         let mut rest = sql.as_str();
         while let Some(at) = rest.find(&bare) {
-            let before = out.chars().last().or(rest[..at].chars().last());
+            let before = rest[..at].chars().last().or(out.chars().last());
             let after = rest[at + bare.len()..].chars().next();
             let whole = before != Some(':')
                 && !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
