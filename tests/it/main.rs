@@ -36,12 +36,14 @@ mod console_sessions;
 mod embedded;
 mod engine;
 mod examples;
+mod kubernetes;
 mod migrations;
 mod openapi;
 mod operator_cli;
 mod persistence_commands;
 mod persistence_runs;
 mod rehydrate;
+mod retention;
 mod retry;
 mod worker;
 
