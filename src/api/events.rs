@@ -21,13 +21,8 @@ use super::{ApiError, AppState};
 use crate::service::{EventFilter, StreamEvent, input};
 
 fn sse_event(event: &StreamEvent) -> Event {
-    let name = event.action.event_name();
-    let mut data = serde_json::to_value(event).unwrap_or_default();
-    data["event"] = name.into();
-    Event::default()
-        .id(event.event_id.to_string())
-        .event(name)
-        .data(data.to_string())
+    let (id, name, data) = crate::service::events::wire(event);
+    Event::default().id(id).event(name).data(data)
 }
 
 /// `GET /api/events` (scope `operate`; optional `runId`; honours `Last-Event-ID`).
@@ -47,21 +42,7 @@ pub async fn stream(
     query: QueryParams,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let run = input::run_id("runId", query.get("runId"))?;
-    let after = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .map(str::trim)
-                // An id this stream sent: a whole number, digits only (as the document
-                // states it; 18 digits outlast any bigserial this service will reach).
-                .filter(|s| (1..=18).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<i64>().ok())
-                .ok_or_else(|| {
-                    ApiError::invalid("Last-Event-ID", "must be an event id sent by this stream")
-                })?,
-        ),
-    };
+    let after = input::last_event_id(headers.get("last-event-id").map(|v| v.as_bytes()))?;
     let events = state.service.events(EventFilter { run, after }).await?;
     let keep_alive = state.service.event_settings().keep_alive;
     let stream = futures_util::stream::unfold(events, |mut events| async move {

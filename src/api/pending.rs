@@ -59,6 +59,9 @@ pub async fn list(
                 Some(g.to_owned())
             }
         },
+        // The console's search and deadline filters; the JSON API does not offer them.
+        search: None,
+        expiring_within: None,
     };
     let page = state.service.pending(query).await?;
     let next_cursor = page.next_cursor.as_ref().map(PendingCursor::encode);

@@ -1,6 +1,8 @@
-//! `GET /console/`: the inbox — pending requests, oldest first, filtered by thread, brief
-//! and node, a page at a time (keyset paging with the service's opaque cursor; `limit`
-//! rows a page, 50 unless asked).
+//! `GET /console/`: the inbox — pending requests, oldest first, a page at a time (keyset
+//! paging with the service's opaque cursor; `limit` rows a page, 50 unless asked),
+//! filtered by text in prompts and titles (`q`), node, thread, brief, "assigned to me"
+//! (`assigned=me`) and "expiring within" (`expiring=4h`). Every filter is in the query
+//! string, so a filtered inbox is an address to share.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -8,10 +10,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::Console;
+use super::{Console, Signed};
 use super::pages::{self, Chrome, Filters, InboxPage};
 use super::views::InboxRow;
-use crate::service::{PendingQuery, ServiceError, input};
+use crate::service::input::{self, MAX_SHORT_TEXT};
+use crate::service::{PendingQuery, ServiceError};
 
 /// The inbox's query string.
 #[derive(Debug, Default, Deserialize)]
@@ -22,6 +25,12 @@ pub struct InboxQuery {
     brief: Option<String>,
     #[serde(default)]
     node: Option<String>,
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    assigned: Option<String>,
+    #[serde(default)]
+    expiring: Option<String>,
     #[serde(default)]
     cursor: Option<String>,
     /// Rows per page, 1 to 500 (50 by default).
@@ -34,8 +43,26 @@ fn given(v: &Option<String>) -> Option<&str> {
 }
 
 impl InboxQuery {
-    fn parse(&self) -> Result<PendingQuery, ServiceError> {
+    fn parse(&self, signed: &Signed) -> Result<PendingQuery, ServiceError> {
+        let search = given(&self.q).map(str::to_owned);
+        input::text("q", search.as_deref(), MAX_SHORT_TEXT)?;
+        let assigned_to = match given(&self.assigned) {
+            None => None,
+            // The operator acting now, and the credential's groups: as `assignee=me` of
+            // the JSON API, with the operator declared at sign-in for a shared token.
+            Some("me") => Some((
+                Some(signed.operator.id.clone()),
+                signed.principal.groups.to_vec(),
+            )),
+            Some(_) => return Err(ServiceError::invalid("assigned", "must be `me` or empty")),
+        };
+        let expiring_within = given(&self.expiring)
+            .map(|w| input::expiring_within("expiring", w))
+            .transpose()?;
         Ok(PendingQuery {
+            search,
+            assigned_to,
+            expiring_within,
             limit: PendingQuery::parse_limit(given(&self.limit))?,
             after: given(&self.cursor).map(input::pending_cursor).transpose()?,
             thread_id: input::thread_id("thread", given(&self.thread))?,
@@ -49,6 +76,9 @@ impl InboxQuery {
     fn href(&self, cursor: Option<&str>) -> String {
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         for (name, value) in [
+            ("q", &self.q),
+            ("assigned", &self.assigned),
+            ("expiring", &self.expiring),
             ("thread", &self.thread),
             ("brief", &self.brief),
             ("node", &self.node),
@@ -81,14 +111,25 @@ pub async fn show(
         Err(to_sign_in) => return to_sign_in,
     };
     let query = query.map(|Query(q)| q).unwrap_or_default();
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let filters = Filters {
-        thread: query.thread.clone().unwrap_or_default(),
-        brief: query.brief.clone().unwrap_or_default(),
-        node: query.node.clone().unwrap_or_default(),
+        q: text(&query.q),
+        assigned_to_me: given(&query.assigned) == Some("me"),
+        expiring: text(&query.expiring),
+        thread: text(&query.thread),
+        brief: text(&query.brief),
+        node: text(&query.node),
     };
-    let filtered = [&query.thread, &query.brief, &query.node]
-        .into_iter()
-        .any(|v| given(v).is_some());
+    let filtered = [
+        &query.q,
+        &query.assigned,
+        &query.expiring,
+        &query.thread,
+        &query.brief,
+        &query.node,
+    ]
+    .into_iter()
+    .any(|v| given(v).is_some());
     let mut page = InboxPage {
         chrome: Chrome::of(&signed),
         filters,
@@ -98,7 +139,7 @@ pub async fn show(
         next: None,
         first: given(&query.cursor).map(|_| query.href(None)),
     };
-    let parsed = match query.parse() {
+    let parsed = match query.parse(&signed) {
         Ok(p) => p,
         Err(e) => {
             page.error = Some(e.to_string());

@@ -21,9 +21,11 @@
 mod form;
 pub mod guard;
 mod inbox;
+mod live;
 mod outcome;
 mod pages;
 mod request;
+mod runs;
 mod session;
 mod sign_in;
 mod views;
@@ -198,7 +200,12 @@ pub fn router<S: Clone + Send + Sync + 'static>(console: Console) -> Router<S> {
             post(request::unclaim),
         )
         .route("/console/commands/{command_id}", get(outcome::show))
+        .route("/console/runs", get(runs::find))
+        .route("/console/runs/{run_id}", get(runs::show))
+        .route("/console/runs/{run_id}/retry", post(runs::retry))
+        .route("/console/events", get(live::stream))
         .route("/console/static/console.css", get(stylesheet))
+        .route("/console/static/console.js", get(script))
         .route("/console/{*rest}", axum::routing::any(not_found))
         .layer(from_fn_with_state(console.clone(), only_from_own_origin))
         .layer(axum::middleware::map_response(security_headers))
@@ -260,6 +267,18 @@ async fn stylesheet() -> Response {
             (header::CACHE_CONTROL, "public, max-age=300"),
         ],
         include_str!("assets/console.css"),
+    )
+        .into_response()
+}
+
+/// The console's script (live updates, keys), compiled into the binary.
+async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        include_str!("assets/console.js"),
     )
         .into_response()
 }

@@ -110,6 +110,10 @@ impl OutcomeView {
                             a["have"], a["required"]
                         ),
                     ),
+                    (CommandKind::Retry, _) => (
+                        "Run retried".to_owned(),
+                        format!("The run is {}.", run_status.as_deref().unwrap_or("?")),
+                    ),
                     (CommandKind::Remove, _) => (
                         "Run removed".to_owned(),
                         format!("The run is {}.", run_status.as_deref().unwrap_or("?")),

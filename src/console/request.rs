@@ -185,6 +185,37 @@ async fn submit(
     input: CommandInput,
     id: &RequestId,
 ) -> Response {
+    match send(console, signed, fields, target, input, Some(id)).await {
+        Ok(response) => response,
+        Err((signed, problem)) => {
+            let status = StatusCode::UNPROCESSABLE_ENTITY;
+            detail(console, &signed, id, status, Some(problem)).await
+        }
+    }
+}
+
+/// Submits a retry of the run through the service (see [`send`]).
+pub(super) async fn submit_for_run(
+    console: &Console,
+    signed: Signed,
+    fields: &form::Fields,
+    target: RunTarget,
+    input: CommandInput,
+) -> Result<Response, (Signed, String)> {
+    send(console, signed, fields, target, input, None).await
+}
+
+/// Submits a command and answers with the way to its outcome page, or the outcome page
+/// of a refusal met at once; a field the service refuses comes back (with the session)
+/// for the caller's page to show.
+async fn send(
+    console: &Console,
+    signed: Signed,
+    fields: &form::Fields,
+    target: RunTarget,
+    input: CommandInput,
+    id: Option<&RequestId>,
+) -> Result<Response, (Signed, String)> {
     let submitted = match submission(&signed, fields, target, input) {
         Ok(submission) => console.service.submit(submission).await,
         Err(e) => Err(e),
@@ -198,7 +229,7 @@ async fn submit(
             };
             tracing::info!(
                 run_id = %command.run_id,
-                request_id = %id,
+                request_id = id.map(tracing::field::display),
                 command_id = %command.command_id,
                 operator_id = %command.operator.id,
                 token_name = %signed.principal.name,
@@ -206,20 +237,17 @@ async fn submit(
                 kind,
                 "console command accepted"
             );
-            Redirect::to(&format!("/console/commands/{}", command.command_id)).into_response()
+            Ok(Redirect::to(&format!("/console/commands/{}", command.command_id)).into_response())
         }
-        Err(ServiceError::Refused(refusal)) => pages::render(
+        Err(ServiceError::Refused(refusal)) => Ok(pages::render(
             StatusCode::CONFLICT,
             &OutcomePage {
                 chrome: Chrome::of(&signed),
-                o: OutcomeView::refused(&refusal, Some(id)),
+                o: OutcomeView::refused(&refusal, id),
             },
-        ),
-        Err(e @ ServiceError::Invalid { .. }) => {
-            let status = StatusCode::UNPROCESSABLE_ENTITY;
-            detail(console, &signed, id, status, Some(e.to_string())).await
-        }
-        Err(e) => pages::service_error(e, Some(&signed)),
+        )),
+        Err(e @ ServiceError::Invalid { .. }) => Err((signed, e.to_string())),
+        Err(e) => Ok(pages::service_error(e, Some(&signed))),
     }
 }
 

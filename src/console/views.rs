@@ -264,7 +264,7 @@ pub struct AuditView {
 }
 
 impl AuditView {
-    fn new(e: &AuditRecord) -> Self {
+    pub fn new(e: &AuditRecord) -> Self {
         let change = match e.from_status {
             Some(from) if from != e.to_status => format!("{from} → {}", e.to_status),
             _ => e.to_status.to_string(),

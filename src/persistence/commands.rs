@@ -153,6 +153,22 @@ pub async fn find_command(
     .await?)
 }
 
+/// The commands of `run_id`, oldest first, at most `limit` of them.
+pub async fn run_commands(
+    executor: impl PgExecutor<'_>,
+    run_id: &RunId,
+    limit: i64,
+) -> Result<Vec<CommandRecord>, PersistenceError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COMMAND_COLUMNS} from hitl_commands where run_id = $1 \
+         order by created_at, command_id limit $2"
+    )))
+    .bind(run_id)
+    .bind(limit)
+    .fetch_all(executor)
+    .await?)
+}
+
 /// The command recorded with this idempotency key for this kind.
 pub async fn find_command_by_idempotency_key(
     executor: impl PgExecutor<'_>,

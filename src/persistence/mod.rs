@@ -43,7 +43,7 @@ pub use claims::{Claim, ClaimSubject, lock_claim_subject, write_claim, write_rel
 pub use commands::{
     ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, claimed_refusal,
     explain_refusal, explain_retry_refusal, fail_command, find_command,
-    find_command_by_idempotency_key, record_command,
+    find_command_by_idempotency_key, record_command, run_commands,
 };
 pub use requests::{
     Approval, Approvals, Assignees, ExpireOutcome, ItemKind, ItemOption, PendingFilter,

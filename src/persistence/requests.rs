@@ -379,6 +379,11 @@ pub struct PendingFilter {
     pub assigned_to: Option<(Option<String>, Vec<String>)>,
     /// Only requests assigned to this group.
     pub group: Option<String>,
+    /// Only requests whose prompt, an item's title or the brief's title contains this
+    /// text (case-insensitive; `%` and `_` are themselves).
+    pub search: Option<String>,
+    /// Only requests with a deadline before this.
+    pub expires_before: Option<DateTime<Utc>>,
     /// Start after this `(created_at, request_id)` (the last item of the previous page).
     pub after: Option<(DateTime<Utc>, RequestId)>,
     /// Page size.
@@ -458,6 +463,20 @@ pub async fn list_pending(
         q.push(" and coalesce(r.assignees -> 'groups', '[]') ? ")
             .push_bind(g.clone());
     }
+    if let Some(text) = &filter.search {
+        let pattern = format!("%{}%", like_escaped(text));
+        q.push(" and (r.operator_prompt ilike ")
+            .push_bind(pattern.clone())
+            .push(" or exists (select 1 from jsonb_array_elements(coalesce(r.items, '[]')) i \
+                   where i ->> 'title' ilike ")
+            .push_bind(pattern.clone())
+            .push(") or exists (select 1 from briefs b where b.brief_id = r.brief_id and b.title ilike ")
+            .push_bind(pattern)
+            .push("))");
+    }
+    if let Some(before) = &filter.expires_before {
+        q.push(" and r.expires_at <= ").push_bind(*before);
+    }
     if let Some((at, id)) = &filter.after {
         q.push(" and (r.created_at, r.request_id) > (")
             .push_bind(*at)
@@ -470,6 +489,18 @@ pub async fn list_pending(
     Ok(q.build_query_as::<PendingItem>()
         .fetch_all(executor)
         .await?)
+}
+
+/// `text` with `\\`, `%` and `_` escaped, so that `like` matches it literally.
+fn like_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// What an expiry did.

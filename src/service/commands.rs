@@ -241,6 +241,11 @@ impl Service {
         self.command_state(command).await
     }
 
+    /// The commands of `run_id`, oldest first (the first 200: a run has a handful).
+    pub async fn run_commands(&self, run_id: &RunId) -> Result<Vec<CommandRecord>, ServiceError> {
+        Ok(persistence::run_commands(&self.pool, run_id, 200).await?)
+    }
+
     /// Waits up to `wait` (less when the service shuts down) for `command` to become
     /// final, and returns it as it then is, with its run when it is final.
     pub async fn wait_for(

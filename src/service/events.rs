@@ -142,6 +142,16 @@ async fn listen(pool: PgPool, wake: Arc<Notify>) {
     .await;
 }
 
+/// An event as both streams (`/api/events`, `/console/events`) send it: its SSE id (the
+/// audit `event_id`), its name (the audit action's event name) and its data (the event
+/// as JSON, with `event` set to the name).
+pub fn wire(event: &StreamEvent) -> (String, &'static str, String) {
+    let name = event.action.event_name();
+    let mut data = serde_json::to_value(event).unwrap_or_default();
+    data["event"] = name.into();
+    (event.event_id.to_string(), name, data.to_string())
+}
+
 /// Which events a subscriber wants.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {

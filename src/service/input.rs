@@ -109,6 +109,54 @@ pub fn pending_cursor(raw: &str) -> Result<PendingCursor, ServiceError> {
     PendingCursor::parse(raw)
 }
 
+/// The `Last-Event-ID` a client resumes after: an id the event stream sent, a whole
+/// number of 1 to 18 digits (18 digits outlast any bigserial this service will reach);
+/// 422 naming `Last-Event-ID` otherwise.
+pub fn last_event_id(raw: Option<&[u8]>) -> Result<Option<i64>, ServiceError> {
+    let Some(raw) = raw else { return Ok(None) };
+    std::str::from_utf8(raw)
+        .ok()
+        .map(str::trim)
+        .filter(|s| (1..=18).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ServiceError::invalid("Last-Event-ID", "must be an event id sent by this stream")
+        })
+}
+
+/// The longest "expiring within" window: a deadline further away is not urgent.
+pub const MAX_EXPIRING_WITHIN: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// A window like `15m`, `4h` or `2d` (a whole number of minutes, hours or days, at most
+/// 30 days), for the requests whose deadline falls within it; 422 naming `field`
+/// otherwise.
+pub fn expiring_within(field: &str, raw: &str) -> Result<std::time::Duration, ServiceError> {
+    let bad = || {
+        ServiceError::invalid(
+            field,
+            "must be a whole number of minutes, hours or days, like 15m, 4h or 2d (at most 30d)",
+        )
+    };
+    let raw = raw.trim();
+    let unit = match raw.chars().last() {
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86_400,
+        _ => return Err(bad()),
+    };
+    let digits = &raw[..raw.len() - 1];
+    if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let window = std::time::Duration::from_secs(n * unit);
+    if n == 0 || window > MAX_EXPIRING_WITHIN {
+        return Err(bad());
+    }
+    Ok(window)
+}
+
 /// Refuses `text` in `field` when it is longer than `max` characters.
 pub fn text(field: &str, text: Option<&str>, max: usize) -> Result<(), ServiceError> {
     match text {

@@ -75,6 +75,10 @@ pub struct PendingQuery {
     pub assigned_to: Option<(Option<String>, Vec<String>)>,
     /// `group=…`: requests listing this group.
     pub group: Option<String>,
+    /// Text the prompt, an item's title or the brief's title contains.
+    pub search: Option<String>,
+    /// Only requests whose deadline passes within this window from now.
+    pub expiring_within: Option<std::time::Duration>,
 }
 
 impl Default for PendingQuery {
@@ -87,6 +91,8 @@ impl Default for PendingQuery {
             node_id: None,
             assigned_to: None,
             group: None,
+            search: None,
+            expiring_within: None,
         }
     }
 }
@@ -128,6 +134,11 @@ impl Service {
             node_id: query.node_id,
             assigned_to: query.assigned_to,
             group: query.group,
+            search: query.search,
+            expires_before: query
+                .expiring_within
+                .and_then(|w| chrono::Duration::from_std(w).ok())
+                .map(|w| Utc::now() + w),
             after: query.after.map(|c| (c.created_at, c.request_id)),
             // One more than the page: whether it comes back says if there is a next page.
             limit: limit + 1,
