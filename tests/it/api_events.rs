@@ -46,15 +46,29 @@ impl SseClient {
         last_event_id: Option<&str>,
         recv_buffer: Option<u32>,
     ) -> (u16, Self) {
+        let auth = format!("Bearer {token}");
+        Self::connect_raw(base, path, &[("Authorization", &auth)], last_event_id, recv_buffer).await
+    }
+
+    /// Connects sending `headers` (a cookie, a bearer token, both or none).
+    pub(crate) async fn connect_raw(
+        base: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        last_event_id: Option<&str>,
+        recv_buffer: Option<u32>,
+    ) -> (u16, Self) {
         let addr = base.trim_start_matches("http://");
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).unwrap();
         }
         let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
-        let mut request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n"
-        );
+        let mut request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
         if let Some(id) = last_event_id {
             request.push_str(&format!("Last-Event-ID: {id}\r\n"));
         }
@@ -86,7 +100,7 @@ impl SseClient {
     }
 
     /// The next event, or `None` when the server closed the stream.
-    async fn next(&mut self, within: Duration) -> Option<Sse> {
+    pub(crate) async fn next(&mut self, within: Duration) -> Option<Sse> {
         let read = async {
             let (mut id, mut event, mut data) = (None, String::new(), String::new());
             loop {

@@ -134,6 +134,18 @@ impl Visitor {
         self.send(request).await
     }
 
+    /// GET with these headers (and no cookie but the ones given).
+    pub async fn get_with(&mut self, path: &str, headers: &[(&str, String)]) -> Page {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            request = request.header(*k, v);
+        }
+        let keep = self.cookie.take();
+        let page = self.send(request).await;
+        self.cookie = keep;
+        page
+    }
+
     /// Posts `fields` as a form from the console's own pages.
     pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
         let origin = self.base.clone();

@@ -21,13 +21,13 @@ use crate::console::{People, console_app, console_app_with, three_parked};
 /// The most one browser test may take, start to finish.
 const BOUND: Duration = Duration::from_secs(180);
 /// The most the browser waits for an element of the next page.
-const PAGE: Duration = Duration::from_secs(20);
+pub(crate) const PAGE: Duration = Duration::from_secs(20);
 
 /// Browser tests take turns.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Whether both packages are there.
-fn browser_installed() -> bool {
+pub(crate) fn browser_installed() -> bool {
     installed("chromium").is_some() && installed("chromedriver").is_some()
 }
 
@@ -147,7 +147,7 @@ impl Drop for Browser {
 }
 
 /// Runs `test` with a browser of its own, one test at a time, within [`BOUND`].
-async fn with_browser<F, Fut>(test: F)
+pub(crate) async fn with_browser<F, Fut>(test: F)
 where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -164,12 +164,12 @@ where
     browser.close().await;
 }
 
-async fn goto(c: &Client, app: &TestApp, path: &str) {
+pub(crate) async fn goto(c: &Client, app: &TestApp, path: &str) {
     c.goto(&app.url(path)).await.unwrap();
 }
 
 /// Waits for `css` on the page that is loading, and returns it.
-async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
+pub(crate) async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
     c.wait()
         .at_most(PAGE)
         .for_element(Locator::Css(css))
@@ -177,12 +177,12 @@ async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
 }
 
-async fn text_of(c: &Client, css: &str) -> String {
+pub(crate) async fn text_of(c: &Client, css: &str) -> String {
     wait_for(c, css).await.text().await.unwrap()
 }
 
 /// Signs in through the form, with an operator for an act-as token.
-async fn sign_in(c: &Client, app: &TestApp, token: &str, operator: Option<(&str, &str)>) {
+pub(crate) async fn sign_in(c: &Client, app: &TestApp, token: &str, operator: Option<(&str, &str)>) {
     goto(c, app, "/console/").await;
     wait_for(c, "input[name=token]")
         .await
@@ -209,12 +209,12 @@ async fn sign_in(c: &Client, app: &TestApp, token: &str, operator: Option<(&str,
 }
 
 /// Opens the request page of `request`.
-async fn open(c: &Client, app: &TestApp, request: &str) {
+pub(crate) async fn open(c: &Client, app: &TestApp, request: &str) {
     goto(c, app, &format!("/console/requests/{request}")).await;
     wait_for(c, "section[aria-labelledby=audit-h]").await;
 }
 
-async fn click(c: &Client, css: &str) {
+pub(crate) async fn click(c: &Client, css: &str) {
     c.find(Locator::Css(css))
         .await
         .unwrap()
@@ -226,7 +226,7 @@ async fn click(c: &Client, css: &str) {
 /// Clicks what leads to another page (a submit button, a link) and waits until that
 /// page has loaded: the old document is marked first, so that nothing of it is mistaken
 /// for the new one.
-async fn click_through(c: &Client, css: &str) {
+pub(crate) async fn click_through(c: &Client, css: &str) {
     c.execute("window.__oldPage = true;", vec![]).await.unwrap();
     click(c, css).await;
     let started = Instant::now();
@@ -246,7 +246,7 @@ async fn click_through(c: &Client, css: &str) {
     }
 }
 
-async fn run_status(app: &TestApp, run: &str) -> String {
+pub(crate) async fn run_status(app: &TestApp, run: &str) -> String {
     sqlx::query_scalar("select status from orchestrator_runs where run_id = $1")
         .bind(run)
         .fetch_one(&app.pool)
@@ -633,12 +633,33 @@ async fn every_input_of_every_page_has_a_label_and_focus_is_visible() {
     .await;
 }
 
-fn screenshots_dir() -> PathBuf {
+pub(crate) fn screenshots_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots")
 }
 
+/// The width of a PNG image (its IHDR chunk's first field).
+fn png_width(png: &[u8]) -> u32 {
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 24, "a PNG");
+    u32::from_be_bytes(png[16..20].try_into().unwrap())
+}
+
+/// Whether anything on the page is wider than the window (a phone would scroll sideways).
+async fn overflows(c: &Client) -> Value {
+    c.execute(
+        "return document.documentElement.scrollWidth > window.innerWidth + 1 \
+           ? [document.documentElement.scrollWidth, window.innerWidth] : false;",
+        vec![],
+    )
+    .await
+    .unwrap()
+}
+
+/// Where the README's screenshot is kept; rewritten from the 1280 px inbox when the test
+/// runs with `HITL_UPDATE_SCREENSHOTS=1`.
+const README_SHOT: &str = "docs/console-inbox.png";
+
 #[tokio::test]
-async fn screenshots_of_the_inbox_and_a_detail_page_are_saved_under_target() {
+async fn screenshots_of_the_inbox_and_a_detail_page_at_1280_and_390_px_are_saved_under_target() {
     let (app, people) = console_app().await;
     let parked = three_parked(&app).await;
     let claim = app
@@ -651,29 +672,59 @@ async fn screenshots_of_the_inbox_and_a_detail_page_are_saved_under_target() {
     assert_eq!(claim.status, 200);
     let dir = screenshots_dir();
     std::fs::create_dir_all(&dir).unwrap();
-    let (inbox, detail) = (dir.join("inbox.png"), dir.join("detail.png"));
-    for old in [&inbox, &detail] {
+    // (file, window width); the 1280 px ones first.
+    let shots: Vec<(PathBuf, u32)> = ["inbox.png", "detail.png", "inbox-390.png", "detail-390.png"]
+        .iter()
+        .zip([1280, 1280, 390, 390])
+        .map(|(name, width)| (dir.join(name), width))
+        .collect();
+    for (old, _) in &shots {
         let _ = std::fs::remove_file(old);
     }
-    let (inbox2, detail2) = (inbox.clone(), detail.clone());
+    let files: Vec<PathBuf> = shots.iter().map(|(f, _)| f.clone()).collect();
     with_browser(|c| async move {
         sign_in(&c, &app, &people.alice, None).await;
-        wait_for(&c, "table.inbox").await;
-        std::fs::write(&inbox2, c.screenshot().await.unwrap()).unwrap();
-        open(&c, &app, &parked[0].1).await;
-        std::fs::write(&detail2, c.screenshot().await.unwrap()).unwrap();
+        for (at, width) in [(0, 1280), (2, 390)] {
+            c.set_window_size(width, 900).await.unwrap();
+            goto(&c, &app, "/console/").await;
+            wait_for(&c, "table.inbox").await;
+            std::fs::write(&files[at], c.screenshot().await.unwrap()).unwrap();
+            assert_eq!(overflows(&c).await, Value::Bool(false), "the inbox at {width} px");
+            open(&c, &app, &parked[0].1).await;
+            std::fs::write(&files[at + 1], c.screenshot().await.unwrap()).unwrap();
+            assert_eq!(overflows(&c).await, Value::Bool(false), "a request at {width} px");
+        }
+        // At phone width the inbox is a list of cards: one row above the next.
+        c.set_window_size(390, 900).await.unwrap();
+        goto(&c, &app, "/console/").await;
+        let stacked = c
+            .execute(
+                "const r = document.querySelectorAll('tr.request'); \
+                 return r[1].getBoundingClientRect().top >= r[0].getBoundingClientRect().bottom \
+                   && getComputedStyle(r[0]).display === 'block';",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(stacked, Value::Bool(true));
         app.stop().await;
     })
     .await;
     if !browser_installed() {
         return; // said loudly above
     }
-    for shot in [&inbox, &detail] {
+    for (shot, width) in &shots {
         let png = std::fs::read(shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
-        assert!(
-            png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
-            "{}",
-            shot.display()
-        );
+        assert!(png.len() > 10_000, "{}", shot.display());
+        let got = png_width(&png);
+        // The window's width is the page's, less a scroll bar at most.
+        assert!(got <= *width && got + 20 >= *width, "{}: {got} px", shot.display());
     }
+    if std::env::var_os("HITL_UPDATE_SCREENSHOTS").is_some() {
+        let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join(README_SHOT);
+        std::fs::copy(&shots[0].0, &readme).unwrap();
+    }
+    let committed = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(README_SHOT))
+        .expect("the README's screenshot is committed");
+    assert_eq!(png_width(&committed), png_width(&std::fs::read(&shots[0].0).unwrap()));
 }

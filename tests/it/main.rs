@@ -32,6 +32,8 @@ mod cli;
 mod compose;
 mod console;
 mod console_browser;
+mod console_browser_live;
+mod console_live;
 mod console_sessions;
 mod embedded;
 mod engine;
