@@ -10,9 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{Console, Signed};
 use super::pages::{self, Chrome, Filters, InboxPage};
 use super::views::InboxRow;
+use super::{Console, Signed};
 use crate::service::input::{self, MAX_SHORT_TEXT};
 use crate::service::{PendingQuery, ServiceError};
 

@@ -10,9 +10,9 @@
 
 use std::convert::Infallible;
 
+use axum::extract::Query;
 use axum::extract::State;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -59,7 +59,8 @@ pub async fn stream(
     let stream = futures_util::stream::unfold(events, |mut events| async move {
         events.next().await.map(|event| {
             let (id, name, data) = crate::service::events::wire(&event);
-            let event: Result<Event, Infallible> = Ok(Event::default().id(id).event(name).data(data));
+            let event: Result<Event, Infallible> =
+                Ok(Event::default().id(id).event(name).data(data));
             (event, events)
         })
     });
@@ -72,9 +73,8 @@ fn filter(
     query: Result<Query<LiveQuery>, QueryRejection>,
     headers: &HeaderMap,
 ) -> Result<EventFilter, ServiceError> {
-    let Query(query) = query.map_err(|_| {
-        ServiceError::invalid("query", "only `run` (a run id) may be given")
-    })?;
+    let Query(query) =
+        query.map_err(|_| ServiceError::invalid("query", "only `run` (a run id) may be given"))?;
     let run = input::run_id("run", query.run.as_deref())?;
     let after = input::last_event_id(headers.get("last-event-id").map(|v| v.as_bytes()))?;
     Ok(EventFilter { run, after })
@@ -90,7 +90,10 @@ fn refused(e: ServiceError) -> Response {
     };
     (
         status,
-        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
         e.to_string(),
     )
         .into_response()

@@ -70,7 +70,11 @@ fn text(v: &Value, key: &str) -> String {
     v[key].as_str().unwrap_or_default().to_owned()
 }
 
-fn claim_of(until: Option<DateTime<Utc>>, holder: Option<String>, now: DateTime<Utc>) -> Option<String> {
+fn claim_of(
+    until: Option<DateTime<Utc>>,
+    holder: Option<String>,
+    now: DateTime<Utc>,
+) -> Option<String> {
     let (until, holder) = (until?, holder?);
     (until > now).then(|| format!("{holder} until {}", when(until)))
 }

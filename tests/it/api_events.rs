@@ -47,7 +47,14 @@ impl SseClient {
         recv_buffer: Option<u32>,
     ) -> (u16, Self) {
         let auth = format!("Bearer {token}");
-        Self::connect_raw(base, path, &[("Authorization", &auth)], last_event_id, recv_buffer).await
+        Self::connect_raw(
+            base,
+            path,
+            &[("Authorization", &auth)],
+            last_event_id,
+            recv_buffer,
+        )
+        .await
     }
 
     /// Connects sending `headers` (a cookie, a bearer token, both or none).

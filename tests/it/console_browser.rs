@@ -182,7 +182,12 @@ pub(crate) async fn text_of(c: &Client, css: &str) -> String {
 }
 
 /// Signs in through the form, with an operator for an act-as token.
-pub(crate) async fn sign_in(c: &Client, app: &TestApp, token: &str, operator: Option<(&str, &str)>) {
+pub(crate) async fn sign_in(
+    c: &Client,
+    app: &TestApp,
+    token: &str,
+    operator: Option<(&str, &str)>,
+) {
     goto(c, app, "/console/").await;
     wait_for(c, "input[name=token]")
         .await
@@ -639,7 +644,10 @@ pub(crate) fn screenshots_dir() -> PathBuf {
 
 /// The width of a PNG image (its IHDR chunk's first field).
 fn png_width(png: &[u8]) -> u32 {
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 24, "a PNG");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 24,
+        "a PNG"
+    );
     u32::from_be_bytes(png[16..20].try_into().unwrap())
 }
 
@@ -689,10 +697,18 @@ async fn screenshots_of_the_inbox_and_a_detail_page_at_1280_and_390_px_are_saved
             goto(&c, &app, "/console/").await;
             wait_for(&c, "table.inbox").await;
             std::fs::write(&files[at], c.screenshot().await.unwrap()).unwrap();
-            assert_eq!(overflows(&c).await, Value::Bool(false), "the inbox at {width} px");
+            assert_eq!(
+                overflows(&c).await,
+                Value::Bool(false),
+                "the inbox at {width} px"
+            );
             open(&c, &app, &parked[0].1).await;
             std::fs::write(&files[at + 1], c.screenshot().await.unwrap()).unwrap();
-            assert_eq!(overflows(&c).await, Value::Bool(false), "a request at {width} px");
+            assert_eq!(
+                overflows(&c).await,
+                Value::Bool(false),
+                "a request at {width} px"
+            );
         }
         // At phone width the inbox is a list of cards: one row above the next.
         c.set_window_size(390, 900).await.unwrap();
@@ -718,7 +734,11 @@ async fn screenshots_of_the_inbox_and_a_detail_page_at_1280_and_390_px_are_saved
         assert!(png.len() > 10_000, "{}", shot.display());
         let got = png_width(&png);
         // The window's width is the page's, less a scroll bar at most.
-        assert!(got <= *width && got + 20 >= *width, "{}: {got} px", shot.display());
+        assert!(
+            got <= *width && got + 20 >= *width,
+            "{}: {got} px",
+            shot.display()
+        );
     }
     if std::env::var_os("HITL_UPDATE_SCREENSHOTS").is_some() {
         let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join(README_SHOT);
@@ -726,5 +746,8 @@ async fn screenshots_of_the_inbox_and_a_detail_page_at_1280_and_390_px_are_saved
     }
     let committed = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(README_SHOT))
         .expect("the README's screenshot is committed");
-    assert_eq!(png_width(&committed), png_width(&std::fs::read(&shots[0].0).unwrap()));
+    assert_eq!(
+        png_width(&committed),
+        png_width(&std::fs::read(&shots[0].0).unwrap())
+    );
 }

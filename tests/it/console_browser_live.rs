@@ -31,7 +31,12 @@ async fn press(c: &Client, key: char) {
 async fn press_through(c: &Client, key: char) {
     c.execute("window.__oldPage = true;", vec![]).await.unwrap();
     press(c, key).await;
-    until(c, "return window.__oldPage !== true && document.readyState === 'complete';", "a new page").await;
+    until(
+        c,
+        "return window.__oldPage !== true && document.readyState === 'complete';",
+        "a new page",
+    )
+    .await;
 }
 
 /// Waits until `script` returns true (the page changes on its own: the live stream).
@@ -57,21 +62,42 @@ async fn listed(c: &Client) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_request_made_through_the_api_appears_in_an_open_inbox_and_leaves_when_another_operator_answers() {
+async fn a_request_made_through_the_api_appears_in_an_open_inbox_and_leaves_when_another_operator_answers()
+ {
     let (app, people) = console_app().await;
     with_browser(|c| async move {
         sign_in(&c, &app, &people.alice, None).await;
-        assert!(text_of(&c, ".empty").await.starts_with("Nothing is waiting"));
-        until(&c, "return document.body.dataset.live === 'open';", "the stream opened").await;
+        assert!(
+            text_of(&c, ".empty")
+                .await
+                .starts_with("Nothing is waiting")
+        );
+        until(
+            &c,
+            "return document.body.dataset.live === 'open';",
+            "the stream opened",
+        )
+        .await;
         // Marks this document: a reload would lose the mark.
         c.execute("window.__same = true;", vec![]).await.unwrap();
 
         let asked = Instant::now();
         let (run, request) = app.parked_run().await;
         let row = format!("tr.request[data-request='{request}']");
-        until(&c, &format!("return document.querySelector(\"{row}\") !== null;"), "the new row").await;
-        eprintln!("the new request appeared {:?} after it was asked for", asked.elapsed());
-        assert_eq!(text_of(&c, &format!("{row} a.prompt")).await, "Approve the draft?");
+        until(
+            &c,
+            &format!("return document.querySelector(\"{row}\") !== null;"),
+            "the new row",
+        )
+        .await;
+        eprintln!(
+            "the new request appeared {:?} after it was asked for",
+            asked.elapsed()
+        );
+        assert_eq!(
+            text_of(&c, &format!("{row} a.prompt")).await,
+            "Approve the draft?"
+        );
 
         let bobs = app
             .post_as(
@@ -83,8 +109,16 @@ async fn a_request_made_through_the_api_appears_in_an_open_inbox_and_leaves_when
             )
             .await;
         assert_eq!(bobs.status, 200, "{bobs:?}");
-        until(&c, &format!("return document.querySelector(\"{row}\") === null;"), "the row left").await;
-        let same = c.execute("return window.__same === true;", vec![]).await.unwrap();
+        until(
+            &c,
+            &format!("return document.querySelector(\"{row}\") === null;"),
+            "the row left",
+        )
+        .await;
+        let same = c
+            .execute("return window.__same === true;", vec![])
+            .await
+            .unwrap();
         assert_eq!(same, Value::Bool(true), "no reload");
         app.stop().await;
     })
@@ -154,9 +188,21 @@ async fn a_request_is_approved_by_keys_alone_and_a_key_typed_in_the_reason_stays
 #[tokio::test]
 async fn a_shared_filter_address_opens_the_same_filtered_list() {
     let (app, people) = console_app().await;
-    let payout = asking(&app, "Approve the payout?", "Quarterly payouts", json!({ "timeoutSeconds": 3600 })).await;
+    let payout = asking(
+        &app,
+        "Approve the payout?",
+        "Quarterly payouts",
+        json!({ "timeoutSeconds": 3600 }),
+    )
+    .await;
     let _mail = asking(&app, "Send the mail?", "Spring newsletter", json!({})).await;
-    let _late = asking(&app, "Approve the late payout?", "Payouts", json!({ "timeoutSeconds": 86_400 })).await;
+    let _late = asking(
+        &app,
+        "Approve the late payout?",
+        "Payouts",
+        json!({ "timeoutSeconds": 86_400 }),
+    )
+    .await;
     with_browser(|c| async move {
         sign_in(&c, &app, &people.alice, None).await;
         wait_for(&c, "table.inbox").await;
@@ -188,13 +234,21 @@ async fn a_failed_runs_retry_button_completes_it() {
         sign_in(&c, &app, &people.alice, None).await;
         goto(&c, &app, &format!("/console/runs/{run}")).await;
         assert_eq!(text_of(&c, ".run-status").await, "failed");
-        wait_for(&c, "#retry-note").await.send_keys("the agent is back").await.unwrap();
+        wait_for(&c, "#retry-note")
+            .await
+            .send_keys("the agent is back")
+            .await
+            .unwrap();
         click_through(&c, "form.retry button[type=submit]").await;
         assert_eq!(text_of(&c, "h1").await, "Run retried");
         app.wait_for_run(&run, "completed").await;
         click_through(&c, "a.to-run").await;
         assert_eq!(text_of(&c, ".run-status").await, "completed");
-        assert!(text_of(&c, "ul.commands").await.contains("succeeded by Alice Ops (alice)"));
+        assert!(
+            text_of(&c, "ul.commands")
+                .await
+                .contains("succeeded by Alice Ops (alice)")
+        );
         app.stop().await;
     })
     .await;

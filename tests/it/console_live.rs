@@ -49,7 +49,11 @@ async fn the_console_stream_follows_the_session_cookie_and_resumes_after_the_las
     let raised = until(&mut live, "request_raised", &request).await;
     assert_eq!(raised.data["runId"], run.as_str());
     let claim = app
-        .post("/api/hitl/claim", &people.bob, &json!({ "requestId": request }))
+        .post(
+            "/api/hitl/claim",
+            &people.bob,
+            &json!({ "requestId": request }),
+        )
         .await;
     assert_eq!(claim.status, 200, "{claim:?}");
     let claimed = until(&mut live, "request_claimed", &request).await;
@@ -80,7 +84,11 @@ async fn the_console_stream_follows_the_session_cookie_and_resumes_after_the_las
     let (status, mut one) = console_stream(&app, &path, &with_cookie, Some(&last)).await;
     assert_eq!(status, 200);
     let release = app
-        .post("/api/hitl/unclaim", &people.bob, &json!({ "requestId": request }))
+        .post(
+            "/api/hitl/unclaim",
+            &people.bob,
+            &json!({ "requestId": request }),
+        )
         .await;
     assert_eq!(release.status, 200, "{release:?}");
     loop {
@@ -109,7 +117,11 @@ async fn the_console_stream_refuses_a_bearer_token_no_cookie_and_malformed_input
     client.cookie = Some(cookie);
     for (path, last, field) in [
         ("/console/events", Some("12x"), "Last-Event-ID"),
-        ("/console/events", Some("1234567890123456789"), "Last-Event-ID"),
+        (
+            "/console/events",
+            Some("1234567890123456789"),
+            "Last-Event-ID",
+        ),
         ("/console/events?run=not%20a%20run", None, "run"),
         ("/console/events?what=1", None, "query"),
     ] {
@@ -158,7 +170,13 @@ pub(crate) fn listed(body: &str) -> Vec<String> {
 #[tokio::test]
 async fn the_inbox_searches_prompts_and_titles_and_filters_by_assignee_and_deadline() {
     let (app, people) = console_app().await;
-    let mail = asking(&app, "Send the 100% off mail?", "Spring newsletter", json!({})).await;
+    let mail = asking(
+        &app,
+        "Send the 100% off mail?",
+        "Spring newsletter",
+        json!({}),
+    )
+    .await;
     let payout = asking(
         &app,
         "Approve the payout?",
@@ -193,12 +211,25 @@ async fn the_inbox_searches_prompts_and_titles_and_filters_by_assignee_and_deadl
         assert_eq!(listed(&page.body), expected, "{query}");
     }
     // The filters are kept in the form, and in the next page's address.
-    let page = alice.get("/console/?q=payout&assigned=me&limit=1&expiring=4h").await;
-    assert!(page.body.contains(r#"name="q" type="search" value="payout""#), "{}", page.body);
+    let page = alice
+        .get("/console/?q=payout&assigned=me&limit=1&expiring=4h")
+        .await;
+    assert!(
+        page.body
+            .contains(r#"name="q" type="search" value="payout""#),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains(r#"value="me" checked"#), "{}", page.body);
     let first = alice.get("/console/?q=e&limit=1").await;
     let next = first.body.split("rel=\"next\"").next().unwrap();
-    let href = next.rsplit("href=\"").next().unwrap().split('"').next().unwrap();
+    let href = next
+        .rsplit("href=\"")
+        .next()
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     assert!(href.contains("q=e") && href.contains("cursor="), "{href}");
 
     // Bob is not assigned anything.
@@ -216,7 +247,11 @@ async fn the_inbox_searches_prompts_and_titles_and_filters_by_assignee_and_deadl
     ] {
         let page = alice.get(&format!("/console/{query}")).await;
         assert_eq!(page.status, 422, "{query}");
-        assert!(page.body.contains(&format!("{field}:")), "{query}: {}", page.body);
+        assert!(
+            page.body.contains(&format!("{field}:")),
+            "{query}: {}",
+            page.body
+        );
         assert!(listed(&page.body).is_empty());
     }
     app.stop().await;
@@ -239,15 +274,27 @@ async fn a_run_page_shows_status_nodes_requests_commands_and_audit_and_finds_run
     ] {
         assert!(page.body.contains(expected), "{expected}: {}", page.body);
     }
-    assert!(!page.body.contains("form method=\"post\" action=\"/console/runs/"), "not failed");
+    assert!(
+        !page
+            .body
+            .contains("form method=\"post\" action=\"/console/runs/"),
+        "not failed"
+    );
     // Claim from the run page, then the run page offers the release.
     let csrf = page.field("csrf");
     let claimed = alice
-        .post(&format!("/console/requests/{request}/claim"), &[("csrf", &csrf)])
+        .post(
+            &format!("/console/requests/{request}/claim"),
+            &[("csrf", &csrf)],
+        )
         .await;
     assert_eq!(claimed.status, 303, "{claimed:?}");
     let page = alice.get(&format!("/console/runs/{run}")).await;
-    assert!(page.body.contains("claimed by Alice Ops (alice)"), "{}", page.body);
+    assert!(
+        page.body.contains("claimed by Alice Ops (alice)"),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("Release my claim"), "{}", page.body);
 
     // By thread id, or by run id, from the header's form.
@@ -301,7 +348,12 @@ async fn a_failed_run_is_retried_from_its_page_and_completes() {
     let (app, people, run) = failed_run(fails_once()).await;
     let mut alice = Visitor::signed_in(&app, &people.alice, None).await;
     let page = alice.get(&format!("/console/runs/{run}")).await;
-    assert!(page.body.contains("<strong class=\"run-status\">failed</strong>"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("<strong class=\"run-status\">failed</strong>"),
+        "{}",
+        page.body
+    );
     let (csrf, key) = (page.field("csrf"), page.field("key"));
     let path = format!("/console/runs/{run}/retry");
     // Without the session's token nothing is sent.
@@ -314,7 +366,14 @@ async fn a_failed_run_is_retried_from_its_page_and_completes() {
     assert_eq!(too_long.status, 422);
     assert!(too_long.body.contains("note:"), "{}", too_long.body);
     let sent = alice
-        .post(&path, &[("csrf", &csrf), ("key", &key), ("note", "the agent is back")])
+        .post(
+            &path,
+            &[
+                ("csrf", &csrf),
+                ("key", &key),
+                ("note", "the agent is back"),
+            ],
+        )
         .await;
     assert_eq!(sent.status, 303, "{sent:?}");
     let outcome = alice.get(sent.header("location")).await;
@@ -322,8 +381,17 @@ async fn a_failed_run_is_retried_from_its_page_and_completes() {
     let done = app.wait_for_run(&run, "completed").await;
     assert_eq!(done["executionContext"]["mail"]["sent"], true, "{done}");
     let page = alice.get(&format!("/console/runs/{run}")).await;
-    assert!(page.body.contains("<strong class=\"run-status\">completed</strong>"));
-    assert!(page.body.contains(">retry</a> · <span class=\"command-status\">succeeded</span> by Alice Ops (alice)"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("<strong class=\"run-status\">completed</strong>")
+    );
+    assert!(
+        page.body.contains(
+            ">retry</a> · <span class=\"command-status\">succeeded</span> by Alice Ops (alice)"
+        ),
+        "{}",
+        page.body
+    );
     // Retrying a completed run is refused, naming why.
     let again = alice
         .post(&path, &[("csrf", &csrf), ("key", "console-another-key")])
