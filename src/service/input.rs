@@ -278,6 +278,30 @@ mod tests {
     }
 
     #[test]
+    fn an_expiring_window_is_minutes_hours_or_days_up_to_thirty_days() {
+        let secs = |raw: &str| expiring_within("expiring", raw).map(|d| d.as_secs());
+        assert_eq!(secs("15m").unwrap(), 900);
+        assert_eq!(secs(" 4h ").unwrap(), 4 * 3600);
+        assert_eq!(secs("30d").unwrap(), 30 * 86_400);
+        for bad in [
+            "", "m", "0h", "31d", "721h", "1.5h", "-1h", "4 h", "4H", "1w", "9999999m", "é",
+        ] {
+            let e = expiring_within("expiring", bad).unwrap_err();
+            assert!(e.to_string().starts_with("expiring:"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_last_event_id_is_one_to_eighteen_digits() {
+        assert_eq!(last_event_id(None).unwrap(), None);
+        assert_eq!(last_event_id(Some(b" 42 ")).unwrap(), Some(42));
+        for bad in [&b""[..], b"x", b"-1", b"1234567890123456789", b"\xff"] {
+            let e = last_event_id(Some(bad)).unwrap_err();
+            assert!(e.to_string().starts_with("Last-Event-ID:"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn a_cursor_names_a_time_after_1970_in_at_most_18_digits() {
         let request = RequestId::new();
         let hex = |text: &str| -> String { text.bytes().map(|b| format!("{b:02X}")).collect() };

@@ -246,13 +246,15 @@ async fn the_root_leads_to_the_console_and_the_console_to_its_sign_in_page() {
 #[tokio::test]
 async fn every_console_response_carries_a_strict_content_security_policy() {
     let (app, people) = console_app().await;
-    let (_, request) = app.parked_run().await;
+    let (run, request) = app.parked_run().await;
     let mut visitor = Visitor::signed_in(&app, &people.alice, None).await;
     for path in [
         "/console/sign-in".to_owned(),
         "/console/".to_owned(),
         format!("/console/requests/{request}"),
         "/console/static/console.css".to_owned(),
+        "/console/static/console.js".to_owned(),
+        format!("/console/runs/{run}"),
         "/console/no-such-page".to_owned(),
     ] {
         let page = visitor.get(&path).await;
@@ -268,11 +270,18 @@ async fn every_console_response_carries_a_strict_content_security_policy() {
         assert_eq!(page.header("x-frame-options"), "DENY", "{path}");
         if path.ends_with(".css") {
             assert!(page.header("content-type").starts_with("text/css"));
+        } else if path.ends_with(".js") {
+            assert!(page.header("content-type").starts_with("text/javascript"));
+            // The script builds no markup from data.
+            assert!(!page.body.contains("innerHTML") && !page.body.contains("eval("));
         } else {
             assert_eq!(page.header("cache-control"), "no-store", "{path}");
-            // No inline script or style, and no secret: the page names no token.
+            // No inline script or style, and no secret: the page names no token. The one
+            // script is the console's own file.
+            let own = r#"<script src="/console/static/console.js" defer></script>"#;
+            let body = page.body.replace(own, "");
             for inline in ["<script", "style=", "<style", " onclick", "javascript:"] {
-                assert!(!page.body.contains(inline), "{path} has {inline}");
+                assert!(!body.contains(inline), "{path} has {inline}");
             }
             assert!(!page.body.contains(&people.alice), "{path} shows the token");
         }

@@ -1,7 +1,8 @@
 //! The live console in a real browser (Debian's Chromium over WebDriver, as
 //! `console_browser`, whose browser and helpers these tests share, one at a time): a
 //! request appears in an open inbox and leaves it without a reload; a request is approved
-//! by keys alone, and a key typed in a field stays in the field; a shared filter address
+//! by keys alone, and a key typed in a field stays in the field; a request's page says
+//! who else claimed or answered it; a shared filter address
 //! opens the same list; a failed run is retried from its page.
 
 use std::time::Instant;
@@ -12,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::console::{console_app, three_parked};
 use crate::console_browser::{
-    PAGE, click_through, goto, run_status, sign_in, text_of, wait_for, with_browser,
+    PAGE, click_through, goto, open, run_status, sign_in, text_of, wait_for, with_browser,
 };
 use crate::console_live::{asking, failed_run, fails_once};
 
@@ -104,7 +105,7 @@ async fn a_request_made_through_the_api_appears_in_an_open_inbox_and_leaves_when
                 "/api/hitl/resume",
                 &people.bob,
                 &json!({ "runId": run, "requestId": request, "responses": [
-                    { "responseType": "approval" } ] }),
+                    { "responseType": "approval", "approved": true } ] }),
                 &[("prefer", "wait=10")],
             )
             .await;
@@ -120,6 +121,78 @@ async fn a_request_made_through_the_api_appears_in_an_open_inbox_and_leaves_when
             .await
             .unwrap();
         assert_eq!(same, Value::Bool(true), "no reload");
+        app.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_page_says_when_another_operator_claimed_and_answered_it() {
+    let (app, people) = console_app().await;
+    let (run, request) = app.parked_run().await;
+    with_browser(|c| async move {
+        sign_in(&c, &app, &people.alice, None).await;
+        open(&c, &app, &request).await;
+        until(
+            &c,
+            "return document.body.dataset.live === 'open';",
+            "the stream opened",
+        )
+        .await;
+        let notice = "const n = document.getElementById('live-notice'); \
+                      return n.hidden ? null : [n.dataset.event, n.textContent];";
+        assert_eq!(c.execute(notice, vec![]).await.unwrap(), Value::Null);
+
+        let claim = app
+            .post(
+                "/api/hitl/claim",
+                &people.bob,
+                &json!({ "requestId": request }),
+            )
+            .await;
+        assert_eq!(claim.status, 200, "{claim:?}");
+        until(
+            &c,
+            "return document.getElementById('live-notice').dataset.event === 'request_claimed';",
+            "the claim shown",
+        )
+        .await;
+        let shown = c.execute(notice, vec![]).await.unwrap();
+        assert!(
+            shown[1]
+                .as_str()
+                .unwrap()
+                .starts_with("bob claimed this request at "),
+            "{shown}"
+        );
+
+        let bobs = app
+            .post_as(
+                "/api/hitl/resume",
+                &people.bob,
+                &json!({ "runId": run, "requestId": request, "responses": [
+                    { "responseType": "approval", "approved": true } ] }),
+                &[("prefer", "wait=10")],
+            )
+            .await;
+        assert_eq!(bobs.status, 200, "{bobs:?}");
+        until(
+            &c,
+            "return document.getElementById('live-notice').dataset.event === 'resumed';",
+            "the answer shown",
+        )
+        .await;
+        let shown = c.execute(notice, vec![]).await.unwrap();
+        assert!(
+            shown[1]
+                .as_str()
+                .unwrap()
+                .starts_with("bob answered this request at "),
+            "{shown}"
+        );
+        // Its link reloads the page, which now says the request is settled.
+        click_through(&c, "#live-notice a").await;
+        assert!(text_of(&c, ".notice").await.contains("no longer pending"));
         app.stop().await;
     })
     .await;
