@@ -1,12 +1,15 @@
 //! The operator console: server-rendered HTML under `/console/` for the people who answer
-//! requests — sign in, see what waits (the inbox), read a request in full and answer or
-//! remove it, see the outcome. A front end like the JSON API: it parses forms into the
+//! requests — sign in, see what waits (the inbox, searched and filtered, kept live by
+//! the `live` event stream), read a request in full and answer or remove it, see the
+//! outcome, read a run and retry it. A front end like the JSON API: it parses forms into the
 //! `service` layer's inputs and renders what the service returns; it holds no SQL and no
 //! rule of its own (who may answer, what an answer must hold, who won: all the service's).
 //!
 //! Safety, in one place each: pages come from askama templates (`templates/console/`),
-//! which HTML-escape every value; every response carries a strict Content-Security-Policy
-//! (no inline script or style, no framing) and `nosniff`/`no-referrer`
+//! which HTML-escape every value; the one script (`assets/console.js`: live updates and
+//! keys) is a file of this origin that sets data only as text; every response carries a
+//! strict Content-Security-Policy (no inline script or style, no framing) and
+//! `nosniff`/`no-referrer`
 //! ([`security_headers`]); every state-changing request must come from the console's own
 //! origin ([`guard::same_origin`]) and, once signed in, carry the session's CSRF token;
 //! sign-in is rate-limited per client address ([`guard::SignInLimiter`]). Sessions are
