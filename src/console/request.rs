@@ -306,7 +306,7 @@ async fn claim_or_release(
     body: Body,
     claim: bool,
 ) -> Response {
-    let (signed, _, id) = match signed_form(&console, &headers, body, &raw).await {
+    let (signed, fields, id) = match signed_form(&console, &headers, body, &raw).await {
         Ok(parts) => parts,
         Err(refused) => return refused,
     };
@@ -320,8 +320,15 @@ async fn claim_or_release(
         true => console.service.claim(order, DEFAULT_LEASE).await,
         false => console.service.unclaim(order).await,
     };
-    match done {
-        Ok(_) => Redirect::to(&format!("/console/requests/{id}")).into_response(),
-        Err(e) => pages::service_error(e, Some(&signed)),
+    if let Err(e) = done {
+        return pages::service_error(e, Some(&signed));
     }
+    // Back where the button was: the run's page sends `back=run` (a fixed word, so no
+    // address from a form is followed), the request's page nothing.
+    if fields.get("back") == Some("run")
+        && let Ok(view) = console.service.request(&id).await
+    {
+        return Redirect::to(&format!("/console/runs/{}", view.run_id)).into_response();
+    }
+    Redirect::to(&format!("/console/requests/{id}")).into_response()
 }

@@ -282,20 +282,31 @@ async fn a_run_page_shows_status_nodes_requests_commands_and_audit_and_finds_run
     );
     // Claim from the run page, then the run page offers the release.
     let csrf = page.field("csrf");
+    let run_page = format!("/console/runs/{run}");
+    let back = [("csrf", csrf.as_str()), ("back", "run")];
     let claimed = alice
-        .post(
-            &format!("/console/requests/{request}/claim"),
-            &[("csrf", &csrf)],
-        )
+        .post(&format!("/console/requests/{request}/claim"), &back)
         .await;
-    assert_eq!(claimed.status, 303, "{claimed:?}");
-    let page = alice.get(&format!("/console/runs/{run}")).await;
+    assert_eq!(
+        (claimed.status, claimed.header("location")),
+        (303, run_page.as_str())
+    );
+    let page = alice.get(&run_page).await;
     assert!(
         page.body.contains("claimed by Alice Ops (alice)"),
         "{}",
         page.body
     );
     assert!(page.body.contains("Release my claim"), "{}", page.body);
+    let released = alice
+        .post(&format!("/console/requests/{request}/unclaim"), &back)
+        .await;
+    assert_eq!(
+        (released.status, released.header("location")),
+        (303, run_page.as_str())
+    );
+    let page = alice.get(&run_page).await;
+    assert!(!page.body.contains("claimed by"), "{}", page.body);
 
     // By thread id, or by run id, from the header's form.
     let snapshot = app.get(&format!("/api/runs/{run}"), ADMIN).await;
