@@ -48,10 +48,12 @@ impl InboxQuery {
         input::text("q", search.as_deref(), MAX_SHORT_TEXT)?;
         let assigned_to = match given(&self.assigned) {
             None => None,
-            // The operator acting now, and the credential's groups: as `assignee=me` of
-            // the JSON API, with the operator declared at sign-in for a shared token.
+            // As `assignee=me` of the JSON API: the credential's bound operator and its
+            // groups, the ones the service admits as assignees. An operator declared at
+            // sign-in with a shared token is not one (the service would refuse their
+            // answer), so such a session lists nothing here.
             Some("me") => Some((
-                Some(signed.operator.id.clone()),
+                signed.principal.operator.as_ref().map(|o| o.id.clone()),
                 signed.principal.groups.to_vec(),
             )),
             Some(_) => return Err(ServiceError::invalid("assigned", "must be `me` or empty")),

@@ -235,6 +235,14 @@ async fn the_inbox_searches_prompts_and_titles_and_filters_by_assignee_and_deadl
     // Bob is not assigned anything.
     let mut bob = Visitor::signed_in(&app, &people.bob, None).await;
     assert!(listed(&bob.get("/console/?assigned=me").await.body).is_empty());
+    // Nor is a shared token naming alice at sign-in: the service would not let it answer
+    // as her assignee, so it is not listed as hers.
+    let mut shared = Visitor::signed_in(&app, ADMIN, Some(("alice", "Alice"))).await;
+    assert!(listed(&shared.get("/console/?assigned=me").await.body).is_empty());
+    assert_eq!(
+        listed(&shared.get("/console/?q=payout").await.body),
+        vec![payout.clone()]
+    );
 
     // Bad input: 422 naming the field, nothing listed.
     let long = format!("?q={}", "x".repeat(257));
