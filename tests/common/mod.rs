@@ -17,6 +17,7 @@ use hitl_orchestrator::db::{self, PoolSettings};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub mod api;
+pub mod pooler;
 
 /// How long a poll waits between two looks at what it waits for.
 pub const POLL: Duration = Duration::from_millis(20);

@@ -39,6 +39,7 @@ mod examples;
 mod kubernetes;
 mod migrations;
 mod openapi;
+mod pooler;
 mod operator_cli;
 mod persistence_commands;
 mod persistence_runs;
