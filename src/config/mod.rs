@@ -297,6 +297,10 @@ pub enum BenchScenario {
     Rehydrate,
     /// Listing pending requests (first page and a deep page) over HTTP.
     Pending,
+    /// `drain` with 1, 2 and 4 `worker` processes (`--process-counts`), each count on a
+    /// fresh database: throughput, the CPU of PostgreSQL and of the service, and an
+    /// exactly-once check per count.
+    Scale,
 }
 
 impl BenchScenario {
@@ -309,6 +313,7 @@ impl BenchScenario {
             BenchScenario::E2e => "e2e",
             BenchScenario::Rehydrate => "rehydrate",
             BenchScenario::Pending => "pending",
+            BenchScenario::Scale => "scale",
         }
     }
 
@@ -356,6 +361,10 @@ pub struct BenchArgs {
     /// Run the workers as separate `worker` processes (drain).
     #[arg(long)]
     pub processes: bool,
+    /// How many `worker` processes to try, one after the other (scale); each runs
+    /// --concurrency jobs at once.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub process_counts: Vec<usize>,
     /// Baseline only: also complete each run in the same commit (one more run update
     /// and audit event), the work a resume of a one-node plan does in the service.
     #[arg(long)]
