@@ -137,7 +137,9 @@ async fn exactly_once(pool: &PgPool, n: i64) -> Result<Value, BenchError> {
         .fetch_one(pool)
         .await?;
     let ok = [succeeded, responses, resumes, completed] == [n; 4] && uneven == 0;
-    Ok(json!({ "ok": ok, "succeeded": succeeded, "responses": responses,
+    Ok(
+        json!({ "ok": ok, "succeeded": succeeded, "responses": responses,
                "resume_events": resumes, "completed_runs": completed,
-               "runs_with_uneven_audit": uneven }))
+               "runs_with_uneven_audit": uneven }),
+    )
 }

@@ -281,6 +281,7 @@ async fn scale(servers: &Servers, args: &BenchArgs, n: usize) -> Result<Value, B
         let processes = processes.max(1);
         eprintln!("scale: {processes} worker process(es)");
         let bench_db = BenchDb::create(servers, args).await?;
+        let bench_db_name = bench_db.name.clone();
         let mut drain_args = args.clone();
         drain_args.workers = processes;
         drain_args.processes = true;
@@ -298,7 +299,9 @@ async fn scale(servers: &Servers, args: &BenchArgs, n: usize) -> Result<Value, B
         }
         .await;
         bench_db.drop(servers).await?;
-        runs.push(measured?);
+        let mut measured = measured?;
+        measured["database"] = json!(bench_db_name);
+        runs.push(measured);
     }
     let one = runs
         .first()

@@ -732,9 +732,8 @@ impl Cli {
                 .map_err(|why| invalid("--database-url (DATABASE_URL)", why))?;
         }
         if let Some(url) = &common.direct_database_url {
-            DatabaseUrl::from_str(url.expose()).map_err(|why| {
-                invalid("--direct-database-url (HITL_DIRECT_DATABASE_URL)", why)
-            })?;
+            DatabaseUrl::from_str(url.expose())
+                .map_err(|why| invalid("--direct-database-url (HITL_DIRECT_DATABASE_URL)", why))?;
             if common.db_pooler == DbPooler::None {
                 return Err(invalid(
                     "--direct-database-url (HITL_DIRECT_DATABASE_URL)",
@@ -939,8 +938,14 @@ mod tests {
     fn transaction_pooling_is_refused_naming_the_setting_with_or_without_a_direct_url() {
         let url = "postgres://u:p@127.0.0.1:6432/hitl";
         let message = pooler_refusal(&["--database-url", url, "--db-pooler", "transaction"]);
-        assert!(message.contains("--db-pooler (HITL_DB_POOLER)"), "{message}");
-        assert!(message.contains("transaction pooling is not supported"), "{message}");
+        assert!(
+            message.contains("--db-pooler (HITL_DB_POOLER)"),
+            "{message}"
+        );
+        assert!(
+            message.contains("transaction pooling is not supported"),
+            "{message}"
+        );
         let direct = "postgres://u:p@127.0.0.1:5432/hitl";
         let message = pooler_refusal(&[
             "--database-url",
@@ -950,7 +955,10 @@ mod tests {
             "--direct-database-url",
             direct,
         ]);
-        assert!(message.contains("transaction pooling is not supported"), "{message}");
+        assert!(
+            message.contains("transaction pooling is not supported"),
+            "{message}"
+        );
         assert!(!message.contains("u:p@"), "{message}");
     }
 

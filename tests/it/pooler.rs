@@ -28,8 +28,7 @@ async fn behind_pgbouncer_worker_processes_drain_every_command_exactly_once() {
     let Some((db, bouncer)) = behind_pgbouncer(test).await else {
         return;
     };
-    crate::worker::worker_processes_drain_exactly_once(&db, &bouncer.route(&db.url), 2, 1000)
-        .await;
+    crate::worker::worker_processes_drain_exactly_once(&db, &bouncer.route(&db.url), 2, 1000).await;
     bouncer.assert_carried(&db.name, 1000).await;
 }
 
@@ -39,11 +38,8 @@ async fn behind_pgbouncer_an_api_and_a_worker_process_stream_a_run_in_order() {
     let Some((db, bouncer)) = behind_pgbouncer(test).await else {
         return;
     };
-    crate::api_events::api_and_worker_processes_stream_a_run_in_order(
-        &db,
-        &bouncer.route(&db.url),
-    )
-    .await;
+    crate::api_events::api_and_worker_processes_stream_a_run_in_order(&db, &bouncer.route(&db.url))
+        .await;
     bouncer.assert_carried(&db.name, 10).await;
 }
 
@@ -79,6 +75,40 @@ async fn behind_pgbouncer_workers_ride_out_an_immediate_postgresql_restart() {
     crate::rehydrate::workers_ride_out_a_postgresql_restart(Some(test)).await;
 }
 
+#[tokio::test]
+async fn the_scale_benchmark_runs_its_worker_processes_through_pgbouncer() {
+    let test = "pooler::the_scale_benchmark_runs_its_worker_processes_through_pgbouncer";
+    let Some((db, bouncer)) = behind_pgbouncer(test).await else {
+        return;
+    };
+    let through = bouncer.url_through(&db.url);
+    let scale = crate::bench::bench_with(
+        &[
+            "scale",
+            "--n",
+            "40",
+            "--concurrency",
+            "2",
+            "--process-counts",
+            "2",
+        ],
+        &[
+            ("DATABASE_URL", through.as_str()),
+            ("HITL_DB_POOLER", "session"),
+            ("HITL_DIRECT_DATABASE_URL", db.url.as_str()),
+        ],
+    );
+    assert_eq!(scale["pooler"], "session", "{scale}");
+    assert_eq!(scale["summary"][0]["exactly_once"], true, "{scale}");
+    // The bench's databases are its own (created beside the test's): find its by name.
+    let database = scale["runs"][0]["database"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!database.is_empty(), "{scale}");
+    bouncer.assert_carried(&database, 40).await;
+}
+
 #[test]
 fn serve_refuses_transaction_pooling_at_start_naming_the_setting() {
     for direct in [None, Some("postgres://u:secret-pw@127.0.0.1:1/hitl")] {
@@ -97,7 +127,10 @@ fn serve_refuses_transaction_pooling_at_start_naming_the_setting() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
         assert!(stderr.contains("HITL_DB_POOLER"), "{stderr}");
-        assert!(stderr.contains("transaction pooling is not supported"), "{stderr}");
+        assert!(
+            stderr.contains("transaction pooling is not supported"),
+            "{stderr}"
+        );
         assert!(!stderr.contains("secret-pw"), "{stderr}");
     }
 }
@@ -164,11 +197,16 @@ async fn through_a_transaction_pooler_only_unnamed_statements_inside_a_transacti
 
     // sqlx names a statement even with no cache: the name is another client's too.
     let (errors, _) = mixed_queries(&pool, true, false).await;
-    assert!(errors > 0, "named statements collided on shared server connections");
+    assert!(
+        errors > 0,
+        "named statements collided on shared server connections"
+    );
     // Unnamed, outside a transaction: prepared in one round trip and executed in the
     // next, possibly on another server connection, where another client's statement is.
     let (errors, wrong) = mixed_queries(&pool, false, false).await;
-    eprintln!("unnamed statements outside a transaction: {errors} errors, {wrong} wrong answers of 800");
+    eprintln!(
+        "unnamed statements outside a transaction: {errors} errors, {wrong} wrong answers of 800"
+    );
     assert!(
         errors + wrong > 0,
         "if this now holds, PgBouncer or sqlx changed: re-measure before allowing transaction pooling"

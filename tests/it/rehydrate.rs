@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::common::pooler::PgBouncer;
-use crate::common::{Route, ServiceProcess, TestDb, direct_route};
 use crate::common::queue_support::{
     RunningWorker, create_runs, fast_settings, scalar, seed_parked_runs, submit_resumes,
     unfinished_runs, wait_for_count,
 };
+use crate::common::{Route, ServiceProcess, TestDb, direct_route};
 use hitl_orchestrator::db;
 use hitl_orchestrator::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use hitl_orchestrator::engine::Engine;
