@@ -737,7 +737,7 @@ impl Cli {
             if common.db_pooler == DbPooler::None {
                 return Err(invalid(
                     "--direct-database-url (HITL_DIRECT_DATABASE_URL)",
-                    "is only for HITL_DB_POOLER=session or transaction: with no pooler, \
+                    "is only for HITL_DB_POOLER=session: with no pooler, \
                      DATABASE_URL is already direct"
                         .to_owned(),
                 ));

@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection, Row};
 
+/// Server connections per database for a PgBouncer in session mode: each client holds
+/// one for as long as it is connected and the others wait for one (seen: a job stalled
+/// past the shutdown grace after a restart, with 20 for two workers of 16 connections
+/// each), so this covers every connection the processes of one test may open.
+pub const SESSION_POOL: u32 = 80;
+
 /// A running PgBouncer; killed when dropped.
 pub struct PgBouncer {
     child: Child,

@@ -4,6 +4,9 @@
 
 use serde_json::Value;
 
+/// `bench scale` at a size that only shows it runs.
+pub(crate) const TINY_SCALE: &[&str] = &["scale", "--n", "40", "--concurrency", "2"];
+
 fn bench(args: &[&str], database_url: &str) -> Value {
     bench_with(args, &[("DATABASE_URL", database_url)])
 }
@@ -123,15 +126,7 @@ async fn every_scenario_runs_and_reports() {
     assert_eq!(pending["latency"]["deep_page"]["samples"], 5);
 
     let scale = bench(
-        &[
-            "scale",
-            "--n",
-            "40",
-            "--concurrency",
-            "2",
-            "--process-counts",
-            "1,2",
-        ],
+        &[TINY_SCALE, &["--process-counts", "1,2"]].concat(),
         &db.url,
     );
     let summary = scale["summary"].as_array().unwrap();

@@ -11,14 +11,14 @@ use std::str::FromStr;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::common::pooler::PgBouncer;
+use crate::common::pooler::{PgBouncer, SESSION_POOL};
 use crate::common::{TestDb, fresh_db};
 
 /// A fresh database and a PgBouncer in session mode in front of it; `None` when
 /// PgBouncer is missing (the test then says so loudly, or fails under CI).
 async fn behind_pgbouncer(test: &str) -> Option<(TestDb, PgBouncer)> {
     let db = fresh_db().await;
-    let bouncer = PgBouncer::start(test, &db.url, "session", 20)?;
+    let bouncer = PgBouncer::start(test, &db.url, "session", SESSION_POOL)?;
     Some((db, bouncer))
 }
 
@@ -81,22 +81,10 @@ async fn the_scale_benchmark_runs_its_worker_processes_through_pgbouncer() {
     let Some((db, bouncer)) = behind_pgbouncer(test).await else {
         return;
     };
-    let through = bouncer.url_through(&db.url);
+    let route = bouncer.route(&db.url);
     let scale = crate::bench::bench_with(
-        &[
-            "scale",
-            "--n",
-            "40",
-            "--concurrency",
-            "2",
-            "--process-counts",
-            "2",
-        ],
-        &[
-            ("DATABASE_URL", through.as_str()),
-            ("HITL_DB_POOLER", "session"),
-            ("HITL_DIRECT_DATABASE_URL", db.url.as_str()),
-        ],
+        &[crate::bench::TINY_SCALE, &["--process-counts", "2"]].concat(),
+        &crate::common::env_with(&route, &[]),
     );
     assert_eq!(scale["pooler"], "session", "{scale}");
     assert_eq!(scale["summary"][0]["exactly_once"], true, "{scale}");
