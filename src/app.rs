@@ -114,6 +114,7 @@ pub async fn run(role: &Role) -> Result<(), AppError> {
             engine.clone(),
             WorkerSettings::from_options(options, grace),
         )
+        .with_listen_pool(db.session_pool().clone())
     };
     let result = match runs {
         Runs::Migrate => {
@@ -202,7 +203,9 @@ async fn serve_http(
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "HTTP API listening");
 
-    let service = Service::new(db.pool.clone(), engine.clone()).with_shutdown(shutdown.clone());
+    let service = Service::new(db.pool.clone(), engine.clone())
+        .with_listen_pool(db.session_pool().clone())
+        .with_shutdown(shutdown.clone());
     let state = AppState {
         service,
         auth: Arc::new(auth),

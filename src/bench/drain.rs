@@ -1,5 +1,6 @@
 //! `drain`: queued resume commands applied by the service's workers, in this process or
-//! as separate `worker` processes, with throughput per 10 s window.
+//! as separate `worker` processes, with throughput per 10 s window, the CPU each party
+//! used, and a check that every command was applied exactly once.
 
 use std::time::{Duration, Instant};
 
@@ -11,11 +12,12 @@ use hitl_orchestrator::config::BenchArgs;
 use hitl_orchestrator::engine::Engine;
 use hitl_orchestrator::jobs::Worker;
 
-use super::{BenchError, machine, worker_settings};
+use super::{BenchError, Route, cpu, machine, worker_settings};
 
+/// Drains `n` queued resumes; `worker` processes reach the database by `route`.
 pub(super) async fn drain(
     pool: &PgPool,
-    url: &str,
+    route: &Route,
     args: &BenchArgs,
     n: usize,
 ) -> Result<Value, BenchError> {
@@ -30,7 +32,7 @@ pub(super) async fn drain(
             let exe = std::env::current_exe().map_err(|e| BenchError::Other(e.to_string()))?;
             let child = tokio::process::Command::new(exe)
                 .arg("worker")
-                .env("DATABASE_URL", url)
+                .envs(route.iter().map(|(k, v)| (*k, v.as_str())))
                 .env("HITL_WORKER_CONCURRENCY", settings.concurrency.to_string())
                 .env("HITL_WORKER_BATCH_SIZE", settings.batch_size.to_string())
                 .env(
@@ -49,6 +51,8 @@ pub(super) async fn drain(
             handles.push(tokio::spawn(worker.run(stop.clone())));
         }
     }
+    let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+    let watch = cpu::CpuWatch::start(cpu::postmaster_of(pool).await, &pids);
     let total = n as i64;
     // Finished count every second, for throughput per 10 s window.
     let mut marks: Vec<(f64, i64)> = vec![(0.0, 0)];
@@ -83,6 +87,7 @@ pub(super) async fn drain(
         // measured (more so as the table grows).
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    let cpu = watch.report(&pids);
     let windows: Vec<f64> = marks
         .windows(11)
         .step_by(10)
@@ -101,10 +106,8 @@ pub(super) async fn drain(
         }
         let _ = c.wait().await;
     }
-    let succeeded: i64 =
-        sqlx::query_scalar("select count(*) from hitl_commands where status = 'succeeded'")
-            .fetch_one(pool)
-            .await?;
+    let check = exactly_once(pool, total).await?;
+    let succeeded = check["succeeded"].clone();
     let sustained = match (windows.first(), windows.last()) {
         (Some(first), Some(last)) if windows.len() >= 2 => json!(last / first),
         _ => Value::Null,
@@ -114,6 +117,29 @@ pub(super) async fn drain(
                "processes": args.processes, "concurrency": args.concurrency, "seconds": seconds,
                "ended": done, "commands_per_second": done as f64 / seconds,
                "per_10s_windows": windows,
-               "last_window_over_first": sustained, "machine": machine() }),
+               "last_window_over_first": sustained, "cpu": cpu, "exactly_once": check,
+               "machine": machine() }),
+    )
+}
+
+/// Whether each of `n` resumes was applied once: a succeeded command, a response and a
+/// resume event each, every run completed, and one audit event per run version.
+async fn exactly_once(pool: &PgPool, n: i64) -> Result<Value, BenchError> {
+    let (succeeded, responses, resumes, completed, uneven): (i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "select (select count(*) from hitl_commands where status = 'succeeded'), \
+                    (select count(*) from hitl_responses), \
+                    (select count(*) from run_audit_events where action = 'resume'), \
+                    (select count(*) from orchestrator_runs where status = 'completed'), \
+                    (select count(*) from orchestrator_runs r where r.version <> \
+                       (select count(*) from run_audit_events e where e.run_id = r.run_id))",
+        )
+        .fetch_one(pool)
+        .await?;
+    let ok = [succeeded, responses, resumes, completed] == [n; 4] && uneven == 0;
+    Ok(
+        json!({ "ok": ok, "succeeded": succeeded, "responses": responses,
+               "resume_events": resumes, "completed_runs": completed,
+               "runs_with_uneven_audit": uneven }),
     )
 }

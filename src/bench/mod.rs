@@ -24,8 +24,16 @@
 //!   `worker` process: time from its start until every run is rehydrated and the stranded
 //!   ones completed, and its peak RSS.
 //! - `pending`: `--n` pending requests; latency of the first page and of a page 90 % deep.
+//! - `scale`: `drain` with 1, 2 and 4 `worker` processes (`--process-counts`), each count
+//!   on a fresh database: throughput, the CPU of PostgreSQL, the workers and a pooler,
+//!   and an exactly-once check per count.
+//!
+//! With `HITL_DB_POOLER` the `worker` processes reach PostgreSQL through the pooler at
+//! `DATABASE_URL`; the bench itself (creating, seeding, reading) goes straight, to
+//! `HITL_DIRECT_DATABASE_URL`.
 
 mod baseline;
+mod cpu;
 mod drain;
 mod http;
 mod rehydrate;
@@ -36,7 +44,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use hitl_orchestrator::config::{BenchArgs, BenchScenario};
+use hitl_orchestrator::config::{BenchArgs, BenchScenario, DbPooler};
 use hitl_orchestrator::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use hitl_orchestrator::db::{self, PoolSettings};
 use hitl_orchestrator::domain::{CommandKind, RequestId, RunId};
@@ -57,11 +65,107 @@ pub enum BenchError {
     Other(String),
 }
 
+/// How a benchmark's `worker` processes reach their database: the connection settings,
+/// as environment variables.
+pub(crate) type Route = Vec<(&'static str, String)>;
+
+/// Where the bench reaches PostgreSQL.
+struct Servers {
+    /// For creating databases, seeding and the bench's own reads: straight to PostgreSQL.
+    admin: String,
+    /// The pooler's address and mode, when the service's processes go through one.
+    pooled: Option<(String, DbPooler)>,
+}
+
+impl Servers {
+    /// How `worker` processes reach the database `name`.
+    fn route(&self, name: &str) -> Route {
+        let direct = db::url_with_database(&self.admin, name);
+        match &self.pooled {
+            None => vec![("DATABASE_URL", direct)],
+            Some((pooler_url, mode)) => vec![
+                ("DATABASE_URL", db::url_with_database(pooler_url, name)),
+                ("HITL_DB_POOLER", pooler_name(*mode).to_owned()),
+                ("HITL_DIRECT_DATABASE_URL", direct),
+            ],
+        }
+    }
+}
+
+fn pooler_name(mode: DbPooler) -> &'static str {
+    match mode {
+        DbPooler::None => "none",
+        DbPooler::Session => "session",
+        DbPooler::Transaction => "transaction",
+    }
+}
+
+/// A fresh, migrated database of one measurement; dropped by [`BenchDb::drop`].
+struct BenchDb {
+    name: String,
+    url: String,
+    pool: PgPool,
+}
+
+impl BenchDb {
+    async fn create(servers: &Servers, args: &BenchArgs) -> Result<Self, BenchError> {
+        let name = format!("hitl_bench_{}", uuid::Uuid::now_v7().simple());
+        db::ensure_database(&servers.admin, &name).await?;
+        let url = db::url_with_database(&servers.admin, &name);
+        let connections = (args.concurrency as u32 + 8).max(16);
+        let pool = db::lazy_pool(
+            &url,
+            PoolSettings {
+                max_connections: connections,
+                acquire_timeout: Duration::from_secs(30),
+            },
+        )?;
+        db::migrate(&pool).await?;
+        persistence::audit::register_signer(&pool).await?;
+        Ok(Self { name, url, pool })
+    }
+
+    async fn drop(self, servers: &Servers) -> Result<(), BenchError> {
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(&servers.admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "drop database if exists \"{}\" with (force)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}
+
 /// Runs the scenario and returns its results.
 pub async fn run(args: &BenchArgs) -> Result<Value, BenchError> {
-    let (server, embedded) = match &args.common.database_url {
-        Some(url) => (url.expose().to_owned(), None),
-        None => {
+    let common = &args.common;
+    let (servers, embedded) = match (&common.database_url, common.db_pooler) {
+        (Some(url), DbPooler::None) => (
+            Servers {
+                admin: url.expose().to_owned(),
+                pooled: None,
+            },
+            None,
+        ),
+        (Some(url), mode) => {
+            let direct = common.direct_database_url.as_ref().ok_or_else(|| {
+                BenchError::Other(
+                    "bench behind a pooler (HITL_DB_POOLER) needs HITL_DIRECT_DATABASE_URL: it \
+                     creates its databases and takes its own readings straight"
+                        .into(),
+                )
+            })?;
+            (
+                Servers {
+                    admin: direct.expose().to_owned(),
+                    pooled: Some((url.expose().to_owned(), mode)),
+                },
+                None,
+            )
+        }
+        (None, _) => {
             let dir =
                 std::env::temp_dir().join(format!("hitl-bench-{}", uuid::Uuid::now_v7().simple()));
             let mut opts = EmbeddedOptions::new(dir.join("data"));
@@ -71,75 +175,42 @@ pub async fn run(args: &BenchArgs) -> Result<Value, BenchError> {
                 .await
                 .map_err(|e| BenchError::Other(e.to_string()))?
                 .map_err(db::DbError::from)?;
-            (pg.url_for("postgres"), Some((pg, dir)))
+            let servers = Servers {
+                admin: pg.url_for("postgres"),
+                pooled: None,
+            };
+            (servers, Some((pg, dir)))
         }
     };
-    let name = format!("hitl_bench_{}", uuid::Uuid::now_v7().simple());
-    db::ensure_database(&server, &name).await?;
-    let url = db::url_with_database(&server, &name);
-    let connections = (args.concurrency as u32 + 8).max(16);
-    let pool = db::lazy_pool(
-        &url,
-        PoolSettings {
-            max_connections: connections,
-            acquire_timeout: Duration::from_secs(30),
-        },
-    )?;
-    db::migrate(&pool).await?;
     // Signed when HITL_AUDIT_SIGNING_KEY_FILE is set: in this process, and in the worker
     // processes a scenario starts (they inherit the environment).
-    let signer = match &args.common.audit_signing_key_file {
+    let signer = match &common.audit_signing_key_file {
         None => None,
         Some(path) => Some(std::sync::Arc::new(
             persistence::audit::Signer::from_pem_file(path).map_err(BenchError::Other)?,
         )),
     };
     persistence::audit::install_signer(signer);
-    persistence::audit::register_signer(&pool).await?;
 
     let n = args.n.unwrap_or(args.scenario.default_n());
-    let result = match args.scenario {
-        BenchScenario::Baseline => {
-            seed(&pool, n, true).await?;
-            baseline::baseline(&pool, args).await?
-        }
-        BenchScenario::Drain => {
-            seed(&pool, n, true).await?;
-            drain::drain(&pool, &url, args, n).await?
-        }
-        BenchScenario::Submit => {
-            seed(&pool, n, false).await?;
-            http::submit(&pool, args, n).await?
-        }
-        BenchScenario::E2e => {
-            let offered = (args.rate * args.e2e_seconds() as f64).ceil() as usize;
-            seed(&pool, offered, false).await?;
-            http::e2e(&pool, args, offered).await?
-        }
-        BenchScenario::Rehydrate => {
-            seed(&pool, n, false).await?;
-            rehydrate::rehydrate(&pool, &url, args, n).await?
-        }
-        BenchScenario::Pending => {
-            seed(&pool, n, false).await?;
-            http::pending(&pool, args, n).await?
-        }
+    let measured = match args.scenario {
+        BenchScenario::Scale => scale(&servers, args, n).await,
+        _ => match BenchDb::create(&servers, args).await {
+            Ok(bench_db) => {
+                let result = scenario(&bench_db, &servers, args, n).await;
+                bench_db.drop(&servers).await?;
+                result
+            }
+            Err(e) => Err(e),
+        },
     };
-    let version: String = sqlx::query_scalar("show server_version")
-        .fetch_one(&pool)
-        .await?;
-    let mut result = result;
-    result["postgres"] = json!(version);
-    pool.close().await;
-    let mut admin = PgConnection::connect(&server).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "drop database if exists \"{name}\" with (force)"
-    )))
-    .execute(&mut admin)
-    .await?;
     if let Some((pg, dir)) = embedded {
         let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+    let mut result = measured?;
+    if let Some((_, mode)) = &servers.pooled {
+        result["pooler"] = json!(pooler_name(*mode));
     }
     if let Some(dir) = &args.out {
         let file = dir.join(format!("{}.json", args.scenario.name()));
@@ -153,6 +224,101 @@ pub async fn run(args: &BenchArgs) -> Result<Value, BenchError> {
             .map_err(|e| BenchError::Other(format!("writing {}: {e}", file.display())))?;
     }
     Ok(result)
+}
+
+/// One scenario (not `scale`) on `bench_db`.
+async fn scenario(
+    bench_db: &BenchDb,
+    servers: &Servers,
+    args: &BenchArgs,
+    n: usize,
+) -> Result<Value, BenchError> {
+    let pool = &bench_db.pool;
+    let mut result = match args.scenario {
+        BenchScenario::Baseline => {
+            seed(pool, n, true).await?;
+            baseline::baseline(pool, args).await?
+        }
+        BenchScenario::Drain => {
+            seed(pool, n, true).await?;
+            drain::drain(pool, &servers.route(&bench_db.name), args, n).await?
+        }
+        BenchScenario::Submit => {
+            seed(pool, n, false).await?;
+            http::submit(pool, args, n).await?
+        }
+        BenchScenario::E2e => {
+            let offered = (args.rate * args.e2e_seconds() as f64).ceil() as usize;
+            seed(pool, offered, false).await?;
+            http::e2e(pool, args, offered).await?
+        }
+        BenchScenario::Rehydrate => {
+            seed(pool, n, false).await?;
+            rehydrate::rehydrate(pool, &bench_db.url, args, n).await?
+        }
+        BenchScenario::Pending => {
+            seed(pool, n, false).await?;
+            http::pending(pool, args, n).await?
+        }
+        BenchScenario::Scale => unreachable!("scale runs on databases of its own"),
+    };
+    result["postgres"] = json!(server_version(pool).await?);
+    Ok(result)
+}
+
+async fn server_version(pool: &PgPool) -> Result<String, BenchError> {
+    Ok(sqlx::query_scalar("show server_version")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// `drain` with each of `--process-counts` worker processes (each running
+/// `--concurrency` jobs at once) on a fresh database of `n` queued resumes.
+async fn scale(servers: &Servers, args: &BenchArgs, n: usize) -> Result<Value, BenchError> {
+    let mut runs = Vec::new();
+    let mut version = Value::Null;
+    for &processes in &args.process_counts {
+        let processes = processes.max(1);
+        eprintln!("scale: {processes} worker process(es)");
+        let bench_db = BenchDb::create(servers, args).await?;
+        let bench_db_name = bench_db.name.clone();
+        let mut drain_args = args.clone();
+        drain_args.workers = processes;
+        drain_args.processes = true;
+        drain_args.concurrency = args.concurrency * processes;
+        let measured = async {
+            seed(&bench_db.pool, n, true).await?;
+            version = json!(server_version(&bench_db.pool).await?);
+            drain::drain(
+                &bench_db.pool,
+                &servers.route(&bench_db.name),
+                &drain_args,
+                n,
+            )
+            .await
+        }
+        .await;
+        bench_db.drop(servers).await?;
+        let mut measured = measured?;
+        measured["database"] = json!(bench_db_name);
+        runs.push(measured);
+    }
+    let one = runs
+        .first()
+        .and_then(|r| r["commands_per_second"].as_f64())
+        .unwrap_or(0.0);
+    let table: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            let rate = r["commands_per_second"].as_f64().unwrap_or(0.0);
+            json!({ "processes": r["workers"], "commands_per_second": rate,
+                    "over_one_process": if one > 0.0 { json!(rate / one) } else { Value::Null },
+                    "cpu": r["cpu"], "exactly_once": r["exactly_once"]["ok"] })
+        })
+        .collect();
+    Ok(json!({ "scenario": "scale", "commands": n,
+               "concurrency_per_process": args.concurrency, "summary": table, "runs": runs,
+               "postgres": version, "machine": machine() }))
 }
 
 /// `n` parked runs, each with one queued resume command (and its job) when `commands`.

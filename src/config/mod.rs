@@ -186,6 +186,32 @@ pub enum LogFormat {
     Json,
 }
 
+/// What sits between the service and PostgreSQL (`HITL_DB_POOLER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DbPooler {
+    /// Nothing: DATABASE_URL is the server itself.
+    None,
+    /// A pooler in session mode (PgBouncer `pool_mode = session`): each connection of
+    /// ours keeps one server connection, so everything works as with a direct one.
+    Session,
+    /// A pooler in transaction mode (PgBouncer `pool_mode = transaction`). Refused at
+    /// start: see [`TRANSACTION_POOLING_REFUSED`].
+    Transaction,
+}
+
+/// Why `HITL_DB_POOLER=transaction` is refused. Measured through Debian 12's PgBouncer
+/// 1.18 (`tests/it/pooler.rs`): sqlx 0.9 names its statements even with a statement
+/// cache of 0 (another client's `sqlx_s_1` already exists on the shared server
+/// connection), and it prepares and executes in two protocol round trips, between which
+/// the pooler may hand the server connection to another client — an unnamed statement
+/// outside a transaction then ran the other client's SQL with our parameters. The job
+/// queue's enqueue (apalis-postgres) uses named statements too.
+pub const TRANSACTION_POOLING_REFUSED: &str = "transaction pooling is not supported: sqlx 0.9 \
+     prepares and executes a statement in two round trips, and a transaction pooler may move \
+     the server connection between them, running another client's statement with our \
+     parameters (measured with PgBouncer 1.18); use HITL_DB_POOLER=session, or point \
+     DATABASE_URL at PostgreSQL";
+
 /// The command line: one binary, several roles.
 #[derive(Debug, Parser)]
 #[command(
@@ -271,6 +297,10 @@ pub enum BenchScenario {
     Rehydrate,
     /// Listing pending requests (first page and a deep page) over HTTP.
     Pending,
+    /// `drain` with 1, 2 and 4 `worker` processes (`--process-counts`), each count on a
+    /// fresh database: throughput, the CPU of PostgreSQL and of the service, and an
+    /// exactly-once check per count.
+    Scale,
 }
 
 impl BenchScenario {
@@ -283,6 +313,7 @@ impl BenchScenario {
             BenchScenario::E2e => "e2e",
             BenchScenario::Rehydrate => "rehydrate",
             BenchScenario::Pending => "pending",
+            BenchScenario::Scale => "scale",
         }
     }
 
@@ -330,6 +361,10 @@ pub struct BenchArgs {
     /// Run the workers as separate `worker` processes (drain).
     #[arg(long)]
     pub processes: bool,
+    /// How many `worker` processes to try, one after the other (scale); each runs
+    /// --concurrency jobs at once.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub process_counts: Vec<usize>,
     /// Baseline only: also complete each run in the same commit (one more run update
     /// and audit event), the work a resume of a one-node plan does in the service.
     #[arg(long)]
@@ -352,6 +387,18 @@ pub struct CommonArgs {
     /// PostgreSQL URL. When unset, a private PostgreSQL is started in --data-dir.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
+
+    /// What sits between this process and PostgreSQL: `none`, or a connection pooler
+    /// such as PgBouncer in `session` pooling mode. `transaction` is refused at start
+    /// (see docs/ARCHITECTURE.md, "Behind a connection pooler"). Needs DATABASE_URL.
+    #[arg(long, env = "HITL_DB_POOLER", value_enum, default_value_t = DbPooler::None)]
+    pub db_pooler: DbPooler,
+
+    /// A URL straight to PostgreSQL, bypassing the pooler, for what needs a session of
+    /// its own: LISTEN (job and event notifications) and the migrations' advisory lock.
+    /// Optional with HITL_DB_POOLER=session (those then go through the pooler).
+    #[arg(long, env = "HITL_DIRECT_DATABASE_URL", hide_env_values = true)]
+    pub direct_database_url: Option<Secret>,
 
     /// Directory of the embedded PostgreSQL (used only when DATABASE_URL is unset).
     #[arg(long, env = "HITL_DATA_DIR", default_value = "./.hitl-data")]
@@ -684,6 +731,36 @@ impl Cli {
             DatabaseUrl::from_str(url.expose())
                 .map_err(|why| invalid("--database-url (DATABASE_URL)", why))?;
         }
+        if let Some(url) = &common.direct_database_url {
+            DatabaseUrl::from_str(url.expose())
+                .map_err(|why| invalid("--direct-database-url (HITL_DIRECT_DATABASE_URL)", why))?;
+            if common.db_pooler == DbPooler::None {
+                return Err(invalid(
+                    "--direct-database-url (HITL_DIRECT_DATABASE_URL)",
+                    "is only for HITL_DB_POOLER=session: with no pooler, \
+                     DATABASE_URL is already direct"
+                        .to_owned(),
+                ));
+            }
+        }
+        match common.db_pooler {
+            DbPooler::None => {}
+            _ if common.database_url.is_none() => {
+                return Err(invalid(
+                    "--db-pooler (HITL_DB_POOLER)",
+                    "needs DATABASE_URL (the pooler's address): the embedded PostgreSQL has \
+                     no pooler in front of it"
+                        .to_owned(),
+                ));
+            }
+            DbPooler::Session => {}
+            DbPooler::Transaction => {
+                return Err(invalid(
+                    "--db-pooler (HITL_DB_POOLER)",
+                    TRANSACTION_POOLING_REFUSED.to_owned(),
+                ));
+            }
+        }
         let http = match &self.command {
             Command::Role(Role::Serve(a)) => Some(&a.http),
             Command::Role(Role::Api(a)) => Some(&a.http),
@@ -845,6 +922,66 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains("  "), "{message}");
+    }
+
+    fn pooler_refusal(args: &[&str]) -> String {
+        let mut argv = vec!["hitl-orchestrator", "serve"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn transaction_pooling_is_refused_naming_the_setting_with_or_without_a_direct_url() {
+        let url = "postgres://u:p@127.0.0.1:6432/hitl";
+        let message = pooler_refusal(&["--database-url", url, "--db-pooler", "transaction"]);
+        assert!(
+            message.contains("--db-pooler (HITL_DB_POOLER)"),
+            "{message}"
+        );
+        assert!(
+            message.contains("transaction pooling is not supported"),
+            "{message}"
+        );
+        let direct = "postgres://u:p@127.0.0.1:5432/hitl";
+        let message = pooler_refusal(&[
+            "--database-url",
+            url,
+            "--db-pooler",
+            "transaction",
+            "--direct-database-url",
+            direct,
+        ]);
+        assert!(
+            message.contains("transaction pooling is not supported"),
+            "{message}"
+        );
+        assert!(!message.contains("u:p@"), "{message}");
+    }
+
+    #[test]
+    fn a_pooler_needs_database_url_and_a_direct_url_needs_a_pooler() {
+        let message = pooler_refusal(&["--db-pooler", "session"]);
+        assert!(message.contains("needs DATABASE_URL"), "{message}");
+        let message = pooler_refusal(&[
+            "--database-url",
+            "postgres://u:p@127.0.0.1:5432/hitl",
+            "--direct-database-url",
+            "postgres://u:p@127.0.0.1:5432/hitl",
+        ]);
+        assert!(message.contains("HITL_DIRECT_DATABASE_URL"), "{message}");
+        let message = pooler_refusal(&[
+            "--database-url",
+            "postgres://u:p@127.0.0.1:6432/hitl",
+            "--db-pooler",
+            "session",
+            "--direct-database-url",
+            "mysql://nope",
+        ]);
+        assert!(message.contains("--direct-database-url"), "{message}");
     }
 
     #[test]

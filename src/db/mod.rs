@@ -1,5 +1,7 @@
 //! The database: connection pool, migrations (the job queue's and ours), the readiness
-//! check, and the embedded PostgreSQL used when no `DATABASE_URL` is given.
+//! check, and the embedded PostgreSQL used when no `DATABASE_URL` is given. Behind a
+//! connection pooler (`HITL_DB_POOLER`) what needs a session of its own — LISTEN and the
+//! migrations' advisory lock — may use a second, direct pool (`HITL_DIRECT_DATABASE_URL`).
 
 pub mod embedded;
 
@@ -10,7 +12,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::config::CommonArgs;
+use crate::config::{CommonArgs, DbPooler};
 use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
 
 /// The orchestrator's own migrations (`migrations/`), recorded in `public._sqlx_migrations`.
@@ -57,7 +59,22 @@ impl Default for PoolSettings {
 /// Builds a pool without connecting: the first use connects, and every acquire is
 /// bounded by `acquire_timeout`, so a database outage turns into quick errors, not hangs.
 pub fn lazy_pool(url: &str, settings: PoolSettings) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.application_name("hitl-orchestrator");
+    lazy_pool_behind(url, settings, DbPooler::None)
+}
+
+/// [`lazy_pool`] for a URL with `pooler` in front of PostgreSQL.
+pub fn lazy_pool_behind(
+    url: &str,
+    settings: PoolSettings,
+    pooler: DbPooler,
+) -> Result<PgPool, sqlx::Error> {
+    let mut options = PgConnectOptions::from_str(url)?.application_name("hitl-orchestrator");
+    if pooler != DbPooler::None {
+        // sqlx sends extra_float_digits at start; PgBouncer refuses a startup parameter it
+        // does not track unless told to ignore it. Our floats are read in binary, where
+        // the setting has no effect, so it is left out rather than configured there.
+        options = options.extra_float_digits(None);
+    }
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(0)
@@ -126,13 +143,19 @@ pub async fn check_ready(pool: &PgPool) -> Result<(), NotReady> {
     Ok(())
 }
 
-/// The database a process runs against: a pool, and the embedded server when this
+/// The database a process runs against: a pool, a direct pool when the first goes
+/// through a pooler and a direct URL was given, and the embedded server when this
 /// process started or attached to one.
 pub struct Database {
     /// The connection pool.
     pub pool: PgPool,
+    direct: Option<PgPool>,
     embedded: Option<EmbeddedPostgres>,
 }
+
+/// Connections the direct pool opens at most: one LISTEN each for the worker and the
+/// event hub, one for migrations, one spare.
+const DIRECT_CONNECTIONS: u32 = 4;
 
 impl Database {
     /// Connects to `DATABASE_URL`, or starts the embedded PostgreSQL when it is unset;
@@ -154,15 +177,42 @@ impl Database {
                 (pg.database_url(), Some(pg))
             }
         };
-        let pool = lazy_pool(&url, settings)?;
+        let pool = lazy_pool_behind(&url, settings, common.db_pooler)?;
+        let direct = match &common.direct_database_url {
+            Some(url) => Some(lazy_pool(
+                url.expose(),
+                PoolSettings {
+                    max_connections: DIRECT_CONNECTIONS,
+                    ..settings
+                },
+            )?),
+            None => None,
+        };
         wait_until_reachable(&pool, common.db_startup_timeout.0).await?;
-        migrate(&pool).await?;
-        Ok(Self { pool, embedded })
+        if let Some(direct) = &direct {
+            wait_until_reachable(direct, common.db_startup_timeout.0).await?;
+        }
+        let db = Self {
+            pool,
+            direct,
+            embedded,
+        };
+        migrate(db.session_pool()).await?;
+        Ok(db)
+    }
+
+    /// The pool for what needs a session of its own (LISTEN, session advisory locks):
+    /// the direct one when there is one, else [`Self::pool`].
+    pub fn session_pool(&self) -> &PgPool {
+        self.direct.as_ref().unwrap_or(&self.pool)
     }
 
     /// Closes the pool, then stops the embedded server if this process owns it.
     pub async fn shutdown(self) -> Result<(), DbError> {
         self.pool.close().await;
+        if let Some(direct) = self.direct {
+            direct.close().await;
+        }
         if let Some(pg) = self.embedded {
             tokio::task::spawn_blocking(move || pg.stop()).await??;
         }

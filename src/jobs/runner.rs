@@ -113,6 +113,8 @@ pub struct Worker {
     settings: WorkerSettings,
     registry: Registry,
     announce: bool,
+    /// Where LISTEN connects: a direct one when `pool` goes through a pooler.
+    listen_pool: Option<PgPool>,
 }
 
 impl Worker {
@@ -142,7 +144,15 @@ impl Worker {
             settings,
             registry: super::registry(),
             announce: true,
+            listen_pool: None,
         }
+    }
+
+    /// The same worker LISTENing on a connection of `pool` (straight to PostgreSQL)
+    /// instead of its own pool's (which may be a pooler's).
+    pub fn with_listen_pool(mut self, pool: PgPool) -> Self {
+        self.listen_pool = Some(pool);
+        self
     }
 
     /// The same worker running `handler`'s kind too (replacing a handler of that kind).
@@ -201,6 +211,7 @@ impl Worker {
         let ctx = self.ctx.clone();
         let settings = self.settings.clone();
         let registry = Arc::new(self.registry);
+        let listen_pool = self.listen_pool;
         let kinds = registry.kinds();
         tracing::info!(worker = %ctx.worker_id, concurrency = settings.concurrency, ?kinds, "worker starting");
         while let Err(e) = queue::register_worker(&ctx.pool, &ctx.worker_id).await {
@@ -238,7 +249,7 @@ impl Worker {
         ));
         let listener = settings.listen.then(|| {
             tokio::spawn(listen_loop(
-                ctx.pool.clone(),
+                listen_pool.unwrap_or_else(|| ctx.pool.clone()),
                 kinds.clone(),
                 wake.clone(),
                 background.clone(),

@@ -54,18 +54,21 @@ pub struct EventHub {
 
 struct Hub {
     pool: PgPool,
+    /// Where LISTEN connects: a direct one when `pool` goes through a pooler.
+    listen_pool: PgPool,
     settings: EventSettings,
     sender: broadcast::Sender<Arc<StreamEvent>>,
     started: OnceCell<()>,
 }
 
 impl EventHub {
-    /// A hub reading from `pool`.
-    pub fn new(pool: PgPool, settings: EventSettings) -> Self {
+    /// A hub reading from `pool`, LISTENing on a connection of `listen_pool`.
+    pub fn new(pool: PgPool, listen_pool: PgPool, settings: EventSettings) -> Self {
         let (sender, _) = broadcast::channel(settings.capacity.max(1));
         Self {
             inner: Arc::new(Hub {
                 pool,
+                listen_pool,
                 settings,
                 sender,
                 started: OnceCell::new(),
@@ -97,7 +100,7 @@ impl EventHub {
 /// Reads new events after `cursor` whenever notified (or every `poll`) and broadcasts them.
 async fn pump(hub: Arc<Hub>, mut cursor: StreamPosition) {
     let wake = Arc::new(Notify::new());
-    tokio::spawn(listen(hub.pool.clone(), wake.clone()));
+    tokio::spawn(listen(hub.listen_pool.clone(), wake.clone()));
     loop {
         tokio::select! {
             _ = wake.notified() => {}

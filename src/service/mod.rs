@@ -50,6 +50,7 @@ pub use runs::CreateRun;
 #[derive(Clone)]
 pub struct Service {
     pool: PgPool,
+    listen_pool: PgPool,
     engine: Engine,
     events: EventHub,
     shutdown: CancellationToken,
@@ -59,7 +60,8 @@ impl Service {
     /// A service over `pool` with default event settings and a shutdown token of its own.
     pub fn new(pool: PgPool, engine: Engine) -> Self {
         Self {
-            events: EventHub::new(pool.clone(), EventSettings::default()),
+            events: EventHub::new(pool.clone(), pool.clone(), EventSettings::default()),
+            listen_pool: pool.clone(),
             pool,
             engine,
             shutdown: CancellationToken::new(),
@@ -68,7 +70,16 @@ impl Service {
 
     /// The same service with the live event hub configured by `settings`.
     pub fn with_event_settings(mut self, settings: EventSettings) -> Self {
-        self.events = EventHub::new(self.pool.clone(), settings);
+        self.events = EventHub::new(self.pool.clone(), self.listen_pool.clone(), settings);
+        self
+    }
+
+    /// The same service LISTENing for new events on a connection of `pool` (straight to
+    /// PostgreSQL) instead of its own pool's (which may be a pooler's).
+    pub fn with_listen_pool(mut self, pool: PgPool) -> Self {
+        self.listen_pool = pool;
+        let settings = self.events.settings().clone();
+        self.events = EventHub::new(self.pool.clone(), self.listen_pool.clone(), settings);
         self
     }
 

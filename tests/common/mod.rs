@@ -17,6 +17,7 @@ use hitl_orchestrator::db::{self, PoolSettings};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub mod api;
+pub mod pooler;
 
 /// How long a poll waits between two looks at what it waits for.
 pub const POLL: Duration = Duration::from_millis(20);
@@ -243,6 +244,25 @@ pub async fn fresh_db() -> TestDb {
     )
     .unwrap();
     TestDb { pool, url, name }
+}
+
+/// How a service process reaches its database: the connection settings, as environment
+/// variables — straight to PostgreSQL ([`direct_route`]) or through a pooler
+/// ([`pooler::PgBouncer::route`]).
+pub type Route = Vec<(&'static str, String)>;
+
+/// Straight to the database of `url`.
+pub fn direct_route(url: &str) -> Route {
+    vec![("DATABASE_URL", url.to_owned())]
+}
+
+/// `route` followed by `more`, borrowed as [`ServiceProcess::start`] takes them.
+pub fn env_with<'a>(route: &'a Route, more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    route
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(more.iter().copied())
+        .collect()
 }
 
 /// The built service binary.

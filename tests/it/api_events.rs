@@ -184,8 +184,18 @@ pub(crate) fn names(events: &[Sse]) -> Vec<&str> {
 async fn an_api_process_streams_in_order_a_run_that_a_separate_worker_process_advances_pauses_and_completes()
  {
     let db = crate::common::fresh_db().await;
+    let route = crate::common::direct_route(&db.url);
+    api_and_worker_processes_stream_a_run_in_order(&db, &route).await;
+}
+
+/// An `api` and a `worker` process, both reaching the database by `route`: a run created
+/// and resumed over HTTP streams its every event, in order, each once.
+pub(crate) async fn api_and_worker_processes_stream_a_run_in_order(
+    db: &crate::common::TestDb,
+    route: &crate::common::Route,
+) {
     let logs = tempfile::tempdir().unwrap();
-    let env = [("DATABASE_URL", db.url.as_str()), ("API_KEY", ADMIN)];
+    let env = crate::common::env_with(route, &[("API_KEY", ADMIN)]);
     let mut api = crate::common::ServiceProcess::start(&["api"], &env, logs.path());
     let mut worker = crate::common::ServiceProcess::start_worker(&env, logs.path());
     let (status, mut sse) = SseClient::connect(&api.base_url, "/api/events", ADMIN, None).await;

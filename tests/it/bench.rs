@@ -4,12 +4,20 @@
 
 use serde_json::Value;
 
+/// `bench scale` at a size that only shows it runs.
+pub(crate) const TINY_SCALE: &[&str] = &["scale", "--n", "40", "--concurrency", "2"];
+
 fn bench(args: &[&str], database_url: &str) -> Value {
+    bench_with(args, &[("DATABASE_URL", database_url)])
+}
+
+/// Runs `bench` with `args` and the settings `env`; returns its JSON.
+pub(crate) fn bench_with(args: &[&str], env: &[(&str, &str)]) -> Value {
     let cwd = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(crate::common::service_binary())
         .arg("bench")
         .args(args)
-        .env("DATABASE_URL", database_url)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .current_dir(cwd.path())
         .output()
@@ -116,6 +124,15 @@ async fn every_scenario_runs_and_reports() {
 
     let pending = bench(&["pending", "--n", "300", "--samples", "5"], &db.url);
     assert_eq!(pending["latency"]["deep_page"]["samples"], 5);
+
+    let scale = bench(
+        &[TINY_SCALE, &["--process-counts", "1,2"]].concat(),
+        &db.url,
+    );
+    let summary = scale["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), 2, "{scale}");
+    assert!(summary.iter().all(|r| r["exactly_once"] == true), "{scale}");
+    assert!(scale["runs"][1]["cpu"]["workers_cores"].as_f64().unwrap() > 0.0);
 
     let file = out_dir.path().join("drain.json");
     let written: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();

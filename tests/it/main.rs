@@ -44,6 +44,7 @@ mod openapi;
 mod operator_cli;
 mod persistence_commands;
 mod persistence_runs;
+mod pooler;
 mod rehydrate;
 mod retention;
 mod retry;

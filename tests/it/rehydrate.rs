@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::common::ServiceProcess;
+use crate::common::pooler::{PgBouncer, SESSION_POOL};
 use crate::common::queue_support::{
     RunningWorker, create_runs, fast_settings, scalar, seed_parked_runs, submit_resumes,
     unfinished_runs, wait_for_count,
 };
+use crate::common::{Route, ServiceProcess, TestDb, direct_route};
 use hitl_orchestrator::db;
 use hitl_orchestrator::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use hitl_orchestrator::engine::Engine;
@@ -45,13 +46,19 @@ async fn paged_runs(pool: &PgPool) -> BTreeMap<String, usize> {
     seen
 }
 
-fn worker_env(url: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("DATABASE_URL", url.to_owned()),
+fn worker_env(url: &str) -> Route {
+    worker_env_on(&direct_route(url))
+}
+
+/// Short worker timings, on `route`.
+fn worker_env_on(route: &Route) -> Route {
+    let mut env = route.clone();
+    env.extend([
         ("HITL_WORKER_HEARTBEAT", "200ms".into()),
         ("HITL_WORKER_ORPHAN_TIMEOUT", "2s".into()),
         ("HITL_WORKER_POLL_INTERVAL", "200ms".into()),
-    ]
+    ]);
+    env
 }
 
 fn start_worker(env: &[(&'static str, String)], dir: &std::path::Path) -> ServiceProcess {
@@ -67,7 +74,18 @@ fn worker_id(p: &ServiceProcess) -> String {
 #[tokio::test]
 async fn after_a_fresh_start_parked_runs_stay_as_they_were_and_runs_whose_job_was_lost_complete() {
     let db = crate::common::fresh_db().await;
-    seed_parked_runs(&db.pool, 10_000).await;
+    let route = direct_route(&db.url);
+    a_fresh_start_leaves_parked_runs_and_continues_lost_ones(&db, &route, 10_000).await;
+}
+
+/// A worker process reaching the database by `route`, started over `parked` parked runs
+/// and 100 whose job was lost, leaves the first as they were and completes the others.
+pub(crate) async fn a_fresh_start_leaves_parked_runs_and_continues_lost_ones(
+    db: &TestDb,
+    route: &Route,
+    parked: i64,
+) {
+    seed_parked_runs(&db.pool, parked).await;
     let engine = Engine::with_builtins(true);
     let set = json!({ "nodes": [ { "id": "finish", "type": "task", "capability": "set", "input": { "done": true } } ] });
     create_runs(&db.pool, &engine, 100, &set).await;
@@ -77,10 +95,10 @@ async fn after_a_fresh_start_parked_runs_stay_as_they_were_and_runs_whose_job_wa
         .unwrap();
     assert_eq!(lost.rows_affected(), 100);
     let before = parked_digest(&db.pool).await;
-    assert_eq!(before.len(), 10_000);
+    assert_eq!(before.len() as i64, parked);
 
     let logs = tempfile::tempdir().unwrap();
-    let mut worker = start_worker(&worker_env(&db.url), logs.path());
+    let mut worker = start_worker(&worker_env_on(route), logs.path());
     wait_for_count(
         &db.pool,
         "select count(*) from orchestrator_runs where status = 'completed'",
@@ -200,10 +218,18 @@ async fn workers_starting_together_run_one_rescan_and_each_restart_rescans_witho
 #[tokio::test]
 async fn a_sigkilled_workers_jobs_are_taken_over_within_the_orphan_timeout_and_applied_once() {
     let db = crate::common::fresh_db().await;
+    let route = direct_route(&db.url);
+    a_sigkilled_workers_jobs_move_on_and_apply_once(&db, &route).await;
+}
+
+/// A worker process SIGKILLed mid-drain leaves its jobs to one started after it, within
+/// the orphan timeout, and each of 1,000 resumes applies once; both reach the database
+/// by `route`.
+pub(crate) async fn a_sigkilled_workers_jobs_move_on_and_apply_once(db: &TestDb, route: &Route) {
     seed_parked_runs(&db.pool, 1000).await;
     submit_resumes(&db.pool, &unfinished_runs(&db.pool).await).await;
     let logs = tempfile::tempdir().unwrap();
-    let env = worker_env(&db.url);
+    let env = worker_env_on(route);
 
     let mut doomed = start_worker(&env, logs.path());
     let doomed_id = worker_id(&doomed);
@@ -264,6 +290,14 @@ async fn a_sigkilled_workers_jobs_are_taken_over_within_the_orphan_timeout_and_a
 
 #[tokio::test]
 async fn workers_ride_out_an_immediate_postgresql_restart_under_load_and_every_command_ends() {
+    workers_ride_out_a_postgresql_restart(None).await;
+}
+
+/// Two worker processes draining 1,000 resumes ride out an immediate PostgreSQL restart
+/// and every command ends, applied once. With `pooler` (a test name) they reach it
+/// through a PgBouncer in session mode, which must log in again to the restarted server;
+/// `false` when PgBouncer is missing (see `pooler::binary_or_skip`).
+pub(crate) async fn workers_ride_out_a_postgresql_restart(pooler: Option<&str>) -> bool {
     // This test restarts PostgreSQL, so it owns its cluster even when DATABASE_URL is set.
     let dir = tempfile::Builder::new()
         .prefix("hitl-restart-")
@@ -278,7 +312,17 @@ async fn workers_ride_out_an_immediate_postgresql_restart_under_load_and_every_c
     seed_parked_runs(&pool, 1000).await;
     submit_resumes(&pool, &unfinished_runs(&pool).await).await;
 
-    let env = worker_env(&pg.database_url());
+    let bouncer = match pooler {
+        Some(test) => match PgBouncer::start(test, &pg.database_url(), "session", SESSION_POOL) {
+            Some(b) => Some(b),
+            None => return false,
+        },
+        None => None,
+    };
+    let env = match &bouncer {
+        Some(b) => worker_env_on(&b.route(&pg.database_url())),
+        None => worker_env(&pg.database_url()),
+    };
     let mut workers: Vec<_> = (0..2).map(|_| start_worker(&env, dir.path())).collect();
     wait_for_count(
         &pool,
@@ -305,7 +349,11 @@ async fn workers_ride_out_an_immediate_postgresql_restart_under_load_and_every_c
             "the worker recovered without a restart: {}",
             w.log()
         );
-        assert!(w.signal_and_wait(Signal::SIGTERM, Duration::from_secs(20)));
+        assert!(
+            w.signal_and_wait(Signal::SIGTERM, Duration::from_secs(20)),
+            "{}",
+            w.log()
+        );
     }
     assert_eq!(
         scalar(
@@ -327,8 +375,12 @@ async fn workers_ride_out_an_immediate_postgresql_restart_under_load_and_every_c
         .await,
         1000
     );
+    if let Some(b) = &bouncer {
+        b.assert_carried("hitl", 1000).await;
+    }
     pool.close().await;
     pg.stop().unwrap();
+    true
 }
 
 #[tokio::test]

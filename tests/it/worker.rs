@@ -106,22 +106,36 @@ async fn a_notification_wakes_an_idle_worker_long_before_its_poll_and_the_poll_w
 #[tokio::test]
 async fn three_worker_processes_drain_three_thousand_commands_exactly_once() {
     let db = crate::common::fresh_db().await;
-    let runs = parked_runs(&db.pool, 3000).await;
+    let route = crate::common::direct_route(&db.url);
+    worker_processes_drain_exactly_once(&db, &route, 3, 3000).await;
+}
+
+/// `processes` worker processes reaching the database by `route` apply `n` queued
+/// resumes, each exactly once, and share the work.
+pub(crate) async fn worker_processes_drain_exactly_once(
+    db: &crate::common::TestDb,
+    route: &crate::common::Route,
+    processes: usize,
+    n: usize,
+) {
+    let runs = parked_runs(&db.pool, n).await;
     submit_resumes(&db.pool, &runs).await;
 
     let logs = tempfile::tempdir().unwrap();
-    let env = [
-        ("DATABASE_URL", db.url.as_str()),
-        ("HITL_WORKER_HEARTBEAT", "200ms"),
-        ("HITL_WORKER_ORPHAN_TIMEOUT", "2s"),
-    ];
-    let mut workers: Vec<_> = (0..3)
+    let env = crate::common::env_with(
+        route,
+        &[
+            ("HITL_WORKER_HEARTBEAT", "200ms"),
+            ("HITL_WORKER_ORPHAN_TIMEOUT", "2s"),
+        ],
+    );
+    let mut workers: Vec<_> = (0..processes)
         .map(|_| crate::common::ServiceProcess::start_worker(&env, logs.path()))
         .collect();
     wait_for_count(
         &db.pool,
         "select count(*) from orchestrator_runs where status = 'completed'",
-        3000,
+        n as i64,
         Duration::from_secs(300),
     )
     .await;
@@ -132,7 +146,7 @@ async fn three_worker_processes_drain_three_thousand_commands_exactly_once() {
             w.log()
         );
     }
-    assert_applied_exactly_once(&db.pool, 3000).await;
+    assert_applied_exactly_once(&db.pool, n as i64).await;
     let by_worker = scalar(
         &db.pool,
         "select count(distinct lock_by) from apalis.jobs where job_type = 'hitl_resume'",
