@@ -16,7 +16,7 @@ use crate::config::{HttpArgs, Role, WorkerOptions};
 use crate::db::{Database, DbError};
 use crate::engine::Engine;
 use crate::identity::Authenticator;
-use crate::jobs::{Worker, WorkerSettings};
+use crate::jobs::{Notifier, NotifySettings, Worker, WorkerSettings};
 use crate::service::Service;
 
 /// Errors that end the process.
@@ -38,6 +38,10 @@ pub enum AppError {
     Console(String),
     #[error("invalid agent settings: {0}")]
     Agent(String),
+    #[error("HITL_NOTIFY_CHANNELS_FILE: {0}")]
+    Notify(String),
+    #[error("cannot publish the notification channels: {0}")]
+    NotifyPublish(#[source] crate::persistence::PersistenceError),
     #[error("HITL_AUDIT_SIGNING_KEY_FILE: {0}")]
     AuditKey(String),
     #[error("cannot chain the audit trail: {0}")]
@@ -77,6 +81,41 @@ pub async fn prepare_audit(pool: &sqlx::PgPool) -> Result<(), AppError> {
     Ok(())
 }
 
+/// A process's channels (published at start) and the notifier its workers deliver with.
+pub type Notifying = (Vec<crate::config::channels::Channel>, Arc<Notifier>);
+
+/// The channels of `HITL_NOTIFY_CHANNELS_FILE`, checked against
+/// `HITL_NOTIFY_ALLOWED_URLS`, and the notifier that delivers them; `None` without a file.
+pub fn load_notifier(
+    common: &crate::config::CommonArgs,
+    backoff: (Duration, Duration),
+) -> Result<Option<Notifying>, AppError> {
+    let Some(path) = &common.notify_channels_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AppError::Notify(format!("{}: {e}", path.display())))?;
+    let allowed = common.notify_allowed_urls.clone();
+    let channels = crate::config::channels::parse_channels_file(&text, &|url| {
+        Notifier::url_allowed(&allowed, url)
+    })
+    .map_err(|e| AppError::Notify(format!("{}: {e}", path.display())))?;
+    let notifier = Notifier::new(
+        channels.clone(),
+        NotifySettings {
+            allowed_urls: allowed,
+            timeout: common.notify_timeout.0,
+            max_attempts: common.notify_max_attempts,
+            public_url: common.public_url.as_ref().map(|u| u.origin().to_owned()),
+            backoff_base: backoff.0,
+            backoff_max: backoff.1,
+        },
+    )
+    .map_err(AppError::Notify)?;
+    tracing::info!(channels = channels.len(), "notification channels loaded");
+    Ok(Some((channels, notifier)))
+}
+
 /// What a process runs once its database is open.
 enum Runs<'a> {
     Migrate,
@@ -100,8 +139,14 @@ pub async fn run(role: &Role) -> Result<(), AppError> {
     // Before the database: a bad agent setting is refused at once, not after a connect.
     let engine = Engine::for_service(common).map_err(AppError::Agent)?;
     install_audit_signer(common)?;
+    let notify = load_notifier(common, (Duration::from_secs(1), Duration::from_secs(300)))?;
     let db = Database::open(common).await?;
     prepare_audit(&db.pool).await?;
+    if let Some((channels, _)) = &notify {
+        crate::jobs::notify::publish_channels(&db.pool, channels)
+            .await
+            .map_err(AppError::NotifyPublish)?;
+    }
     let grace = common.shutdown_grace.0;
     let refresher = tokio::spawn(crate::service::refresh_loop(
         db.pool.clone(),
@@ -109,12 +154,16 @@ pub async fn run(role: &Role) -> Result<(), AppError> {
         shutdown.clone(),
     ));
     let worker = |options: &WorkerOptions| {
-        Worker::new(
+        let worker = Worker::new(
             db.pool.clone(),
             engine.clone(),
             WorkerSettings::from_options(options, grace),
         )
-        .with_listen_pool(db.session_pool().clone())
+        .with_listen_pool(db.session_pool().clone());
+        match &notify {
+            Some((_, notifier)) => worker.with_notifier(notifier.clone()),
+            None => worker,
+        }
     };
     let result = match runs {
         Runs::Migrate => {
@@ -123,13 +172,31 @@ pub async fn run(role: &Role) -> Result<(), AppError> {
         }
         Runs::Serve(http, options) => {
             let worker = tokio::spawn(worker(options).run(shutdown.clone()));
-            let http = serve_http(http, grace, &db, &engine, shutdown.clone()).await;
+            let http = serve_http(
+                http,
+                common.public_url.as_ref(),
+                grace,
+                &db,
+                &engine,
+                shutdown.clone(),
+            )
+            .await;
             // A server that could not start takes the workers down with it.
             shutdown.cancel();
             let _ = worker.await;
             http
         }
-        Runs::Api(http) => serve_http(http, grace, &db, &engine, shutdown.clone()).await,
+        Runs::Api(http) => {
+            serve_http(
+                http,
+                common.public_url.as_ref(),
+                grace,
+                &db,
+                &engine,
+                shutdown.clone(),
+            )
+            .await
+        }
         Runs::Worker(options) => {
             worker(options).run(shutdown.clone()).await;
             Ok(())
@@ -143,6 +210,7 @@ pub async fn run(role: &Role) -> Result<(), AppError> {
 
 async fn serve_http(
     http: &HttpArgs,
+    public_url: Option<&crate::config::console::PublicUrl>,
     grace: Duration,
     db: &Database,
     engine: &Engine,
@@ -152,7 +220,7 @@ async fn serve_http(
         .map_err(AppError::Tokens)?;
     let jwt = jwt_verifier(http)?;
     let console = crate::console::ConsoleSettings {
-        public_url: http.public_url.clone(),
+        public_url: public_url.cloned(),
         session_ttl: crate::config::console::check_session_ttl(http.console_session_ttl.0)
             .map_err(AppError::Console)?,
     };
@@ -195,10 +263,7 @@ async fn serve_http(
     let addr = listener.local_addr().map_err(AppError::Serve)?;
     // Printed on stdout, apart from the logs, so scripts and tests can find the port.
     println!("hitl-orchestrator listening on http://{addr}");
-    let site = http
-        .public_url
-        .as_ref()
-        .map_or_else(|| format!("http://{addr}"), |u| u.origin().to_owned());
+    let site = public_url.map_or_else(|| format!("http://{addr}"), |u| u.origin().to_owned());
     println!("hitl-orchestrator console: {site}/console/");
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "HTTP API listening");

@@ -64,6 +64,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "persistence",
             "service",
             "telemetry",
+            // Notification deliveries are HTTPS requests of the worker's own.
+            "tls",
         ],
     ),
     (

@@ -139,7 +139,7 @@ pub async fn export(
 }
 
 /// `limit`: 1 to `max`, `max` when absent (422 naming `limit` otherwise).
-fn page_size(raw: Option<&str>, max: i64) -> Result<i64, ApiError> {
+pub(super) fn page_size(raw: Option<&str>, max: i64) -> Result<i64, ApiError> {
     match raw {
         None => Ok(max),
         Some(s) => digits(s)
@@ -149,7 +149,7 @@ fn page_size(raw: Option<&str>, max: i64) -> Result<i64, ApiError> {
 }
 
 /// A whole number written as 1 to 18 digits (no sign, no spaces), as the document states.
-fn digits(raw: &str) -> Option<i64> {
+pub(super) fn digits(raw: &str) -> Option<i64> {
     if raw.is_empty() || raw.len() > 18 || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -60,6 +60,8 @@ pub struct Operate;
 pub struct Submit;
 /// Marker: the `audit` scope.
 pub struct Audit;
+/// Marker: the `supervise` scope.
+pub struct Supervise;
 
 impl RequiredScope for Operate {
     const SCOPE: Scope = Scope::Operate;
@@ -69,6 +71,9 @@ impl RequiredScope for Submit {
 }
 impl RequiredScope for Audit {
     const SCOPE: Scope = Scope::Audit;
+}
+impl RequiredScope for Supervise {
+    const SCOPE: Scope = Scope::Supervise;
 }
 
 /// Extractor: the request's principal, which holds scope `S` (403 otherwise). Put it

@@ -14,6 +14,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod listener;
+mod notifications;
 pub mod openapi;
 mod outcome;
 mod pending;
@@ -84,6 +85,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/audit/verify"),
     ("GET", "/api/runs/{runId}/audit/verify"),
     ("GET", "/api/audit"),
+    ("GET", "/api/notifications"),
+    ("POST", "/api/notifications/{deliveryId}/resend"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
@@ -195,6 +198,7 @@ pub const QUERY_PARAMETERS: &[(&str, &[&str])] = &[
     ("/api/events", &["runId"]),
     ("/api/audit", &["after", "limit"]),
     ("/api/audit/verify", &["after", "limit"]),
+    ("/api/notifications", &["status", "after", "limit"]),
 ];
 
 /// Refuses a query parameter the matched route does not accept (after authentication,
@@ -249,6 +253,11 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(audit::export))
         .route("/audit/verify", get(audit::verify_all))
         .route("/runs/{run_id}/audit/verify", get(audit::verify_run))
+        .route("/notifications", get(notifications::list))
+        .route(
+            "/notifications/{delivery_id}/resend",
+            post(notifications::resend),
+        )
         .route_layer(axum::middleware::from_fn(check_query))
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)

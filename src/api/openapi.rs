@@ -152,6 +152,8 @@ impl Modify for BearerAuth {
         super::audit::verify_run,
         super::audit::verify_all,
         super::audit::export,
+        super::notifications::list,
+        super::notifications::resend,
         super::health::healthz,
         super::health::readyz,
         super::health::metrics,
@@ -164,6 +166,7 @@ impl Modify for BearerAuth {
          (name = "runs", description = "creating and reading runs"),
          (name = "events", description = "live Server-Sent Events"),
          (name = "audit", description = "the tamper-evident audit trail: keys, verification, export"),
+         (name = "notifications", description = "notification deliveries: failed ones listed and re-sent"),
          (name = "probes", description = "liveness, readiness, this document")),
 )]
 pub struct ApiDoc;
@@ -193,6 +196,12 @@ const OPERATION_IDS: &[(&str, &str, &str)] = &[
     ("get", "/api/audit/verify", "verifyAllAudit"),
     ("get", "/api/runs/{runId}/audit/verify", "verifyRunAudit"),
     ("get", "/api/audit", "exportAudit"),
+    ("get", "/api/notifications", "listNotifications"),
+    (
+        "post",
+        "/api/notifications/{deliveryId}/resend",
+        "resendNotification",
+    ),
     ("get", "/healthz", "healthz"),
     ("get", "/readyz", "readyz"),
     ("get", "/metrics", "metrics"),

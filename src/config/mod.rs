@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod channels;
 pub mod client;
 pub mod console;
 pub mod tokens;
@@ -471,6 +472,35 @@ pub struct CommonArgs {
     #[arg(long, env = "HITL_AGENT_SIGNING_SECRET", hide_env_values = true)]
     pub agent_signing_secret: Option<Secret>,
 
+    /// The address operators open the service at, e.g. https://hitl.example.com (an
+    /// origin: no path). The console's session cookie is Secure when it is https://, and
+    /// its forms are accepted only from this origin (unset: from the request's own Host);
+    /// notifications link to requests under it.
+    #[arg(long, env = "HITL_PUBLIC_URL")]
+    pub public_url: Option<console::PublicUrl>,
+
+    /// A TOML file of notification channels (`[[channel]]` with `name`, `url`, `format`
+    /// json|slack, `secret`, `events`, optional `nodes`, `groups`, `includeArguments`).
+    /// A process given it publishes its channels to the database at start: give every
+    /// process the same file.
+    #[arg(long, env = "HITL_NOTIFY_CHANNELS_FILE")]
+    pub notify_channels_file: Option<PathBuf>,
+
+    /// URLs notification channels may post to, comma-separated, matched like
+    /// HITL_AGENT_ALLOWED_URLS (scheme, host, port, path segments). Empty: no channel is
+    /// allowed.
+    #[arg(long, env = "HITL_NOTIFY_ALLOWED_URLS", value_delimiter = ',', num_args = 0..)]
+    pub notify_allowed_urls: Vec<String>,
+
+    /// Attempts at one notification delivery before it is listed as failed.
+    #[arg(long, env = "HITL_NOTIFY_MAX_ATTEMPTS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub notify_max_attempts: u32,
+
+    /// Timeout of one notification delivery.
+    #[arg(long, env = "HITL_NOTIFY_TIMEOUT", default_value = "10s")]
+    pub notify_timeout: Millis,
+
     /// Ed25519 private key (PKCS#8 PEM, e.g. `openssl genpkey -algorithm ed25519`) that
     /// signs every audit event this process writes; its public key is listed at
     /// `GET /api/audit/keys`. Unset: events are hash-chained but not signed. Give every
@@ -574,12 +604,6 @@ pub struct HttpArgs {
     /// are refused with 413 before they are read.
     #[arg(long, env = "HITL_MAX_BODY", default_value = "256KiB")]
     pub max_body: ByteSize,
-
-    /// The address operators open the service at, e.g. https://hitl.example.com (an
-    /// origin: no path). The console's session cookie is Secure when it is https://, and
-    /// its forms are accepted only from this origin (unset: from the request's own Host).
-    #[arg(long, env = "HITL_PUBLIC_URL")]
-    pub public_url: Option<console::PublicUrl>,
 
     /// How long a console sign-in lasts, 1m to 30d (its credential is still checked again
     /// on every request).

@@ -13,6 +13,7 @@ mod advance;
 pub mod capability;
 pub mod plan;
 pub mod webhook;
+pub use webhook::check_allowed_url;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -110,26 +110,7 @@ impl AgentWebhook {
     /// `/publisher`). A plain string prefix would let `http://agents.internal` admit
     /// `http://agents.internal.evil.example/` and `http://agents.internal@evil.example/`.
     fn check_url(&self, url: &str) -> Result<(), String> {
-        let Ok(call) = reqwest::Url::parse(url) else {
-            return Err("is not a URL".into());
-        };
-        if !matches!(call.scheme(), "http" | "https") {
-            return Err("must be an http:// or https:// URL".into());
-        }
-        if !call.username().is_empty() || call.password().is_some() {
-            return Err("must not carry user information".into());
-        }
-        if self
-            .settings
-            .allowed_urls
-            .iter()
-            .filter_map(|entry| reqwest::Url::parse(entry).ok())
-            .any(|entry| allows(&entry, &call))
-        {
-            Ok(())
-        } else {
-            Err("is not under an allowed agent URL (HITL_AGENT_ALLOWED_URLS)".into())
-        }
+        check_allowed_url(&self.settings.allowed_urls, url)
     }
 
     fn sign(&self, body: &[u8]) -> Option<String> {
@@ -606,6 +587,29 @@ fn parse_reply(node_id: &str, text: &str) -> Result<CapabilityOutcome, String> {
 /// A key as it can be shown and stored.
 fn printable(key: &str) -> String {
     key.replace('\0', "\\u0000")
+}
+
+/// Whether `url` is allowed by the list `allowed` (see `AgentWebhook::check_url`); the
+/// notification channels' allow-list is matched the same way.
+pub fn check_allowed_url(allowed: &[String], url: &str) -> Result<(), String> {
+    let Ok(call) = reqwest::Url::parse(url) else {
+        return Err("is not a URL".into());
+    };
+    if !matches!(call.scheme(), "http" | "https") {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    if !call.username().is_empty() || call.password().is_some() {
+        return Err("must not carry user information".into());
+    }
+    if allowed
+        .iter()
+        .filter_map(|entry| reqwest::Url::parse(entry).ok())
+        .any(|entry| allows(&entry, &call))
+    {
+        Ok(())
+    } else {
+        Err("is not under an allowed agent URL (HITL_AGENT_ALLOWED_URLS)".into())
+    }
 }
 
 /// Whether the allow-list `entry` admits `call` (see `AgentWebhook::check_url`).

@@ -17,6 +17,7 @@ mod advance;
 mod apply_command;
 mod cleanup;
 mod expire;
+pub mod notify;
 mod rehydrate;
 mod rescan;
 pub mod runner;
@@ -33,6 +34,7 @@ use crate::engine::{AdvanceOutcome, Engine};
 use crate::persistence::jobs::{self, JobPayload};
 pub use crate::persistence::queue::ClaimedJob;
 use crate::persistence::{self, PersistenceError, Tx};
+pub use notify::{Notifier, NotifySettings};
 pub use runner::{QuietError, Worker, WorkerSettings};
 
 /// Every job kind this build runs: one line per kind.

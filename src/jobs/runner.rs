@@ -155,6 +155,12 @@ impl Worker {
         self
     }
 
+    /// The same worker delivering notifications (`hitl_notify`) with `notifier`'s
+    /// channels and secrets.
+    pub fn with_notifier(self, notifier: Arc<super::Notifier>) -> Self {
+        self.with_handler(super::notify::NotifyJob(notifier))
+    }
+
     /// The same worker running `handler`'s kind too (replacing a handler of that kind).
     pub fn with_handler<H: Handler>(mut self, handler: H) -> Self {
         self.registry = self.registry.with(handler);

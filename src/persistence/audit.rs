@@ -10,6 +10,8 @@
 //! the public keys (`audit_signing_keys`, earlier ones kept) are all a verifier needs.
 //! The run's lock, taken by every transition before it writes, orders the chain.
 //!
+//! Appending an event also enqueues its notifications, in the same transaction.
+//!
 //! The encoding lives here only — the writer, the backfill and the verifier share it —
 //! so that what is checked is what was written.
 
@@ -287,8 +289,19 @@ pub(super) async fn append(
     .bind(hash.as_slice())
     .bind(signature)
     .bind(key_id)
-    .fetch_one(conn)
+    .fetch_one(&mut *conn)
     .await?;
+    if let Some(action) = e.action {
+        super::notifications::enqueue_for_event(
+            conn,
+            id,
+            action.event_name(),
+            run_id,
+            e.request_id,
+            super::notifications::node_of(Some(&fields.details)),
+        )
+        .await?;
+    }
     Ok(id)
 }
 

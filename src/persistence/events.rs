@@ -113,3 +113,16 @@ pub async fn position_of(
     .fetch_optional(conn)
     .await?)
 }
+
+/// The event `event_id`, if it is still stored (a notification's subject).
+pub async fn event_by_id(
+    conn: &mut PgConnection,
+    event_id: i64,
+) -> Result<Option<StreamEvent>, PersistenceError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from run_audit_events where event_id = $1"
+    )))
+    .bind(event_id)
+    .fetch_optional(conn)
+    .await?)
+}

@@ -151,6 +151,17 @@ impl JobPayload for Rehydrate {
     const KIND: &'static str = "hitl_rehydrate";
 }
 
+/// `hitl_notify`: deliver one notification (an event to one channel).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Notify {
+    pub delivery_id: uuid::Uuid,
+}
+
+impl JobPayload for Notify {
+    const KIND: &'static str = "hitl_notify";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

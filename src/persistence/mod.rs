@@ -17,6 +17,7 @@ mod commands;
 pub mod events;
 pub mod jobs;
 pub mod listen;
+pub mod notifications;
 pub mod queue;
 pub mod rehydrate;
 mod requests;

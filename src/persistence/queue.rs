@@ -70,6 +70,20 @@ pub async fn enqueue<P: JobPayload>(
         .map_err(queue_error)
 }
 
+/// Pushes every job of `jobs` (due now) in one statement of the caller's transaction.
+pub async fn enqueue_all<P: JobPayload>(
+    conn: &mut PgConnection,
+    jobs: &[P],
+) -> Result<(), PersistenceError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let tasks = jobs.iter().map(|job| task_for(job, None)).collect();
+    apalis_postgres::queries::push_tasks(conn, P::KIND, tasks)
+        .await
+        .map_err(queue_error)
+}
+
 /// Pushes a job of a singleton kind unless one is already active; returns whether it
 /// was pushed. A savepoint keeps the refused insert from aborting the caller's work.
 pub async fn enqueue_singleton<P: JobPayload>(

@@ -15,6 +15,7 @@ pub mod events;
 mod inbox;
 pub mod input;
 mod metrics;
+pub mod notifications;
 mod pending;
 mod runs;
 mod sessions;
@@ -123,6 +124,7 @@ pub enum Entity {
     Request,
     Brief,
     Command,
+    Delivery,
 }
 
 impl Entity {
@@ -133,6 +135,7 @@ impl Entity {
             Entity::Request => "request_not_found",
             Entity::Brief => "brief_not_found",
             Entity::Command => "command_not_found",
+            Entity::Delivery => "delivery_not_found",
         }
     }
 }
@@ -236,6 +239,7 @@ fn e_name(entity: Entity) -> &'static str {
         Entity::Request => "request",
         Entity::Brief => "brief",
         Entity::Command => "command",
+        Entity::Delivery => "delivery",
     }
 }
 

@@ -79,6 +79,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Agent webhook call errors, by kind",
     ),
+    (
+        "hitl_notifications_total",
+        Kind::Counter,
+        "Notification delivery attempts, by channel and outcome (delivered, retried, failed)",
+    ),
 ];
 
 const BUCKETS: [f64; 15] = [

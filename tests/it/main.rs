@@ -40,6 +40,7 @@ mod engine;
 mod examples;
 mod kubernetes;
 mod migrations;
+mod notifications;
 mod openapi;
 mod operator_cli;
 mod persistence_commands;

@@ -250,6 +250,14 @@ fn bad_rows() -> Vec<(String, &'static str)> {
         ("insert into audit_signing_keys (key_id, public_key) values ('abcdef0123456789', '\\x00')".into(), "audit_signing_keys_public_key_check"),
         (audit_row("run_1", 1, "resume", "from_status='paused'"), "run_audit_events_from_status_check"),
         ("insert into run_audit_events (run_id, run_version, action, to_status) values ('run_1', 1, 'resume', 'paused')".into(), "run_audit_events_to_status_check"),
+        ("insert into notification_channels (name, format, events) values ('a b', 'json', '{resumed}')".into(), "notification_channels_name_check"),
+        ("insert into notification_channels (name, format, events) values ('a', 'xml', '{resumed}')".into(), "notification_channels_format_check"),
+        ("insert into notification_channels (name, format, events) values ('a', 'json', '{}')".into(), "notification_channels_events_check"),
+        ("insert into notification_deliveries (delivery_id, channel, event_id, event, run_id, attempts) values (gen_random_uuid(), 'c', 1, 'resumed', 'run_1', -1)".into(), "notification_deliveries_attempts_check"),
+        ("insert into notification_deliveries (delivery_id, channel, event_id, event, run_id) values (gen_random_uuid(), '', 1, 'resumed', 'run_1')".into(), "notification_deliveries_channel_check"),
+        ("insert into notification_deliveries (delivery_id, channel, event_id, event, run_id) values (gen_random_uuid(), 'c', 1, '', 'run_1')".into(), "notification_deliveries_event_check"),
+        ("insert into notification_deliveries (delivery_id, channel, event_id, event, run_id, last_error) values (gen_random_uuid(), 'c', 1, 'resumed', 'run_1', repeat('x', 301))".into(), "notification_deliveries_last_error_check"),
+        ("insert into notification_deliveries (delivery_id, channel, event_id, event, run_id, status) values (gen_random_uuid(), 'c', 1, 'resumed', 'run_1', 'lost')".into(), "notification_deliveries_status_check"),
     ]
 }
 

@@ -333,6 +333,8 @@ fn parameter_rules() -> Vec<(&'static str, &'static str, &'static str, Value)> {
     let thread_id = json!({ "type": "string", "minLength": 1, "maxLength": THREAD_ID_MAX_CHARS,
                             "pattern": thread_id_pattern() });
     let idempotency_key = json!({ "type": "string", "pattern": format!("^[ \t]*[!-~]{{1,{MAX_SHORT_TEXT}}}[ \t]*$") });
+    let uuid = json!({ "type": "string", "format": "uuid",
+        "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$" });
     let prefer = json!({ "type": "string", "pattern": prefer_pattern() });
     let mut rules = vec![
         (
@@ -420,6 +422,28 @@ fn parameter_rules() -> Vec<(&'static str, &'static str, &'static str, Value)> {
             "get",
             "runId",
             string(prefixed("run")),
+        ),
+        (
+            "/api/notifications",
+            "get",
+            "status",
+            json!({ "type": "string", "enum": crate::service::notifications::DELIVERY_STATUSES,
+                    "pattern": "^(pending|delivered|failed)$" }),
+        ),
+        ("/api/notifications", "get", "after", uuid.clone()),
+        (
+            "/api/notifications",
+            "get",
+            "limit",
+            json!({ "type": "integer", "minimum": 1,
+                    "maximum": crate::service::notifications::MAX_DELIVERY_PAGE,
+                    "default": crate::service::notifications::MAX_DELIVERY_PAGE }),
+        ),
+        (
+            "/api/notifications/{deliveryId}/resend",
+            "post",
+            "deliveryId",
+            uuid,
         ),
         (
             "/api/events",

@@ -1,0 +1,39 @@
+-- Notifications: the channels processes publish from HITL_NOTIFY_CHANNELS_FILE, and one
+-- delivery per (event, channel), written in the transaction that wrote the event. Additive:
+-- two tables.
+--
+-- A channel's signing secret is not stored: only the processes given the file hold it.
+create table if not exists notification_channels (
+    name              text primary key check (name ~ '^[A-Za-z0-9_.-]{1,64}$'),
+    format            text not null check (format in ('json', 'slack')),
+    events            text[] not null check (cardinality(events) > 0),
+    -- Empty: every node / every request.
+    nodes             text[] not null default '{}',
+    groups            text[] not null default '{}',
+    include_arguments boolean not null default false,
+    published_at      timestamptz not null default now()
+);
+
+create table if not exists notification_deliveries (
+    -- Sent as X-Hitl-Delivery, the same on every attempt and every re-send.
+    delivery_id  uuid primary key,
+    channel      text not null check (length(channel) between 1 and 64),
+    -- The audit event it tells of (no foreign key: archiving may remove the event).
+    event_id     bigint not null,
+    event        text not null check (length(event) between 1 and 64),
+    run_id       text not null,
+    request_id   text,
+    status       text not null default 'pending'
+        check (status in ('pending', 'delivered', 'failed')),
+    attempts     integer not null default 0 check (attempts >= 0),
+    -- What the last attempt met: an HTTP status or a kind of network error, never a body.
+    last_error   text check (last_error is null or length(last_error) <= 300),
+    created_at   timestamptz not null default now(),
+    updated_at   timestamptz not null default now(),
+    delivered_at timestamptz
+);
+
+create index if not exists notification_deliveries_failed_idx
+    on notification_deliveries (created_at, delivery_id) where status = 'failed';
+create index if not exists notification_deliveries_event_idx
+    on notification_deliveries (event_id);

@@ -1,0 +1,270 @@
+//! Notifications as rows: the channels the processes published, and one delivery per
+//! (event, channel), inserted with its `hitl_notify` job in the transaction that appends
+//! the event — so no event that committed goes untold and none that rolled back is told.
+//!
+//! Which channels want an event is decided here, in SQL, from the published channels
+//! (`notification_channels`) and the request the event is about: every process, whether
+//! or not it was given the channels file, enqueues the same deliveries. Sending them is
+//! the `hitl_notify` job's (`jobs::notify`), with the secret only its process holds.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::jobs::Notify;
+use super::{PersistenceError, queue};
+use crate::domain::{RequestId, RunId};
+
+/// A channel as published: what deciding who wants an event needs (its URL and secret
+/// stay with the processes given the file).
+#[derive(Clone, Debug)]
+pub struct PublishedChannel<'a> {
+    pub name: &'a str,
+    /// `json` or `slack`.
+    pub format: &'a str,
+    pub events: &'a [String],
+    pub nodes: &'a [String],
+    pub groups: &'a [String],
+    pub include_arguments: bool,
+}
+
+/// Makes `channels` the published set: channels not among them stop receiving events.
+pub async fn publish_channels(
+    pool: &PgPool,
+    channels: &[PublishedChannel<'_>],
+) -> Result<(), PersistenceError> {
+    let mut tx = pool.begin().await?;
+    let names: Vec<&str> = channels.iter().map(|c| c.name).collect();
+    sqlx::query("delete from notification_channels where name <> all($1)")
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+    for c in channels {
+        sqlx::query(
+            "insert into notification_channels (name, format, events, nodes, groups, \
+                 include_arguments) values ($1, $2, $3, $4, $5, $6) \
+             on conflict (name) do update set format = excluded.format, \
+                 events = excluded.events, nodes = excluded.nodes, groups = excluded.groups, \
+                 include_arguments = excluded.include_arguments, published_at = now()",
+        )
+        .bind(c.name)
+        .bind(c.format)
+        .bind(c.events)
+        .bind(c.nodes)
+        .bind(c.groups)
+        .bind(c.include_arguments)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Inserts a delivery for every published channel that wants event `event_id` (named
+/// `event`) and the request it is about, with their jobs. `node_id` is the node the event
+/// names when it is about no request (a failed run's node). Returns how many.
+pub(super) async fn enqueue_for_event(
+    conn: &mut PgConnection,
+    event_id: i64,
+    event: &str,
+    run_id: &RunId,
+    request_id: Option<&RequestId>,
+    node_id: Option<&str>,
+) -> Result<usize, PersistenceError> {
+    // A channel filtering on groups wants requests assigned to one of them; one without
+    // filters wants every event of its kinds.
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "insert into notification_deliveries (delivery_id, channel, event_id, event, run_id, \
+             request_id) \
+         select gen_random_uuid(), c.name, $1, $2, $3, $4 \
+         from notification_channels c \
+         left join hitl_requests q on q.request_id = $4 \
+         where $2 = any(c.events) \
+           and (cardinality(c.nodes) = 0 or coalesce(q.node_id, $5) = any(c.nodes)) \
+           and (cardinality(c.groups) = 0 or exists ( \
+               select 1 from jsonb_array_elements_text( \
+                   coalesce(q.assignees -> 'groups', '[]'::jsonb)) g \
+               where g = any(c.groups))) \
+         returning delivery_id",
+    )
+    .bind(event_id)
+    .bind(event)
+    .bind(run_id)
+    .bind(request_id)
+    .bind(node_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let jobs: Vec<Notify> = ids
+        .iter()
+        .map(|&delivery_id| Notify { delivery_id })
+        .collect();
+    queue::enqueue_all(conn, &jobs).await?;
+    Ok(jobs.len())
+}
+
+/// A delivery as stored.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    #[schema(value_type = String)]
+    pub delivery_id: Uuid,
+    pub channel: String,
+    pub event_id: i64,
+    pub event: String,
+    #[schema(value_type = String)]
+    pub run_id: RunId,
+    #[schema(value_type = Option<String>)]
+    pub request_id: Option<RequestId>,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: i32,
+    /// What the last attempt met (an HTTP status or a kind of network error).
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+const DELIVERY_COLUMNS: &str = "delivery_id, channel, event_id, event, run_id, request_id, \
+    status, attempts, last_error, created_at, updated_at, delivered_at";
+
+/// The delivery `id`.
+pub async fn find_delivery(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<Delivery>, PersistenceError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {DELIVERY_COLUMNS} from notification_deliveries where delivery_id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Deliveries in `status` (any when `None`), oldest first, after the delivery `after`.
+pub async fn list_deliveries(
+    pool: &PgPool,
+    status: Option<&str>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Delivery>, PersistenceError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {DELIVERY_COLUMNS} from notification_deliveries d \
+         where ($1::text is null or status = $1) \
+           and ($2::uuid is null or (created_at, delivery_id) > \
+               (select created_at, delivery_id from notification_deliveries where delivery_id = $2)) \
+         order by created_at, delivery_id limit $3"
+    )))
+    .bind(status)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The request a notification shows, beside its event.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct NotifiedRequest {
+    pub request_id: RequestId,
+    pub node_id: String,
+    pub operator_prompt: String,
+    pub items: sqlx::types::Json<Vec<super::RequestItem>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub on_timeout: Option<String>,
+    pub assignees: Option<sqlx::types::Json<super::Assignees>>,
+    pub status: String,
+}
+
+/// The request `id`, as a notification shows it.
+pub async fn notified_request(
+    conn: &mut PgConnection,
+    id: &RequestId,
+) -> Result<Option<NotifiedRequest>, PersistenceError> {
+    Ok(sqlx::query_as(
+        "select request_id, node_id, operator_prompt, items, expires_at, \
+             on_timeout::text as on_timeout, assignees, status::text as status \
+         from hitl_requests where request_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// What one attempt at a delivery met.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptResult {
+    Delivered,
+    /// Worth another attempt (a network error, a timeout, a non-2xx answer).
+    Failed(String),
+}
+
+/// Counts an attempt at a pending delivery; after `max_attempts` failed ones it is
+/// `failed`. Returns the status it is in now, or `None` when it was not pending (another
+/// worker finished it first).
+pub async fn record_attempt(
+    conn: &mut PgConnection,
+    id: Uuid,
+    result: &AttemptResult,
+    max_attempts: u32,
+) -> Result<Option<(String, i32)>, PersistenceError> {
+    let (delivered, error) = match result {
+        AttemptResult::Delivered => (true, None),
+        AttemptResult::Failed(e) => (false, Some(e.chars().take(300).collect::<String>())),
+    };
+    Ok(sqlx::query_as(
+        "update notification_deliveries set attempts = attempts + 1, last_error = $3, \
+             updated_at = now(), \
+             delivered_at = case when $2 then now() end, \
+             status = case when $2 then 'delivered' \
+                           when attempts + 1 >= $4 then 'failed' else 'pending' end \
+         where delivery_id = $1 and status = 'pending' \
+         returning status, attempts",
+    )
+    .bind(id)
+    .bind(delivered)
+    .bind(error)
+    .bind(i32::try_from(max_attempts).unwrap_or(i32::MAX))
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Why a delivery cannot be re-sent.
+#[derive(Debug)]
+pub enum ResendRefusal {
+    NotFound,
+    /// Only failed deliveries are re-sent (a pending one is still being tried).
+    NotFailed(String),
+}
+
+/// Makes failed delivery `id` pending again, with no attempts counted and a new job;
+/// it keeps its id, so a receiver that did get it once can tell.
+pub async fn resend(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Result<Delivery, ResendRefusal>, PersistenceError> {
+    let Some(current) = find_delivery(conn, id).await? else {
+        return Ok(Err(ResendRefusal::NotFound));
+    };
+    let updated: Option<Delivery> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "update notification_deliveries set status = 'pending', attempts = 0, \
+             last_error = null, updated_at = now() \
+         where delivery_id = $1 and status = 'failed' returning {DELIVERY_COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match updated {
+        None => Ok(Err(ResendRefusal::NotFailed(current.status))),
+        Some(d) => {
+            queue::enqueue_all(conn, &[Notify { delivery_id: id }]).await?;
+            Ok(Ok(d))
+        }
+    }
+}
+
+/// The node an event's details name (`nodeId`), for channels filtering on nodes.
+pub(super) fn node_of(details: Option<&Value>) -> Option<&str> {
+    details?.get("nodeId")?.as_str()
+}
