@@ -605,3 +605,40 @@ async fn a_worker_killed_mid_delivery_loses_none_and_repeats_only_ids_already_se
     app.assert_audit_intact().await;
     app.stop().await;
 }
+
+#[test]
+fn serve_refuses_a_bad_channels_file_naming_its_line_and_not_its_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("channels.toml");
+    std::fs::write(
+        &file,
+        channels_toml(&[(
+            "outside",
+            "https://evil.example/hook",
+            "json",
+            r#""request_raised""#,
+            "",
+        )]),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hitl-orchestrator"))
+        .arg("serve")
+        .env("HITL_NOTIFY_CHANNELS_FILE", &file)
+        .env("HITL_NOTIFY_ALLOWED_URLS", "http://127.0.0.1:9/")
+        .env("HITL_DATA_DIR", dir.path().join("data"))
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("HITL_NOTIFY_CHANNELS_FILE")
+            && stderr.contains("line 1: `url` is not under an allowed notification URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SECRET), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "refused before any database"
+    );
+}
