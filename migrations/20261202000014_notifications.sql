@@ -37,3 +37,17 @@ create index if not exists notification_deliveries_failed_idx
     on notification_deliveries (created_at, delivery_id) where status = 'failed';
 create index if not exists notification_deliveries_event_idx
     on notification_deliveries (event_id);
+
+-- Reminders and escalation of a pending request: the plan's `{remindEverySeconds,
+-- escalation}` and what was done (`reminded`, `escalated` step indices).
+alter table hitl_requests add column if not exists follow_up jsonb
+    check (follow_up is null or jsonb_typeof(follow_up) = 'object');
+
+alter table run_audit_events
+    drop constraint if exists run_audit_events_action_check,
+    add constraint run_audit_events_action_check check (action in (
+        'run_created', 'run_started', 'node_completed', 'hitl_requested',
+        'resume', 'remove', 'expire', 'hitl_disabled', 'run_completed',
+        'run_failed', 'run_cancelled', 'rehydrate', 'retry', 'agent_unreachable',
+        'request_claimed', 'request_released', 'claim_broken', 'approval_recorded',
+        'reminded', 'escalated'));

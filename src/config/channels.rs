@@ -20,6 +20,8 @@ pub const NOTIFY_EVENTS: &[&str] = &[
     "run_completed",
     "run_cancelled",
     "agent_unreachable",
+    "reminded",
+    "escalated",
 ];
 
 /// How a channel's bodies are written.

@@ -80,15 +80,21 @@ pub enum RequestNote {
     ClaimBroken,
     /// An approval was counted, short of the number needed.
     ApprovalRecorded,
+    /// A reminder went out while it is pending.
+    Reminded,
+    /// An escalation step was applied to it.
+    Escalated,
 }
 
 impl RequestNote {
     /// Every note.
-    pub const ALL: [RequestNote; 4] = [
+    pub const ALL: [RequestNote; 6] = [
         RequestNote::Claimed,
         RequestNote::Released,
         RequestNote::ClaimBroken,
         RequestNote::ApprovalRecorded,
+        RequestNote::Reminded,
+        RequestNote::Escalated,
     ];
 
     /// The audit action the note records.
@@ -98,6 +104,8 @@ impl RequestNote {
             RequestNote::Released => AuditAction::RequestReleased,
             RequestNote::ClaimBroken => AuditAction::ClaimBroken,
             RequestNote::ApprovalRecorded => AuditAction::ApprovalRecorded,
+            RequestNote::Reminded => AuditAction::Reminded,
+            RequestNote::Escalated => AuditAction::Escalated,
         }
     }
 }
@@ -123,6 +131,8 @@ impl Transition {
                 RequestNote::Released => "release",
                 RequestNote::ClaimBroken => "break_claim",
                 RequestNote::ApprovalRecorded => "record_approval",
+                RequestNote::Reminded => "remind",
+                RequestNote::Escalated => "escalate",
             },
         }
     }

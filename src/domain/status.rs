@@ -252,6 +252,10 @@ text_enum! {
         ClaimBroken => "claim_broken",
         /// An approval was counted, short of the number the request needs.
         ApprovalRecorded => "approval_recorded",
+        /// A reminder went out: the request is still pending (`remindEverySeconds`).
+        Reminded => "reminded",
+        /// An escalation step was applied: assignees added, channels told.
+        Escalated => "escalated",
     }
 }
 
@@ -277,6 +281,8 @@ impl AuditAction {
             AuditAction::RequestReleased => "request_released",
             AuditAction::ClaimBroken => "claim_broken",
             AuditAction::ApprovalRecorded => "approval_recorded",
+            AuditAction::Reminded => "reminded",
+            AuditAction::Escalated => "escalated",
         }
     }
 }
@@ -394,6 +400,8 @@ mod tests {
                 "request_released",
                 "claim_broken",
                 "approval_recorded",
+                "reminded",
+                "escalated",
             ]
         );
     }

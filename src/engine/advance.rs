@@ -137,7 +137,7 @@ enum Step {
         details: Value,
     },
     /// Pause on a request.
-    Pause(NewRequest),
+    Pause(Box<NewRequest>),
     /// End the run.
     End {
         status: RunStatus,
@@ -476,7 +476,8 @@ impl Engine {
             .map(|s| (s, h.on_timeout.unwrap_or(TimeoutAction::Reject)));
         ask.assignees = h.assignees.clone();
         ask.approvals = h.approvals;
-        Ok(Step::Pause(interrupt_request(&node_id, ask)))
+        ask.follow_up = h.follow_up.clone();
+        Ok(Step::Pause(Box::new(interrupt_request(&node_id, ask))))
     }
 
     fn is_local(&self, t: &TaskNode) -> bool {
@@ -576,7 +577,7 @@ impl Engine {
             } => {
                 keep_state(runner_state);
                 work.meta.next_attempt(node_id);
-                Step::Pause(interrupt_request(node_id, request))
+                Step::Pause(Box::new(interrupt_request(node_id, request)))
             }
         })
     }
@@ -746,6 +747,7 @@ fn interrupt_request(node_id: &str, i: Interrupt) -> NewRequest {
         items: i.items,
         assignees: i.assignees,
         approvals_required: i.approvals,
+        follow_up: i.follow_up,
         contract_summary: json!({ "facets": i.contract.facets,
                                   "capabilityContract": i.contract.capability_contract }),
         deadline: i.deadline.map(|(secs, action)| {

@@ -64,6 +64,8 @@ pub struct Interrupt {
     pub assignees: Option<Assignees>,
     /// Distinct approvals needed before the request resolves (`None`: one answer).
     pub approvals: Option<u32>,
+    /// Reminders and escalation while it is pending.
+    pub follow_up: Option<Box<crate::persistence::FollowUp>>,
 }
 
 impl Interrupt {
@@ -94,6 +96,7 @@ impl Interrupt {
             deadline: None,
             assignees: None,
             approvals: None,
+            follow_up: None,
         }
     }
 }

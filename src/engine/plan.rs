@@ -40,6 +40,8 @@ const HITL_FIELDS: &[&str] = &[
     "next",
     "assignees",
     "approvals",
+    "remindEverySeconds",
+    "escalation",
 ];
 const OPTION_FIELDS: &[&str] = &["id", "label"];
 const CONTRACT_FIELDS: &[&str] = &["facets", "capabilityContract"];
@@ -117,6 +119,8 @@ pub struct HitlNode {
     /// `None`: one answer settles it. Only with `responseTypes` of approval (and
     /// rejection).
     pub approvals: Option<u32>,
+    /// Reminders and escalation while the request is pending.
+    pub follow_up: Option<Box<crate::persistence::FollowUp>>,
 }
 
 /// One choice offered by a HITL node.
@@ -271,6 +275,17 @@ fn node_to_json(node: &Node) -> Value {
             }
             if let Some(n) = hitl.approvals {
                 out.insert("approvals".into(), json!({ "required": n }));
+            }
+            if let Some(f) = &hitl.follow_up {
+                if let Some(every) = f.remind_every_seconds {
+                    out.insert("remindEverySeconds".into(), every.into());
+                }
+                if !f.escalation.is_empty() {
+                    out.insert(
+                        "escalation".into(),
+                        serde_json::to_value(&f.escalation).unwrap_or_default(),
+                    );
+                }
             }
         }
     }
@@ -499,7 +514,13 @@ fn parse_hitl(object: &Map<String, Value>, at: At<'_>) -> Result<HitlNode, PlanE
             Some(n)
         }
     };
+    let follow_up = parse_follow_up(
+        present(object, "remindEverySeconds"),
+        present(object, "escalation"),
+    )
+    .map_err(|(field, why)| at.error(format!("{}.{field}", at.path), why))?;
     Ok(HitlNode {
+        follow_up,
         prompt,
         response_types,
         options,
@@ -511,6 +532,113 @@ fn parse_hitl(object: &Map<String, Value>, at: At<'_>) -> Result<HitlNode, PlanE
         assignees,
         approvals,
     })
+}
+
+/// The most escalation steps a request may have.
+pub const MAX_ESCALATION_STEPS: usize = 10;
+
+/// `remindEverySeconds` and `escalation` of a node or an agent's request. Errors: (the
+/// field's path, why).
+pub fn parse_follow_up(
+    remind: Option<&Value>,
+    escalation: Option<&Value>,
+) -> Result<Option<Box<crate::persistence::FollowUp>>, (String, String)> {
+    let whole = |v: &Value| {
+        v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        })
+    };
+    let seconds = |v: &Value, field: String| match whole(v) {
+        Some(n) if (1..=MAX_TIMEOUT_SECONDS).contains(&n) => Ok(n),
+        _ => Err((
+            field,
+            format!("must be a whole number of seconds from 1 to {MAX_TIMEOUT_SECONDS}"),
+        )),
+    };
+    let remind_every_seconds = remind
+        .filter(|v| !v.is_null())
+        .map(|v| seconds(v, "remindEverySeconds".into()))
+        .transpose()?;
+    let mut steps = Vec::new();
+    if let Some(value) = escalation.filter(|v| !v.is_null()) {
+        let Some(items) = value.as_array() else {
+            return Err(("escalation".into(), "must be an array of steps".into()));
+        };
+        if items.len() > MAX_ESCALATION_STEPS {
+            return Err((
+                "escalation".into(),
+                format!("must have at most {MAX_ESCALATION_STEPS} steps"),
+            ));
+        }
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("escalation[{i}]");
+            let Some(step) = item.as_object() else {
+                return Err((
+                    at,
+                    "must be an object {afterSeconds, addAssignees, notify}".into(),
+                ));
+            };
+            if let Some(key) = step
+                .keys()
+                .find(|k| !matches!(k.as_str(), "afterSeconds" | "addAssignees" | "notify"))
+            {
+                return Err((
+                    format!("{at}.{key}"),
+                    "is not a field of an escalation step (afterSeconds, addAssignees, notify)"
+                        .into(),
+                ));
+            }
+            let after_seconds = match step.get("afterSeconds") {
+                None => return Err((format!("{at}.afterSeconds"), "is required".into())),
+                Some(v) => seconds(v, format!("{at}.afterSeconds"))?,
+            };
+            let add_assignees = match step.get("addAssignees").filter(|v| !v.is_null()) {
+                None => None,
+                Some(v) => Some(
+                    parse_assignees(v)
+                        .map_err(|(f, why)| (format!("{at}.addAssignees{f}"), why))?,
+                ),
+            };
+            let notify = match step.get("notify").filter(|v| !v.is_null()) {
+                None => Vec::new(),
+                Some(Value::Array(names)) => names
+                    .iter()
+                    .enumerate()
+                    .map(|(j, n)| match n.as_str() {
+                        Some(s) if (1..=64).contains(&s.len()) => Ok(s.to_owned()),
+                        _ => Err((
+                            format!("{at}.notify[{j}]"),
+                            "must be a channel name (1 to 64 characters)".into(),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(_) => {
+                    return Err((
+                        format!("{at}.notify"),
+                        "must be an array of channel names".into(),
+                    ));
+                }
+            };
+            if add_assignees.is_none() && notify.is_empty() {
+                return Err((at, "must add assignees or notify a channel".into()));
+            }
+            steps.push(crate::persistence::EscalationStep {
+                after_seconds,
+                add_assignees,
+                notify,
+            });
+        }
+    }
+    if remind_every_seconds.is_none() && steps.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Box::new(crate::persistence::FollowUp {
+        remind_every_seconds,
+        escalation: steps,
+        ..Default::default()
+    })))
 }
 
 /// The most approvals a request may need.

@@ -296,7 +296,7 @@ enum AgentReply {
         notes: Option<Value>,
     },
     #[serde(rename_all = "camelCase")]
-    Interrupted { request: AgentRequest },
+    Interrupted { request: Box<AgentRequest> },
     Failed {
         #[serde(default)]
         message: Option<String>,
@@ -325,6 +325,10 @@ struct AgentRequest {
     assignees: Option<Value>,
     #[serde(default)]
     approvals: Option<Value>,
+    #[serde(default)]
+    remind_every_seconds: Option<Value>,
+    #[serde(default)]
+    escalation: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -486,8 +490,14 @@ fn interrupt(node_id: &str, request: AgentRequest) -> Result<Interrupt, String> 
             Some(n)
         }
     };
+    let follow_up = super::plan::parse_follow_up(
+        request.remind_every_seconds.as_ref(),
+        request.escalation.as_ref(),
+    )
+    .or_else(|(field, why)| bad(field, &why))?;
     let contract = request.contract.unwrap_or_default();
     Ok(Interrupt {
+        follow_up,
         approvals,
         assignees,
         prompt: request.prompt,
@@ -749,7 +759,7 @@ fn outcome(node_id: &str, reply: AgentReply, runner_state: RunnerStateUpdate) ->
                 notes,
             }
         }
-        AgentReply::Interrupted { request } => match interrupt(node_id, request) {
+        AgentReply::Interrupted { request } => match interrupt(node_id, *request) {
             Ok(request) => CapabilityOutcome::Interrupted {
                 request,
                 runner_state,

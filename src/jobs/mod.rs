@@ -17,6 +17,7 @@ mod advance;
 mod apply_command;
 mod cleanup;
 mod expire;
+mod follow_up;
 pub mod notify;
 mod rehydrate;
 mod rescan;
@@ -45,6 +46,8 @@ pub fn registry() -> Registry {
         .with(apply_command::ApplyCommandJob::<jobs::ApplyRetry>::new())
         .with(advance::AdvanceJob)
         .with(expire::ExpireJob)
+        .with(follow_up::RemindJob)
+        .with(follow_up::EscalateJob)
         .with(cleanup::CleanupJob)
         .with(rescan::RescanJob)
         .with(rehydrate::RehydrateJob)

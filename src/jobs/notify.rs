@@ -337,6 +337,8 @@ fn headline(event: &str) -> &'static str {
         "run_completed" => "A run completed",
         "run_cancelled" => "A run was cancelled",
         "agent_unreachable" => "An agent is unreachable",
+        "reminded" => "Reminder: a decision is still waiting",
+        "escalated" => "Escalated: a decision is overdue",
         _ => "HITL event",
     }
 }

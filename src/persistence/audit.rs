@@ -299,6 +299,7 @@ pub(super) async fn append(
             run_id,
             e.request_id,
             super::notifications::node_of(Some(&fields.details)),
+            &super::notifications::named_channels(&fields.details),
         )
         .await?;
     }

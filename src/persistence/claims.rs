@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
-use super::requests::{Assignees, claim_sql};
-use super::{AuditEntry, LockedRun, PersistenceError, Tx, append_audit, explain_refusal};
+use super::jobs::{Escalate, Remind};
+use super::requests::{Assignees, FollowUp, claim_sql};
+use super::{AuditEntry, LockedRun, PersistenceError, Tx, append_audit, explain_refusal, queue};
 use crate::domain::{
     ClaimHolder, Operator, Refusal, RequestId, RequestNote, RequestStatus, RunId, RunStatus,
     Transition,
@@ -162,7 +163,7 @@ pub async fn write_claim(
         &mut subject.run,
         &subject.request_id,
         RequestNote::Claimed,
-        holder.into(),
+        Some(holder.into()),
         json!({ "claimExpiresAt": expires_at, "leaseSeconds": seconds }),
     )
     .await?;
@@ -192,7 +193,7 @@ pub async fn write_release(
             &mut subject.run,
             &subject.request_id,
             RequestNote::Released,
-            by.into(),
+            Some(by.into()),
             json!({}),
         )
         .await?;
@@ -224,7 +225,7 @@ pub(super) async fn break_claim(
         run,
         request_id,
         RequestNote::ClaimBroken,
-        by,
+        Some(by),
         json!({ "holder": previous.claimed_by, "claimExpiresAt": previous.claim_expires_at }),
     )
     .await
@@ -270,7 +271,7 @@ pub(super) async fn note(
     run: &mut LockedRun,
     request_id: &RequestId,
     what: RequestNote,
-    by: Actor<'_>,
+    by: Option<Actor<'_>>,
     details: Value,
 ) -> Result<i64, PersistenceError> {
     let t = Transition::Note {
@@ -292,9 +293,9 @@ pub(super) async fn note(
             run_version: version,
             action: Some(outcome.audit_action),
             request_id: Some(request_id),
-            command_id: by.command_id,
-            operator: Some(by.operator),
-            principal: by.principal,
+            command_id: by.as_ref().and_then(|b| b.command_id),
+            operator: by.as_ref().map(|b| b.operator),
+            principal: by.as_ref().and_then(|b| b.principal),
             note: None,
             from_status: Some(run.status),
             to_status: Some(outcome.status),
@@ -304,4 +305,155 @@ pub(super) async fn note(
     .await?;
     run.version = version;
     Ok(version)
+}
+
+/// Schedules the follow-up jobs of a request just raised (in the transaction raising it):
+/// the first reminder and every escalation step, counted from now.
+pub(super) async fn schedule_follow_up(
+    tx: &mut Tx<'_>,
+    request_id: &RequestId,
+    follow_up: &FollowUp,
+) -> Result<(), PersistenceError> {
+    let now = Utc::now();
+    let after = |secs: u64| now + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(0));
+    if let Some(every) = follow_up.remind_every_seconds {
+        let job = Remind {
+            request_id: request_id.clone(),
+        };
+        queue::enqueue(tx, &job, Some(after(every))).await?;
+    }
+    for (step, e) in follow_up.escalation.iter().enumerate() {
+        let job = Escalate {
+            request_id: request_id.clone(),
+            step,
+        };
+        queue::enqueue(tx, &job, Some(after(e.after_seconds))).await?;
+    }
+    Ok(())
+}
+
+/// What a follow-up job found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FollowUpOutcome {
+    /// Done: a reminder went out (the next is scheduled) or the step was applied.
+    Applied,
+    /// The request is no longer pending (or has no such follow-up): nothing to do.
+    Settled,
+}
+
+async fn locked_follow_up(
+    tx: &mut Tx<'_>,
+    request_id: &RequestId,
+) -> Result<Option<(ClaimSubject, FollowUp)>, PersistenceError> {
+    let Some(subject) = lock_claim_subject(tx, request_id).await? else {
+        return Ok(None);
+    };
+    if subject.refusal(tx).await?.is_some() {
+        return Ok(None);
+    }
+    let follow_up: Option<sqlx::types::Json<FollowUp>> =
+        sqlx::query_scalar("select follow_up from hitl_requests where request_id = $1")
+            .bind(request_id)
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(follow_up.map(|f| (subject, f.0)))
+}
+
+/// Sends a reminder if request `request_id` is still pending (a `reminded` event, which
+/// channels wanting it are told of) and schedules the next one.
+pub async fn remind(
+    tx: &mut Tx<'_>,
+    request_id: &RequestId,
+) -> Result<FollowUpOutcome, PersistenceError> {
+    let Some((mut subject, mut follow_up)) = locked_follow_up(tx, request_id).await? else {
+        return Ok(FollowUpOutcome::Settled);
+    };
+    let Some(every) = follow_up.remind_every_seconds else {
+        return Ok(FollowUpOutcome::Settled);
+    };
+    follow_up.reminded += 1;
+    write_follow_up(tx, request_id, &follow_up, None).await?;
+    note(
+        tx,
+        &mut subject.run,
+        request_id,
+        RequestNote::Reminded,
+        None,
+        json!({ "reminder": follow_up.reminded, "nextInSeconds": every }),
+    )
+    .await?;
+    let next = Utc::now() + chrono::Duration::seconds(i64::try_from(every).unwrap_or(0));
+    let job = Remind {
+        request_id: request_id.clone(),
+    };
+    queue::enqueue(tx, &job, Some(next)).await?;
+    Ok(FollowUpOutcome::Applied)
+}
+
+/// Applies escalation step `step` if request `request_id` is still pending: its
+/// `addAssignees` join the assignees (a request anyone may answer stays so), and an
+/// `escalated` event tells the step's channels and those wanting such events.
+pub async fn escalate(
+    tx: &mut Tx<'_>,
+    request_id: &RequestId,
+    step: usize,
+) -> Result<FollowUpOutcome, PersistenceError> {
+    let Some((mut subject, mut follow_up)) = locked_follow_up(tx, request_id).await? else {
+        return Ok(FollowUpOutcome::Settled);
+    };
+    let Some(e) = follow_up.escalation.get(step).cloned() else {
+        return Ok(FollowUpOutcome::Settled);
+    };
+    if follow_up.escalated.contains(&step) {
+        return Ok(FollowUpOutcome::Settled);
+    }
+    follow_up.escalated.push(step);
+    let assignees = match (&subject.assignees, &e.add_assignees) {
+        (Some(current), Some(add)) => {
+            let mut merged = current.clone();
+            for u in &add.users {
+                if !merged.users.contains(u) {
+                    merged.users.push(u.clone());
+                }
+            }
+            for g in &add.groups {
+                if !merged.groups.contains(g) {
+                    merged.groups.push(g.clone());
+                }
+            }
+            Some(merged)
+        }
+        _ => None,
+    };
+    write_follow_up(tx, request_id, &follow_up, assignees.as_ref()).await?;
+    let added = e.add_assignees.clone().unwrap_or_default();
+    note(
+        tx,
+        &mut subject.run,
+        request_id,
+        RequestNote::Escalated,
+        None,
+        json!({ "step": step, "addedUsers": added.users, "addedGroups": added.groups,
+                "notify": e.notify, "assignees": assignees }),
+    )
+    .await?;
+    Ok(FollowUpOutcome::Applied)
+}
+
+async fn write_follow_up(
+    tx: &mut Tx<'_>,
+    request_id: &RequestId,
+    follow_up: &FollowUp,
+    assignees: Option<&Assignees>,
+) -> Result<(), PersistenceError> {
+    sqlx::query(
+        "update hitl_requests set follow_up = $2, assignees = coalesce($3, assignees) \
+         where request_id = $1",
+    )
+    .bind(request_id)
+    .bind(sqlx::types::Json(follow_up))
+    .bind(assignees.map(sqlx::types::Json))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -510,11 +510,11 @@ async fn count_approval(
         run,
         request_id,
         RequestNote::ApprovalRecorded,
-        Actor {
+        Some(Actor {
             principal: command.principal.as_deref(),
             operator: &command.operator,
             command_id: Some(&command.command_id),
-        },
+        }),
         details,
     )
     .await?;

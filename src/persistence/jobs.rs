@@ -151,6 +151,37 @@ impl JobPayload for Rehydrate {
     const KIND: &'static str = "hitl_rehydrate";
 }
 
+/// `hitl_remind`: remind while request `request_id` is pending, then schedule the next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Remind {
+    pub request_id: RequestId,
+}
+
+impl JobPayload for Remind {
+    const KIND: &'static str = "hitl_remind";
+
+    fn metadata(&self) -> Option<(&'static str, String)> {
+        Some(("request_id", self.request_id.to_string()))
+    }
+}
+
+/// `hitl_escalate`: apply escalation step `step` if request `request_id` is pending.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Escalate {
+    pub request_id: RequestId,
+    pub step: usize,
+}
+
+impl JobPayload for Escalate {
+    const KIND: &'static str = "hitl_escalate";
+
+    fn metadata(&self) -> Option<(&'static str, String)> {
+        Some(("request_id", self.request_id.to_string()))
+    }
+}
+
 /// `hitl_notify`: deliver one notification (an event to one channel).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

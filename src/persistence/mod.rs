@@ -40,16 +40,19 @@ use crate::domain::{
 
 pub use agent_wait::{AgentRetry, AgentWait, fail_abandoned_run, note_agent_unreachable};
 pub use briefs::{BriefRecord, RequestBrief, find_brief, request_briefs};
-pub use claims::{Claim, ClaimSubject, lock_claim_subject, write_claim, write_release};
+pub use claims::{
+    Claim, ClaimSubject, FollowUpOutcome, escalate, lock_claim_subject, remind, write_claim,
+    write_release,
+};
 pub use commands::{
     ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, claimed_refusal,
     explain_refusal, explain_retry_refusal, fail_command, find_command,
     find_command_by_idempotency_key, record_command, run_commands,
 };
 pub use requests::{
-    Approval, Approvals, Assignees, ExpireOutcome, ItemKind, ItemOption, PendingFilter,
-    PendingItem, RequestItem, RequestShape, ResponseInput, ResponseProblem, ToolCall,
-    expire_request, list_pending, validate_responses,
+    Approval, Approvals, Assignees, EscalationStep, ExpireOutcome, FollowUp, ItemKind, ItemOption,
+    PendingFilter, PendingItem, RequestItem, RequestShape, ResponseInput, ResponseProblem,
+    ToolCall, expire_request, list_pending, validate_responses,
 };
 pub use runs::{
     BriefInput, Checkpoint, CreatedRun, Finish, NewRequest, NewRun, NodeRunnerState, RunHeader,

@@ -63,7 +63,8 @@ pub async fn publish_channels(
 }
 
 /// Inserts a delivery for every published channel that wants event `event_id` (named
-/// `event`) and the request it is about, with their jobs. `node_id` is the node the event
+/// `event`) and the request it is about, or that the event names (`named`), with their
+/// jobs. `node_id` is the node the event
 /// names when it is about no request (a failed run's node). Returns how many.
 pub(super) async fn enqueue_for_event(
     conn: &mut PgConnection,
@@ -72,6 +73,7 @@ pub(super) async fn enqueue_for_event(
     run_id: &RunId,
     request_id: Option<&RequestId>,
     node_id: Option<&str>,
+    named: &[String],
 ) -> Result<usize, PersistenceError> {
     // A channel filtering on groups wants requests assigned to one of them; one without
     // filters wants every event of its kinds.
@@ -81,7 +83,7 @@ pub(super) async fn enqueue_for_event(
          select gen_random_uuid(), c.name, $1, $2, $3, $4 \
          from notification_channels c \
          left join hitl_requests q on q.request_id = $4 \
-         where $2 = any(c.events) \
+         where ($2 = any(c.events) or c.name = any($6)) \
            and (cardinality(c.nodes) = 0 or coalesce(q.node_id, $5) = any(c.nodes)) \
            and (cardinality(c.groups) = 0 or exists ( \
                select 1 from jsonb_array_elements_text( \
@@ -94,6 +96,7 @@ pub(super) async fn enqueue_for_event(
     .bind(run_id)
     .bind(request_id)
     .bind(node_id)
+    .bind(named)
     .fetch_all(&mut *conn)
     .await?;
     let jobs: Vec<Notify> = ids
@@ -262,6 +265,20 @@ pub async fn resend(
             Ok(Ok(d))
         }
     }
+}
+
+/// The channels an event's details name (`notify`: an escalation step's channels).
+pub(super) fn named_channels(details: &Value) -> Vec<String> {
+    details
+        .get("notify")
+        .and_then(Value::as_array)
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The node an event's details name (`nodeId`), for channels filtering on nodes.

@@ -65,6 +65,37 @@ pub struct RequestItem {
     pub options: Vec<ItemOption>,
 }
 
+/// What follows up a pending request: reminders every `remindEverySeconds`, and
+/// escalation steps each `afterSeconds` after it was raised; with what was done so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowUp {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remind_every_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalation: Vec<EscalationStep>,
+    /// Reminders sent so far.
+    #[serde(default)]
+    pub reminded: u32,
+    /// The escalation steps applied so far (their indices).
+    #[serde(default)]
+    pub escalated: Vec<usize>,
+}
+
+/// One escalation step.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalationStep {
+    pub after_seconds: u64,
+    /// Who may answer from then on, besides the assignees already listed (a request
+    /// anyone may answer stays so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_assignees: Option<Assignees>,
+    /// Channels told of the step, besides those that want `escalated` events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
+}
+
 /// Who may answer a request: the operators listed, and the members of the groups listed.
 /// A request without assignees may be answered by anyone with the `operate` scope.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -370,6 +370,8 @@ pub struct NewRequest {
     pub contract_summary: Value,
     /// The deadline, with what it does when it passes.
     pub deadline: Option<(DateTime<Utc>, TimeoutAction)>,
+    /// Reminders and escalation while it is pending.
+    pub follow_up: Option<Box<super::FollowUp>>,
 }
 
 /// `running → awaiting_hitl`: raises a request, makes it the run's pending request, and
@@ -393,8 +395,8 @@ pub async fn raise_request(
     sqlx::query(
         "insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, \
              operator_prompt, response_types, options, contract_summary, expires_at, on_timeout, \
-             items, assignees, approvals_required) \
-         select $1, run_id, thread_id, brief_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+             items, assignees, approvals_required, follow_up) \
+         select $1, run_id, thread_id, brief_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
          from orchestrator_runs where run_id = $2",
     )
     .bind(&request_id)
@@ -413,6 +415,7 @@ pub async fn raise_request(
             .approvals_required
             .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
     )
+    .bind(request.follow_up.as_ref().map(sqlx::types::Json))
     .execute(&mut **tx)
     .await?;
     let version: i64 = sqlx::query_scalar(
@@ -451,6 +454,9 @@ pub async fn raise_request(
     if let Some((at, _)) = request.deadline {
         let request_id = request_id.clone();
         queue::enqueue(tx, &Expire { request_id }, Some(at)).await?;
+    }
+    if let Some(follow_up) = &request.follow_up {
+        super::claims::schedule_follow_up(tx, &request_id, follow_up).await?;
     }
     Ok((request_id, version))
 }

@@ -82,6 +82,11 @@ pub struct RequestRecord {
     /// For a request needing several approvals: how many, and who approved so far.
     #[schema(value_type = Option<super::Approvals>)]
     pub approvals: Option<sqlx::types::Json<super::Approvals>>,
+    /// Reminders and escalation: what is planned and what was done (`reminded`,
+    /// `escalated` steps); `null` without any.
+    #[schema(value_type = Option<super::FollowUp>)]
+    #[sqlx(default)]
+    pub follow_up: Option<sqlx::types::Json<super::FollowUp>>,
     pub contract_summary: Value,
     pub expires_at: Option<DateTime<Utc>>,
     pub on_timeout: Option<TimeoutAction>,
@@ -315,7 +320,8 @@ async fn load_parts(
     // Requests and their answers in one read: a row per answer, or one with no answer.
     let rows: Vec<RequestAnswerRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select q.request_id, q.node_id, q.status, q.operator_prompt, q.response_types, \
-             q.options, {} as items, q.assignees, {}, {} as approvals, q.contract_summary, \
+             q.options, {} as items, q.assignees, {}, {} as approvals, q.follow_up, \
+             q.contract_summary, \
              q.expires_at, q.on_timeout, \
              q.created_at, q.resolved_at, q.resolved_by, q.denial_reason, \
              s.response_id, coalesce(s.item_id, q.node_id) as item_id, s.response_type, \

@@ -486,6 +486,7 @@ pub mod fixtures {
             deadline,
             assignees: None,
             approvals_required: None,
+            follow_up: None,
         }
     }
 

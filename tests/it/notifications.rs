@@ -642,3 +642,141 @@ fn serve_refuses_a_bad_channels_file_naming_its_line_and_not_its_secret() {
         "refused before any database"
     );
 }
+
+async fn count_events(app: &TestApp, run: &str, action: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from run_audit_events where run_id = $1 and action = $2")
+        .bind(run)
+        .bind(action)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_escalation_adds_a_group_whose_member_can_then_answer_and_reminders_stop_after_the_resume()
+ {
+    let (app, tokens, _dir) = spawn_with_tokens(&[(
+        "bob",
+        "\"operate\"",
+        "operator = { id = \"bob\" }\ngroups = [\"leads\"]",
+    )])
+    .await;
+    let bob = &tokens[0];
+    let (remind_rx, remind_url) = Receiver::start(0).await;
+    let (esc_rx, esc_url) = Receiver::start(0).await;
+    let text = channels_toml(&[
+        ("reminders", &remind_url, "json", r#""reminded""#, ""),
+        // Wants no escalation of its own: the step names it.
+        ("leads", &esc_url, "slack", r#""run_failed""#, ""),
+    ]);
+    let worker = notifying_worker(&app, &text, settings(&[&remind_url, &esc_url], 3)).await;
+    let run = app
+        .create_run(plan(
+            "Approve the refund?",
+            json!({ "assignees": { "users": ["alice"] }, "remindEverySeconds": 1,
+                    "escalation": [ { "afterSeconds": 3, "addAssignees": { "groups": ["leads"] },
+                                      "notify": ["leads"] } ] }),
+        ))
+        .await;
+    let request = app.wait_for_run(&run, "awaiting_hitl").await["pendingRequestId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = json!({ "runId": run, "requestId": request,
+        "responses": [ { "requestId": request, "responseType": "approval", "approved": true } ] });
+    // Before the escalation bob is not an assignee.
+    let refused = app.post("/api/hitl/resume", bob, &answer).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (403, "not_assignee"),
+        "{refused:?}"
+    );
+
+    crate::common::queue_support::wait_for_count(
+        &app.pool,
+        &format!(
+            "select count(*) from run_audit_events where run_id = '{run}' and action = 'escalated'"
+        ),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let shown = app
+        .get(&format!("/api/hitl/requests/{request}"), OPERATOR)
+        .await;
+    assert_eq!(shown.status, 200, "{shown:?}");
+    assert_eq!(
+        shown.body["assignees"],
+        json!({ "users": ["alice"], "groups": ["leads"] }),
+        "{shown:?}"
+    );
+    assert_eq!(shown.body["followUp"]["escalated"], json!([0]), "{shown:?}");
+    assert!(count_events(&app, &run, "reminded").await >= 2);
+    assert!(
+        shown.body["followUp"]["reminded"].as_u64().unwrap() >= 2,
+        "{shown:?}"
+    );
+
+    // The escalation left the request answerable: bob's resume is valid now.
+    let accepted = app.post("/api/hitl/resume", bob, &answer).await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    app.wait_for_run(&run, "completed").await;
+    let reminded = count_events(&app, &run, "reminded").await;
+    // about time: two reminder intervals pass with the request settled.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    app.settle().await;
+    assert_eq!(
+        count_events(&app, &run, "reminded").await,
+        reminded,
+        "reminders stopped"
+    );
+
+    // The step told its channel; reminders went to theirs.
+    let esc = esc_rx.wait_for(1).await;
+    assert_eq!(esc.len(), 1, "{esc:?}");
+    assert_eq!(esc[0].event, "escalated");
+    assert!(verifies(&esc[0]));
+    let reminders = remind_rx.wait_for(2).await;
+    assert!(reminders.iter().all(|h| h.event == "reminded"));
+    worker.stop().await;
+    app.assert_audit_intact().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn follow_up_fields_are_checked_naming_the_field() {
+    let app = TestApp::spawn().await;
+    for (extra, field) in [
+        (
+            json!({ "remindEverySeconds": 0 }),
+            "plan.nodes[0].remindEverySeconds",
+        ),
+        (json!({ "escalation": {} }), "plan.nodes[0].escalation"),
+        (
+            json!({ "escalation": [ { "afterSeconds": 5 } ] }),
+            "plan.nodes[0].escalation[0]",
+        ),
+        (
+            json!({ "escalation": [ { "afterSeconds": 5, "notify": ["x"], "then": 1 } ] }),
+            "plan.nodes[0].escalation[0].then",
+        ),
+        (
+            json!({ "escalation": [ { "notify": ["x"] } ] }),
+            "plan.nodes[0].escalation[0].afterSeconds",
+        ),
+        (
+            json!({ "escalation": [ { "afterSeconds": 5, "addAssignees": { "users": [] } } ] }),
+            "plan.nodes[0].escalation[0].addAssignees",
+        ),
+    ] {
+        let reply = app
+            .post(
+                "/api/runs",
+                crate::common::api::SUBMITTER,
+                &json!({ "brief": { "title": "t", "content": {} }, "plan": plan("ok?", extra) }),
+            )
+            .await;
+        assert_eq!((reply.status, reply.field()), (422, field), "{reply:?}");
+    }
+    app.stop().await;
+}

@@ -271,6 +271,20 @@ fn each_transition_records_its_own_audit_action() {
             },
             A::ApprovalRecorded,
         ),
+        (
+            Transition::Note {
+                request_id: p(),
+                note: RequestNote::Reminded,
+            },
+            A::Reminded,
+        ),
+        (
+            Transition::Note {
+                request_id: p(),
+                note: RequestNote::Escalated,
+            },
+            A::Escalated,
+        ),
     ];
     for (t, action) in expected {
         assert_eq!(t.audit_action(), action, "{t:?}");

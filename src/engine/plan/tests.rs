@@ -634,6 +634,7 @@ fn build(raw: &[RawNode]) -> Plan {
                 next,
                 assignees: None,
                 approvals: None,
+                follow_up: None,
             })
         };
         Node {
