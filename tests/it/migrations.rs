@@ -192,6 +192,7 @@ fn bad_rows() -> Vec<(String, &'static str)> {
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "options='{}'"), "hitl_requests_options_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "items='[]'"), "hitl_requests_items_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "assignees='[]'"), "hitl_requests_assignees_check"),
+        (request_row("hitl_req_2", "run_1", "n", "p", approval, "follow_up='[]'"), "hitl_requests_follow_up_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "approvals_required=0"), "hitl_requests_approvals_required_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "claimed_by, claim_expires_at='[]', now()"), "hitl_requests_claimed_by_check"),
         (request_row("hitl_req_2", "run_1", "n", "p", approval, "claimed_by='{}'"), "requests_claim_has_lease"),
