@@ -115,16 +115,10 @@ pub fn parse_channels_file(
     text: &str,
     allowed: &dyn Fn(&str) -> Result<(), String>,
 ) -> Result<Vec<Channel>, String> {
-    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-    let file: ChannelsFile = toml::from_str(text).map_err(|e| {
-        let at = e.span().map(|s| format!("line {}: ", line_of(s.start)));
-        // The parser's message may quote the text it stopped at: a secret, say.
-        let message = e.message().lines().next().unwrap_or_default().to_owned();
-        format!("{}{message}", at.unwrap_or_default())
-    })?;
+    let file: ChannelsFile = super::parse_toml(text)?;
     let mut out: Vec<Channel> = Vec::new();
     for spanned in file.channel {
-        let line = line_of(spanned.span().start);
+        let line = super::line_of(text, spanned.span().start);
         let bad = |why: String| Err(format!("line {line}: {why}"));
         let entry = spanned.into_inner();
         let name_ok = (1..=64).contains(&entry.name.len())

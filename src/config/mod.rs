@@ -14,6 +14,23 @@ pub mod client;
 pub mod console;
 pub mod tokens;
 
+/// The 1-based line of byte `offset` in `text` (for errors naming the line of a file).
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// `text` read as TOML; a syntax or shape error names its line and quotes none of the
+/// file (only the first line of the parser's message, which names a key, not a value).
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let at = e
+            .span()
+            .map(|s| format!("line {}: ", line_of(text, s.start)));
+        let message = e.message().lines().next().unwrap_or_default().to_owned();
+        format!("{}{message}", at.unwrap_or_default())
+    })
+}
+
 /// A string that must never be printed: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

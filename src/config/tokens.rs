@@ -237,14 +237,10 @@ struct FileEntry {
 ///
 /// Errors name the line (`line 7: …`) and never quote a hash.
 pub fn parse_tokens_file(text: &str) -> Result<Vec<HashedToken>, String> {
-    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-    let file: TokensFile = toml::from_str(text).map_err(|e| {
-        let at = e.span().map(|s| format!("line {}: ", line_of(s.start)));
-        format!("{}{}", at.unwrap_or_default(), e.message())
-    })?;
+    let file: TokensFile = super::parse_toml(text)?;
     let mut out: Vec<HashedToken> = Vec::new();
     for spanned in file.token {
-        let line = line_of(spanned.span().start);
+        let line = super::line_of(text, spanned.span().start);
         let bad = |why: &str| Err(format!("line {line}: {why}"));
         let entry = spanned.into_inner();
         let name_ok = (1..=64).contains(&entry.name.len())
