@@ -22,7 +22,14 @@ pub const NOTIFY_EVENTS: &[&str] = &[
     "agent_unreachable",
     "reminded",
     "escalated",
+    "request_expiring",
 ];
+
+/// How long before a deadline `request_expiring` is sent when a channel does not say.
+pub const DEFAULT_EXPIRING_NOTICE_SECONDS: u32 = 300;
+
+/// The longest notice accepted (a week, as the database's check).
+pub const MAX_EXPIRING_NOTICE_SECONDS: u32 = 604_800;
 
 /// How a channel's bodies are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -69,6 +76,9 @@ pub struct Channel {
     pub groups: Vec<String>,
     /// Whether tool arguments are sent (default false: they stay out of chat).
     pub include_arguments: bool,
+    /// How long before a pending request's deadline `request_expiring` is sent; `Some`
+    /// exactly when the channel wants that event.
+    pub expiring_notice_seconds: Option<u32>,
 }
 
 /// The shortest signing secret accepted.
@@ -95,6 +105,7 @@ struct FileEntry {
     groups: Vec<String>,
     #[serde(default)]
     include_arguments: bool,
+    expiring_notice_seconds: Option<i64>,
 }
 
 /// Parses a channels file; `allowed(url)` says whether a URL passes
@@ -110,6 +121,7 @@ struct FileEntry {
 /// nodes = ["approve-refund"]       # optional: only these nodes' requests
 /// groups = ["payments-ops"]        # optional: only requests assigned to these groups
 /// includeArguments = false         # tool arguments stay out of chat unless true
+/// expiringNoticeSeconds = 600      # with "request_expiring" in events (default 300)
 /// ```
 pub fn parse_channels_file(
     text: &str,
@@ -164,6 +176,24 @@ pub fn parse_channels_file(
         {
             return bad("`nodes` and `groups` entries are 1 to 256 characters".into());
         }
+        let wants_expiring = entry.events.iter().any(|e| e == "request_expiring");
+        let expiring_notice_seconds = match (entry.expiring_notice_seconds, wants_expiring) {
+            (None, false) => None,
+            (None, true) => Some(DEFAULT_EXPIRING_NOTICE_SECONDS),
+            (Some(_), false) => {
+                return bad(
+                    "`expiringNoticeSeconds` needs \"request_expiring\" in `events`".into(),
+                );
+            }
+            (Some(n), true) => match u32::try_from(n) {
+                Ok(n) if (1..=MAX_EXPIRING_NOTICE_SECONDS).contains(&n) => Some(n),
+                _ => {
+                    return bad(format!(
+                        "`expiringNoticeSeconds` is 1 to {MAX_EXPIRING_NOTICE_SECONDS}"
+                    ));
+                }
+            },
+        };
         out.push(Channel {
             name: entry.name,
             url: entry.url,
@@ -173,6 +203,7 @@ pub fn parse_channels_file(
             nodes: entry.nodes,
             groups: entry.groups,
             include_arguments: entry.include_arguments,
+            expiring_notice_seconds,
         });
     }
     Ok(out)
@@ -204,8 +235,9 @@ name = "audit-sink"
 url = "http://127.0.0.1:9001/"
 format = "json"
 secret = "another-secret-of-length"
-events = ["run_failed"]
+events = ["run_failed", "request_expiring"]
 includeArguments = true
+expiringNoticeSeconds = 600
 "#;
 
     #[test]
@@ -216,6 +248,14 @@ includeArguments = true
         assert_eq!(channels[0].groups, ["payments-ops"]);
         assert!(!channels[0].include_arguments);
         assert!(channels[1].include_arguments);
+        assert_eq!(channels[0].expiring_notice_seconds, None);
+        assert_eq!(channels[1].expiring_notice_seconds, Some(600));
+        let default = GOOD.replace("expiringNoticeSeconds = 600\n", "");
+        let channels = parse_channels_file(&default, &allow_local).unwrap();
+        assert_eq!(
+            channels[1].expiring_notice_seconds,
+            Some(DEFAULT_EXPIRING_NOTICE_SECONDS)
+        );
         assert!(parse_channels_file("", &allow_local).unwrap().is_empty());
     }
 
@@ -251,8 +291,23 @@ includeArguments = true
                 "line 2: `name`",
             ),
             (
-                GOOD.replace("events = [\"run_failed\"]", "events = []"),
+                GOOD.replace(
+                    "events = [\"run_failed\", \"request_expiring\"]",
+                    "events = []",
+                ),
                 "line 10: `events`",
+            ),
+            (
+                GOOD.replace(", \"request_expiring\"]", "]"),
+                "line 10: `expiringNoticeSeconds` needs",
+            ),
+            (
+                GOOD.replace("= 600", "= 0"),
+                "line 10: `expiringNoticeSeconds` is 1 to",
+            ),
+            (
+                GOOD.replace("= 600", "= 9999999999"),
+                "line 10: `expiringNoticeSeconds` is 1 to",
             ),
         ];
         for (text, expected) in cases {

@@ -84,17 +84,20 @@ pub enum RequestNote {
     Reminded,
     /// An escalation step was applied to it.
     Escalated,
+    /// Its deadline is near (a channel's `expiringNoticeSeconds`).
+    Expiring,
 }
 
 impl RequestNote {
     /// Every note.
-    pub const ALL: [RequestNote; 6] = [
+    pub const ALL: [RequestNote; 7] = [
         RequestNote::Claimed,
         RequestNote::Released,
         RequestNote::ClaimBroken,
         RequestNote::ApprovalRecorded,
         RequestNote::Reminded,
         RequestNote::Escalated,
+        RequestNote::Expiring,
     ];
 
     /// The audit action the note records.
@@ -106,6 +109,7 @@ impl RequestNote {
             RequestNote::ApprovalRecorded => AuditAction::ApprovalRecorded,
             RequestNote::Reminded => AuditAction::Reminded,
             RequestNote::Escalated => AuditAction::Escalated,
+            RequestNote::Expiring => AuditAction::Expiring,
         }
     }
 }
@@ -133,6 +137,7 @@ impl Transition {
                 RequestNote::ApprovalRecorded => "record_approval",
                 RequestNote::Reminded => "remind",
                 RequestNote::Escalated => "escalate",
+                RequestNote::Expiring => "notice_expiring",
             },
         }
     }

@@ -256,6 +256,9 @@ text_enum! {
         Reminded => "reminded",
         /// An escalation step was applied: assignees added, channels told.
         Escalated => "escalated",
+        /// The request's deadline is near: channels wanting `request_expiring` are told
+        /// their `expiringNoticeSeconds` before it.
+        Expiring => "expiring",
     }
 }
 
@@ -283,6 +286,7 @@ impl AuditAction {
             AuditAction::ApprovalRecorded => "approval_recorded",
             AuditAction::Reminded => "reminded",
             AuditAction::Escalated => "escalated",
+            AuditAction::Expiring => "request_expiring",
         }
     }
 }
@@ -402,6 +406,7 @@ mod tests {
                 "approval_recorded",
                 "reminded",
                 "escalated",
+                "expiring",
             ]
         );
     }

@@ -48,6 +48,7 @@ pub fn registry() -> Registry {
         .with(expire::ExpireJob)
         .with(follow_up::RemindJob)
         .with(follow_up::EscalateJob)
+        .with(follow_up::ExpiringJob)
         .with(cleanup::CleanupJob)
         .with(rescan::RescanJob)
         .with(rehydrate::RehydrateJob)

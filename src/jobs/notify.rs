@@ -140,6 +140,7 @@ pub async fn publish_channels(
             nodes: &c.nodes,
             groups: &c.groups,
             include_arguments: c.include_arguments,
+            expiring_notice_seconds: c.expiring_notice_seconds,
         })
         .collect();
     notifications::publish_channels(pool, &published).await
@@ -339,6 +340,7 @@ fn headline(event: &str) -> &'static str {
         "agent_unreachable" => "An agent is unreachable",
         "reminded" => "Reminder: a decision is still waiting",
         "escalated" => "Escalated: a decision is overdue",
+        "request_expiring" => "A decision is due soon",
         _ => "HITL event",
     }
 }

@@ -298,8 +298,7 @@ pub(super) async fn append(
             action.event_name(),
             run_id,
             e.request_id,
-            super::notifications::node_of(Some(&fields.details)),
-            &super::notifications::named_channels(&fields.details),
+            &super::notifications::EventFacets::of(&fields.details),
         )
         .await?;
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
-use super::jobs::{Escalate, Remind};
+use super::jobs::{Escalate, ExpiringNotice, Remind};
 use super::requests::{Assignees, FollowUp, claim_sql};
 use super::{AuditEntry, LockedRun, PersistenceError, Tx, append_audit, explain_refusal, queue};
 use crate::domain::{
@@ -330,6 +330,66 @@ pub(super) async fn schedule_follow_up(
         queue::enqueue(tx, &job, Some(after(e.after_seconds))).await?;
     }
     Ok(())
+}
+
+/// Schedules a `request_expiring` notice for each notice period the published channels
+/// want of node `node_id`, `period` before the deadline `at` (at once when that is
+/// already past).
+pub(super) async fn schedule_expiring_notices(
+    tx: &mut Tx<'_>,
+    request_id: &RequestId,
+    node_id: &str,
+    at: DateTime<Utc>,
+) -> Result<(), PersistenceError> {
+    let now = Utc::now();
+    if at <= now {
+        return Ok(());
+    }
+    for notice_seconds in super::notifications::expiring_notice_periods(tx, node_id).await? {
+        let due = (at - chrono::Duration::seconds(i64::from(notice_seconds))).max(now);
+        let job = ExpiringNotice {
+            request_id: request_id.clone(),
+            notice_seconds,
+        };
+        queue::enqueue(tx, &job, Some(due)).await?;
+    }
+    Ok(())
+}
+
+/// Tells the channels whose notice period is `notice_seconds` that request
+/// `request_id`'s deadline is near (an `expiring` event), if it is still pending and its
+/// deadline still ahead.
+pub async fn notice_expiring(
+    tx: &mut Tx<'_>,
+    request_id: &RequestId,
+    notice_seconds: i32,
+) -> Result<FollowUpOutcome, PersistenceError> {
+    let Some(mut subject) = lock_claim_subject(tx, request_id).await? else {
+        return Ok(FollowUpOutcome::Settled);
+    };
+    if subject.refusal(tx).await?.is_some() {
+        return Ok(FollowUpOutcome::Settled);
+    }
+    let expires_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "select expires_at from hitl_requests where request_id = $1 and expires_at > now()",
+    )
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .flatten();
+    let Some(expires_at) = expires_at else {
+        return Ok(FollowUpOutcome::Settled);
+    };
+    note(
+        tx,
+        &mut subject.run,
+        request_id,
+        RequestNote::Expiring,
+        None,
+        json!({ "noticeSeconds": notice_seconds, "expiresAt": expires_at }),
+    )
+    .await?;
+    Ok(FollowUpOutcome::Applied)
 }
 
 /// What a follow-up job found.

@@ -182,6 +182,23 @@ impl JobPayload for Escalate {
     }
 }
 
+/// `hitl_expiring`: tell the channels whose notice is `notice_seconds` that request
+/// `request_id`'s deadline is near, if it is still pending.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExpiringNotice {
+    pub request_id: RequestId,
+    pub notice_seconds: i32,
+}
+
+impl JobPayload for ExpiringNotice {
+    const KIND: &'static str = "hitl_expiring";
+
+    fn metadata(&self) -> Option<(&'static str, String)> {
+        Some(("request_id", self.request_id.to_string()))
+    }
+}
+
 /// `hitl_notify`: deliver one notification (an event to one channel).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -41,8 +41,8 @@ use crate::domain::{
 pub use agent_wait::{AgentRetry, AgentWait, fail_abandoned_run, note_agent_unreachable};
 pub use briefs::{BriefRecord, RequestBrief, find_brief, request_briefs};
 pub use claims::{
-    Claim, ClaimSubject, FollowUpOutcome, escalate, lock_claim_subject, remind, write_claim,
-    write_release,
+    Claim, ClaimSubject, FollowUpOutcome, escalate, lock_claim_subject, notice_expiring, remind,
+    write_claim, write_release,
 };
 pub use commands::{
     ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, claimed_refusal,

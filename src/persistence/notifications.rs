@@ -28,6 +28,8 @@ pub struct PublishedChannel<'a> {
     pub nodes: &'a [String],
     pub groups: &'a [String],
     pub include_arguments: bool,
+    /// When it wants `request_expiring`: how long before a deadline.
+    pub expiring_notice_seconds: Option<u32>,
 }
 
 /// Makes `channels` the published set: channels not among them stop receiving events.
@@ -44,10 +46,12 @@ pub async fn publish_channels(
     for c in channels {
         sqlx::query(
             "insert into notification_channels (name, format, events, nodes, groups, \
-                 include_arguments) values ($1, $2, $3, $4, $5, $6) \
+                 include_arguments, expiring_notice_seconds) \
+             values ($1, $2, $3, $4, $5, $6, $7) \
              on conflict (name) do update set format = excluded.format, \
                  events = excluded.events, nodes = excluded.nodes, groups = excluded.groups, \
-                 include_arguments = excluded.include_arguments, published_at = now()",
+                 include_arguments = excluded.include_arguments, \
+                 expiring_notice_seconds = excluded.expiring_notice_seconds, published_at = now()",
         )
         .bind(c.name)
         .bind(c.format)
@@ -55,6 +59,10 @@ pub async fn publish_channels(
         .bind(c.nodes)
         .bind(c.groups)
         .bind(c.include_arguments)
+        .bind(
+            c.expiring_notice_seconds
+                .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+        )
         .execute(&mut *tx)
         .await?;
     }
@@ -62,21 +70,54 @@ pub async fn publish_channels(
     Ok(())
 }
 
+/// What an audit event says that decides which channels want it.
+#[derive(Debug, Default)]
+pub(super) struct EventFacets<'a> {
+    /// The node the event names when it is about no request (a failed run's node).
+    pub node_id: Option<&'a str>,
+    /// The channels the event names (an escalation step's `notify`).
+    pub named: Vec<String>,
+    /// A `request_expiring` notice: the channels whose notice it is.
+    pub notice_seconds: Option<i32>,
+}
+
+impl<'a> EventFacets<'a> {
+    /// The facets of an event's details.
+    pub fn of(details: &'a Value) -> Self {
+        EventFacets {
+            node_id: details.get("nodeId").and_then(Value::as_str),
+            named: details
+                .get("notify")
+                .and_then(Value::as_array)
+                .map(|names| {
+                    names
+                        .iter()
+                        .filter_map(|n| n.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            notice_seconds: details
+                .get("noticeSeconds")
+                .and_then(Value::as_i64)
+                .and_then(|n| i32::try_from(n).ok()),
+        }
+    }
+}
+
 /// Inserts a delivery for every published channel that wants event `event_id` (named
-/// `event`) and the request it is about, or that the event names (`named`), with their
-/// jobs. `node_id` is the node the event
-/// names when it is about no request (a failed run's node). Returns how many.
+/// `event`) and the request it is about, or that the event names, with their jobs.
+/// Returns how many.
 pub(super) async fn enqueue_for_event(
     conn: &mut PgConnection,
     event_id: i64,
     event: &str,
     run_id: &RunId,
     request_id: Option<&RequestId>,
-    node_id: Option<&str>,
-    named: &[String],
+    facets: &EventFacets<'_>,
 ) -> Result<usize, PersistenceError> {
     // A channel filtering on groups wants requests assigned to one of them; one without
-    // filters wants every event of its kinds.
+    // filters wants every event of its kinds. A deadline notice goes to the channels
+    // whose notice period scheduled it.
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "insert into notification_deliveries (delivery_id, channel, event_id, event, run_id, \
              request_id) \
@@ -89,14 +130,16 @@ pub(super) async fn enqueue_for_event(
                select 1 from jsonb_array_elements_text( \
                    coalesce(q.assignees -> 'groups', '[]'::jsonb)) g \
                where g = any(c.groups))) \
+           and ($2 <> 'request_expiring' or c.expiring_notice_seconds = $7) \
          returning delivery_id",
     )
     .bind(event_id)
     .bind(event)
     .bind(run_id)
     .bind(request_id)
-    .bind(node_id)
-    .bind(named)
+    .bind(facets.node_id)
+    .bind(&facets.named)
+    .bind(facets.notice_seconds)
     .fetch_all(&mut *conn)
     .await?;
     let jobs: Vec<Notify> = ids
@@ -267,21 +310,19 @@ pub async fn resend(
     }
 }
 
-/// The channels an event's details name (`notify`: an escalation step's channels).
-pub(super) fn named_channels(details: &Value) -> Vec<String> {
-    details
-        .get("notify")
-        .and_then(Value::as_array)
-        .map(|names| {
-            names
-                .iter()
-                .filter_map(|n| n.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The node an event's details name (`nodeId`), for channels filtering on nodes.
-pub(super) fn node_of(details: Option<&Value>) -> Option<&str> {
-    details?.get("nodeId")?.as_str()
+/// The distinct notice periods of the channels wanting `request_expiring` of node
+/// `node_id`'s requests: one notice job each is scheduled for a request with a deadline.
+/// (Groups are checked when the notice is sent: an escalation may add one meanwhile.)
+pub(super) async fn expiring_notice_periods(
+    conn: &mut PgConnection,
+    node_id: &str,
+) -> Result<Vec<i32>, PersistenceError> {
+    Ok(sqlx::query_scalar(
+        "select distinct expiring_notice_seconds from notification_channels \
+         where 'request_expiring' = any(events) and expiring_notice_seconds is not null \
+           and (cardinality(nodes) = 0 or $1 = any(nodes))",
+    )
+    .bind(node_id)
+    .fetch_all(conn)
+    .await?)
 }

@@ -454,6 +454,8 @@ pub async fn raise_request(
     if let Some((at, _)) = request.deadline {
         let request_id = request_id.clone();
         queue::enqueue(tx, &Expire { request_id }, Some(at)).await?;
+        super::claims::schedule_expiring_notices(tx, &request.request_id, &request.node_id, at)
+            .await?;
     }
     if let Some(follow_up) = &request.follow_up {
         super::claims::schedule_follow_up(tx, &request_id, follow_up).await?;

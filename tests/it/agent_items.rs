@@ -475,3 +475,127 @@ async fn an_agents_request_needing_approvals_offers_approval_and_rejection_only(
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_agents_request_is_reminded_and_escalated_while_pending_and_no_more_once_answered() {
+    let agent = raw_agent(|body, _| {
+        if body["responses"].is_null() {
+            let request = json!({ "prompt": "Wire the money?", "responseTypes": ["approval", "rejection"],
+                "assignees": { "users": ["alice"] },
+                "remindEverySeconds": 1,
+                "escalation": [ { "afterSeconds": 2, "addAssignees": { "groups": ["leads"] } } ] });
+            reply(
+                200,
+                json!({ "status": "interrupted", "request": request }).to_string(),
+            )
+        } else {
+            completed(json!({ "answers": body["responses"] }))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = serve(listener, agent);
+    let dir = tempfile::tempdir().unwrap();
+    let (file, tokens) = crate::common::api::tokens_file(
+        dir.path(),
+        &[(
+            "bob",
+            "\"operate\"",
+            "operator = { id = \"bob\" }\ngroups = [\"leads\"]",
+        )],
+    );
+    let app = TestApp::spawn_with(AppOptions {
+        engine: webhook_engine(&url, 1 << 20, None),
+        tokens_file: Some(file),
+        ..AppOptions::default()
+    })
+    .await;
+    let bob = &tokens[0];
+    let run = app.create_run(agent_plan(&url)).await;
+    let parked = app.wait_for_run(&run, "awaiting_hitl").await;
+    let request = parked["pendingRequestId"].as_str().unwrap().to_owned();
+    // Bob's credential names its operator.
+    let answer = json!({ "runId": run, "requestId": request,
+        "responses": [ { "requestId": request, "responseType": "approval", "approved": true } ] });
+    let refused = app.post("/api/hitl/resume", bob, &answer).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (403, "not_assignee"),
+        "{refused:?}"
+    );
+    let count = |action: &'static str| {
+        let pool = app.pool.clone();
+        let run = run.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from run_audit_events where run_id = $1 and action = $2",
+            )
+            .bind(&run)
+            .bind(action)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    crate::common::queue_support::wait_for_count(
+        &app.pool,
+        &format!(
+            "select count(*) from run_audit_events where run_id = '{run}' and action = 'escalated'"
+        ),
+        1,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let shown = app
+        .get(&format!("/api/hitl/requests/{request}"), OPERATOR)
+        .await;
+    assert_eq!(
+        shown.body["assignees"],
+        json!({ "users": ["alice"], "groups": ["leads"] }),
+        "{shown:?}"
+    );
+    assert_eq!(shown.body["followUp"]["remindEverySeconds"], 1, "{shown:?}");
+    crate::common::queue_support::wait_for_count(
+        &app.pool,
+        &format!(
+            "select least(count(*), 1) from run_audit_events \
+             where run_id = '{run}' and action = 'reminded'"
+        ),
+        1,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+
+    // The escalation made bob, a lead, an assignee.
+    let accepted = app.post("/api/hitl/resume", bob, &answer).await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    app.wait_for_run(&run, "completed").await;
+    let reminded = count("reminded").await;
+    // about time: two reminder intervals pass with the request settled.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    app.settle().await;
+    assert_eq!(count("reminded").await, reminded, "reminders stopped");
+    app.assert_audit_intact().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_agents_follow_up_fields_are_checked_naming_the_field() {
+    let agent = raw_agent(|_, _| {
+        let request = json!({ "prompt": "?", "responseTypes": ["approval"], "escalation": [ { "afterSeconds": 0, "notify": ["x"] } ] });
+        reply(
+            200,
+            json!({ "status": "interrupted", "request": request }).to_string(),
+        )
+    });
+    let (app, url) = app_with_agent(agent).await;
+    let run = app.create_run(agent_plan(&url)).await;
+    let failed = app.wait_for_run(&run, "failed").await;
+    assert!(
+        failed["statusReason"]
+            .as_str()
+            .unwrap()
+            .starts_with("agent reply: request.escalation[0].afterSeconds"),
+        "{failed}"
+    );
+    app.stop().await;
+}

@@ -254,6 +254,7 @@ fn bad_rows() -> Vec<(String, &'static str)> {
         ("insert into notification_channels (name, format, events) values ('a b', 'json', '{resumed}')".into(), "notification_channels_name_check"),
         ("insert into notification_channels (name, format, events) values ('a', 'xml', '{resumed}')".into(), "notification_channels_format_check"),
         ("insert into notification_channels (name, format, events) values ('a', 'json', '{}')".into(), "notification_channels_events_check"),
+        ("insert into notification_channels (name, format, events, expiring_notice_seconds) values ('a', 'json', '{request_expiring}', 0)".into(), "notification_channels_expiring_notice_seconds_check"),
         ("insert into notification_deliveries (delivery_id, channel, event_id, event, run_id, attempts) values (gen_random_uuid(), 'c', 1, 'resumed', 'run_1', -1)".into(), "notification_deliveries_attempts_check"),
         ("insert into notification_deliveries (delivery_id, channel, event_id, event, run_id) values (gen_random_uuid(), '', 1, 'resumed', 'run_1')".into(), "notification_deliveries_channel_check"),
         ("insert into notification_deliveries (delivery_id, channel, event_id, event, run_id) values (gen_random_uuid(), 'c', 1, '', 'run_1')".into(), "notification_deliveries_event_check"),

@@ -701,6 +701,18 @@ async fn an_escalation_adds_a_group_whose_member_can_then_answer_and_reminders_s
         Duration::from_secs(30),
     )
     .await;
+    // Reminders go out every second while it is pending: two of them, however the
+    // scheduled jobs' pick-up delays fell against the escalation's.
+    crate::common::queue_support::wait_for_count(
+        &app.pool,
+        &format!(
+            "select least(count(*), 2) from run_audit_events \
+             where run_id = '{run}' and action = 'reminded'"
+        ),
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
     let shown = app
         .get(&format!("/api/hitl/requests/{request}"), OPERATOR)
         .await;
@@ -778,5 +790,95 @@ async fn follow_up_fields_are_checked_naming_the_field() {
             .await;
         assert_eq!((reply.status, reply.field()), (422, field), "{reply:?}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_deadline_notice_reaches_the_channels_whose_period_it_is_and_none_once_answered() {
+    let app = TestApp::spawn().await;
+    let (soon_rx, soon_url) = Receiver::start(0).await;
+    let (early_rx, early_url) = Receiver::start(0).await;
+    let text = channels_toml(&[
+        // Told 4 s after a 60 s deadline is raised.
+        (
+            "soon",
+            &soon_url,
+            "json",
+            r#""request_expiring""#,
+            "expiringNoticeSeconds = 56",
+        ),
+        // A notice period longer than the deadline: told at once (review requests only).
+        (
+            "early",
+            &early_url,
+            "slack",
+            r#""request_expiring""#,
+            "expiringNoticeSeconds = 600\nnodes = [\"review\"]",
+        ),
+    ]);
+    let worker = notifying_worker(&app, &text, settings(&[&soon_url, &early_url], 3)).await;
+    let deadline = json!({ "timeoutSeconds": 60, "onTimeout": "reject" });
+    let waiting = app
+        .create_run(plan("Approve before noon?", deadline.clone()))
+        .await;
+    let waiting_request = app.wait_for_run(&waiting, "awaiting_hitl").await["pendingRequestId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another node's request, answered before its notice is due.
+    let mut quick_plan = plan("Quick one?", deadline);
+    quick_plan["nodes"][0]["id"] = json!("quick");
+    let answered = app.create_run(quick_plan).await;
+    let answered_request = app.wait_for_run(&answered, "awaiting_hitl").await["pendingRequestId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let accepted = app
+        .post(
+            "/api/hitl/resume",
+            ADMIN,
+            &approval(&answered, &answered_request, "alice"),
+        )
+        .await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    app.wait_for_run(&answered, "completed").await;
+
+    let early = early_rx.wait_for(1).await;
+    assert_eq!(early[0].event, "request_expiring");
+    assert!(verifies(&early[0]));
+    let blocks = early[0].json()["blocks"].to_string();
+    assert!(blocks.contains("A decision is due soon"), "{blocks}");
+    assert!(blocks.contains("Deadline"), "{blocks}");
+    let soon = soon_rx.wait_for(1).await;
+    let doc = soon[0].json();
+    assert_eq!(
+        (soon[0].event.as_str(), doc["request"]["requestId"].as_str()),
+        ("request_expiring", Some(waiting_request.as_str())),
+        "{doc}"
+    );
+    assert_eq!(doc["details"]["noticeSeconds"], json!(56), "{doc}");
+
+    // The answered request's notice came due and did nothing.
+    crate::common::queue_support::wait_for_count(
+        &app.pool,
+        "select count(*) from apalis.jobs where job_type = 'hitl_expiring' and status = 'Done'",
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(count_events(&app, &answered, "expiring").await, 0);
+    assert_eq!(count_events(&app, &waiting, "expiring").await, 2);
+    assert_eq!(soon_rx.hits().len(), 1, "{:?}", soon_rx.hits());
+    assert_eq!(early_rx.hits().len(), 1, "{:?}", early_rx.hits());
+    let shown = app.get(&format!("/api/runs/{waiting}"), OPERATOR).await;
+    let actions: Vec<&str> = shown.body["auditLog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"expiring"), "{shown:?}");
+    worker.stop().await;
+    app.assert_audit_intact().await;
     app.stop().await;
 }

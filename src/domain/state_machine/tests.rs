@@ -285,6 +285,13 @@ fn each_transition_records_its_own_audit_action() {
             },
             A::Escalated,
         ),
+        (
+            Transition::Note {
+                request_id: p(),
+                note: RequestNote::Expiring,
+            },
+            A::Expiring,
+        ),
     ];
     for (t, action) in expected {
         assert_eq!(t.audit_action(), action, "{t:?}");
