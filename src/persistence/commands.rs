@@ -84,19 +84,38 @@ const COMMAND_COLUMNS: &str = "command_id, kind, run_id, request_id, idempotency
     operator, note, status, outcome, error, attempts, trace_context, created_at, updated_at, \
     started_at, finished_at, principal, approver";
 
-/// Records a submission, `queued`. With an idempotency key already used for the same
-/// kind, returns the earlier command unchanged when the payload is equal, and refuses
-/// with [`PersistenceError::IdempotencyKeyReused`] otherwise.
+/// Records a submission, `queued`, with its job, in one statement (the caller's
+/// transaction or its own). With an idempotency key already used for the same kind,
+/// returns the earlier command unchanged when the payload is equal, and refuses with
+/// [`PersistenceError::IdempotencyKeyReused`] otherwise.
 pub async fn record_command(
-    tx: &mut Tx<'_>,
+    conn: &mut PgConnection,
     new: NewCommand,
 ) -> Result<RecordedCommand, PersistenceError> {
     let command_id = CommandId::new();
+    let job = match new.kind {
+        CommandKind::Resume => queue::job_row(&ApplyResume {
+            command_id: command_id.clone(),
+        }),
+        CommandKind::Remove => queue::job_row(&ApplyRemove {
+            command_id: command_id.clone(),
+        }),
+        CommandKind::Retry => queue::job_row(&ApplyRetry {
+            command_id: command_id.clone(),
+        }),
+    }
+    .ok_or_else(|| PersistenceError::Database(sqlx::Error::Protocol("command job".into())))?;
+    // No command without its job: the job is inserted only with the command, in the
+    // same statement.
     let inserted: Option<CommandRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "insert into hitl_commands (command_id, kind, run_id, request_id, idempotency_key, \
-             payload, operator, note, trace_context, principal, approver) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         on conflict (kind, idempotency_key) do nothing returning {COMMAND_COLUMNS}"
+        "with command as ( \
+             insert into hitl_commands (command_id, kind, run_id, request_id, idempotency_key, \
+                 payload, operator, note, trace_context, principal, approver) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             on conflict (kind, idempotency_key) do nothing returning {COMMAND_COLUMNS}), \
+         job as ({} returning id) \
+         select command.* from command",
+        queue::insert_job_sql(12, "command")
     )))
     .bind(&command_id)
     .bind(new.kind)
@@ -109,23 +128,20 @@ pub async fn record_command(
     .bind(&new.trace_context)
     .bind(&new.principal)
     .bind(&new.approver)
-    .fetch_optional(&mut **tx)
+    .bind(&job.id)
+    .bind(job.kind)
+    .bind(&job.job)
+    .bind(job.max_attempts)
+    .fetch_optional(&mut *conn)
     .await?;
     if let Some(command) = inserted {
-        // The command's job, in the same transaction: no command without its job.
-        let command_id = command.command_id.clone();
-        match command.kind {
-            CommandKind::Resume => queue::enqueue(tx, &ApplyResume { command_id }, None).await?,
-            CommandKind::Remove => queue::enqueue(tx, &ApplyRemove { command_id }, None).await?,
-            CommandKind::Retry => queue::enqueue(tx, &ApplyRetry { command_id }, None).await?,
-        }
         return Ok(RecordedCommand {
             command,
             created: true,
         });
     }
     let key = new.idempotency_key.unwrap_or_default();
-    let existing = find_command_by_idempotency_key(&mut **tx, new.kind, &key)
+    let existing = find_command_by_idempotency_key(&mut *conn, new.kind, &key)
         .await?
         .ok_or_else(|| PersistenceError::NotFound {
             entity: "command",

@@ -58,6 +58,44 @@ fn task_for<P: JobPayload>(job: &P, run_at: Option<DateTime<Utc>>) -> apalis_pos
     builder.build()
 }
 
+/// A job row as an `insert into apalis.jobs` of another statement writes it (due now):
+/// what `push_tasks` would insert, for a statement that writes the job with its cause.
+pub(super) struct JobRow {
+    pub id: String,
+    pub kind: &'static str,
+    pub job: Vec<u8>,
+    pub max_attempts: i32,
+}
+
+/// An `insert into apalis.jobs` of one [`JobRow`] per row of `from`, its id, kind, job and
+/// max attempts bound to `$first` … `$first + 3` (as `push_tasks` writes it: pending, due
+/// now, priority 0).
+pub(super) fn insert_job_sql(first: u8, from: &str) -> String {
+    let [id, kind, job, max_attempts] = [first, first + 1, first + 2, first + 3];
+    format!(
+        "insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
+             priority) \
+         select ${id}, ${kind}, ${job}, 'Pending', 0, ${max_attempts}, now(), 0 from {from}"
+    )
+}
+
+/// The row of `job`, due now; `None` for a kind with metadata (pushed with `enqueue`).
+pub(super) fn job_row<P: JobPayload>(job: &P) -> Option<JobRow> {
+    if job.metadata().is_some() {
+        return None;
+    }
+    let mut payload = serde_json::to_value(job).unwrap_or_default();
+    if let Some(carrier) = crate::telemetry::current_trace_context() {
+        payload["trace"] = json!(carrier);
+    }
+    Some(JobRow {
+        id: ulid::Ulid::generate().to_string(),
+        kind: P::KIND,
+        job: serde_json::to_vec(&payload).unwrap_or_default(),
+        max_attempts: DEFAULT_MAX_ATTEMPTS,
+    })
+}
+
 /// Pushes `job` in the caller's transaction (due now, or at `run_at`). Rolled back with
 /// it; its NOTIFY is delivered only on commit.
 pub async fn enqueue<P: JobPayload>(

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{FromRow, PgConnection, PgPool, Row};
 
 use super::PersistenceError;
 use crate::domain::{
@@ -144,6 +144,48 @@ struct RequestAnswerRow {
     responder_display_name: Option<String>,
     command_id: Option<CommandId>,
     answered_at: Option<DateTime<Utc>>,
+}
+
+/// The run's columns of [`load_parts`]'s rows.
+#[derive(sqlx::FromRow)]
+struct PrefixedRun {
+    run_run_id: RunId,
+    run_thread_id: ThreadId,
+    run_brief_id: BriefId,
+    run_status: RunStatus,
+    run_status_reason: Option<String>,
+    run_pending_request_id: Option<RequestId>,
+    run_version: i64,
+    run_plan: Value,
+    run_execution_context: Value,
+    run_runner_metadata: Value,
+    run_agent_retry: Option<sqlx::types::Json<super::AgentRetry>>,
+    run_rehydrated_at: Option<DateTime<Utc>>,
+    run_created_at: DateTime<Utc>,
+    run_updated_at: DateTime<Utc>,
+    run_finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<PrefixedRun> for RunRecord {
+    fn from(r: PrefixedRun) -> Self {
+        RunRecord {
+            run_id: r.run_run_id,
+            thread_id: r.run_thread_id,
+            brief_id: r.run_brief_id,
+            status: r.run_status,
+            status_reason: r.run_status_reason,
+            pending_request_id: r.run_pending_request_id,
+            version: r.run_version,
+            plan: r.run_plan,
+            execution_context: r.run_execution_context,
+            runner_metadata: r.run_runner_metadata,
+            agent_retry: r.run_agent_retry,
+            rehydrated_at: r.run_rehydrated_at,
+            created_at: r.run_created_at,
+            updated_at: r.run_updated_at,
+            finished_at: r.run_finished_at,
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -305,21 +347,18 @@ async fn load_parts(
     run_id: &RunId,
     with_audit: bool,
 ) -> Result<Option<RunSnapshot>, PersistenceError> {
-    let Some(run) = sqlx::query_as::<_, RunRecord>(
-        "select run_id, thread_id, brief_id, status, status_reason, pending_request_id, version, \
-             plan, execution_context, runner_metadata, agent_retry, rehydrated_at, created_at, \
-             updated_at, finished_at \
-         from orchestrator_runs where run_id = $1",
-    )
-    .bind(run_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    else {
-        return Ok(None);
-    };
-    // Requests and their answers in one read: a row per answer, or one with no answer.
-    let rows: Vec<RequestAnswerRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select q.request_id, q.node_id, q.status, q.operator_prompt, q.response_types, \
+    // The run with its requests and their answers in one statement: a row per answer,
+    // or one with no answer, or one with no request at all. The run's columns are
+    // prefixed (`run_`), so the request's keep the names `RequestRecord` reads.
+    let rows: Vec<sqlx::postgres::PgRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "select o.run_id as run_run_id, o.thread_id as run_thread_id, o.brief_id as run_brief_id, \
+             o.status as run_status, o.status_reason as run_status_reason, \
+             o.pending_request_id as run_pending_request_id, o.version as run_version, \
+             o.plan as run_plan, o.execution_context as run_execution_context, \
+             o.runner_metadata as run_runner_metadata, o.agent_retry as run_agent_retry, \
+             o.rehydrated_at as run_rehydrated_at, o.created_at as run_created_at, \
+             o.updated_at as run_updated_at, o.finished_at as run_finished_at, \
+             q.request_id, q.node_id, q.status, q.operator_prompt, q.response_types, \
              q.options, {} as items, q.assignees, {}, {} as approvals, q.follow_up, \
              q.contract_summary, \
              q.expires_at, q.on_timeout, \
@@ -328,8 +367,10 @@ async fn load_parts(
              s.edited_arguments, s.approved, s.option_id, s.freeform_text, \
              s.responder_id, s.responder_display_name, s.command_id, \
              s.created_at as answered_at \
-         from hitl_requests q left join hitl_responses s on s.request_id = q.request_id \
-         where q.run_id = $1 \
+         from orchestrator_runs o \
+         left join hitl_requests q on q.run_id = o.run_id \
+         left join hitl_responses s on s.request_id = q.request_id \
+         where o.run_id = $1 \
          order by q.created_at, q.request_id, s.command_id, s.position",
         super::requests::items_sql("q"),
         super::requests::claim_sql("q"),
@@ -338,6 +379,20 @@ async fn load_parts(
     .bind(run_id)
     .fetch_all(&mut *conn)
     .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let run = PrefixedRun::from_row(first)?.into();
+    let rows = rows
+        .iter()
+        .filter_map(
+            |row| match row.try_get::<Option<RequestId>, _>("request_id") {
+                Ok(Some(_)) => Some(RequestAnswerRow::from_row(row)),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            },
+        )
+        .collect::<Result<Vec<_>, _>>()?;
     let mut requests: Vec<RequestRecord> = Vec::new();
     for row in rows {
         if requests.last().map(|r| &r.request_id) != Some(&row.request.request_id) {

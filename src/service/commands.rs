@@ -20,9 +20,8 @@ use crate::domain::{
     CommandId, CommandKind, Operator, Refusal, RefusalContext, RequestId, ResponseType, RunId,
     ThreadId, Transition, next_status,
 };
-use crate::persistence::{
-    self, CommandRecord, NewCommand, RequestShape, ResponseInput, RunRef, Tx,
-};
+use crate::persistence::{self, CommandRecord, NewCommand, RequestShape, ResponseInput, RunRef};
+use sqlx::PgConnection;
 
 /// How long to wait between looks at the command's row while a client waits.
 const POLL_INTERVAL: Duration = Duration::from_millis(15);
@@ -197,13 +196,15 @@ impl Service {
         if kind != CommandKind::Retry && !self.engine.hitl_enabled() {
             return Err(ServiceError::HitlDisabled);
         }
-        // The early check reads in the recording transaction (one fewer commit per
-        // submission).
-        let mut tx = self.pool.begin().await?;
-        let run_id = locate(&mut tx, &submission.target).await?;
-        check(&mut tx, &run_id, &submission).await?;
+        // Two statements, no transaction around them: the early check's one read, then
+        // the command and its job in one write. The check is advice (the worker checks
+        // again under the run's lock and records any refusal), so it need not share a
+        // snapshot with the write.
+        let mut conn = self.pool.acquire().await?;
+        let run_id = locate(&mut conn, &submission.target).await?;
+        check(&mut conn, &run_id, &submission).await?;
         let recorded = persistence::record_command(
-            &mut tx,
+            &mut conn,
             NewCommand {
                 kind,
                 run_id,
@@ -225,7 +226,7 @@ impl Service {
             },
         )
         .await?;
-        tx.commit().await?;
+        drop(conn);
         let command = recorded.command;
         Ok(Submitted {
             command,
@@ -281,10 +282,10 @@ impl Service {
 }
 
 /// The run a target names (404 when none does).
-async fn locate(tx: &mut Tx<'_>, target: &RunTarget) -> Result<RunId, ServiceError> {
+async fn locate(conn: &mut PgConnection, target: &RunTarget) -> Result<RunId, ServiceError> {
     match (&target.run_id, &target.thread_id) {
         (Some(run_id), _) => Ok(run_id.clone()),
-        (None, Some(thread)) => persistence::find_run(&mut **tx, &RunRef::Thread(thread.clone()))
+        (None, Some(thread)) => persistence::find_run(&mut *conn, &RunRef::Thread(thread.clone()))
             .await?
             .map(|run| run.run_id)
             .ok_or_else(|| {
@@ -301,7 +302,7 @@ async fn locate(tx: &mut Tx<'_>, target: &RunTarget) -> Result<RunId, ServiceErr
 /// the answers fit the request (422), and the state machine allows the command now (409
 /// with the refusal the worker would record).
 async fn check(
-    tx: &mut Tx<'_>,
+    tx: &mut PgConnection,
     run_id: &RunId,
     submission: &SubmitCommand,
 ) -> Result<(), ServiceError> {

@@ -105,6 +105,8 @@ pub struct AppOptions {
     pub jwt: Option<hitl_orchestrator::identity::jwt::JwtSettings>,
     /// The operator console's settings.
     pub console: hitl_orchestrator::console::ConsoleSettings,
+    /// The role the API's pool logs in as (`None`: the test database's own user).
+    pub service_role: Option<&'static str>,
 }
 
 impl Default for AppOptions {
@@ -120,6 +122,7 @@ impl Default for AppOptions {
             tokens_file: None,
             jwt: None,
             console: Default::default(),
+            service_role: None,
         }
     }
 }
@@ -189,8 +192,12 @@ impl TestApp {
             .workers
             .then(|| RunningWorker::spawn(&pool, options.engine.clone(), fast_settings()));
         let engine = options.engine.clone();
+        let service_pool = match options.service_role {
+            Some(role) => crate::common::pool_as(&db, role).await,
+            None => pool.clone(),
+        };
         let service =
-            Service::new(pool.clone(), options.engine).with_event_settings(options.events);
+            Service::new(service_pool, options.engine).with_event_settings(options.events);
         let shutdown = service.shutdown().clone();
         let mut auth = test_tokens();
         if let Some(path) = &options.tokens_file {
@@ -243,6 +250,11 @@ impl TestApp {
         if let Some(w) = self.worker {
             w.stop().await;
         }
+    }
+
+    /// The engine the app's workers run.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -69,6 +69,11 @@ fn server() -> &'static Server {
 pub fn start_ephemeral_cluster(data_dir: &Path) -> EmbeddedPostgres {
     let mut opts = EmbeddedOptions::new(data_dir);
     opts.ephemeral = true;
+    // The statement-budget tests count each transition's statements.
+    opts.settings = vec![
+        "shared_preload_libraries=pg_stat_statements".into(),
+        "pg_stat_statements.track=top".into(),
+    ];
     EmbeddedPostgres::start(&opts).expect("start the embedded PostgreSQL for tests")
 }
 
@@ -97,6 +102,33 @@ fn arm_watchdog(pg: &EmbeddedPostgres, dir: &Path) {
         .spawn()
         .expect("spawn the test cluster watchdog");
     *WATCHDOG.lock().unwrap() = child.stdin.take();
+}
+
+/// A pool on `db` that logs in as `role` (created as a superuser with the test
+/// server's password): statements are counted per role in `pg_stat_statements`.
+pub async fn pool_as(db: &TestDb, role: &str) -> PgPool {
+    assert!(role.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+    let (user_part, _) = db.url.split_once('@').expect("user in the test URL");
+    let password = user_part.rsplit_once(':').map_or("", |(_, p)| p).to_owned();
+    let create = format!(
+        "do $$ begin create role {role} login superuser password '{password}'; \
+         exception when duplicate_object then null; end $$"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (scheme_user, rest) = db.url.split_once('@').unwrap();
+    let (scheme, _) = scheme_user.split_once("://").unwrap();
+    let url = format!("{scheme}://{role}:{password}@{rest}");
+    db::lazy_pool(
+        &url,
+        PoolSettings {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(30),
+        },
+    )
+    .unwrap()
 }
 
 /// `url` with its database replaced by `database`.

@@ -49,6 +49,7 @@ mod pooler;
 mod rehydrate;
 mod retention;
 mod retry;
+mod statements;
 mod worker;
 
 /// A fixed sleep in a test is a guess that something has happened by then; tests wait

@@ -1,0 +1,305 @@
+//! What a transition costs in statements, counted by `pg_stat_statements` on the test
+//! cluster (loaded there by `start_ephemeral_cluster`): the API and the worker log in as
+//! roles of their own, so each one's statements are told apart from the test's reads and
+//! from other tests' databases.
+//!
+//! Issue 29's target is 3 statements for the API and 4 for the worker (BEGIN and COMMIT
+//! included); the ceilings below are what the code does today, so a statement added to a
+//! transition fails here, and each one taken away lowers its ceiling.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::common::api::{AppOptions, OPERATOR, TestApp, approval, review_plan};
+use crate::common::queue_support::{RunningWorker, fast_settings};
+
+const API_ROLE: &str = "hitl_probe_api";
+const WORKER_ROLE: &str = "hitl_probe_worker";
+
+/// The API's statements for one accepted resume: one read of the run with its requests
+/// and one write of the command with its job.
+const API_CEILING: i64 = 2;
+/// The worker's statements for one resume of a one-node plan that completes the run,
+/// without its share of the claim.
+const WORKER_CEILING: i64 = 25;
+
+/// Whether `pg_stat_statements` is loaded on the test server (it is on the embedded
+/// one; a `DATABASE_URL` server may lack it).
+async fn counting(pool: &PgPool) -> bool {
+    let loaded: bool = sqlx::query_scalar(
+        "select coalesce(current_setting('shared_preload_libraries', true), '') \
+             like '%pg_stat_statements%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    if !loaded {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "pg_stat_statements is not loaded on the test server"
+        );
+        eprintln!(
+            "NOT RUN: the statement budget needs pg_stat_statements in shared_preload_libraries"
+        );
+        return false;
+    }
+    sqlx::query("create extension if not exists pg_stat_statements")
+        .execute(pool)
+        .await
+        .unwrap();
+    true
+}
+
+/// Waits until the worker has nothing left to do now (its start-up jobs done too).
+async fn quiet(pool: &PgPool) {
+    crate::common::queue_support::wait_for_count(
+        pool,
+        "select count(*) from apalis.jobs where (status = 'Running' \
+             or (status = 'Pending' and run_at < now() + interval '2 seconds')) \
+           and job_type <> 'hitl_notify'",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+/// Forgets what `role` ran in this database.
+async fn reset(pool: &PgPool, role: &str) {
+    sqlx::query(
+        "select pg_stat_statements_reset( \
+             (select oid from pg_roles where rolname = $1), \
+             (select oid from pg_database where datname = current_database()), 0::bigint)",
+    )
+    .bind(role)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// What `role` ran in this database since its reset: (query id and text, calls), the
+/// claim of jobs left out (it is shared by the jobs of a batch). The id, a hash of the
+/// parsed statement, is what tells statements apart (the text kept is the first one
+/// seen, its constants sometimes replaced by placeholders).
+async fn ran(pool: &PgPool, role: &str) -> Vec<(String, i64)> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "select queryid::text || ' ' || query, calls from pg_stat_statements s \
+         where s.userid = (select oid from pg_roles where rolname = $1) \
+           and s.dbid = (select oid from pg_database where datname = current_database()) \
+         order by query",
+    )
+    .bind(role)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .filter(|(q, _)| !q.contains(" with async_commit as"))
+        .collect()
+}
+
+fn total(statements: &[(String, i64)]) -> i64 {
+    statements.iter().map(|(_, n)| n).sum()
+}
+
+/// Waits until command `id` is final, reading as the test's own user.
+async fn wait_final(pool: &PgPool, id: &str) {
+    crate::common::queue_support::wait_for_count(
+        pool,
+        &format!(
+            "select count(*) from hitl_commands where command_id = '{id}' \
+             and status in ('succeeded', 'rejected', 'failed')"
+        ),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+/// A worker whose heartbeat (and the orphan checks it runs) stays out of the window; its
+/// idle polls are claims, which are left out of the count.
+fn quiet_worker(pool: PgPool, app: &TestApp) -> RunningWorker {
+    let mut settings = fast_settings();
+    settings.heartbeat = Duration::from_secs(60);
+    RunningWorker::spawn(&pool, app.engine().clone(), settings)
+}
+
+#[tokio::test]
+async fn one_resume_costs_the_api_and_the_worker_a_bounded_number_of_statements() {
+    let app = TestApp::spawn_with(AppOptions {
+        workers: false,
+        service_role: Some(API_ROLE),
+        ..AppOptions::default()
+    })
+    .await;
+    if !counting(&app.pool).await {
+        return;
+    }
+    // Notifications on: a channel wants the resume and the run's end.
+    sqlx::query(
+        "insert into notification_channels (name, format, events) \
+         values ('ops', 'json', '{resumed,run_completed}')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
+    let worker = quiet_worker(worker_pool, &app);
+    let run = app.create_run(review_plan()).await;
+    let request = app.wait_for_run(&run, "awaiting_hitl").await["pendingRequestId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    quiet(&app.pool).await;
+    reset(&app.pool, API_ROLE).await;
+    reset(&app.pool, WORKER_ROLE).await;
+    let accepted = app
+        .post(
+            "/api/hitl/resume",
+            OPERATOR,
+            &approval(&run, &request, "alice"),
+        )
+        .await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let api = ran(&app.pool, API_ROLE).await;
+    let command = accepted.body["commandId"].as_str().unwrap().to_owned();
+    wait_final(&app.pool, &command).await;
+    let worker_ran = ran(&app.pool, WORKER_ROLE).await;
+    worker.stop().await;
+
+    let status: String =
+        sqlx::query_scalar("select status::text from orchestrator_runs where run_id = $1")
+            .bind(&run)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "completed");
+    let deliveries: i64 = sqlx::query_scalar("select count(*) from notification_deliveries")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(deliveries, 2, "the resume and the run's end were told");
+    eprintln!(
+        "API: {} statements {api:#?}\nworker: {} statements {worker_ran:#?}",
+        total(&api),
+        total(&worker_ran)
+    );
+    assert!(total(&api) <= API_CEILING, "API ran {api:#?}");
+    assert!(
+        total(&worker_ran) <= WORKER_CEILING,
+        "worker ran {worker_ran:#?}"
+    );
+    app.stop().await;
+}
+
+/// An agent that asks about `n` tool calls at once, then completes.
+fn agent_of(n: usize) -> std::sync::Arc<crate::agent_faults::RawAgent> {
+    crate::agent_faults::raw_agent(move |body, _| {
+        if body["responses"].is_null() {
+            let items: Vec<Value> = (0..n)
+                .map(|i| {
+                    json!({ "itemId": format!("call_{i}"),
+                                 "tool": { "name": "t", "arguments": { "i": i } } })
+                })
+                .collect();
+            crate::agent_faults::reply(
+                200,
+                json!({ "status": "interrupted", "request": { "prompt": "?", "items": items } })
+                    .to_string(),
+            )
+        } else {
+            crate::agent_faults::completed(json!({ "n": n }))
+        }
+    })
+}
+
+/// The statements (query ids) the API and the worker ran for one resume of `n` items.
+async fn texts_for(n: usize) -> (Vec<String>, Vec<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = crate::agent_faults::serve(listener, agent_of(n));
+    let app = TestApp::spawn_with(AppOptions {
+        workers: false,
+        service_role: Some(API_ROLE),
+        engine: crate::agent_faults::webhook_engine(&url, 1 << 20, None),
+        ..AppOptions::default()
+    })
+    .await;
+    assert!(counting(&app.pool).await);
+    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
+    let worker = quiet_worker(worker_pool, &app);
+    let plan = json!({ "nodes": [ { "id": "tools", "type": "task", "capability": "agent.webhook",
+                                    "config": { "url": url } } ] });
+    let run = app.create_run(plan).await;
+    let request = app.wait_for_run(&run, "awaiting_hitl").await["pendingRequestId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    quiet(&app.pool).await;
+    reset(&app.pool, API_ROLE).await;
+    reset(&app.pool, WORKER_ROLE).await;
+    let responses: Vec<Value> = (0..n)
+        .map(|i| json!({ "itemId": format!("call_{i}"), "responseType": "approval", "approved": true }))
+        .collect();
+    let body = json!({ "runId": run, "requestId": request, "responses": responses,
+                       "operator": { "id": "op" } });
+    let accepted = app.post("/api/hitl/resume", OPERATOR, &body).await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let api = ran(&app.pool, API_ROLE).await;
+    wait_final(&app.pool, accepted.body["commandId"].as_str().unwrap()).await;
+    crate::common::queue_support::wait_for_count(
+        &app.pool,
+        &format!(
+            "select count(*) from orchestrator_runs where run_id = '{run}' and status = 'completed'"
+        ),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let worker_ran = ran(&app.pool, WORKER_ROLE).await;
+    worker.stop().await;
+    app.stop().await;
+    // The query ids: the same statement however its text was kept.
+    let texts = |s: Vec<(String, i64)>| {
+        s.into_iter()
+            .map(|(q, _)| q.split_once(' ').map_or(q.clone(), |(id, _)| id.to_owned()))
+            .collect::<Vec<_>>()
+    };
+    (texts(api), texts(worker_ran))
+}
+
+#[tokio::test]
+async fn the_sql_of_a_resume_is_the_same_for_one_answer_and_for_ten() {
+    let probe = TestApp::spawn_with(AppOptions {
+        workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    if !counting(&probe.pool).await {
+        return;
+    }
+    probe.stop().await;
+    let one = texts_for(1).await;
+    let ten = texts_for(10).await;
+    let differ = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter()
+            .filter(|q| !b.contains(q))
+            .map(|q| format!("only for one: {q}"))
+            .chain(
+                b.iter()
+                    .filter(|q| !a.contains(q))
+                    .map(|q| format!("only for ten: {q}")),
+            )
+            .collect()
+    };
+    assert_eq!(
+        differ(&one.0, &ten.0),
+        Vec::<String>::new(),
+        "the API's statements"
+    );
+    assert_eq!(
+        differ(&one.1, &ten.1),
+        Vec::<String>::new(),
+        "the worker's statements"
+    );
+}
