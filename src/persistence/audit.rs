@@ -262,14 +262,25 @@ pub(super) async fn append(
         Some(s) => (Some(s.sign(&hash)), Some(s.key_id().to_owned())),
         None => (None, None),
     };
-    let id: i64 = sqlx::query_scalar(
-        "insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
-             operator_id, operator_display_name, operator_email, note, from_status, to_status, \
-             details, principal, created_at, trace_id, prev_hash, hash, signature, key_id) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19) \
-         returning event_id",
-    )
+    // The event, the deliveries of the channels that want it and their jobs, in one
+    // statement.
+    let event = e.action.map(|a| a.event_name());
+    let facets = super::notifications::EventFacets::of(&fields.details);
+    let trace =
+        crate::telemetry::current_trace_context().map(|c| serde_json::json!({ "trace": c }));
+    let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "with event as ( \
+             insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
+                 operator_id, operator_display_name, operator_email, note, from_status, \
+                 to_status, details, principal, created_at, trace_id, prev_hash, hash, \
+                 signature, key_id) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17, $18, $19) \
+             returning event_id), \
+         {} \
+         select event_id from event",
+        super::notifications::DELIVERIES_CTE
+    )))
     .bind(run_id)
     .bind(e.run_version)
     .bind(e.action)
@@ -289,19 +300,14 @@ pub(super) async fn append(
     .bind(hash.as_slice())
     .bind(signature)
     .bind(key_id)
+    .bind(event)
+    .bind(facets.node_id)
+    .bind(&facets.named)
+    .bind(facets.notice_seconds)
+    .bind(trace)
+    .bind(super::queue::DEFAULT_MAX_ATTEMPTS)
     .fetch_one(&mut *conn)
     .await?;
-    if let Some(action) = e.action {
-        super::notifications::enqueue_for_event(
-            conn,
-            id,
-            action.event_name(),
-            run_id,
-            e.request_id,
-            &super::notifications::EventFacets::of(&fields.details),
-        )
-        .await?;
-    }
     Ok(id)
 }
 

@@ -380,34 +380,7 @@ async fn apply_resume(
             Counted::Enough(all) => approvals = Some(all),
         }
     }
-    for (position, (r, item_id)) in payload.responses.iter().zip(answered).enumerate() {
-        // An edit approves, with other arguments.
-        let approved = match r.response_type {
-            crate::domain::ResponseType::Edit => Some(true),
-            _ => r.approved,
-        };
-        sqlx::query(
-            "insert into hitl_responses (response_id, request_id, run_id, position, response_type, \
-                 approved, option_id, freeform_text, responder_id, responder_display_name, command_id, \
-                 item_id, edited_arguments) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(ResponseId::new())
-        .bind(&request_id)
-        .bind(&run.run_id)
-        .bind(i32::try_from(position).unwrap_or(i32::MAX))
-        .bind(r.response_type)
-        .bind(approved)
-        .bind(&r.option_id)
-        .bind(&r.freeform_text)
-        .bind(&r.responder_id)
-        .bind(&r.responder_display_name)
-        .bind(&command.command_id)
-        .bind(item_id)
-        .bind(&r.edited_arguments)
-        .execute(&mut **tx)
-        .await?;
-    }
+    insert_responses(tx, &run.run_id, &request_id, &command, &payload, &answered).await?;
     sqlx::query(
         "update hitl_requests set status = 'resolved', resolved_at = now(), resolved_by = $2 \
          where request_id = $1",
@@ -449,6 +422,72 @@ async fn apply_resume(
         approvals: approvals.as_ref(),
     };
     succeed(tx, command, &run.run_id, moved).await
+}
+
+/// Stores the answers of a resume in one statement, whatever their number: each column
+/// is bound as an array and unnested, so the statement's text never varies.
+async fn insert_responses(
+    tx: &mut Tx<'_>,
+    run_id: &RunId,
+    request_id: &RequestId,
+    command: &CommandRecord,
+    payload: &CommandPayload,
+    answered: &[&str],
+) -> Result<(), PersistenceError> {
+    let n = payload.responses.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut positions = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut approved = Vec::with_capacity(n);
+    let mut options = Vec::with_capacity(n);
+    let mut texts = Vec::with_capacity(n);
+    let mut responders = Vec::with_capacity(n);
+    let mut names = Vec::with_capacity(n);
+    let mut items = Vec::with_capacity(n);
+    let mut edited = Vec::with_capacity(n);
+    for (position, (r, item_id)) in payload.responses.iter().zip(answered).enumerate() {
+        ids.push(ResponseId::new().to_string());
+        positions.push(i32::try_from(position).unwrap_or(i32::MAX));
+        types.push(r.response_type.as_str());
+        // An edit approves, with other arguments.
+        approved.push(match r.response_type {
+            ResponseType::Edit => Some(true),
+            _ => r.approved,
+        });
+        options.push(r.option_id.as_deref());
+        texts.push(r.freeform_text.as_deref());
+        responders.push(r.responder_id.as_deref());
+        names.push(r.responder_display_name.as_deref());
+        items.push(*item_id);
+        edited.push(r.edited_arguments.clone());
+    }
+    sqlx::query(
+        "insert into hitl_responses (response_id, request_id, run_id, position, response_type, \
+             approved, option_id, freeform_text, responder_id, responder_display_name, command_id, \
+             item_id, edited_arguments) \
+         select r.id, $1, $2, r.position, r.response_type, r.approved, r.option_id, \
+             r.freeform_text, r.responder_id, r.responder_display_name, $3, r.item_id, r.edited \
+         from unnest($4::text[], $5::int[], $6::text[], $7::bool[], $8::text[], $9::text[], \
+             $10::text[], $11::text[], $12::text[], $13::jsonb[]) \
+             as r(id, position, response_type, approved, option_id, freeform_text, \
+                  responder_id, responder_display_name, item_id, edited)",
+    )
+    .bind(request_id)
+    .bind(run_id)
+    .bind(&command.command_id)
+    .bind(&ids)
+    .bind(&positions)
+    .bind(&types)
+    .bind(&approved)
+    .bind(&options)
+    .bind(&texts)
+    .bind(&responders)
+    .bind(&names)
+    .bind(&items)
+    .bind(&edited)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// What counting an approval came to.

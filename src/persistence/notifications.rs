@@ -104,51 +104,42 @@ impl<'a> EventFacets<'a> {
     }
 }
 
-/// Inserts a delivery for every published channel that wants event `event_id` (named
-/// `event`) and the request it is about, or that the event names, with their jobs.
-/// Returns how many.
-pub(super) async fn enqueue_for_event(
-    conn: &mut PgConnection,
-    event_id: i64,
-    event: &str,
-    run_id: &RunId,
-    request_id: Option<&RequestId>,
-    facets: &EventFacets<'_>,
-) -> Result<usize, PersistenceError> {
-    // A channel filtering on groups wants requests assigned to one of them; one without
-    // filters wants every event of its kinds. A deadline notice goes to the channels
-    // whose notice period scheduled it.
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "insert into notification_deliveries (delivery_id, channel, event_id, event, run_id, \
-             request_id) \
-         select gen_random_uuid(), c.name, $1, $2, $3, $4 \
-         from notification_channels c \
-         left join hitl_requests q on q.request_id = $4 \
-         where ($2 = any(c.events) or c.name = any($6)) \
-           and (cardinality(c.nodes) = 0 or coalesce(q.node_id, $5) = any(c.nodes)) \
-           and (cardinality(c.groups) = 0 or exists ( \
-               select 1 from jsonb_array_elements_text( \
-                   coalesce(q.assignees -> 'groups', '[]'::jsonb)) g \
-               where g = any(c.groups))) \
-           and ($2 <> 'request_expiring' or c.expiring_notice_seconds = $7) \
-         returning delivery_id",
-    )
-    .bind(event_id)
-    .bind(event)
-    .bind(run_id)
-    .bind(request_id)
-    .bind(facets.node_id)
-    .bind(&facets.named)
-    .bind(facets.notice_seconds)
-    .fetch_all(&mut *conn)
-    .await?;
-    let jobs: Vec<Notify> = ids
-        .iter()
-        .map(|&delivery_id| Notify { delivery_id })
-        .collect();
-    queue::enqueue_all(conn, &jobs).await?;
-    Ok(jobs.len())
-}
+/// The parts of the statement appending an audit event (a CTE `event` returning its
+/// `event_id`, the run id in `$1` and the request id in `$4`) that insert a delivery for
+/// every published channel that wants the event and the request it is about, or that
+/// the event names, with the deliveries' `hitl_notify` jobs. Its parameters: `$20` the
+/// event's name (none: no deliveries), `$21` the node it names when it is about no
+/// request (a failed run's node), `$22` the channels it names, `$23` a deadline notice's
+/// period, `$24` the trace context the jobs carry (`{"trace": …}`), `$25` the jobs' max
+/// attempts.
+///
+/// A channel filtering on groups wants requests assigned to one of them; one without
+/// filters wants every event of its kinds. A deadline notice goes to the channels whose
+/// notice period scheduled it.
+pub(super) const DELIVERIES_CTE: &str = "delivery as ( \
+        insert into notification_deliveries (delivery_id, channel, event_id, event, run_id, \
+            request_id) \
+        select gen_random_uuid(), c.name, event.event_id, $20, $1, $4 \
+        from event cross join notification_channels c \
+        left join hitl_requests q on q.request_id = $4 \
+        where $20::text is not null \
+          and ($20 = any(c.events) or c.name = any($22::text[])) \
+          and (cardinality(c.nodes) = 0 or coalesce(q.node_id, $21) = any(c.nodes)) \
+          and (cardinality(c.groups) = 0 or exists ( \
+              select 1 from jsonb_array_elements_text( \
+                  coalesce(q.assignees -> 'groups', '[]'::jsonb)) g \
+              where g = any(c.groups))) \
+          and ($20 <> 'request_expiring' or c.expiring_notice_seconds = $23) \
+        returning delivery_id), \
+    delivery_job as ( \
+        insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
+            priority) \
+        select apalis.generate_ulid(), 'hitl_notify', \
+            convert_to((jsonb_build_object('deliveryId', delivery.delivery_id) \
+                || coalesce($24::jsonb, '{}'::jsonb))::text, 'UTF8'), \
+            'Pending', 0, $25, now(), 0 \
+        from delivery \
+        returning 1)";
 
 /// A delivery as stored.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
