@@ -217,21 +217,86 @@ fn canonical_json(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// Appends one event to the run's chain (the caller holds the run's lock): the hash of
-/// the run's latest event is its `prev_hash`, and with a key installed its hash is signed.
-/// Returns its event id.
-pub(super) async fn append(
+/// The last hash this process appended for each run, with its run version: the chain
+/// head a transition's next event most likely follows (the events of one transaction
+/// follow each other). Only a guess: the insert checks it against the stored head.
+static CHAIN_HEADS: std::sync::Mutex<Option<ChainHeads>> = std::sync::Mutex::new(None);
+
+/// Run → (run version, hash) of the last event appended here.
+type ChainHeads = std::collections::HashMap<RunId, (i64, Vec<u8>)>;
+
+/// Runs remembered before the map is dropped and started afresh (finished runs leave it
+/// that way).
+const CHAIN_HEADS_KEPT: usize = 4096;
+
+fn remembered_head(run_id: &RunId, before_version: i64) -> Option<Vec<u8>> {
+    let heads = CHAIN_HEADS.lock().unwrap_or_else(|p| p.into_inner());
+    heads
+        .as_ref()?
+        .get(run_id)
+        .filter(|(v, _)| *v + 1 == before_version)
+        .map(|(_, h)| h.clone())
+}
+
+fn remember_head(run_id: &RunId, version: i64, hash: &[u8]) {
+    let mut heads = CHAIN_HEADS.lock().unwrap_or_else(|p| p.into_inner());
+    let map = heads.get_or_insert_with(Default::default);
+    if map.len() >= CHAIN_HEADS_KEPT && !map.contains_key(run_id) {
+        map.clear();
+    }
+    map.insert(run_id.clone(), (version, hash.to_vec()));
+}
+
+async fn stored_head(
     conn: &mut PgConnection,
     run_id: &RunId,
-    e: AuditEntry<'_>,
-) -> Result<i64, PersistenceError> {
-    let prev_hash: Option<Vec<u8>> = sqlx::query_scalar(
+) -> Result<Option<Vec<u8>>, PersistenceError> {
+    Ok(sqlx::query_scalar(
         "select hash from run_audit_events where run_id = $1 order by run_version desc limit 1",
     )
     .bind(run_id)
     .fetch_optional(&mut *conn)
     .await?
-    .flatten();
+    .flatten())
+}
+
+/// Appends one event to the run's chain (the caller holds the run's lock): the hash of
+/// the run's latest event is its `prev_hash`, and with a key installed its hash is signed.
+/// Returns its event id.
+///
+/// The head is read only when this process did not just write it: the insert is guarded
+/// on the stored head being the `prev_hash` it hashed, so a remembered head that is not
+/// the latest (its transaction rolled back, another process wrote since) inserts nothing,
+/// and the event is hashed again over the head as read.
+pub(super) async fn append(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+    e: AuditEntry<'_>,
+) -> Result<i64, PersistenceError> {
+    let created_at = Utc::now().trunc_subsecs(6);
+    if let Some(head) = remembered_head(run_id, e.run_version)
+        && let Some(id) = try_append(conn, run_id, &e, Some(head), created_at).await?
+    {
+        return Ok(id);
+    }
+    let head = stored_head(conn, run_id).await?;
+    try_append(conn, run_id, &e, head, created_at)
+        .await?
+        .ok_or_else(|| {
+            PersistenceError::Database(sqlx::Error::Protocol(
+                "the audit chain's head moved under the run's lock".into(),
+            ))
+        })
+}
+
+/// Inserts the event over `prev_hash` if that is the stored head; `None` if it is not.
+async fn try_append(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+    e: &AuditEntry<'_>,
+    prev_hash: Option<Vec<u8>>,
+    created_at: DateTime<Utc>,
+) -> Result<Option<i64>, PersistenceError> {
     let fields = ChainFields {
         prev_hash,
         run_id: run_id.to_string(),
@@ -252,9 +317,10 @@ pub(super) async fn append(
             .to_owned(),
         details: e
             .details
+            .clone()
             .unwrap_or_else(|| Value::Object(Default::default())),
         // Stored to the microsecond, as hashed.
-        created_at: Utc::now().trunc_subsecs(6),
+        created_at,
         trace_id: crate::telemetry::current_trace_id(),
     };
     let hash = event_hash(&fields);
@@ -268,14 +334,16 @@ pub(super) async fn append(
     let facets = super::notifications::EventFacets::of(&fields.details);
     let trace =
         crate::telemetry::current_trace_context().map(|c| serde_json::json!({ "trace": c }));
-    let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let id: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "with event as ( \
              insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
                  operator_id, operator_display_name, operator_email, note, from_status, \
                  to_status, details, principal, created_at, trace_id, prev_hash, hash, \
                  signature, key_id) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18, $19) \
+             select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17, $18, $19 \
+             where (select hash from run_audit_events where run_id = $1 \
+                    order by run_version desc limit 1) is not distinct from $16 \
              returning event_id), \
          {} \
          select event_id from event",
@@ -306,8 +374,11 @@ pub(super) async fn append(
     .bind(facets.notice_seconds)
     .bind(trace)
     .bind(super::queue::DEFAULT_MAX_ATTEMPTS)
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
+    if id.is_some() {
+        remember_head(run_id, e.run_version, &hash);
+    }
     Ok(id)
 }
 
