@@ -380,16 +380,23 @@ async fn apply_resume(
             Counted::Enough(all) => approvals = Some(all),
         }
     }
-    insert_responses(tx, &run.run_id, &request_id, &command, &payload, &answered).await?;
-    sqlx::query(
-        "update hitl_requests set status = 'resolved', resolved_at = now(), resolved_by = $2 \
-         where request_id = $1",
+    let version = resolve(
+        tx,
+        &run.run_id,
+        &request_id,
+        &command,
+        &payload,
+        &answered,
+        outcome.status,
     )
-    .bind(&request_id)
-    .bind(&command.operator.id)
-    .execute(&mut **tx)
     .await?;
-    let version = move_run(tx, &run.run_id, outcome.status, None).await?;
+    // The run moves on in this transaction: its next write starts from here.
+    super::remember_run(LockedRun {
+        run_id: run.run_id.clone(),
+        status: outcome.status,
+        pending_request_id: None,
+        version,
+    });
     append_audit(
         tx,
         &run.run_id,
@@ -424,16 +431,18 @@ async fn apply_resume(
     succeed(tx, command, &run.run_id, moved).await
 }
 
-/// Stores the answers of a resume in one statement, whatever their number: each column
-/// is bound as an array and unnested, so the statement's text never varies.
-async fn insert_responses(
+/// Resolves the request with the resume's answers and moves the run to `status`, in one
+/// statement whatever the number of answers (each column is bound as an array and
+/// unnested, so the statement's text never varies). Returns the run's new version.
+async fn resolve(
     tx: &mut Tx<'_>,
     run_id: &RunId,
     request_id: &RequestId,
     command: &CommandRecord,
     payload: &CommandPayload,
     answered: &[&str],
-) -> Result<(), PersistenceError> {
+    status: RunStatus,
+) -> Result<i64, PersistenceError> {
     let n = payload.responses.len();
     let mut ids = Vec::with_capacity(n);
     let mut positions = Vec::with_capacity(n);
@@ -461,16 +470,26 @@ async fn insert_responses(
         items.push(*item_id);
         edited.push(r.edited_arguments.clone());
     }
-    sqlx::query(
-        "insert into hitl_responses (response_id, request_id, run_id, position, response_type, \
-             approved, option_id, freeform_text, responder_id, responder_display_name, command_id, \
-             item_id, edited_arguments) \
-         select r.id, $1, $2, r.position, r.response_type, r.approved, r.option_id, \
-             r.freeform_text, r.responder_id, r.responder_display_name, $3, r.item_id, r.edited \
-         from unnest($4::text[], $5::int[], $6::text[], $7::bool[], $8::text[], $9::text[], \
-             $10::text[], $11::text[], $12::text[], $13::jsonb[]) \
-             as r(id, position, response_type, approved, option_id, freeform_text, \
-                  responder_id, responder_display_name, item_id, edited)",
+    Ok(sqlx::query_scalar(
+        "with answers as ( \
+             insert into hitl_responses (response_id, request_id, run_id, position, \
+                 response_type, approved, option_id, freeform_text, responder_id, \
+                 responder_display_name, command_id, item_id, edited_arguments) \
+             select r.id, $1, $2, r.position, r.response_type, r.approved, r.option_id, \
+                 r.freeform_text, r.responder_id, r.responder_display_name, $3, r.item_id, \
+                 r.edited \
+             from unnest($4::text[], $5::int[], $6::text[], $7::bool[], $8::text[], \
+                 $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[]) \
+                 as r(id, position, response_type, approved, option_id, freeform_text, \
+                      responder_id, responder_display_name, item_id, edited)), \
+         request as ( \
+             update hitl_requests set status = 'resolved', resolved_at = now(), \
+                 resolved_by = $14 \
+             where request_id = $1) \
+         update orchestrator_runs set status = $15, pending_request_id = null, \
+             finished_at = case when $15 in ('completed', 'failed', 'cancelled') then now() end, \
+             agent_retry = null, version = version + 1, updated_at = now() \
+         where run_id = $2 returning version",
     )
     .bind(request_id)
     .bind(run_id)
@@ -485,9 +504,10 @@ async fn insert_responses(
     .bind(&names)
     .bind(&items)
     .bind(&edited)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .bind(&command.operator.id)
+    .bind(status)
+    .fetch_one(&mut **tx)
+    .await?)
 }
 
 /// What counting an approval came to.

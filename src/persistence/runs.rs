@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::jobs::{Advance, Expire};
 use super::queue;
-use super::{AuditEntry, PersistenceError, Tx, append_audit, lock_run};
+use super::{AuditEntry, LockedRun, PersistenceError, Tx, append_audit, lock_run};
 use crate::domain::{
     AuditAction, BriefId, RequestId, ResponseType, RunId, RunStatus, ThreadId, TimeoutAction,
     Transition,
@@ -251,8 +251,11 @@ async fn write_state(
     status: RunStatus,
     state: Option<&StepState>,
     status_reason: Option<&str>,
-) -> Result<i64, PersistenceError> {
-    let version: i64 = sqlx::query_scalar(
+    fence: Option<&LockedRun>,
+) -> Result<Option<i64>, PersistenceError> {
+    // With a fence, the update applies only to the run as it was guessed; the update's
+    // own row lock then orders it as the lock it replaces would have.
+    let version: Option<i64> = sqlx::query_scalar(
         "update orchestrator_runs set \
              status = $2, \
              execution_context = coalesce($3, execution_context), \
@@ -261,7 +264,10 @@ async fn write_state(
              status_reason = coalesce($6, status_reason), \
              finished_at = case when $2 in ('completed', 'failed', 'cancelled') then now() end, \
              agent_retry = null, version = version + 1, updated_at = now() \
-         where run_id = $1 returning version",
+         where run_id = $1 \
+           and ($7::bigint is null or (version = $7 and status = $8 \
+                and pending_request_id is not distinct from $9)) \
+         returning version",
     )
     .bind(run_id)
     .bind(status)
@@ -269,10 +275,65 @@ async fn write_state(
     .bind(state.map(|s| &s.runner_metadata))
     .bind(state.and_then(|s| s.plan.as_ref()))
     .bind(status_reason)
-    .fetch_one(&mut *conn)
+    .bind(fence.map(|r| r.version))
+    .bind(fence.map(|r| r.status))
+    .bind(fence.and_then(|r| r.pending_request_id.as_ref()))
+    .fetch_optional(&mut *conn)
     .await?;
-    write_runner_state(conn, run_id, state.and_then(|s| s.runner_state.as_ref())).await?;
+    if version.is_some() {
+        write_runner_state(conn, run_id, state.and_then(|s| s.runner_state.as_ref())).await?;
+    }
     Ok(version)
+}
+
+/// Checks `transition` at `expected_version` and writes the state it leads to: on the
+/// run as this process last left it when that is at `expected_version` (no statement to
+/// lock it: the write is fenced on it), else, or when that guess is wrong, under the
+/// run's lock. Returns the run as it was, the outcome and the new version.
+async fn transition_state(
+    tx: &mut Tx<'_>,
+    run_id: &RunId,
+    expected_version: i64,
+    transition: &Transition,
+    state: Option<&StepState>,
+    status_reason: Option<&str>,
+) -> Result<(LockedRun, crate::domain::TransitionOutcome, i64), PersistenceError> {
+    if let Some(guess) = super::guessed_run(run_id, expected_version)
+        && let Ok(outcome) = guess.check(transition, Some(expected_version))
+        && let Some(version) = write_state(
+            tx,
+            run_id,
+            outcome.status,
+            state,
+            status_reason,
+            Some(&guess),
+        )
+        .await?
+    {
+        remember_written(&guess, outcome.status, version);
+        return Ok((guess, outcome, version));
+    }
+    let run = lock_run(tx, run_id).await?;
+    let outcome = run.check(transition, Some(expected_version))?;
+    let version = write_state(tx, run_id, outcome.status, state, status_reason, None)
+        .await?
+        .ok_or_else(|| PersistenceError::NotFound {
+            entity: "run",
+            id: run_id.to_string(),
+        })?;
+    remember_written(&run, outcome.status, version);
+    Ok((run, outcome, version))
+}
+
+/// Remembers `run` as a write to `status` at `version` left it (its pending request
+/// unchanged).
+fn remember_written(run: &LockedRun, status: RunStatus, version: i64) {
+    super::remember_run(LockedRun {
+        run_id: run.run_id.clone(),
+        status,
+        pending_request_id: run.pending_request_id.clone(),
+        version,
+    });
 }
 
 /// `queued → running`: a worker begins executing the run.
@@ -281,9 +342,8 @@ pub async fn start_run(
     run_id: &RunId,
     expected_version: i64,
 ) -> Result<i64, PersistenceError> {
-    let run = lock_run(tx, run_id).await?;
-    let outcome = run.check(&Transition::Start, Some(expected_version))?;
-    let version = write_state(tx, run_id, outcome.status, None, None).await?;
+    let (run, outcome, version) =
+        transition_state(tx, run_id, expected_version, &Transition::Start, None, None).await?;
     append_audit(
         tx,
         run_id,
@@ -322,9 +382,15 @@ pub async fn checkpoint(
     expected_version: i64,
     step: Checkpoint<'_>,
 ) -> Result<i64, PersistenceError> {
-    let run = lock_run(tx, run_id).await?;
-    let outcome = run.check(&Transition::Checkpoint, Some(expected_version))?;
-    let version = write_state(tx, run_id, outcome.status, Some(step.state), None).await?;
+    let (run, outcome, version) = transition_state(
+        tx,
+        run_id,
+        expected_version,
+        &Transition::Checkpoint,
+        Some(step.state),
+        None,
+    )
+    .await?;
     let action = step.action;
     let mut details = step.details;
     if let Value::Object(map) = &mut details {
@@ -497,12 +563,11 @@ pub async fn finish_run(
             });
         }
     };
-    let run = lock_run(tx, run_id).await?;
-    let outcome = run.check(&transition, Some(expected_version))?;
-    let version = write_state(
+    let (run, outcome, version) = transition_state(
         tx,
         run_id,
-        outcome.status,
+        expected_version,
+        &transition,
         finish.state.as_ref(),
         finish.reason.as_deref(),
     )
