@@ -297,6 +297,123 @@ async fn try_append(
     prev_hash: Option<Vec<u8>>,
     created_at: DateTime<Utc>,
 ) -> Result<Option<i64>, PersistenceError> {
+    Ok(
+        try_write_and_append(conn, run_id, e, prev_hash, created_at, None)
+            .await?
+            .1,
+    )
+}
+
+/// A write of the run made in the statement of the event recording it (see
+/// [`append_with_write`]).
+pub(super) enum RunWrite<'a> {
+    /// The run's state moves on (a step, its start, its end).
+    State(StateWrite<'a>),
+    /// A resume: its answers stored, its request resolved, the run moved on.
+    Resolve(ResolveWrite<'a>),
+}
+
+/// A resume's write (the caller holds the run's lock).
+pub(super) struct ResolveWrite<'a> {
+    pub request_id: &'a RequestId,
+    pub command_id: &'a CommandId,
+    pub resolved_by: &'a str,
+    pub answers: &'a super::commands::Answers<'a>,
+    /// Where the run goes.
+    pub status: RunStatus,
+    pub fence: &'a super::LockedRun,
+}
+
+/// A run state write.
+pub(super) struct StateWrite<'a> {
+    pub status: RunStatus,
+    pub state: Option<&'a super::StepState>,
+    pub status_reason: Option<&'a str>,
+    /// The run as the write expects it (version, status and pending request): the write
+    /// applies only to that.
+    pub fence: &'a super::LockedRun,
+}
+
+/// Writes the run (fenced on `write`'s fence) and appends the event recording it (at the
+/// fence's version + 1) in one statement. Returns the new version, or `None` when the
+/// run is not as fenced (nothing is written then).
+pub(super) async fn append_with_write(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+    e: AuditEntry<'_>,
+    write: RunWrite<'_>,
+) -> Result<Option<i64>, PersistenceError> {
+    let created_at = Utc::now().trunc_subsecs(6);
+    let head = match remembered_head(run_id, e.run_version) {
+        Some(head) => Some(head),
+        None => stored_head(conn, run_id).await?,
+    };
+    let (version, event) =
+        try_write_and_append(conn, run_id, &e, head, created_at, Some(&write)).await?;
+    match (version, event) {
+        (None, _) => Ok(None),
+        (Some(v), Some(_)) => Ok(Some(v)),
+        // The run is written (and locked by that write), the head was not the one
+        // guessed: the event goes over the head as stored.
+        (Some(v), None) => {
+            let head = stored_head(conn, run_id).await?;
+            try_append(conn, run_id, &e, head, created_at)
+                .await?
+                .ok_or_else(|| {
+                    PersistenceError::Database(sqlx::Error::Protocol(
+                        "the audit chain's head moved under the run's lock".into(),
+                    ))
+                })?;
+            Ok(Some(v))
+        }
+    }
+}
+
+/// The run's state write as [`try_write_and_append`] runs it, its parameters from `$26`.
+const STATE_WRITE_SQL: &str = "run_write as (update orchestrator_runs set \
+        status = $26, \
+        execution_context = coalesce($27, execution_context), \
+        runner_metadata = coalesce($28, runner_metadata), \
+        plan = coalesce($29, plan), \
+        status_reason = coalesce($30, status_reason), \
+        finished_at = case when $26 in ('completed', 'failed', 'cancelled') then now() end, \
+        agent_retry = null, version = version + 1, updated_at = now() \
+    where run_id = $1 and version = $31 and status = $32 \
+      and pending_request_id is not distinct from $33 \
+    returning version), ";
+
+/// A resume's write as [`try_write_and_append`] runs it, its parameters from `$26`: the
+/// answers and the request's resolution only with the run's move.
+const RESOLVE_WRITE_SQL: &str = "run_write as ( \
+        update orchestrator_runs set status = $38, pending_request_id = null, \
+            finished_at = case when $38 in ('completed', 'failed', 'cancelled') then now() end, \
+            agent_retry = null, version = version + 1, updated_at = now() \
+        where run_id = $1 and version = $39 returning version), \
+    answers as ( \
+        insert into hitl_responses (response_id, request_id, run_id, position, \
+            response_type, approved, option_id, freeform_text, responder_id, \
+            responder_display_name, command_id, item_id, edited_arguments) \
+        select r.id, $26, $1, r.position, r.response_type, r.approved, r.option_id, \
+            r.freeform_text, r.responder_id, r.responder_display_name, $27, r.item_id, \
+            r.edited \
+        from run_write, unnest($28::text[], $29::int[], $30::text[], $31::bool[], \
+            $32::text[], $33::text[], $34::text[], $35::text[], $36::text[], $37::jsonb[]) \
+            as r(id, position, response_type, approved, option_id, freeform_text, \
+                 responder_id, responder_display_name, item_id, edited)), \
+    request as ( \
+        update hitl_requests set status = 'resolved', resolved_at = now(), resolved_by = $40 \
+        where request_id = $26 and exists (select 1 from run_write)), ";
+
+/// Inserts the event over `prev_hash` if that is the stored head, with `write` first if
+/// given (the event then only if the write applied): (the written version, the event id).
+async fn try_write_and_append(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+    e: &AuditEntry<'_>,
+    prev_hash: Option<Vec<u8>>,
+    created_at: DateTime<Utc>,
+    write: Option<&RunWrite<'_>>,
+) -> Result<(Option<i64>, Option<i64>), PersistenceError> {
     let fields = ChainFields {
         prev_hash,
         run_id: run_id.to_string(),
@@ -334,19 +451,31 @@ async fn try_append(
     let facets = super::notifications::EventFacets::of(&fields.details);
     let trace =
         crate::telemetry::current_trace_context().map(|c| serde_json::json!({ "trace": c }));
-    let id: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "with event as ( \
+    // The run's write first, when there is one: the event is inserted only from its row.
+    let (write_cte, from_write, written) = match write {
+        Some(w) => (
+            match w {
+                RunWrite::State(_) => STATE_WRITE_SQL,
+                RunWrite::Resolve(_) => RESOLVE_WRITE_SQL,
+            },
+            "from run_write where run_write.version = $2 and",
+            "(select version from run_write)",
+        ),
+        None => ("", "where", "null::bigint"),
+    };
+    let query = sqlx::query_as::<_, (Option<i64>, Option<i64>)>(sqlx::AssertSqlSafe(format!(
+        "with {write_cte}event as ( \
              insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
                  operator_id, operator_display_name, operator_email, note, from_status, \
                  to_status, details, principal, created_at, trace_id, prev_hash, hash, \
                  signature, key_id) \
              select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
                  $17, $18, $19 \
-             where (select hash from run_audit_events where run_id = $1 \
+             {from_write} (select hash from run_audit_events where run_id = $1 \
                     order by run_version desc limit 1) is not distinct from $16 \
              returning event_id), \
          {} \
-         select event_id from event",
+         select {written}, (select event_id from event)",
         super::notifications::DELIVERIES_CTE
     )))
     .bind(run_id)
@@ -373,13 +502,43 @@ async fn try_append(
     .bind(&facets.named)
     .bind(facets.notice_seconds)
     .bind(trace)
-    .bind(super::queue::DEFAULT_MAX_ATTEMPTS)
-    .fetch_optional(&mut *conn)
-    .await?;
+    .bind(super::queue::DEFAULT_MAX_ATTEMPTS);
+    let query = match write {
+        None => query,
+        Some(RunWrite::State(w)) => query
+            .bind(w.status)
+            .bind(w.state.map(|s| &s.execution_context))
+            .bind(w.state.map(|s| &s.runner_metadata))
+            .bind(w.state.and_then(|s| s.plan.as_ref()))
+            .bind(w.status_reason)
+            .bind(w.fence.version)
+            .bind(w.fence.status)
+            .bind(w.fence.pending_request_id.as_ref()),
+        Some(RunWrite::Resolve(w)) => {
+            let a = w.answers;
+            query
+                .bind(w.request_id)
+                .bind(w.command_id)
+                .bind(&a.ids)
+                .bind(&a.positions)
+                .bind(&a.types)
+                .bind(&a.approved)
+                .bind(&a.options)
+                .bind(&a.texts)
+                .bind(&a.responders)
+                .bind(&a.names)
+                .bind(&a.items)
+                .bind(&a.edited)
+                .bind(w.status)
+                .bind(w.fence.version)
+                .bind(w.resolved_by)
+        }
+    };
+    let (version, id) = query.fetch_one(&mut *conn).await?;
     if id.is_some() {
         remember_head(run_id, e.run_version, &hash);
     }
-    Ok(id)
+    Ok((version, id))
 }
 
 const CHAIN_COLUMNS: &str = "prev_hash, run_id, run_version, action, request_id, command_id, \

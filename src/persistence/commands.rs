@@ -380,16 +380,37 @@ async fn apply_resume(
             Counted::Enough(all) => approvals = Some(all),
         }
     }
-    let version = resolve(
-        tx,
-        &run.run_id,
-        &request_id,
-        &command,
-        &payload,
-        &answered,
-        outcome.status,
-    )
-    .await?;
+    // The answers, the request's resolution, the run's move and the event: one statement.
+    let answers = Answers::of(&payload.responses, &answered);
+    let entry = AuditEntry {
+        run_version: run.version + 1,
+        action: Some(AuditAction::Resume),
+        request_id: Some(&request_id),
+        command_id: Some(&command.command_id),
+        principal: command.principal.as_deref(),
+        operator: Some(&command.operator),
+        note: command.note.as_deref(),
+        from_status: Some(run.status),
+        to_status: Some(outcome.status),
+        details: Some(match &approvals {
+            None => json!({ "responses": payload.responses.len() }),
+            Some(a) => json!({ "responses": payload.responses.len(), "approvals": a }),
+        }),
+    };
+    let write = super::audit::RunWrite::Resolve(super::audit::ResolveWrite {
+        request_id: &request_id,
+        command_id: &command.command_id,
+        resolved_by: &command.operator.id,
+        answers: &answers,
+        status: outcome.status,
+        fence: run,
+    });
+    let version = super::audit::append_with_write(tx, &run.run_id, entry, write)
+        .await?
+        .ok_or_else(|| PersistenceError::NotFound {
+            entity: "run",
+            id: run.run_id.to_string(),
+        })?;
     // The run moves on in this transaction: its next write starts from here.
     super::remember_run(LockedRun {
         run_id: run.run_id.clone(),
@@ -397,26 +418,6 @@ async fn apply_resume(
         pending_request_id: None,
         version,
     });
-    append_audit(
-        tx,
-        &run.run_id,
-        AuditEntry {
-            run_version: version,
-            action: Some(AuditAction::Resume),
-            request_id: Some(&request_id),
-            command_id: Some(&command.command_id),
-            principal: command.principal.as_deref(),
-            operator: Some(&command.operator),
-            note: command.note.as_deref(),
-            from_status: Some(run.status),
-            to_status: Some(outcome.status),
-            details: Some(match &approvals {
-                None => json!({ "responses": payload.responses.len() }),
-                Some(a) => json!({ "responses": payload.responses.len(), "approvals": a }),
-            }),
-        },
-    )
-    .await?;
     // The run moves on: its next advancement commits with the resume.
     if advance == AdvanceBy::Job {
         let run_id = run.run_id.clone();
@@ -431,83 +432,55 @@ async fn apply_resume(
     succeed(tx, command, &run.run_id, moved).await
 }
 
-/// Resolves the request with the resume's answers and moves the run to `status`, in one
-/// statement whatever the number of answers (each column is bound as an array and
-/// unnested, so the statement's text never varies). Returns the run's new version.
-async fn resolve(
-    tx: &mut Tx<'_>,
-    run_id: &RunId,
-    request_id: &RequestId,
-    command: &CommandRecord,
-    payload: &CommandPayload,
-    answered: &[&str],
-    status: RunStatus,
-) -> Result<i64, PersistenceError> {
-    let n = payload.responses.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut positions = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut approved = Vec::with_capacity(n);
-    let mut options = Vec::with_capacity(n);
-    let mut texts = Vec::with_capacity(n);
-    let mut responders = Vec::with_capacity(n);
-    let mut names = Vec::with_capacity(n);
-    let mut items = Vec::with_capacity(n);
-    let mut edited = Vec::with_capacity(n);
-    for (position, (r, item_id)) in payload.responses.iter().zip(answered).enumerate() {
-        ids.push(ResponseId::new().to_string());
-        positions.push(i32::try_from(position).unwrap_or(i32::MAX));
-        types.push(r.response_type.as_str());
-        // An edit approves, with other arguments.
-        approved.push(match r.response_type {
-            ResponseType::Edit => Some(true),
-            _ => r.approved,
-        });
-        options.push(r.option_id.as_deref());
-        texts.push(r.freeform_text.as_deref());
-        responders.push(r.responder_id.as_deref());
-        names.push(r.responder_display_name.as_deref());
-        items.push(*item_id);
-        edited.push(r.edited_arguments.clone());
+/// A resume's answers as columns, each bound as an array and unnested, so the statement
+/// storing them has the same text whatever their number.
+pub(super) struct Answers<'a> {
+    pub ids: Vec<String>,
+    pub positions: Vec<i32>,
+    pub types: Vec<&'static str>,
+    pub approved: Vec<Option<bool>>,
+    pub options: Vec<Option<&'a str>>,
+    pub texts: Vec<Option<&'a str>>,
+    pub responders: Vec<Option<&'a str>>,
+    pub names: Vec<Option<&'a str>>,
+    pub items: Vec<&'a str>,
+    pub edited: Vec<Option<Value>>,
+}
+
+impl<'a> Answers<'a> {
+    fn of(responses: &'a [ResponseInput], answered: &[&'a str]) -> Self {
+        let n = responses.len();
+        let mut a = Answers {
+            ids: Vec::with_capacity(n),
+            positions: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            approved: Vec::with_capacity(n),
+            options: Vec::with_capacity(n),
+            texts: Vec::with_capacity(n),
+            responders: Vec::with_capacity(n),
+            names: Vec::with_capacity(n),
+            items: Vec::with_capacity(n),
+            edited: Vec::with_capacity(n),
+        };
+        for (position, (r, item_id)) in responses.iter().zip(answered).enumerate() {
+            a.ids.push(ResponseId::new().to_string());
+            a.positions
+                .push(i32::try_from(position).unwrap_or(i32::MAX));
+            a.types.push(r.response_type.as_str());
+            // An edit approves, with other arguments.
+            a.approved.push(match r.response_type {
+                ResponseType::Edit => Some(true),
+                _ => r.approved,
+            });
+            a.options.push(r.option_id.as_deref());
+            a.texts.push(r.freeform_text.as_deref());
+            a.responders.push(r.responder_id.as_deref());
+            a.names.push(r.responder_display_name.as_deref());
+            a.items.push(item_id);
+            a.edited.push(r.edited_arguments.clone());
+        }
+        a
     }
-    Ok(sqlx::query_scalar(
-        "with answers as ( \
-             insert into hitl_responses (response_id, request_id, run_id, position, \
-                 response_type, approved, option_id, freeform_text, responder_id, \
-                 responder_display_name, command_id, item_id, edited_arguments) \
-             select r.id, $1, $2, r.position, r.response_type, r.approved, r.option_id, \
-                 r.freeform_text, r.responder_id, r.responder_display_name, $3, r.item_id, \
-                 r.edited \
-             from unnest($4::text[], $5::int[], $6::text[], $7::bool[], $8::text[], \
-                 $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[]) \
-                 as r(id, position, response_type, approved, option_id, freeform_text, \
-                      responder_id, responder_display_name, item_id, edited)), \
-         request as ( \
-             update hitl_requests set status = 'resolved', resolved_at = now(), \
-                 resolved_by = $14 \
-             where request_id = $1) \
-         update orchestrator_runs set status = $15, pending_request_id = null, \
-             finished_at = case when $15 in ('completed', 'failed', 'cancelled') then now() end, \
-             agent_retry = null, version = version + 1, updated_at = now() \
-         where run_id = $2 returning version",
-    )
-    .bind(request_id)
-    .bind(run_id)
-    .bind(&command.command_id)
-    .bind(&ids)
-    .bind(&positions)
-    .bind(&types)
-    .bind(&approved)
-    .bind(&options)
-    .bind(&texts)
-    .bind(&responders)
-    .bind(&names)
-    .bind(&items)
-    .bind(&edited)
-    .bind(&command.operator.id)
-    .bind(status)
-    .fetch_one(&mut **tx)
-    .await?)
 }
 
 /// What counting an approval came to.

@@ -245,84 +245,81 @@ async fn write_runner_state(
     Ok(())
 }
 
-async fn write_state(
-    conn: &mut PgConnection,
-    run_id: &RunId,
-    status: RunStatus,
-    state: Option<&StepState>,
-    status_reason: Option<&str>,
-    fence: Option<&LockedRun>,
-) -> Result<Option<i64>, PersistenceError> {
-    // With a fence, the update applies only to the run as it was guessed; the update's
-    // own row lock then orders it as the lock it replaces would have.
-    let version: Option<i64> = sqlx::query_scalar(
-        "update orchestrator_runs set \
-             status = $2, \
-             execution_context = coalesce($3, execution_context), \
-             runner_metadata = coalesce($4, runner_metadata), \
-             plan = coalesce($5, plan), \
-             status_reason = coalesce($6, status_reason), \
-             finished_at = case when $2 in ('completed', 'failed', 'cancelled') then now() end, \
-             agent_retry = null, version = version + 1, updated_at = now() \
-         where run_id = $1 \
-           and ($7::bigint is null or (version = $7 and status = $8 \
-                and pending_request_id is not distinct from $9)) \
-         returning version",
-    )
-    .bind(run_id)
-    .bind(status)
-    .bind(state.map(|s| &s.execution_context))
-    .bind(state.map(|s| &s.runner_metadata))
-    .bind(state.and_then(|s| s.plan.as_ref()))
-    .bind(status_reason)
-    .bind(fence.map(|r| r.version))
-    .bind(fence.map(|r| r.status))
-    .bind(fence.and_then(|r| r.pending_request_id.as_ref()))
-    .fetch_optional(&mut *conn)
-    .await?;
-    if version.is_some() {
-        write_runner_state(conn, run_id, state.and_then(|s| s.runner_state.as_ref())).await?;
-    }
-    Ok(version)
-}
-
-/// Checks `transition` at `expected_version` and writes the state it leads to: on the
-/// run as this process last left it when that is at `expected_version` (no statement to
-/// lock it: the write is fenced on it), else, or when that guess is wrong, under the
-/// run's lock. Returns the run as it was, the outcome and the new version.
-async fn transition_state(
+/// Checks `transition` at `expected_version`, writes the state it leads to and appends
+/// the event `entry` makes of it (given the run as it was and the outcome), in one
+/// statement: on the run as this process last left it when that is at
+/// `expected_version` (no statement to lock it: the write is fenced on it), else, or when
+/// that guess is wrong, on the run as locked. Returns the new version.
+async fn transition_state<'e>(
     tx: &mut Tx<'_>,
     run_id: &RunId,
     expected_version: i64,
     transition: &Transition,
     state: Option<&StepState>,
     status_reason: Option<&str>,
-) -> Result<(LockedRun, crate::domain::TransitionOutcome, i64), PersistenceError> {
+    entry: impl Fn(&LockedRun, &crate::domain::TransitionOutcome) -> AuditEntry<'e>,
+) -> Result<i64, PersistenceError> {
     if let Some(guess) = super::guessed_run(run_id, expected_version)
         && let Ok(outcome) = guess.check(transition, Some(expected_version))
-        && let Some(version) = write_state(
+        && let Some(version) = write_with_event(
             tx,
             run_id,
+            &guess,
             outcome.status,
             state,
             status_reason,
-            Some(&guess),
+            entry(&guess, &outcome),
         )
         .await?
     {
         remember_written(&guess, outcome.status, version);
-        return Ok((guess, outcome, version));
+        return Ok(version);
     }
     let run = lock_run(tx, run_id).await?;
     let outcome = run.check(transition, Some(expected_version))?;
-    let version = write_state(tx, run_id, outcome.status, state, status_reason, None)
-        .await?
-        .ok_or_else(|| PersistenceError::NotFound {
-            entity: "run",
-            id: run_id.to_string(),
-        })?;
+    let version = write_with_event(
+        tx,
+        run_id,
+        &run,
+        outcome.status,
+        state,
+        status_reason,
+        entry(&run, &outcome),
+    )
+    .await?
+    .ok_or_else(|| PersistenceError::NotFound {
+        entity: "run",
+        id: run_id.to_string(),
+    })?;
     remember_written(&run, outcome.status, version);
-    Ok((run, outcome, version))
+    Ok(version)
+}
+
+/// The state write on `fence` and its event, then the node's runner state if it changed.
+async fn write_with_event(
+    tx: &mut Tx<'_>,
+    run_id: &RunId,
+    fence: &LockedRun,
+    status: RunStatus,
+    state: Option<&StepState>,
+    status_reason: Option<&str>,
+    entry: AuditEntry<'_>,
+) -> Result<Option<i64>, PersistenceError> {
+    let entry = AuditEntry {
+        run_version: fence.version + 1,
+        ..entry
+    };
+    let write = super::audit::RunWrite::State(super::audit::StateWrite {
+        status,
+        state,
+        status_reason,
+        fence,
+    });
+    let version = super::audit::append_with_write(tx, run_id, entry, write).await?;
+    if version.is_some() {
+        write_runner_state(tx, run_id, state.and_then(|s| s.runner_state.as_ref())).await?;
+    }
+    Ok(version)
 }
 
 /// Remembers `run` as a write to `status` at `version` left it (its pending request
@@ -342,21 +339,21 @@ pub async fn start_run(
     run_id: &RunId,
     expected_version: i64,
 ) -> Result<i64, PersistenceError> {
-    let (run, outcome, version) =
-        transition_state(tx, run_id, expected_version, &Transition::Start, None, None).await?;
-    append_audit(
+    transition_state(
         tx,
         run_id,
-        AuditEntry {
-            run_version: version,
+        expected_version,
+        &Transition::Start,
+        None,
+        None,
+        |run, outcome| AuditEntry {
             action: Some(outcome.audit_action),
             from_status: Some(run.status),
             to_status: Some(outcome.status),
             ..AuditEntry::default()
         },
     )
-    .await?;
-    Ok(version)
+    .await
 }
 
 /// A node that finished, as a checkpoint records it.
@@ -382,34 +379,26 @@ pub async fn checkpoint(
     expected_version: i64,
     step: Checkpoint<'_>,
 ) -> Result<i64, PersistenceError> {
-    let (run, outcome, version) = transition_state(
+    let mut details = step.details;
+    if let Value::Object(map) = &mut details {
+        map.insert("nodeId".into(), json!(step.node_id));
+    }
+    transition_state(
         tx,
         run_id,
         expected_version,
         &Transition::Checkpoint,
         Some(step.state),
         None,
-    )
-    .await?;
-    let action = step.action;
-    let mut details = step.details;
-    if let Value::Object(map) = &mut details {
-        map.insert("nodeId".into(), json!(step.node_id));
-    }
-    append_audit(
-        tx,
-        run_id,
-        AuditEntry {
-            run_version: version,
-            action: Some(action),
+        |run, outcome| AuditEntry {
+            action: Some(step.action),
             from_status: Some(run.status),
             to_status: Some(outcome.status),
-            details: Some(details),
+            details: Some(details.clone()),
             ..AuditEntry::default()
         },
     )
-    .await?;
-    Ok(version)
+    .await
 }
 
 /// A HITL request to raise.
@@ -563,20 +552,14 @@ pub async fn finish_run(
             });
         }
     };
-    let (run, outcome, version) = transition_state(
+    transition_state(
         tx,
         run_id,
         expected_version,
         &transition,
         finish.state.as_ref(),
         finish.reason.as_deref(),
-    )
-    .await?;
-    append_audit(
-        tx,
-        run_id,
-        AuditEntry {
-            run_version: version,
+        |run, outcome| AuditEntry {
             action: Some(outcome.audit_action),
             note: finish.reason.as_deref(),
             from_status: Some(run.status),
@@ -585,6 +568,5 @@ pub async fn finish_run(
             ..AuditEntry::default()
         },
     )
-    .await?;
-    Ok(version)
+    .await
 }
