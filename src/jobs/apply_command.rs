@@ -73,7 +73,17 @@ async fn apply(
     command_id: &CommandId,
 ) -> Result<Handled, JobError> {
     let mut tx = ctx.pool.begin().await?;
-    let outcome = persistence::apply_command(&mut tx, command_id, AdvanceBy::Caller).await?;
+    let job = persistence::JobClaim {
+        job_id: &claimed.id,
+        worker_id: &ctx.worker_id,
+    };
+    // A resume that applies completes its job in its own write.
+    let (outcome, completion) =
+        persistence::apply_command_for_job(&mut tx, command_id, AdvanceBy::Caller, job).await?;
+    if completion == persistence::JobCompletion::LostClaim {
+        tx.rollback().await?;
+        return Ok(Handled::LostClaim);
+    }
     let mut reached = None;
     if let persistence::ApplyOutcome::Applied {
         command,
@@ -90,7 +100,12 @@ async fn apply(
         persistence::ApplyOutcome::AlreadyFinal { .. } => "already final",
     };
     tracing::debug!(%command_id, outcome = applied, "command handled");
-    let handled = complete_with(ctx, tx, claimed).await?;
+    let handled = if completion == persistence::JobCompletion::Completed {
+        tx.commit().await?;
+        Handled::Done
+    } else {
+        complete_with(ctx, tx, claimed).await?
+    };
     // Counted once committed, so a lost claim or a retry does not count twice.
     if handled == Handled::Done {
         let m = metrics();

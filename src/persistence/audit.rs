@@ -313,7 +313,9 @@ pub(super) enum RunWrite<'a> {
     Resolve(ResolveWrite<'a>),
 }
 
-/// A resume's write (the caller holds the run's lock).
+/// A resume's write (the caller holds the run's lock): the answers, the request's
+/// resolution, the run's move, the command's success and, when given, its job's
+/// completion (fenced on the job's claim).
 pub(super) struct ResolveWrite<'a> {
     pub request_id: &'a RequestId,
     pub command_id: &'a CommandId,
@@ -322,6 +324,22 @@ pub(super) struct ResolveWrite<'a> {
     /// Where the run goes.
     pub status: RunStatus,
     pub fence: &'a super::LockedRun,
+    /// The command's outcome.
+    pub outcome: &'a Value,
+    /// The job applying it: (job id, worker id).
+    pub job: Option<(&'a str, &'a str)>,
+    /// When the command ended (to the microsecond, as stored): the caller returns the
+    /// command as written without reading it back.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// What [`append_with_write`] wrote.
+#[derive(Debug)]
+pub(super) struct Written {
+    /// The run's new version.
+    pub version: i64,
+    /// Whether the write completed the job it was given.
+    pub job_completed: bool,
 }
 
 /// A run state write.
@@ -342,17 +360,23 @@ pub(super) async fn append_with_write(
     run_id: &RunId,
     e: AuditEntry<'_>,
     write: RunWrite<'_>,
-) -> Result<Option<i64>, PersistenceError> {
+) -> Result<Option<Written>, PersistenceError> {
     let created_at = Utc::now().trunc_subsecs(6);
     let head = match remembered_head(run_id, e.run_version) {
         Some(head) => Some(head),
         None => stored_head(conn, run_id).await?,
     };
-    let (version, event) =
+    let (version, event, job_completed) =
         try_write_and_append(conn, run_id, &e, head, created_at, Some(&write)).await?;
+    let written = |version| {
+        Some(Written {
+            version,
+            job_completed,
+        })
+    };
     match (version, event) {
         (None, _) => Ok(None),
-        (Some(v), Some(_)) => Ok(Some(v)),
+        (Some(v), Some(_)) => Ok(written(v)),
         // The run is written (and locked by that write), the head was not the one
         // guessed: the event goes over the head as stored.
         (Some(v), None) => {
@@ -364,7 +388,7 @@ pub(super) async fn append_with_write(
                         "the audit chain's head moved under the run's lock".into(),
                     ))
                 })?;
-            Ok(Some(v))
+            Ok(written(v))
         }
     }
 }
@@ -402,7 +426,18 @@ const RESOLVE_WRITE_SQL: &str = "run_write as ( \
                  responder_id, responder_display_name, item_id, edited)), \
     request as ( \
         update hitl_requests set status = 'resolved', resolved_at = now(), resolved_by = $40 \
-        where request_id = $26 and exists (select 1 from run_write)), ";
+        where request_id = $26 and exists (select 1 from run_write)), \
+    command_done as ( \
+        update hitl_commands set status = 'succeeded', outcome = $41, error = null, \
+            attempts = attempts + 1, started_at = coalesce(started_at, $44), \
+            finished_at = $44, updated_at = $44 \
+        where command_id = $27 and exists (select 1 from run_write)), \
+    job_done as ( \
+        update apalis.jobs set status = 'Done', done_at = now(), attempts = attempts + 1, \
+            last_result = '{\"Ok\": null}'::jsonb \
+        where id = $42 and lock_by = $43 and status = 'Running' \
+          and exists (select 1 from run_write) \
+        returning 1), ";
 
 /// Inserts the event over `prev_hash` if that is the stored head, with `write` first if
 /// given (the event then only if the write applied): (the written version, the event id).
@@ -413,7 +448,7 @@ async fn try_write_and_append(
     prev_hash: Option<Vec<u8>>,
     created_at: DateTime<Utc>,
     write: Option<&RunWrite<'_>>,
-) -> Result<(Option<i64>, Option<i64>), PersistenceError> {
+) -> Result<(Option<i64>, Option<i64>, bool), PersistenceError> {
     let fields = ChainFields {
         prev_hash,
         run_id: run_id.to_string(),
@@ -452,19 +487,24 @@ async fn try_write_and_append(
     let trace =
         crate::telemetry::current_trace_context().map(|c| serde_json::json!({ "trace": c }));
     // The run's write first, when there is one: the event is inserted only from its row.
-    let (write_cte, from_write, written) = match write {
-        Some(w) => (
-            match w {
-                RunWrite::State(_) => STATE_WRITE_SQL,
-                RunWrite::Resolve(_) => RESOLVE_WRITE_SQL,
-            },
+    let (write_cte, from_write, written, job_done) = match write {
+        Some(RunWrite::State(_)) => (
+            STATE_WRITE_SQL,
             "from run_write where run_write.version = $2 and",
             "(select version from run_write)",
+            "false",
         ),
-        None => ("", "where", "null::bigint"),
+        Some(RunWrite::Resolve(_)) => (
+            RESOLVE_WRITE_SQL,
+            "from run_write where run_write.version = $2 and",
+            "(select version from run_write)",
+            "exists (select 1 from job_done)",
+        ),
+        None => ("", "where", "null::bigint", "false"),
     };
-    let query = sqlx::query_as::<_, (Option<i64>, Option<i64>)>(sqlx::AssertSqlSafe(format!(
-        "with {write_cte}event as ( \
+    let query =
+        sqlx::query_as::<_, (Option<i64>, Option<i64>, bool)>(sqlx::AssertSqlSafe(format!(
+            "with {write_cte}event as ( \
              insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
                  operator_id, operator_display_name, operator_email, note, from_status, \
                  to_status, details, principal, created_at, trace_id, prev_hash, hash, \
@@ -475,34 +515,34 @@ async fn try_write_and_append(
                     order by run_version desc limit 1) is not distinct from $16 \
              returning event_id), \
          {} \
-         select {written}, (select event_id from event)",
-        super::notifications::DELIVERIES_CTE
-    )))
-    .bind(run_id)
-    .bind(e.run_version)
-    .bind(e.action)
-    .bind(e.request_id)
-    .bind(e.command_id)
-    .bind(&fields.operator_id)
-    .bind(&fields.operator_display_name)
-    .bind(&fields.operator_email)
-    .bind(e.note)
-    .bind(e.from_status)
-    .bind(e.to_status)
-    .bind(&fields.details)
-    .bind(e.principal)
-    .bind(fields.created_at)
-    .bind(&fields.trace_id)
-    .bind(&fields.prev_hash)
-    .bind(hash.as_slice())
-    .bind(signature)
-    .bind(key_id)
-    .bind(event)
-    .bind(facets.node_id)
-    .bind(&facets.named)
-    .bind(facets.notice_seconds)
-    .bind(trace)
-    .bind(super::queue::DEFAULT_MAX_ATTEMPTS);
+         select {written}, (select event_id from event), {job_done}",
+            super::notifications::DELIVERIES_CTE
+        )))
+        .bind(run_id)
+        .bind(e.run_version)
+        .bind(e.action)
+        .bind(e.request_id)
+        .bind(e.command_id)
+        .bind(&fields.operator_id)
+        .bind(&fields.operator_display_name)
+        .bind(&fields.operator_email)
+        .bind(e.note)
+        .bind(e.from_status)
+        .bind(e.to_status)
+        .bind(&fields.details)
+        .bind(e.principal)
+        .bind(fields.created_at)
+        .bind(&fields.trace_id)
+        .bind(&fields.prev_hash)
+        .bind(hash.as_slice())
+        .bind(signature)
+        .bind(key_id)
+        .bind(event)
+        .bind(facets.node_id)
+        .bind(&facets.named)
+        .bind(facets.notice_seconds)
+        .bind(trace)
+        .bind(super::queue::DEFAULT_MAX_ATTEMPTS);
     let query = match write {
         None => query,
         Some(RunWrite::State(w)) => query
@@ -532,13 +572,17 @@ async fn try_write_and_append(
                 .bind(w.status)
                 .bind(w.fence.version)
                 .bind(w.resolved_by)
+                .bind(w.outcome)
+                .bind(w.job.map(|(id, _)| id))
+                .bind(w.job.map(|(_, worker)| worker))
+                .bind(w.finished_at)
         }
     };
-    let (version, id) = query.fetch_one(&mut *conn).await?;
+    let (version, id, job_completed) = query.fetch_one(&mut *conn).await?;
     if id.is_some() {
         remember_head(run_id, e.run_version, &hash);
     }
-    Ok((version, id))
+    Ok((version, id, job_completed))
 }
 
 const CHAIN_COLUMNS: &str = "prev_hash, run_id, run_version, action, request_id, command_id, \

@@ -258,6 +258,44 @@ pub async fn apply_command(
     command_id: &CommandId,
     advance: AdvanceBy,
 ) -> Result<ApplyOutcome, PersistenceError> {
+    Ok(apply(tx, command_id, advance, None).await?.0)
+}
+
+/// The job a command is applied by: its id and the worker holding its claim.
+#[derive(Clone, Copy, Debug)]
+pub struct JobClaim<'a> {
+    pub job_id: &'a str,
+    pub worker_id: &'a str,
+}
+
+/// Whether [`apply_command_for_job`] completed the job in the transition's write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobCompletion {
+    /// Completed (fenced on its claim): commit, and do not complete it again.
+    Completed,
+    /// Not completed here: the caller completes it before committing.
+    Left,
+    /// Its claim is no longer this worker's: roll back.
+    LostClaim,
+}
+
+/// [`apply_command`] by `job`: a resume that applies completes the job in the same
+/// statement as its other writes.
+pub async fn apply_command_for_job(
+    tx: &mut Tx<'_>,
+    command_id: &CommandId,
+    advance: AdvanceBy,
+    job: JobClaim<'_>,
+) -> Result<(ApplyOutcome, JobCompletion), PersistenceError> {
+    apply(tx, command_id, advance, Some(job)).await
+}
+
+async fn apply(
+    tx: &mut Tx<'_>,
+    command_id: &CommandId,
+    advance: AdvanceBy,
+    job: Option<JobClaim<'_>>,
+) -> Result<(ApplyOutcome, JobCompletion), PersistenceError> {
     // The run is found through the command and locked in one statement (a command's
     // run never changes); the command itself is read after the lock, so its status is
     // the one the run's last transition left.
@@ -297,7 +335,7 @@ pub async fn apply_command(
         approvals_required: to_apply.approvals_required,
     };
     if command.status.is_final() {
-        return Ok(ApplyOutcome::AlreadyFinal { command });
+        return Ok((ApplyOutcome::AlreadyFinal { command }, JobCompletion::Left));
     }
     let payload: CommandPayload = match serde_json::from_value(command.payload.clone()) {
         Ok(p) => p,
@@ -305,13 +343,18 @@ pub async fn apply_command(
             let why = Refusal::InvalidPayload {
                 message: e.to_string(),
             };
-            return reject(tx, &command, why).await;
+            return Ok((reject(tx, &command, why).await?, JobCompletion::Left));
         }
     };
+    let left = |o: ApplyOutcome| (o, JobCompletion::Left);
     match command.kind {
-        CommandKind::Resume => apply_resume(tx, &mut run, command, payload, subject, advance).await,
-        CommandKind::Remove => apply_remove(tx, &mut run, command, payload, subject).await,
-        CommandKind::Retry => apply_retry(tx, &run, command, advance).await,
+        CommandKind::Resume => {
+            apply_resume(tx, &mut run, command, payload, subject, advance, job).await
+        }
+        CommandKind::Remove => Ok(left(
+            apply_remove(tx, &mut run, command, payload, subject).await?,
+        )),
+        CommandKind::Retry => Ok(left(apply_retry(tx, &run, command, advance).await?)),
     }
 }
 
@@ -322,12 +365,14 @@ async fn apply_resume(
     payload: CommandPayload,
     subject: Subject,
     advance: AdvanceBy,
-) -> Result<ApplyOutcome, PersistenceError> {
+    job: Option<JobClaim<'_>>,
+) -> Result<(ApplyOutcome, JobCompletion), PersistenceError> {
+    let left = |o: ApplyOutcome| (o, JobCompletion::Left);
     let Some(request_id) = command.request_id.clone() else {
         let why = Refusal::InvalidPayload {
             message: "a resume names no request".into(),
         };
-        return reject(tx, &command, why).await;
+        return Ok(left(reject(tx, &command, why).await?));
     };
     let transition = Transition::Resume {
         request_id: request_id.clone(),
@@ -336,7 +381,7 @@ async fn apply_resume(
         Ok(o) => o,
         Err(PersistenceError::Transition { source, .. }) => {
             let why = explain_refusal(tx, run.context(Some(&request_id)), &source).await?;
-            return reject(tx, &command, why).await;
+            return Ok(left(reject(tx, &command, why).await?));
         }
         Err(e) => return Err(e),
     };
@@ -352,11 +397,11 @@ async fn apply_resume(
                 message: problem.to_string(),
                 field: problem.field,
             };
-            return reject(tx, &command, why).await;
+            return Ok(left(reject(tx, &command, why).await?));
         }
     };
     if let Some(refused) = settle_claim(tx, run, &command, &payload, &request_id, &subject).await? {
-        return reject(tx, &command, refused).await;
+        return Ok(left(reject(tx, &command, refused).await?));
     }
     let mut approvals = None;
     if let Some(required) = subject.approvals_required
@@ -366,7 +411,7 @@ async fn apply_resume(
             .all(|r| r.response_type == ResponseType::Approval && r.approved == Some(true))
     {
         match count_approval(tx, run, &command, &request_id, &subject, required).await? {
-            Counted::Twice(why) => return reject(tx, &command, why).await,
+            Counted::Twice(why) => return Ok(left(reject(tx, &command, why).await?)),
             Counted::Short { approvals, version } => {
                 // The run keeps waiting on the same request.
                 let waiting = Succeeded {
@@ -375,7 +420,7 @@ async fn apply_resume(
                     pending: Some(&request_id),
                     approvals: Some(&approvals),
                 };
-                return succeed(tx, command, &run.run_id, waiting).await;
+                return Ok(left(succeed(tx, command, &run.run_id, waiting).await?));
             }
             Counted::Enough(all) => approvals = Some(all),
         }
@@ -397,6 +442,15 @@ async fn apply_resume(
             Some(a) => json!({ "responses": payload.responses.len(), "approvals": a }),
         }),
     };
+    let version = run.version + 1;
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
+    let command_outcome = Succeeded {
+        status: outcome.status,
+        version,
+        pending: None,
+        approvals: approvals.as_ref(),
+    }
+    .outcome(&run.run_id);
     let write = super::audit::RunWrite::Resolve(super::audit::ResolveWrite {
         request_id: &request_id,
         command_id: &command.command_id,
@@ -404,13 +458,21 @@ async fn apply_resume(
         answers: &answers,
         status: outcome.status,
         fence: run,
+        outcome: &command_outcome,
+        job: job.map(|j| (j.job_id, j.worker_id)),
+        finished_at: now,
     });
-    let version = super::audit::append_with_write(tx, &run.run_id, entry, write)
+    let written = super::audit::append_with_write(tx, &run.run_id, entry, write)
         .await?
         .ok_or_else(|| PersistenceError::NotFound {
             entity: "run",
             id: run.run_id.to_string(),
         })?;
+    let completion = match (job, written.job_completed) {
+        (None, _) => JobCompletion::Left,
+        (Some(_), true) => JobCompletion::Completed,
+        (Some(_), false) => JobCompletion::LostClaim,
+    };
     // The run moves on in this transaction: its next write starts from here.
     super::remember_run(LockedRun {
         run_id: run.run_id.clone(),
@@ -423,13 +485,25 @@ async fn apply_resume(
         let run_id = run.run_id.clone();
         queue::enqueue(tx, &Advance { run_id }, None).await?;
     }
-    let moved = Succeeded {
-        status: outcome.status,
-        version,
-        pending: None,
-        approvals: approvals.as_ref(),
+    // The command succeeded in the statement above: as it now is.
+    let command = CommandRecord {
+        status: CommandStatus::Succeeded,
+        outcome: Some(command_outcome),
+        error: None,
+        attempts: command.attempts + 1,
+        started_at: command.started_at.or(Some(now)),
+        finished_at: Some(now),
+        updated_at: now,
+        ..command
     };
-    succeed(tx, command, &run.run_id, moved).await
+    Ok((
+        ApplyOutcome::Applied {
+            command,
+            run_status: outcome.status,
+            version,
+        },
+        completion,
+    ))
 }
 
 /// A resume's answers as columns, each bound as an array and unnested, so the statement
@@ -842,22 +916,29 @@ impl Succeeded<'_> {
     }
 }
 
+impl Succeeded<'_> {
+    /// The command's `outcome`: where it left the run.
+    fn outcome(&self, run_id: &RunId) -> Value {
+        let mut outcome = json!({ "run": { "runId": run_id, "status": self.status,
+                                       "version": self.version,
+                                       "pendingRequestId": self.pending } });
+        if let Some(a) = self.approvals {
+            outcome["approvals"] = json!(a);
+        }
+        outcome
+    }
+}
+
 async fn succeed(
     tx: &mut Tx<'_>,
     command: CommandRecord,
     run_id: &RunId,
-    Succeeded {
-        status,
-        version,
-        pending,
-        approvals,
-    }: Succeeded<'_>,
+    succeeded: Succeeded<'_>,
 ) -> Result<ApplyOutcome, PersistenceError> {
-    let mut outcome = json!({ "run": { "runId": run_id, "status": status, "version": version,
-                                   "pendingRequestId": pending } });
-    if let Some(a) = approvals {
-        outcome["approvals"] = json!(a);
-    }
+    let outcome = succeeded.outcome(run_id);
+    let Succeeded {
+        status, version, ..
+    } = succeeded;
     let command = finish_command(
         tx,
         &command.command_id,

@@ -45,9 +45,9 @@ pub use claims::{
     write_claim, write_release,
 };
 pub use commands::{
-    ApplyOutcome, CommandRecord, NewCommand, RecordedCommand, apply_command, claimed_refusal,
-    explain_refusal, explain_retry_refusal, fail_command, find_command,
-    find_command_by_idempotency_key, record_command, run_commands,
+    ApplyOutcome, CommandRecord, JobClaim, JobCompletion, NewCommand, RecordedCommand,
+    apply_command, apply_command_for_job, claimed_refusal, explain_refusal, explain_retry_refusal,
+    fail_command, find_command, find_command_by_idempotency_key, record_command, run_commands,
 };
 pub use requests::{
     Approval, Approvals, Assignees, EscalationStep, ExpireOutcome, FollowUp, ItemKind, ItemOption,

@@ -315,7 +315,9 @@ async fn write_with_event(
         status_reason,
         fence,
     });
-    let version = super::audit::append_with_write(tx, run_id, entry, write).await?;
+    let version = super::audit::append_with_write(tx, run_id, entry, write)
+        .await?
+        .map(|w| w.version);
     if version.is_some() {
         write_runner_state(tx, run_id, state.and_then(|s| s.runner_state.as_ref())).await?;
     }

@@ -22,10 +22,10 @@ const WORKER_ROLE: &str = "hitl_probe_worker";
 /// and one write of the command with its job.
 const API_CEILING: i64 = 2;
 /// The worker's statements for one resume of a one-node plan that completes the run,
-/// without its share of the claim: 10 here, where the worker that applies the resume
+/// without its share of the claim: 8 here, where the worker that applies the resume
 /// also raised the request and so knows the run's chain head; a worker that does not
 /// reads it once more.
-const WORKER_CEILING: i64 = 11;
+const WORKER_CEILING: i64 = 9;
 
 /// Whether `pg_stat_statements` is loaded on the test server (it is on the embedded
 /// one; a `DATABASE_URL` server may lack it).
