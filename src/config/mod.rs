@@ -387,6 +387,10 @@ pub struct BenchArgs {
     /// and audit event), the work a resume of a one-node plan does in the service.
     #[arg(long)]
     pub with_completion: bool,
+    /// Baseline only: the same writes as one data-modifying statement per resume (its
+    /// commit included), the floor of what PostgreSQL needs for this work.
+    #[arg(long)]
+    pub floor: bool,
     /// Also write the result to `<DIR>/<scenario>.json` (the directory is created).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
