@@ -21,10 +21,10 @@ use super::{BenchError, machine};
 /// is the run update (returning `run_id` and the new `version`) and `$events` the select
 /// of the audit events to append, from `run` and `command`.
 ///
-/// Every CTE reads the statement's one snapshot, so each row is written once: the
-/// command's update returns the run and request it names (no separate read), and the
-/// run's update takes the same `for no key update` lock that the statement form takes
-/// before it.
+/// The sub-statements share one snapshot and do not see each other's writes, so each row
+/// is written once and values pass between them by `returning`: the command's update
+/// returns the run and request it names (no separate read), and the run's update takes
+/// the same `for no key update` lock that the statement form takes before it.
 macro_rules! floor_statement {
     ($run:literal, $events:literal) => {
         concat!(
