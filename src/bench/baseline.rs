@@ -200,7 +200,7 @@ async fn baseline_one(conn: &mut PgConnection, complete: bool) -> Result<bool, s
 pub(super) async fn baseline(pool: &PgPool, args: &BenchArgs) -> Result<Value, BenchError> {
     let complete = args.with_completion;
     let floor = args.floor;
-    let updates_before = UpdateCounts::take(pool).await?;
+    let updates_before = UpdateCounts::take(pool, args.updates).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
@@ -227,7 +227,10 @@ pub(super) async fn baseline(pool: &PgPool, args: &BenchArgs) -> Result<Value, B
         total += t.await.map_err(|e| BenchError::Other(e.to_string()))??;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let updates = UpdateCounts::take(pool).await?.since(&updates_before);
+    let updates = UpdateCounts::between(
+        updates_before.as_ref(),
+        UpdateCounts::take(pool, args.updates).await?.as_ref(),
+    );
     let written = written(pool).await?;
     // Statements per resume, `begin` and `commit` included.
     let statements = match (floor, complete) {

@@ -24,7 +24,7 @@ pub(super) async fn drain(
 ) -> Result<Value, BenchError> {
     let per_worker = args.concurrency.div_ceil(args.workers.max(1)).max(1);
     let settings = worker_settings(per_worker);
-    let updates_before = UpdateCounts::take(pool).await?;
+    let updates_before = UpdateCounts::take(pool, args.updates).await?;
     let stop = CancellationToken::new();
     let started = Instant::now();
     let mut children = Vec::new();
@@ -108,7 +108,10 @@ pub(super) async fn drain(
         }
         let _ = c.wait().await;
     }
-    let updates = UpdateCounts::take(pool).await?.since(&updates_before);
+    let updates = UpdateCounts::between(
+        updates_before.as_ref(),
+        UpdateCounts::take(pool, args.updates).await?.as_ref(),
+    );
     let check = exactly_once(pool, total).await?;
     let succeeded = check["succeeded"].clone();
     let sustained = match (windows.first(), windows.last()) {

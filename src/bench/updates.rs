@@ -24,8 +24,12 @@ const TABLES: &[&str] = &[
 pub(super) struct UpdateCounts(BTreeMap<String, (i64, i64)>);
 
 impl UpdateCounts {
-    /// The counts as of now, once every backend has reported its own.
-    pub(super) async fn take(pool: &PgPool) -> Result<Self, BenchError> {
+    /// The counts as of now, once every backend has reported its own; `None` unless
+    /// `wanted` (`--updates`), since waiting for them takes 11 s.
+    pub(super) async fn take(pool: &PgPool, wanted: bool) -> Result<Option<Self>, BenchError> {
+        if !wanted {
+            return Ok(None);
+        }
         // A backend that flushed its statistics less than a second ago keeps the next ones
         // until it has been idle for 10 s (PostgreSQL's PGSTAT_IDLE_INTERVAL): wait that
         // long, or the pool's last transactions are missed (or counted in the next span).
@@ -37,17 +41,21 @@ impl UpdateCounts {
         .bind(TABLES)
         .fetch_all(pool)
         .await?;
-        Ok(Self(
+        Ok(Some(Self(
             rows.into_iter()
                 .map(|(table, upd, hot)| (table, (upd, hot)))
                 .collect(),
-        ))
+        )))
     }
 
-    /// Updates and HOT updates per table since `before`, with their ratio.
-    pub(super) fn since(&self, before: &UpdateCounts) -> Value {
+    /// Updates and HOT updates per table between `before` and `after`, with their ratio
+    /// (null when they were not taken).
+    pub(super) fn between(before: Option<&Self>, after: Option<&Self>) -> Value {
+        let (Some(before), Some(after)) = (before, after) else {
+            return Value::Null;
+        };
         let mut tables = serde_json::Map::new();
-        for (table, (upd, hot)) in &self.0 {
+        for (table, (upd, hot)) in &after.0 {
             let (upd0, hot0) = before.0.get(table).copied().unwrap_or((0, 0));
             let (upd, hot) = (upd - upd0, hot - hot0);
             let ratio = if upd > 0 {

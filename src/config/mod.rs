@@ -391,6 +391,11 @@ pub struct BenchArgs {
     /// commit included), the floor of what PostgreSQL needs for this work.
     #[arg(long)]
     pub floor: bool,
+    /// Baseline and drain: also report, per table a resume writes, its updates and how
+    /// many were HOT (from `pg_stat_user_tables`; adds 11 s before and after measuring,
+    /// for the server's statistics to arrive).
+    #[arg(long)]
+    pub updates: bool,
     /// Also write the result to `<DIR>/<scenario>.json` (the directory is created).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,

@@ -80,10 +80,18 @@ async fn every_scenario_runs_and_reports() {
         assert_eq!(floor["written"]["responses"], 20, "{floor}");
     }
 
-    let drain = bench(&["drain", "--n", "50", "--concurrency", "4"], &db.url);
+    let drain = bench(
+        &["drain", "--n", "50", "--concurrency", "4", "--updates"],
+        &db.url,
+    );
     assert_eq!(
         (drain["commands"].clone(), drain["succeeded"].clone()),
         (50.into(), 50.into())
+    );
+    // Each command ends with one update, reported once the server's counts are in.
+    assert_eq!(
+        drain["updates"]["public.hitl_commands"]["updates"], 50,
+        "{drain}"
     );
 
     // Time-boxed: stops measuring after --seconds even though work is left.
