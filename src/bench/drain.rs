@@ -12,6 +12,7 @@ use hitl_orchestrator::config::BenchArgs;
 use hitl_orchestrator::engine::Engine;
 use hitl_orchestrator::jobs::Worker;
 
+use super::updates::UpdateCounts;
 use super::{BenchError, Route, cpu, machine, worker_settings};
 
 /// Drains `n` queued resumes; `worker` processes reach the database by `route`.
@@ -23,6 +24,7 @@ pub(super) async fn drain(
 ) -> Result<Value, BenchError> {
     let per_worker = args.concurrency.div_ceil(args.workers.max(1)).max(1);
     let settings = worker_settings(per_worker);
+    let updates_before = UpdateCounts::take(pool, args.updates).await?;
     let stop = CancellationToken::new();
     let started = Instant::now();
     let mut children = Vec::new();
@@ -106,6 +108,10 @@ pub(super) async fn drain(
         }
         let _ = c.wait().await;
     }
+    let updates = UpdateCounts::between(
+        updates_before.as_ref(),
+        UpdateCounts::take(pool, args.updates).await?.as_ref(),
+    );
     let check = exactly_once(pool, total).await?;
     let succeeded = check["succeeded"].clone();
     let sustained = match (windows.first(), windows.last()) {
@@ -118,6 +124,7 @@ pub(super) async fn drain(
                "ended": done, "commands_per_second": done as f64 / seconds,
                "per_10s_windows": windows,
                "last_window_over_first": sustained, "cpu": cpu, "exactly_once": check,
+               "updates": updates,
                "machine": machine() }),
     )
 }

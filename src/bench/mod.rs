@@ -37,6 +37,7 @@ mod cpu;
 mod drain;
 mod http;
 mod rehydrate;
+mod updates;
 
 use std::time::Duration;
 

@@ -387,6 +387,15 @@ pub struct BenchArgs {
     /// and audit event), the work a resume of a one-node plan does in the service.
     #[arg(long)]
     pub with_completion: bool,
+    /// Baseline only: the same writes as one data-modifying statement per resume (its
+    /// commit included), the floor of what PostgreSQL needs for this work.
+    #[arg(long)]
+    pub floor: bool,
+    /// Baseline and drain: also report, per table a resume writes, its updates and how
+    /// many were HOT (from `pg_stat_user_tables`; adds 11 s before and after measuring,
+    /// for the server's statistics to arrive).
+    #[arg(long)]
+    pub updates: bool,
     /// Also write the result to `<DIR>/<scenario>.json` (the directory is created).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,

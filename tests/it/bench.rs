@@ -61,10 +61,37 @@ async fn every_scenario_runs_and_reports() {
         (20.into(), true.into())
     );
 
-    let drain = bench(&["drain", "--n", "50", "--concurrency", "4"], &db.url);
+    // The floor does the same writes as the statements it stands beside, with and without
+    // the run's completion.
+    for completion in [&[][..], &["--with-completion"][..]] {
+        let args = [
+            &["baseline", "--n", "20", "--concurrency", "2"][..],
+            completion,
+        ]
+        .concat();
+        let statements = bench(&args, &db.url);
+        let floor = bench(&[&args[..], &["--floor"]].concat(), &db.url);
+        assert_eq!(
+            (floor["resumes"].clone(), floor["floor"].clone()),
+            (20.into(), true.into()),
+            "{floor}"
+        );
+        assert_eq!(floor["written"], statements["written"], "{floor}");
+        assert_eq!(floor["written"]["responses"], 20, "{floor}");
+    }
+
+    let drain = bench(
+        &["drain", "--n", "50", "--concurrency", "4", "--updates"],
+        &db.url,
+    );
     assert_eq!(
         (drain["commands"].clone(), drain["succeeded"].clone()),
         (50.into(), 50.into())
+    );
+    // Each command ends with one update, reported once the server's counts are in.
+    assert_eq!(
+        drain["updates"]["public.hitl_commands"]["updates"], 50,
+        "{drain}"
     );
 
     // Time-boxed: stops measuring after --seconds even though work is left.

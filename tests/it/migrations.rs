@@ -64,6 +64,60 @@ async fn processes_migrating_at_once_apply_each_migration_exactly_once() {
     db::check_ready(&pool).await.unwrap();
 }
 
+async fn indexes_of(pool: &PgPool, table: &str) -> BTreeSet<String> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "select indexname::text from pg_indexes where schemaname = 'apalis' and tablename = $1",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    names.into_iter().collect()
+}
+
+#[tokio::test]
+async fn the_queue_keeps_one_index_per_lookup_and_each_duplicate_its_covering_index() {
+    let pool = empty_database().await;
+    db::migrate(&pool).await.unwrap();
+    let jobs = indexes_of(&pool, "jobs").await;
+    let workers = indexes_of(&pool, "workers").await;
+    for (dropped, covering, on) in [
+        ("unique_job_id", "jobs_pkey", &jobs),
+        ("lidx", "idx_apalis_jobs_lock_by", &jobs),
+        ("lsidx", "idx_apalis_workers_last_seen", &workers),
+        ("wtidx", "idx_apalis_workers_worker_type", &workers),
+    ] {
+        assert!(!on.contains(dropped), "{dropped} is still there: {on:?}");
+        assert!(on.contains(covering), "{covering} is gone: {on:?}");
+    }
+    // What the claim, the orphan scan, the cleanup and apalis's own fetch read by.
+    for kept in [
+        "idx_apalis_jobs_fetch_partial",
+        "idx_jobs_idempotency_key",
+        "hitl_jobs_due_idx",
+        "hitl_jobs_claimed_idx",
+        "hitl_jobs_finished_idx",
+        "hitl_jobs_singleton_idx",
+        "hitl_jobs_live_run_idx",
+        "hitl_jobs_live_request_idx",
+    ] {
+        assert!(jobs.contains(kept), "{kept} is gone: {jobs:?}");
+    }
+    // The foreign key from jobs to workers was made on this one: it has to stay.
+    assert!(workers.contains("unique_worker_id"), "{workers:?}");
+
+    // No two indexes of the queue left with the same definition (name aside).
+    let repeated: Vec<String> = sqlx::query_scalar(
+        "select string_agg(indexname, ', ') from pg_indexes where schemaname = 'apalis' \
+         group by tablename, regexp_replace(indexdef, '^CREATE (UNIQUE )?INDEX \\S+ ON ', '') \
+         having count(*) > 1 and not bool_or(indexname = 'unique_worker_id')",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(repeated.is_empty(), "duplicate indexes: {repeated:?}");
+}
+
 const FIXTURE: &str = r#"
 insert into briefs (brief_id, title) values ('brief_1', 'A brief');
 insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan)
