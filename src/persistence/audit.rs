@@ -279,8 +279,19 @@ pub(super) async fn append(
     {
         return Ok(id);
     }
+    append_over_stored_head(conn, run_id, &e, created_at).await
+}
+
+/// Appends the event over the head as stored (the caller holds the run's lock, so it
+/// cannot move).
+async fn append_over_stored_head(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+    e: &AuditEntry<'_>,
+    created_at: DateTime<Utc>,
+) -> Result<i64, PersistenceError> {
     let head = stored_head(conn, run_id).await?;
-    try_append(conn, run_id, &e, head, created_at)
+    try_append(conn, run_id, e, head, created_at)
         .await?
         .ok_or_else(|| {
             PersistenceError::Database(sqlx::Error::Protocol(
@@ -380,14 +391,7 @@ pub(super) async fn append_with_write(
         // The run is written (and locked by that write), the head was not the one
         // guessed: the event goes over the head as stored.
         (Some(v), None) => {
-            let head = stored_head(conn, run_id).await?;
-            try_append(conn, run_id, &e, head, created_at)
-                .await?
-                .ok_or_else(|| {
-                    PersistenceError::Database(sqlx::Error::Protocol(
-                        "the audit chain's head moved under the run's lock".into(),
-                    ))
-                })?;
+            append_over_stored_head(conn, run_id, &e, created_at).await?;
             Ok(written(v))
         }
     }

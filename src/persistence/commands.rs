@@ -428,19 +428,17 @@ async fn apply_resume(
     // The answers, the request's resolution, the run's move and the event: one statement.
     let answers = Answers::of(&payload.responses, &answered);
     let entry = AuditEntry {
-        run_version: run.version + 1,
-        action: Some(AuditAction::Resume),
         request_id: Some(&request_id),
-        command_id: Some(&command.command_id),
-        principal: command.principal.as_deref(),
-        operator: Some(&command.operator),
-        note: command.note.as_deref(),
-        from_status: Some(run.status),
-        to_status: Some(outcome.status),
-        details: Some(match &approvals {
-            None => json!({ "responses": payload.responses.len() }),
-            Some(a) => json!({ "responses": payload.responses.len(), "approvals": a }),
-        }),
+        ..command_entry(
+            &command,
+            run.version + 1,
+            AuditAction::Resume,
+            (run.status, outcome.status),
+            match &approvals {
+                None => json!({ "responses": payload.responses.len() }),
+                Some(a) => json!({ "responses": payload.responses.len(), "approvals": a }),
+            },
+        )
     };
     let version = run.version + 1;
     let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
@@ -504,6 +502,28 @@ async fn apply_resume(
         },
         completion,
     ))
+}
+
+/// The event of `command`'s transition (`from → to`) at `version`, naming who sent it.
+fn command_entry<'a>(
+    command: &'a CommandRecord,
+    version: i64,
+    action: AuditAction,
+    (from, to): (RunStatus, RunStatus),
+    details: Value,
+) -> AuditEntry<'a> {
+    AuditEntry {
+        run_version: version,
+        action: Some(action),
+        request_id: None,
+        command_id: Some(&command.command_id),
+        principal: command.principal.as_deref(),
+        operator: Some(&command.operator),
+        note: command.note.as_deref(),
+        from_status: Some(from),
+        to_status: Some(to),
+        details: Some(details),
+    }
 }
 
 /// A resume's answers as columns, each bound as an array and unnested, so the statement
@@ -743,16 +763,14 @@ async fn apply_remove(
         tx,
         &run.run_id,
         AuditEntry {
-            run_version: version,
-            action: Some(AuditAction::Remove),
             request_id: denied.as_ref(),
-            command_id: Some(&command.command_id),
-            principal: command.principal.as_deref(),
-            operator: Some(&command.operator),
-            note: command.note.as_deref(),
-            from_status: Some(run.status),
-            to_status: Some(outcome.status),
-            details: Some(json!({ "reason": reason })),
+            ..command_entry(
+                &command,
+                version,
+                AuditAction::Remove,
+                (run.status, outcome.status),
+                json!({ "reason": reason }),
+            )
         },
     )
     .await?;
