@@ -339,7 +339,13 @@ impl TestApp {
     /// Creates a run that pauses at `review` (approval, rejection, option `short`|`long`,
     /// freeform) and waits until it does; returns (run id, pending request id).
     pub async fn parked_run(&self) -> (String, String) {
-        let run = self.create_run(review_plan()).await;
+        self.parked_with(review_plan()).await
+    }
+
+    /// Creates a run of `plan` and waits until it pauses; returns (run id, pending
+    /// request id).
+    pub async fn parked_with(&self, plan: Value) -> (String, String) {
+        let run = self.create_run(plan).await;
         let snapshot = self.wait_for_run(&run, "awaiting_hitl").await;
         let request = snapshot["pendingRequestId"].as_str().unwrap().to_owned();
         (run, request)

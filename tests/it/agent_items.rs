@@ -47,6 +47,24 @@ fn agent_plan(url: &str) -> Value {
                          "config": { "url": url } } ] })
 }
 
+/// Why a run fails whose agent interrupts with `request` (its `statusReason`).
+async fn refusal_of(request: Value) -> String {
+    let agent = raw_agent(move |_, _| {
+        reply(
+            200,
+            json!({ "status": "interrupted", "request": request }).to_string(),
+        )
+    });
+    let (app, url) = app_with_agent(agent).await;
+    let run = app.create_run(agent_plan(&url)).await;
+    let failed = app.wait_for_run(&run, "failed").await;
+    app.stop().await;
+    failed["statusReason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Resumes `run`'s `request` with `answers`, which must be accepted.
 async fn answer(app: &TestApp, run: &str, request: &str, answers: Value) {
     let accepted = app
@@ -267,22 +285,13 @@ async fn an_agents_request_with_a_deadline_expires_by_its_on_timeout_for_every_i
 
 #[tokio::test]
 async fn a_bad_item_from_an_agent_fails_the_node_naming_the_field() {
-    let agent = raw_agent(|_, _| {
-        let request = json!({ "prompt": "?", "items": [
-            { "itemId": "a", "title": "A" }, { "itemId": "a", "title": "again" } ] });
-        reply(
-            200,
-            json!({ "status": "interrupted", "request": request }).to_string(),
-        )
-    });
-    let (app, url) = app_with_agent(agent).await;
-    let run = app.create_run(agent_plan(&url)).await;
-    let failed = app.wait_for_run(&run, "failed").await;
+    let reason = refusal_of(json!({ "prompt": "?", "items": [
+        { "itemId": "a", "title": "A" }, { "itemId": "a", "title": "again" } ] }))
+    .await;
     assert_eq!(
-        failed["statusReason"],
+        reason,
         "agent reply: request.items[1].itemId: must be unique in the request"
     );
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -454,26 +463,19 @@ async fn an_agents_request_may_need_two_approvals_each_answering_every_item() {
 
 #[tokio::test]
 async fn an_agents_request_needing_approvals_offers_approval_and_rejection_only() {
-    let agent = raw_agent(|_, _| {
-        let request = json!({ "prompt": "?", "approvals": { "required": 2 }, "items": [
-            { "itemId": "a", "title": "A" },
-            { "itemId": "b", "title": "B", "tool": { "name": "t", "arguments": {} },
-              "responseTypes": ["approval", "edit"] } ] });
-        reply(
-            200,
-            json!({ "status": "interrupted", "request": request }).to_string(),
-        )
-    });
-    let (app, url) = app_with_agent(agent).await;
-    let run = app.create_run(agent_plan(&url)).await;
-    let failed = app.wait_for_run(&run, "failed").await;
+    let reason = refusal_of(
+        json!({ "prompt": "?", "approvals": { "required": 2 }, "items": [
+        { "itemId": "a", "title": "A" },
+        { "itemId": "b", "title": "B", "tool": { "name": "t", "arguments": {} },
+          "responseTypes": ["approval", "edit"] } ] }),
+    )
+    .await;
     assert!(
-        failed["statusReason"].as_str().unwrap().starts_with(
+        reason.starts_with(
             "agent reply: request.items[1].responseTypes: needs responseTypes of approval"
         ),
-        "{failed}"
+        "{reason}"
     );
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -580,22 +582,11 @@ async fn an_agents_request_is_reminded_and_escalated_while_pending_and_no_more_o
 
 #[tokio::test]
 async fn an_agents_follow_up_fields_are_checked_naming_the_field() {
-    let agent = raw_agent(|_, _| {
-        let request = json!({ "prompt": "?", "responseTypes": ["approval"], "escalation": [ { "afterSeconds": 0, "notify": ["x"] } ] });
-        reply(
-            200,
-            json!({ "status": "interrupted", "request": request }).to_string(),
-        )
-    });
-    let (app, url) = app_with_agent(agent).await;
-    let run = app.create_run(agent_plan(&url)).await;
-    let failed = app.wait_for_run(&run, "failed").await;
+    let reason = refusal_of(json!({ "prompt": "?", "responseTypes": ["approval"],
+        "escalation": [ { "afterSeconds": 0, "notify": ["x"] } ] }))
+    .await;
     assert!(
-        failed["statusReason"]
-            .as_str()
-            .unwrap()
-            .starts_with("agent reply: request.escalation[0].afterSeconds"),
-        "{failed}"
+        reason.starts_with("agent reply: request.escalation[0].afterSeconds"),
+        "{reason}"
     );
-    app.stop().await;
 }

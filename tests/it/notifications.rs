@@ -232,13 +232,9 @@ async fn each_event_reaches_each_channel_that_wants_it_once_signed_in_its_format
     .await;
 
     // Anyone may answer this one: the groups channel does not want it.
-    let run = app
-        .create_run(plan("Ship <!channel> & <b>now</b>?", json!({})))
+    let (run, request) = app
+        .parked_with(plan("Ship <!channel> & <b>now</b>?", json!({})))
         .await;
-    let request = app.wait_for_run(&run, "awaiting_hitl").await["pendingRequestId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let accepted = app
         .post(
             "/api/hitl/resume",
@@ -249,17 +245,13 @@ async fn each_event_reaches_each_channel_that_wants_it_once_signed_in_its_format
     assert_eq!(accepted.status, 202, "{accepted:?}");
     app.wait_for_run(&run, "completed").await;
     // Assigned to payments: only its request_raised goes to the Slack channel.
-    let assigned = app
-        .create_run(plan(
+    let (assigned, assigned_request) = app
+        .parked_with(plan(
             "Refund <@U123|bob> 1 > 0 & more",
             json!({ "assignees": { "groups": ["payments"] },
                     "timeoutSeconds": 3600, "onTimeout": "reject" }),
         ))
         .await;
-    let assigned_request = app.wait_for_run(&assigned, "awaiting_hitl").await["pendingRequestId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
 
     json_rx.wait_for(4).await;
     slack_rx.wait_for(1).await;
@@ -670,18 +662,14 @@ async fn an_escalation_adds_a_group_whose_member_can_then_answer_and_reminders_s
         ("leads", &esc_url, "slack", r#""run_failed""#, ""),
     ]);
     let worker = notifying_worker(&app, &text, settings(&[&remind_url, &esc_url], 3)).await;
-    let run = app
-        .create_run(plan(
+    let (run, request) = app
+        .parked_with(plan(
             "Approve the refund?",
             json!({ "assignees": { "users": ["alice"] }, "remindEverySeconds": 1,
                     "escalation": [ { "afterSeconds": 3, "addAssignees": { "groups": ["leads"] },
                                       "notify": ["leads"] } ] }),
         ))
         .await;
-    let request = app.wait_for_run(&run, "awaiting_hitl").await["pendingRequestId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let answer = json!({ "runId": run, "requestId": request,
         "responses": [ { "requestId": request, "responseType": "approval", "approved": true } ] });
     // Before the escalation bob is not an assignee.
@@ -818,21 +806,13 @@ async fn a_deadline_notice_reaches_the_channels_whose_period_it_is_and_none_once
     ]);
     let worker = notifying_worker(&app, &text, settings(&[&soon_url, &early_url], 3)).await;
     let deadline = json!({ "timeoutSeconds": 60, "onTimeout": "reject" });
-    let waiting = app
-        .create_run(plan("Approve before noon?", deadline.clone()))
+    let (waiting, waiting_request) = app
+        .parked_with(plan("Approve before noon?", deadline.clone()))
         .await;
-    let waiting_request = app.wait_for_run(&waiting, "awaiting_hitl").await["pendingRequestId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     // Another node's request, answered before its notice is due.
     let mut quick_plan = plan("Quick one?", deadline);
     quick_plan["nodes"][0]["id"] = json!("quick");
-    let answered = app.create_run(quick_plan).await;
-    let answered_request = app.wait_for_run(&answered, "awaiting_hitl").await["pendingRequestId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (answered, answered_request) = app.parked_with(quick_plan).await;
     let accepted = app
         .post(
             "/api/hitl/resume",

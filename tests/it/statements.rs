@@ -150,11 +150,7 @@ async fn one_resume_costs_the_api_and_the_worker_a_bounded_number_of_statements(
     .unwrap();
     let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
     let worker = quiet_worker(worker_pool, &app);
-    let run = app.create_run(review_plan()).await;
-    let request = app.wait_for_run(&run, "awaiting_hitl").await["pendingRequestId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (run, request) = app.parked_with(review_plan()).await;
 
     quiet(&app.pool).await;
     reset(&app.pool, API_ROLE).await;
@@ -235,11 +231,7 @@ async fn texts_for(n: usize) -> (Vec<String>, Vec<String>) {
     let worker = quiet_worker(worker_pool, &app);
     let plan = json!({ "nodes": [ { "id": "tools", "type": "task", "capability": "agent.webhook",
                                     "config": { "url": url } } ] });
-    let run = app.create_run(plan).await;
-    let request = app.wait_for_run(&run, "awaiting_hitl").await["pendingRequestId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (run, request) = app.parked_with(plan).await;
     quiet(&app.pool).await;
     reset(&app.pool, API_ROLE).await;
     reset(&app.pool, WORKER_ROLE).await;
