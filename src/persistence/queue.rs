@@ -1,8 +1,9 @@
 //! The job queue's rows: apalis-postgres's `apalis.jobs` and `apalis.workers`.
 //!
 //! Jobs are pushed with apalis-postgres's own `push_tasks`, inside the caller's
-//! transaction, so a command never exists without its job (nor a job without its
-//! command). Claiming, completing, retrying and killing use apalis's status vocabulary
+//! transaction, or — a command's job, a notification's — inserted as `push_tasks` would
+//! write them in the very statement that writes their cause, so a command never exists
+//! without its job (nor a job without its command). Claiming, completing, retrying and killing use apalis's status vocabulary
 //! (`Pending`, `Running`, `Failed`, `Done`, `Killed`), so apalis tooling still reads the
 //! queue, but every completion is fenced on `lock_by`: a worker whose claim was taken
 //! away (its heartbeats stopped and the job was re-queued) cannot complete it.
