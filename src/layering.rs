@@ -22,10 +22,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cli", &["config", "domain", "tls"]),
     ("db", &["config"]),
     ("identity", &["config", "tls"]),
-    ("persistence", &["domain", "telemetry"]),
+    ("persistence", &["db", "domain", "telemetry"]),
     (
         "engine",
-        &["config", "domain", "persistence", "telemetry", "tls"],
+        &["config", "db", "domain", "persistence", "telemetry", "tls"],
     ),
     (
         "service",
@@ -59,6 +59,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "jobs",
         &[
             "config",
+            "db",
             "domain",
             "engine",
             "persistence",

@@ -212,23 +212,17 @@ pub enum DbPooler {
     /// A pooler in session mode (PgBouncer `pool_mode = session`): each connection of
     /// ours keeps one server connection, so everything works as with a direct one.
     Session,
-    /// A pooler in transaction mode (PgBouncer `pool_mode = transaction`). Refused at
-    /// start: see [`TRANSACTION_POOLING_REFUSED`].
+    /// A pooler in transaction mode (PgBouncer `pool_mode = transaction`): a server
+    /// connection is ours for one transaction, so every statement is unnamed and runs in
+    /// a transaction (`db::statements`), and what needs a session goes to
+    /// `HITL_DIRECT_DATABASE_URL` (required).
     Transaction,
 }
 
-/// Why `HITL_DB_POOLER=transaction` is refused. Measured through Debian 12's PgBouncer
-/// 1.18 (`tests/it/pooler.rs`): sqlx 0.9 names its statements even with a statement
-/// cache of 0 (another client's `sqlx_s_1` already exists on the shared server
-/// connection), and it prepares and executes in two protocol round trips, between which
-/// the pooler may hand the server connection to another client — an unnamed statement
-/// outside a transaction then ran the other client's SQL with our parameters. The job
-/// queue's enqueue (apalis-postgres) uses named statements too.
-pub const TRANSACTION_POOLING_REFUSED: &str = "transaction pooling is not supported: sqlx 0.9 \
-     prepares and executes a statement in two round trips, and a transaction pooler may move \
-     the server connection between them, running another client's statement with our \
-     parameters (measured with PgBouncer 1.18); use HITL_DB_POOLER=session, or point \
-     DATABASE_URL at PostgreSQL";
+/// Why `HITL_DB_POOLER=transaction` needs `HITL_DIRECT_DATABASE_URL`.
+pub const TRANSACTION_POOLING_NEEDS_DIRECT: &str = "needs HITL_DIRECT_DATABASE_URL with \
+     transaction: LISTEN and the migrations' advisory lock need a session of their own, which \
+     a transaction pooler does not keep";
 
 /// The command line: one binary, several roles.
 #[derive(Debug, Parser)]
@@ -379,6 +373,12 @@ pub struct BenchArgs {
     /// Run the workers as separate `worker` processes (drain).
     #[arg(long)]
     pub processes: bool,
+    /// e2e only: serve the API from this many separate `api` processes, applying with
+    /// one `worker` process (--concurrency jobs at once), all reached as HITL_DB_POOLER
+    /// says; requests go to the `api` processes in turn. 0 (default): the API and the
+    /// worker run inside the bench.
+    #[arg(long, default_value_t = 0)]
+    pub api_processes: usize,
     /// How many `worker` processes to try, one after the other (scale); each runs
     /// --concurrency jobs at once.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
@@ -416,14 +416,16 @@ pub struct CommonArgs {
     pub database_url: Option<Secret>,
 
     /// What sits between this process and PostgreSQL: `none`, or a connection pooler
-    /// such as PgBouncer in `session` pooling mode. `transaction` is refused at start
-    /// (see docs/ARCHITECTURE.md, "Behind a connection pooler"). Needs DATABASE_URL.
+    /// such as PgBouncer in `session` or `transaction` pooling mode (see
+    /// docs/ARCHITECTURE.md, "Behind a connection pooler"). Needs DATABASE_URL; with
+    /// `transaction`, HITL_DIRECT_DATABASE_URL too.
     #[arg(long, env = "HITL_DB_POOLER", value_enum, default_value_t = DbPooler::None)]
     pub db_pooler: DbPooler,
 
     /// A URL straight to PostgreSQL, bypassing the pooler, for what needs a session of
     /// its own: LISTEN (job and event notifications) and the migrations' advisory lock.
-    /// Optional with HITL_DB_POOLER=session (those then go through the pooler).
+    /// Optional with HITL_DB_POOLER=session (those then go through the pooler), required
+    /// with HITL_DB_POOLER=transaction.
     #[arg(long, env = "HITL_DIRECT_DATABASE_URL", hide_env_values = true)]
     pub direct_database_url: Option<Secret>,
 
@@ -787,8 +789,8 @@ impl Cli {
             if common.db_pooler == DbPooler::None {
                 return Err(invalid(
                     "--direct-database-url (HITL_DIRECT_DATABASE_URL)",
-                    "is only for HITL_DB_POOLER=session: with no pooler, \
-                     DATABASE_URL is already direct"
+                    "is only for a pooler (HITL_DB_POOLER=session or transaction): with \
+                     no pooler, DATABASE_URL is already direct"
                         .to_owned(),
                 ));
             }
@@ -804,12 +806,13 @@ impl Cli {
                 ));
             }
             DbPooler::Session => {}
-            DbPooler::Transaction => {
+            DbPooler::Transaction if common.direct_database_url.is_none() => {
                 return Err(invalid(
                     "--db-pooler (HITL_DB_POOLER)",
-                    TRANSACTION_POOLING_REFUSED.to_owned(),
+                    TRANSACTION_POOLING_NEEDS_DIRECT.to_owned(),
                 ));
             }
+            DbPooler::Transaction => {}
         }
         let http = match &self.command {
             Command::Role(Role::Serve(a)) => Some(&a.http),
@@ -985,7 +988,7 @@ mod tests {
     }
 
     #[test]
-    fn transaction_pooling_is_refused_naming_the_setting_with_or_without_a_direct_url() {
+    fn transaction_pooling_needs_a_direct_url_and_is_accepted_with_one() {
         let url = "postgres://u:p@127.0.0.1:6432/hitl";
         let message = pooler_refusal(&["--database-url", url, "--db-pooler", "transaction"]);
         assert!(
@@ -993,23 +996,23 @@ mod tests {
             "{message}"
         );
         assert!(
-            message.contains("transaction pooling is not supported"),
+            message.contains("needs HITL_DIRECT_DATABASE_URL"),
             "{message}"
         );
+        assert!(!message.contains("u:p@"), "{message}");
         let direct = "postgres://u:p@127.0.0.1:5432/hitl";
-        let message = pooler_refusal(&[
+        let cli = Cli::try_parse_from([
+            "hitl-orchestrator",
+            "serve",
             "--database-url",
             url,
             "--db-pooler",
             "transaction",
             "--direct-database-url",
             direct,
-        ]);
-        assert!(
-            message.contains("transaction pooling is not supported"),
-            "{message}"
-        );
-        assert!(!message.contains("u:p@"), "{message}");
+        ])
+        .unwrap();
+        assert!(cli.validate().is_ok());
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! migrations' advisory lock — may use a second, direct pool (`HITL_DIRECT_DATABASE_URL`).
 
 pub mod embedded;
+mod statements;
+
+pub use statements::{
+    Session, query, query_as, query_scalar, session, transaction_pooled, unnamed_if_pooled,
+    use_transaction_pooling,
+};
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -69,6 +75,9 @@ pub fn lazy_pool_behind(
     pooler: DbPooler,
 ) -> Result<PgPool, sqlx::Error> {
     let mut options = PgConnectOptions::from_str(url)?.application_name("hitl-orchestrator");
+    if pooler == DbPooler::Transaction {
+        use_transaction_pooling();
+    }
     if pooler != DbPooler::None {
         // sqlx sends extra_float_digits at start; PgBouncer refuses a startup parameter it
         // does not track unless told to ignore it. Our floats are read in binary, where
@@ -105,8 +114,7 @@ pub enum NotReady {
 
 /// Readiness: the database answers and every migration this binary knows is applied.
 pub async fn check_ready(pool: &PgPool) -> Result<(), NotReady> {
-    let mut conn = pool
-        .acquire()
+    let mut conn = session(pool)
         .await
         .map_err(|e| NotReady::Database(e.to_string()))?;
     let expected = MIGRATOR
@@ -121,13 +129,16 @@ pub async fn check_ready(pool: &PgPool) -> Result<(), NotReady> {
         .map(|m| m.version)
         .max()
         .unwrap_or(0);
-    let (ours, queue): (Option<i64>, Option<i64>) = sqlx::query_as(
+    let (ours, queue): (Option<i64>, Option<i64>) = query_as(
         "select (select max(version) from public._sqlx_migrations where success), \
                 (select max(version) from apalis._sqlx_migrations where success)",
     )
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| NotReady::Migrations(e.to_string()))?;
+    conn.close()
+        .await
+        .map_err(|e| NotReady::Database(e.to_string()))?;
     if ours.unwrap_or(0) < expected {
         return Err(NotReady::Migrations(format!(
             "orchestrator schema at {}, this binary needs {expected}",
@@ -237,18 +248,14 @@ pub fn url_with_database(url: &str, database: &str) -> String {
 pub async fn ensure_database(admin_url: &str, name: &str) -> Result<(), DbError> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    let exists: bool =
-        sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
+    let exists: bool = query_scalar("select exists(select 1 from pg_database where datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
     if !exists {
         // Identifiers cannot be bound; `name` is ours, never user input, and is quoted.
         let sql = format!("create database \"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-        {
+        match query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
             Ok(_) => {}
             Err(sqlx::Error::Database(e))
                 if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
@@ -262,7 +269,7 @@ pub async fn ensure_database(admin_url: &str, name: &str) -> Result<(), DbError>
 async fn wait_until_reachable(pool: &PgPool, timeout: Duration) -> Result<(), DbError> {
     let started = Instant::now();
     loop {
-        match sqlx::query("select 1").execute(pool).await {
+        match sqlx::raw_sql("select 1").execute(pool).await {
             Ok(_) => return Ok(()),
             Err(e) if started.elapsed() < timeout => {
                 tracing::warn!(error = %e, "database not reachable yet; retrying");

@@ -305,7 +305,10 @@ impl Engine {
                     // Only a node that calls out is an agent's; the inline loop never gets here.
                     let state = match &mut store {
                         Store::Pool(pool) if !self.is_local(t) => {
-                            persistence::runner_state(*pool, run_id, &node.id).await?
+                            let mut conn = crate::db::session(pool)
+                                .await
+                                .map_err(PersistenceError::from)?;
+                            persistence::runner_state(&mut *conn, run_id, &node.id).await?
                         }
                         _ => None,
                     };

@@ -82,12 +82,14 @@ async fn advance(
         }
         Err(e) => return Err(JobError::Retry(e.to_string())),
     }
-    let mut conn = ctx.pool.acquire().await?;
-    if queue::complete(&mut conn, &claimed.id, &ctx.worker_id).await? {
-        Ok(Handled::Done)
+    let mut conn = crate::db::session(&ctx.pool).await?;
+    let completed = queue::complete(&mut conn, &claimed.id, &ctx.worker_id).await?;
+    conn.close().await?;
+    Ok(if completed {
+        Handled::Done
     } else {
-        Ok(Handled::LostClaim)
-    }
+        Handled::LostClaim
+    })
 }
 
 /// Records a failed attempt at `node_id`'s call and puts the job back for the next one,

@@ -170,7 +170,7 @@ impl Handler for NotifyJob {
         Notify { delivery_id }: Notify,
     ) -> Result<Handled, JobError> {
         let notifier = &self.0;
-        let mut conn = ctx.pool.acquire().await?;
+        let mut conn = crate::db::session(&ctx.pool).await?;
         let Some(delivery) = find_delivery(&mut conn, delivery_id).await? else {
             return Err(JobError::Fatal(format!("delivery {delivery_id} not found")));
         };

@@ -48,7 +48,7 @@ pub(crate) async fn sweep_once(
     settle: Duration,
 ) -> Result<usize, PersistenceError> {
     let (runs, requests) = {
-        let mut conn = ctx.pool.acquire().await?;
+        let mut conn = crate::db::session(&ctx.pool).await?;
         rehydrate::find_stranded(&mut conn, settle, 500).await?
     };
     let mut repaired = 0;

@@ -63,7 +63,7 @@ pub async fn note_agent_unreachable(
         Err(e) => return Err(e),
     }
     let previous: Option<sqlx::types::Json<AgentRetry>> =
-        sqlx::query_scalar("select agent_retry from orchestrator_runs where run_id = $1")
+        crate::db::query_scalar("select agent_retry from orchestrator_runs where run_id = $1")
             .bind(run_id)
             .fetch_one(&mut **tx)
             .await?;
@@ -100,13 +100,13 @@ pub async fn note_agent_unreachable(
     let retry_json = sqlx::types::Json(&retry);
     if previous.is_some() {
         // A later attempt of a known outage: not a transition, no event.
-        sqlx::query("update orchestrator_runs set agent_retry = $2 where run_id = $1")
+        crate::db::query("update orchestrator_runs set agent_retry = $2 where run_id = $1")
             .bind(run_id)
             .bind(retry_json)
             .execute(&mut **tx)
             .await?;
     } else {
-        let version: i64 = sqlx::query_scalar(
+        let version: i64 = crate::db::query_scalar(
             "update orchestrator_runs set agent_retry = $2, version = version + 1, updated_at = now() \
              where run_id = $1 returning version",
         )
@@ -164,7 +164,7 @@ async fn fail(
     reason: &str,
     details: serde_json::Value,
 ) -> Result<(), PersistenceError> {
-    let version: i64 = sqlx::query_scalar(
+    let version: i64 = crate::db::query_scalar(
         "update orchestrator_runs set status = 'failed', status_reason = $2, finished_at = now(), \
              agent_retry = null, version = version + 1, updated_at = now() \
          where run_id = $1 returning version",

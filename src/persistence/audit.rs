@@ -106,14 +106,16 @@ fn signer() -> Option<Arc<Signer>> {
 /// events signed before a rotation still verify).
 pub async fn register_signer(pool: &PgPool) -> Result<(), PersistenceError> {
     if let Some(s) = signer() {
-        sqlx::query(
+        let mut session = crate::db::session(pool).await?;
+        crate::db::query(
             "insert into audit_signing_keys (key_id, public_key) values ($1, $2) \
              on conflict (key_id) do nothing",
         )
         .bind(s.key_id())
         .bind(s.public_key())
-        .execute(pool)
+        .execute(&mut *session)
         .await?;
+        session.close().await?;
     }
     Ok(())
 }
@@ -251,7 +253,7 @@ async fn stored_head(
     conn: &mut PgConnection,
     run_id: &RunId,
 ) -> Result<Option<Vec<u8>>, PersistenceError> {
-    Ok(sqlx::query_scalar(
+    Ok(crate::db::query_scalar(
         "select hash from run_audit_events where run_id = $1 order by run_version desc limit 1",
     )
     .bind(run_id)
@@ -507,7 +509,7 @@ async fn try_write_and_append(
         None => ("", "where", "null::bigint", "false"),
     };
     let query =
-        sqlx::query_as::<_, (Option<i64>, Option<i64>, bool)>(sqlx::AssertSqlSafe(format!(
+        crate::db::query_as::<(Option<i64>, Option<i64>, bool)>(sqlx::AssertSqlSafe(format!(
             "with {write_cte}event as ( \
              insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
                  operator_id, operator_display_name, operator_email, note, from_status, \
@@ -611,24 +613,25 @@ struct ChainedRow {
 pub async fn chain_unhashed(pool: &PgPool) -> Result<u64, PersistenceError> {
     let mut chained = 0;
     loop {
-        let runs: Vec<RunId> = sqlx::query_scalar(
+        let mut tx = pool.begin().await?;
+        let runs: Vec<RunId> = crate::db::query_scalar(
             "select distinct run_id from (select run_id from run_audit_events \
              where hash is null order by run_id limit 500) u",
         )
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?;
         if runs.is_empty() {
+            tx.commit().await?;
             return Ok(chained);
         }
-        let mut tx = pool.begin().await?;
-        sqlx::query(
+        crate::db::query(
             "select 1 from orchestrator_runs where run_id = any($1) order by run_id \
              for no key update",
         )
         .bind(&runs)
         .execute(&mut *tx)
         .await?;
-        let rows: Vec<ChainedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<ChainedRow> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
             "select event_id, {CHAIN_COLUMNS}, hash, signature, key_id from run_audit_events \
              where run_id = any($1) order by run_id, run_version"
         )))
@@ -661,7 +664,7 @@ pub async fn chain_unhashed(pool: &PgPool) -> Result<u64, PersistenceError> {
             previous = Some((row.fields.run_id, hash));
         }
         chained += ids.len() as u64;
-        sqlx::query(
+        crate::db::query(
             "update run_audit_events e set prev_hash = u.prev, hash = u.hash, \
                  signature = u.signature, key_id = u.key_id \
              from unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::text[]) \
@@ -727,7 +730,7 @@ pub struct SigningKey {
 
 /// Every public key the service has signed with, oldest first.
 pub async fn signing_keys(conn: &mut PgConnection) -> Result<Vec<SigningKey>, PersistenceError> {
-    let mut keys: Vec<SigningKey> = sqlx::query_as(
+    let mut keys: Vec<SigningKey> = crate::db::query_as(
         "select key_id, public_key, first_used_at from audit_signing_keys \
          order by first_used_at, key_id",
     )
@@ -746,14 +749,14 @@ pub async fn verify_run(
     keys: &[SigningKey],
 ) -> Result<Option<Verification>, PersistenceError> {
     let run: Option<(i64,)> =
-        sqlx::query_as("select version from orchestrator_runs where run_id = $1")
+        crate::db::query_as("select version from orchestrator_runs where run_id = $1")
             .bind(run_id)
             .fetch_optional(&mut *conn)
             .await?;
     let Some((version,)) = run else {
         return Ok(None);
     };
-    let rows: Vec<ChainedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<ChainedRow> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "select event_id, {CHAIN_COLUMNS}, hash, signature, key_id from run_audit_events \
          where run_id = $1 order by run_version, event_id"
     )))
@@ -924,7 +927,7 @@ pub async fn verify_page(
     limit: i64,
 ) -> Result<(Vec<Verification>, Option<RunId>), PersistenceError> {
     let keys = signing_keys(conn).await?;
-    let runs: Vec<RunId> = sqlx::query_scalar(
+    let runs: Vec<RunId> = crate::db::query_scalar(
         "select run_id from orchestrator_runs where run_id > coalesce($1, '') \
          order by run_id limit $2",
     )
@@ -981,7 +984,7 @@ pub async fn export_after(
     after: super::events::StreamPosition,
     limit: i64,
 ) -> Result<Vec<ExportedEvent>, PersistenceError> {
-    Ok(sqlx::query_as(
+    Ok(crate::db::query_as(
         "select event_id, tx_id::text::bigint as tx, run_id, run_version, action, request_id, \
              command_id, operator_id, operator_display_name, operator_email, principal, note, \
              from_status, to_status, details, created_at as at, trace_id, \

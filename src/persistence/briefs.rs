@@ -30,7 +30,7 @@ pub async fn find_brief(
     executor: impl PgExecutor<'_>,
     brief_id: &BriefId,
 ) -> Result<Option<BriefRecord>, PersistenceError> {
-    Ok(sqlx::query_as::<_, BriefRecord>(
+    Ok(crate::db::query_as::<BriefRecord>(
         "select brief_id, title, content from briefs where brief_id = $1",
     )
     .bind(brief_id)
@@ -45,7 +45,7 @@ pub async fn request_briefs(
     request_ids: &[RequestId],
 ) -> Result<Vec<RequestBrief>, PersistenceError> {
     let ids: Vec<&str> = request_ids.iter().map(RequestId::as_str).collect();
-    Ok(sqlx::query_as::<_, RequestBrief>(
+    Ok(crate::db::query_as::<RequestBrief>(
         "select r.request_id, b.title as brief_title, r.on_timeout \
          from hitl_requests r join briefs b on b.brief_id = r.brief_id \
          where r.request_id = any($1)",

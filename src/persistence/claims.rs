@@ -92,7 +92,7 @@ pub async fn lock_claim_subject(
     tx: &mut Tx<'_>,
     request_id: &RequestId,
 ) -> Result<Option<ClaimSubject>, PersistenceError> {
-    let row: Option<SubjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let row: Option<SubjectRow> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "select o.run_id, o.status, o.pending_request_id, o.version, q.status as request_status, \
              q.assignees, {} \
          from hitl_requests q join orchestrator_runs o on o.run_id = q.run_id \
@@ -148,7 +148,7 @@ pub async fn write_claim(
     let t = subject.note(RequestNote::Claimed);
     subject.run.check(&t, None)?;
     let seconds = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
-    let expires_at: DateTime<Utc> = sqlx::query_scalar(
+    let expires_at: DateTime<Utc> = crate::db::query_scalar(
         "update hitl_requests set claimed_by = $2, \
              claim_expires_at = now() + make_interval(secs => $3) \
          where request_id = $1 returning claim_expires_at",
@@ -236,7 +236,7 @@ pub(super) async fn clear_claim(
     conn: &mut PgConnection,
     request_id: &RequestId,
 ) -> Result<(), PersistenceError> {
-    sqlx::query(
+    crate::db::query(
         "update hitl_requests set claimed_by = null, claim_expires_at = null \
          where request_id = $1",
     )
@@ -279,7 +279,7 @@ pub(super) async fn note(
         note: what,
     };
     let outcome = run.check(&t, None)?;
-    let version: i64 = sqlx::query_scalar(
+    let version: i64 = crate::db::query_scalar(
         "update orchestrator_runs set version = version + 1, updated_at = now() \
          where run_id = $1 returning version",
     )
@@ -370,7 +370,7 @@ pub async fn notice_expiring(
     if subject.refusal(tx).await?.is_some() {
         return Ok(FollowUpOutcome::Settled);
     }
-    let expires_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+    let expires_at: Option<DateTime<Utc>> = crate::db::query_scalar(
         "select expires_at from hitl_requests where request_id = $1 and expires_at > now()",
     )
     .bind(request_id)
@@ -412,7 +412,7 @@ async fn locked_follow_up(
         return Ok(None);
     }
     let follow_up: Option<sqlx::types::Json<FollowUp>> =
-        sqlx::query_scalar("select follow_up from hitl_requests where request_id = $1")
+        crate::db::query_scalar("select follow_up from hitl_requests where request_id = $1")
             .bind(request_id)
             .fetch_one(&mut **tx)
             .await?;
@@ -506,7 +506,7 @@ async fn write_follow_up(
     follow_up: &FollowUp,
     assignees: Option<&Assignees>,
 ) -> Result<(), PersistenceError> {
-    sqlx::query(
+    crate::db::query(
         "update hitl_requests set follow_up = $2, assignees = coalesce($3, assignees) \
          where request_id = $1",
     )

@@ -107,7 +107,7 @@ pub async fn record_command(
     .ok_or_else(|| PersistenceError::Database(sqlx::Error::Protocol("command job".into())))?;
     // No command without its job: the job is inserted only with the command, in the
     // same statement.
-    let inserted: Option<CommandRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let inserted: Option<CommandRecord> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "with command as ( \
              insert into hitl_commands (command_id, kind, run_id, request_id, idempotency_key, \
                  payload, operator, note, trace_context, principal, approver) \
@@ -161,7 +161,7 @@ pub async fn find_command(
     executor: impl PgExecutor<'_>,
     command_id: &CommandId,
 ) -> Result<Option<CommandRecord>, PersistenceError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "select {COMMAND_COLUMNS} from hitl_commands where command_id = $1"
     )))
     .bind(command_id)
@@ -175,7 +175,7 @@ pub async fn run_commands(
     run_id: &RunId,
     limit: i64,
 ) -> Result<Vec<CommandRecord>, PersistenceError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "select {COMMAND_COLUMNS} from hitl_commands where run_id = $1 \
          order by created_at, command_id limit $2"
     )))
@@ -191,7 +191,7 @@ pub async fn find_command_by_idempotency_key(
     kind: CommandKind,
     key: &str,
 ) -> Result<Option<CommandRecord>, PersistenceError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "select {COMMAND_COLUMNS} from hitl_commands where kind = $1 and idempotency_key = $2"
     )))
     .bind(kind)
@@ -299,7 +299,7 @@ async fn apply(
     // The run is found through the command and locked in one statement (a command's
     // run never changes); the command itself is read after the lock, so its status is
     // the one the run's last transition left.
-    let mut run = sqlx::query_as::<_, LockedRun>(
+    let mut run = crate::db::query_as::<LockedRun>(
         "select run_id, status, pending_request_id, version from orchestrator_runs \
          where run_id = (select run_id from hitl_commands where command_id = $1) \
          for no key update",
@@ -313,7 +313,7 @@ async fn apply(
     })?;
     // The named request's shape comes along (it never changes once raised), and the
     // claim on the request acted on (a remove may name none: the pending one).
-    let to_apply: ToApply = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let to_apply: ToApply = crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "select {COMMAND_COLUMNS}, \
              (select {} from hitl_requests q where q.request_id = c.request_id) as shape_items, \
              (select case when q.claim_expires_at > now() then jsonb_build_object( \
@@ -602,7 +602,7 @@ async fn count_approval(
         .approver
         .clone()
         .unwrap_or_else(|| format!("operator:{}", command.operator.id));
-    let counted = sqlx::query(
+    let counted = crate::db::query(
         "insert into hitl_approvals (request_id, approver, command_id, principal, operator) \
          values ($1, $2, $3, $4, $5) on conflict do nothing",
     )
@@ -615,13 +615,14 @@ async fn count_approval(
     .await?
     .rows_affected()
         == 1;
-    let approvals: sqlx::types::Json<Approvals> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "select {} from hitl_requests q where q.request_id = $1",
-        super::requests::approvals_sql("q")
-    )))
-    .bind(request_id)
-    .fetch_one(&mut **tx)
-    .await?;
+    let approvals: sqlx::types::Json<Approvals> =
+        crate::db::query_scalar(sqlx::AssertSqlSafe(format!(
+            "select {} from hitl_requests q where q.request_id = $1",
+            super::requests::approvals_sql("q")
+        )))
+        .bind(request_id)
+        .fetch_one(&mut **tx)
+        .await?;
     let approvals = approvals.0;
     if !counted {
         let mut context = run.context(Some(request_id));
@@ -748,7 +749,7 @@ async fn apply_remove(
         return reject(tx, &command, refused).await;
     }
     if let Some(request_id) = &denied {
-        sqlx::query(
+        crate::db::query(
             "update hitl_requests set status = 'denied', denial_reason = $2, resolved_at = now(), \
                  resolved_by = $3 where request_id = $1",
         )
@@ -776,7 +777,7 @@ async fn apply_remove(
     .await?;
     if command.request_id.is_none() && denied.is_some() {
         // Record which request the remove denied, so the command names it.
-        sqlx::query("update hitl_commands set request_id = $2 where command_id = $1")
+        crate::db::query("update hitl_commands set request_id = $2 where command_id = $1")
             .bind(&command.command_id)
             .bind(&denied)
             .execute(&mut **tx)
@@ -810,7 +811,7 @@ async fn apply_retry(
         }
         Err(e) => return Err(e),
     };
-    let (version, failed_because): (i64, Option<String>) = sqlx::query_as(
+    let (version, failed_because): (i64, Option<String>) = crate::db::query_as(
         "update orchestrator_runs o set status = 'running', status_reason = null, \
              finished_at = null, agent_retry = null, version = o.version + 1, updated_at = now(), \
              runner_metadata = case when o.runner_metadata ? 'cursor' then jsonb_set( \
@@ -866,7 +867,7 @@ pub async fn explain_retry_refusal(
     let run_id = context.run_id.clone().unwrap_or_else(RunId::new);
     let status = context.run_status;
     if let Some(since) = since {
-        let retried: Option<SettlingEvent> = sqlx::query_as(
+        let retried: Option<SettlingEvent> = crate::db::query_as(
             "select action, command_id, operator_id, operator_display_name, operator_email, \
                  created_at from run_audit_events \
              where run_id = $1 and action = 'retry' and created_at >= $2 \
@@ -900,7 +901,7 @@ async fn move_run(
     status: RunStatus,
     status_reason: Option<&str>,
 ) -> Result<i64, PersistenceError> {
-    Ok(sqlx::query_scalar(
+    Ok(crate::db::query_scalar(
         "update orchestrator_runs set status = $2, pending_request_id = null, \
              status_reason = coalesce($3, status_reason), \
              finished_at = case when $2 in ('completed', 'failed', 'cancelled') then now() end, \
@@ -995,7 +996,7 @@ async fn finish_command(
     outcome: Value,
     error: Option<&str>,
 ) -> Result<CommandRecord, PersistenceError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "update hitl_commands set status = $2, outcome = $3, error = $4, \
              attempts = attempts + 1, started_at = coalesce(started_at, now()), \
              finished_at = now(), updated_at = now() \
@@ -1016,7 +1017,7 @@ pub async fn fail_command(
     command_id: &CommandId,
     error: &str,
 ) -> Result<Option<CommandRecord>, PersistenceError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "update hitl_commands set status = 'failed', error = $2, outcome = null, \
              finished_at = now(), updated_at = now() \
          where command_id = $1 and status in ('queued', 'running') returning {COMMAND_COLUMNS}"
@@ -1079,12 +1080,12 @@ pub async fn explain_refusal(
     if let Some(request_id) = context.request_id.clone() {
         if context.request_status.is_none() {
             context.request_status =
-                sqlx::query_scalar("select status from hitl_requests where request_id = $1")
+                crate::db::query_scalar("select status from hitl_requests where request_id = $1")
                     .bind(&request_id)
                     .fetch_optional(&mut *conn)
                     .await?;
         }
-        let settled: Option<SettlingEvent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let settled: Option<SettlingEvent> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
             "{EVENT} where run_id = $1 and request_id = $2 \
              and action in ('resume', 'remove', 'expire') order by event_id limit 1"
         )))
@@ -1119,7 +1120,7 @@ pub async fn explain_refusal(
         }
     }
     if status.is_terminal() {
-        let ended: Option<SettlingEvent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let ended: Option<SettlingEvent> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
             "{EVENT} where run_id = $1 and to_status = $2 and command_id is not null \
              order by event_id desc limit 1"
         )))

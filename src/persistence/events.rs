@@ -58,7 +58,7 @@ pub async fn events_after(
     after: StreamPosition,
     limit: i64,
 ) -> Result<Vec<StreamEvent>, PersistenceError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "select {COLUMNS} from run_audit_events \
          where (tx_id, event_id) > ($1::text::xid8, $2) \
            and tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -74,7 +74,7 @@ pub async fn events_after(
 /// The position of the last event at the horizon now (where a new client starts), or
 /// the start of the stream when there is none.
 pub async fn horizon(conn: &mut PgConnection) -> Result<StreamPosition, PersistenceError> {
-    let last: Option<StreamPosition> = sqlx::query_as(
+    let last: Option<StreamPosition> = crate::db::query_as(
         "select tx_id::text::bigint, event_id from run_audit_events \
          where tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
          order by tx_id desc, event_id desc limit 1",
@@ -91,7 +91,7 @@ pub async fn position_at_or_before(
     conn: &mut PgConnection,
     event_id: i64,
 ) -> Result<StreamPosition, PersistenceError> {
-    let found: Option<StreamPosition> = sqlx::query_as(
+    let found: Option<StreamPosition> = crate::db::query_as(
         "select tx_id::text::bigint, event_id from run_audit_events where event_id <= $1 \
          order by event_id desc limit 1",
     )
@@ -106,7 +106,7 @@ pub async fn position_of(
     conn: &mut PgConnection,
     event_id: i64,
 ) -> Result<Option<StreamPosition>, PersistenceError> {
-    Ok(sqlx::query_as(
+    Ok(crate::db::query_as(
         "select tx_id::text::bigint, event_id from run_audit_events where event_id = $1",
     )
     .bind(event_id)
@@ -119,7 +119,7 @@ pub async fn event_by_id(
     conn: &mut PgConnection,
     event_id: i64,
 ) -> Result<Option<StreamEvent>, PersistenceError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "select {COLUMNS} from run_audit_events where event_id = $1"
     )))
     .bind(event_id)

@@ -168,7 +168,7 @@ fn remember_run(run: LockedRun) {
 }
 
 async fn lock_run(conn: &mut PgConnection, run_id: &RunId) -> Result<LockedRun, PersistenceError> {
-    sqlx::query_as::<_, LockedRun>(
+    crate::db::query_as::<LockedRun>(
         "select run_id, status, pending_request_id, version \
          from orchestrator_runs where run_id = $1 for no key update",
     )

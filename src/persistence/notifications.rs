@@ -39,12 +39,12 @@ pub async fn publish_channels(
 ) -> Result<(), PersistenceError> {
     let mut tx = pool.begin().await?;
     let names: Vec<&str> = channels.iter().map(|c| c.name).collect();
-    sqlx::query("delete from notification_channels where name <> all($1)")
+    crate::db::query("delete from notification_channels where name <> all($1)")
         .bind(&names)
         .execute(&mut *tx)
         .await?;
     for c in channels {
-        sqlx::query(
+        crate::db::query(
             "insert into notification_channels (name, format, events, nodes, groups, \
                  include_arguments, expiring_notice_seconds) \
              values ($1, $2, $3, $4, $5, $6, $7) \
@@ -172,7 +172,7 @@ pub async fn find_delivery(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<Delivery>, PersistenceError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "select {DELIVERY_COLUMNS} from notification_deliveries where delivery_id = $1"
     )))
     .bind(id)
@@ -187,7 +187,8 @@ pub async fn list_deliveries(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Delivery>, PersistenceError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let mut session = crate::db::session(pool).await?;
+    let out = crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "select {DELIVERY_COLUMNS} from notification_deliveries d \
          where ($1::text is null or status = $1) \
            and ($2::uuid is null or (created_at, delivery_id) > \
@@ -197,8 +198,10 @@ pub async fn list_deliveries(
     .bind(status)
     .bind(after)
     .bind(limit)
-    .fetch_all(pool)
-    .await?)
+    .fetch_all(&mut *session)
+    .await?;
+    session.close().await?;
+    Ok(out)
 }
 
 /// The request a notification shows, beside its event.
@@ -219,7 +222,7 @@ pub async fn notified_request(
     conn: &mut PgConnection,
     id: &RequestId,
 ) -> Result<Option<NotifiedRequest>, PersistenceError> {
-    Ok(sqlx::query_as(
+    Ok(crate::db::query_as(
         "select request_id, node_id, operator_prompt, items, expires_at, \
              on_timeout::text as on_timeout, assignees, status::text as status \
          from hitl_requests where request_id = $1",
@@ -250,7 +253,7 @@ pub async fn record_attempt(
         AttemptResult::Delivered => (true, None),
         AttemptResult::Failed(e) => (false, Some(e.chars().take(300).collect::<String>())),
     };
-    Ok(sqlx::query_as(
+    Ok(crate::db::query_as(
         "update notification_deliveries set attempts = attempts + 1, last_error = $3, \
              updated_at = now(), \
              delivered_at = case when $2 then now() end, \
@@ -284,7 +287,7 @@ pub async fn resend(
     let Some(current) = find_delivery(conn, id).await? else {
         return Ok(Err(ResendRefusal::NotFound));
     };
-    let updated: Option<Delivery> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let updated: Option<Delivery> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "update notification_deliveries set status = 'pending', attempts = 0, \
              last_error = null, updated_at = now() \
          where delivery_id = $1 and status = 'failed' returning {DELIVERY_COLUMNS}"
@@ -308,7 +311,7 @@ pub(super) async fn expiring_notice_periods(
     conn: &mut PgConnection,
     node_id: &str,
 ) -> Result<Vec<i32>, PersistenceError> {
-    Ok(sqlx::query_scalar(
+    Ok(crate::db::query_scalar(
         "select distinct expiring_notice_seconds from notification_channels \
          where 'request_expiring' = any(events) and expiring_notice_seconds is not null \
            and (cardinality(nodes) = 0 or $1 = any(nodes))",

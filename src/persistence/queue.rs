@@ -1,8 +1,8 @@
 //! The job queue's rows: apalis-postgres's `apalis.jobs` and `apalis.workers`.
 //!
-//! Jobs are pushed with apalis-postgres's own `push_tasks`, inside the caller's
-//! transaction, or — a command's job, a notification's — inserted as `push_tasks` would
-//! write them in the very statement that writes their cause, so a command never exists
+//! Jobs are inserted as apalis-postgres's `push_tasks` writes them, inside the caller's
+//! transaction — a command's job, a notification's in the very statement that writes
+//! their cause, so a command never exists
 //! without its job (nor a job without its command). Claiming, completing, retrying and killing use apalis's status vocabulary
 //! (`Pending`, `Running`, `Failed`, `Done`, `Killed`), so apalis tooling still reads the
 //! queue, but every completion is fenced on `lock_by`: a worker whose claim was taken
@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use apalis::prelude::TaskBuilder;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -37,26 +36,60 @@ pub fn decode<P: JobPayload>(
     Ok((serde_json::from_value(value).map_err(undecodable)?, trace))
 }
 
-fn task_for<P: JobPayload>(job: &P, run_at: Option<DateTime<Utc>>) -> apalis_postgres::PgTask {
+/// A job's payload as stored: its fields, and the trace of whatever enqueues it, so the
+/// worker's span continues it (an API request → the command's application → the next
+/// advancement).
+fn payload_of<P: JobPayload>(job: &P) -> Vec<u8> {
     // A derived Serialize of ids and lists into a Value cannot fail.
     let mut payload = serde_json::to_value(job).unwrap_or_default();
-    // The trace of whatever enqueues the job travels with it, so the worker's span
-    // continues it (an API request → the command's application → the next advancement).
     if let Some(carrier) = crate::telemetry::current_trace_context() {
         payload["trace"] = json!(carrier);
     }
-    let bytes = serde_json::to_vec(&payload).unwrap_or_default();
-    let mut builder = TaskBuilder::new(bytes).max_attempts(DEFAULT_MAX_ATTEMPTS as usize);
-    if let Some((key, value)) = job.metadata() {
-        let map = std::collections::HashMap::from([(key.to_owned(), value)]);
-        builder = builder.with_metadata(apalis::prelude::MetadataStore::from_map(map));
+    serde_json::to_vec(&payload).unwrap_or_default()
+}
+
+/// Inserts jobs of one kind, a row per element of the bound arrays, as apalis-postgres's
+/// `push_tasks` writes them (pending, priority 0, the metadata as an hstore of at most
+/// one pair). Ours rather than `push_tasks` because that one's statement is always
+/// named, which a transaction pooler cannot carry (`crate::db::query`).
+const ENQUEUE_SQL: &str = "insert into apalis.jobs (id, job_type, job, status, attempts, \
+         max_attempts, run_at, priority, metadata) \
+     select t.id, $1, t.job, 'Pending', 0, t.max_attempts, coalesce(to_timestamp(t.run_at), \
+         now()), 0, coalesce(hstore(t.meta_key, t.meta_value), ''::hstore) \
+     from unnest($2::text[], $3::bytea[], $4::int4[], $5::int8[], $6::text[], $7::text[]) \
+         as t(id, job, max_attempts, run_at, meta_key, meta_value)";
+
+/// Inserts `jobs`, each due at its time or now, in one statement of the caller's
+/// transaction.
+async fn push<P: JobPayload>(
+    conn: &mut PgConnection,
+    jobs: &[(&P, Option<DateTime<Utc>>)],
+) -> Result<(), sqlx::Error> {
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut payloads = Vec::with_capacity(jobs.len());
+    let mut run_ats = Vec::with_capacity(jobs.len());
+    let mut keys = Vec::with_capacity(jobs.len());
+    let mut values = Vec::with_capacity(jobs.len());
+    for (job, run_at) in jobs {
+        ids.push(ulid::Ulid::generate().to_string());
+        payloads.push(payload_of(*job));
+        // The queue is read in whole seconds; round up so a job never runs before its time.
+        run_ats.push(run_at.map(|at| at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0)));
+        let (key, value) = job.metadata().unzip();
+        keys.push(key);
+        values.push(value);
     }
-    if let Some(at) = run_at {
-        // The queue stores whole seconds; round up so a job never runs before its time.
-        let secs = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
-        builder = builder.run_at_timestamp(u64::try_from(secs).unwrap_or(0));
-    }
-    builder.build()
+    crate::db::query(ENQUEUE_SQL)
+        .bind(P::KIND)
+        .bind(ids)
+        .bind(payloads)
+        .bind(vec![DEFAULT_MAX_ATTEMPTS; jobs.len()])
+        .bind(run_ats)
+        .bind(keys)
+        .bind(values)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// A job row as an `insert into apalis.jobs` of another statement writes it (due now):
@@ -85,14 +118,10 @@ pub(super) fn job_row<P: JobPayload>(job: &P) -> Option<JobRow> {
     if job.metadata().is_some() {
         return None;
     }
-    let mut payload = serde_json::to_value(job).unwrap_or_default();
-    if let Some(carrier) = crate::telemetry::current_trace_context() {
-        payload["trace"] = json!(carrier);
-    }
     Some(JobRow {
         id: ulid::Ulid::generate().to_string(),
         kind: P::KIND,
-        job: serde_json::to_vec(&payload).unwrap_or_default(),
+        job: payload_of(job),
         max_attempts: DEFAULT_MAX_ATTEMPTS,
     })
 }
@@ -104,9 +133,7 @@ pub async fn enqueue<P: JobPayload>(
     job: &P,
     run_at: Option<DateTime<Utc>>,
 ) -> Result<(), PersistenceError> {
-    apalis_postgres::queries::push_tasks(conn, P::KIND, vec![task_for(job, run_at)])
-        .await
-        .map_err(queue_error)
+    Ok(push(conn, &[(job, run_at)]).await?)
 }
 
 /// Pushes every job of `jobs` (due now) in one statement of the caller's transaction.
@@ -117,10 +144,8 @@ pub async fn enqueue_all<P: JobPayload>(
     if jobs.is_empty() {
         return Ok(());
     }
-    let tasks = jobs.iter().map(|job| task_for(job, None)).collect();
-    apalis_postgres::queries::push_tasks(conn, P::KIND, tasks)
-        .await
-        .map_err(queue_error)
+    let jobs: Vec<_> = jobs.iter().map(|job| (job, None)).collect();
+    Ok(push(conn, &jobs).await?)
 }
 
 /// Pushes a job of a singleton kind unless one is already active; returns whether it
@@ -131,31 +156,16 @@ pub async fn enqueue_singleton<P: JobPayload>(
     run_at: Option<DateTime<Utc>>,
 ) -> Result<bool, PersistenceError> {
     let mut savepoint = conn.begin().await?;
-    match apalis_postgres::queries::push_tasks(
-        &mut *savepoint,
-        P::KIND,
-        vec![task_for(job, run_at)],
-    )
-    .await
-    {
+    match push(&mut savepoint, &[(job, run_at)]).await {
         Ok(()) => {
             savepoint.commit().await?;
             Ok(true)
         }
-        Err(apalis_postgres::Error::Database(sqlx::Error::Database(e)))
-            if e.code().as_deref() == Some("23505") =>
-        {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
             savepoint.rollback().await?;
             Ok(false)
         }
-        Err(e) => Err(queue_error(e)),
-    }
-}
-
-fn queue_error(e: apalis_postgres::Error) -> PersistenceError {
-    match e {
-        apalis_postgres::Error::Database(e) => PersistenceError::Database(e),
-        other => PersistenceError::Database(sqlx::Error::Protocol(other.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -165,7 +175,7 @@ pub async fn bring_forward<P: JobPayload>(
     conn: &mut PgConnection,
     at: DateTime<Utc>,
 ) -> Result<(), PersistenceError> {
-    sqlx::query(
+    crate::db::query(
         "update apalis.jobs set run_at = $2 \
          where job_type = $1 and status in ('Pending', 'Failed') and run_at > $2",
     )
@@ -188,23 +198,27 @@ pub struct ClaimedJob {
 
 /// Registers (or refreshes) a worker; its id must be unique to the process.
 pub async fn register_worker(pool: &PgPool, worker_id: &str) -> Result<(), PersistenceError> {
-    sqlx::query(
+    let mut session = crate::db::session(pool).await?;
+    crate::db::query(
         "insert into apalis.workers (id, worker_type, storage_name, layers, last_seen, started_at) \
          values ($1, 'hitl-orchestrator', 'apalis.jobs', '', now(), now()) \
          on conflict (id) do update set last_seen = now()",
     )
     .bind(worker_id)
-    .execute(pool)
+    .execute(&mut *session)
     .await?;
+    session.close().await?;
     Ok(())
 }
 
 /// Records that the worker is alive.
 pub async fn heartbeat(pool: &PgPool, worker_id: &str) -> Result<(), PersistenceError> {
-    sqlx::query("update apalis.workers set last_seen = now() where id = $1")
+    let mut session = crate::db::session(pool).await?;
+    crate::db::query("update apalis.workers set last_seen = now() where id = $1")
         .bind(worker_id)
-        .execute(pool)
+        .execute(&mut *session)
         .await?;
+    session.close().await?;
     Ok(())
 }
 
@@ -223,7 +237,8 @@ pub async fn claim(
     queues: &[&str],
     limit: i64,
 ) -> Result<Vec<ClaimedJob>, PersistenceError> {
-    Ok(sqlx::query_as(
+    let mut session = crate::db::session(pool).await?;
+    let out = crate::db::query_as(
         "with async_commit as (select set_config('synchronous_commit', 'off', true)), \
          next as ( \
              select id from apalis.jobs \
@@ -239,22 +254,27 @@ pub async fn claim(
     .bind(worker_id)
     .bind(queues)
     .bind(limit)
-    .fetch_all(pool)
-    .await?)
+    .fetch_all(&mut *session)
+    .await?;
+    session.close().await?;
+    Ok(out)
 }
 
 /// How many jobs of the kinds `queues` are running or due now: zero when the queue is
 /// quiet for them.
 pub async fn busy(pool: &PgPool, queues: &[&str]) -> Result<i64, PersistenceError> {
-    Ok(sqlx::query_scalar(
+    let mut session = crate::db::session(pool).await?;
+    let out = crate::db::query_scalar(
         "select count(*) from apalis.jobs where job_type = any($1) \
            and (status = 'Running' \
                 or ((status = 'Pending' or (status = 'Failed' and attempts < max_attempts)) \
                     and run_at <= now()))",
     )
     .bind(queues)
-    .fetch_one(pool)
-    .await?)
+    .fetch_one(&mut *session)
+    .await?;
+    session.close().await?;
+    Ok(out)
 }
 
 /// Marks a claimed job done, in the caller's transaction (the one that applied its
@@ -265,7 +285,7 @@ pub async fn complete(
     job_id: &str,
     worker_id: &str,
 ) -> Result<bool, PersistenceError> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "update apalis.jobs set status = 'Done', done_at = now(), attempts = attempts + 1, \
              last_result = '{\"Ok\": null}'::jsonb \
          where id = $1 and lock_by = $2 and status = 'Running'",
@@ -285,7 +305,8 @@ pub async fn retry_later(
     error: &str,
     run_at: DateTime<Utc>,
 ) -> Result<bool, PersistenceError> {
-    let r = sqlx::query(
+    let mut session = crate::db::session(pool).await?;
+    let r = crate::db::query(
         "update apalis.jobs set status = 'Failed', attempts = attempts + 1, run_at = $4, \
              lock_by = null, lock_at = null, last_result = jsonb_build_object('Err', $3::text) \
          where id = $1 and lock_by = $2 and status = 'Running'",
@@ -294,8 +315,9 @@ pub async fn retry_later(
     .bind(worker_id)
     .bind(error)
     .bind(run_at)
-    .execute(pool)
+    .execute(&mut *session)
     .await?;
+    session.close().await?;
     Ok(r.rows_affected() == 1)
 }
 
@@ -306,7 +328,7 @@ pub async fn postpone(
     worker_id: &str,
     run_at: DateTime<Utc>,
 ) -> Result<bool, PersistenceError> {
-    let r = sqlx::query(
+    let r = crate::db::query(
         "update apalis.jobs set status = 'Pending', run_at = $3, lock_by = null, lock_at = null \
          where id = $1 and lock_by = $2 and status = 'Running'",
     )
@@ -326,7 +348,7 @@ pub async fn kill(
     worker_id: &str,
     error: &str,
 ) -> Result<bool, PersistenceError> {
-    let r = sqlx::query(
+    let r = crate::db::query(
         "update apalis.jobs set status = 'Killed', attempts = attempts + 1, done_at = now(), \
              last_result = jsonb_build_object('Err', $3::text) \
          where id = $1 and lock_by = $2 and status = 'Running'",
@@ -341,14 +363,17 @@ pub async fn kill(
 
 /// Hands this worker's unfinished claims back to the queue (graceful shutdown).
 pub async fn release_claims(pool: &PgPool, worker_id: &str) -> Result<u64, PersistenceError> {
-    Ok(sqlx::query(
+    let mut session = crate::db::session(pool).await?;
+    let out = crate::db::query(
         "update apalis.jobs set status = 'Pending', lock_by = null, lock_at = null \
          where lock_by = $1 and status in ('Queued', 'Running')",
     )
     .bind(worker_id)
-    .execute(pool)
+    .execute(&mut *session)
     .await?
-    .rows_affected())
+    .rows_affected();
+    session.close().await?;
+    Ok(out)
 }
 
 /// Hands back this worker's claims that none of its tasks holds (a result that could not
@@ -359,23 +384,27 @@ pub async fn release_stray_claims(
     worker_id: &str,
     held: &[String],
 ) -> Result<u64, PersistenceError> {
-    Ok(sqlx::query(
+    let mut session = crate::db::session(pool).await?;
+    let out = crate::db::query(
         "update apalis.jobs set status = 'Pending', lock_by = null, lock_at = null \
          where lock_by = $1 and status in ('Queued', 'Running') and id <> all($2) \
            and lock_at < now() - interval '5 seconds'",
     )
     .bind(worker_id)
     .bind(held)
-    .execute(pool)
+    .execute(&mut *session)
     .await?
-    .rows_affected())
+    .rows_affected();
+    session.close().await?;
+    Ok(out)
 }
 
 /// Re-queues jobs claimed by workers that stopped sending heartbeats `timeout` ago. A
 /// job that has used up its attempts this way (it keeps killing workers) is declared
 /// dead instead.
 pub async fn requeue_orphans(pool: &PgPool, timeout: Duration) -> Result<u64, PersistenceError> {
-    Ok(sqlx::query(
+    let mut session = crate::db::session(pool).await?;
+    let out = crate::db::query(
         "with stale as ( \
              select j.id from apalis.jobs j join apalis.workers w on w.id = j.lock_by \
              where j.status in ('Queued', 'Running') \
@@ -389,9 +418,11 @@ pub async fn requeue_orphans(pool: &PgPool, timeout: Duration) -> Result<u64, Pe
          from stale where j.id = stale.id",
     )
     .bind(timeout.as_secs_f64())
-    .execute(pool)
+    .execute(&mut *session)
     .await?
-    .rows_affected())
+    .rows_affected();
+    session.close().await?;
+    Ok(out)
 }
 
 /// Deletes up to `limit` finished rows: `Done` ones finished before `done_before`,
@@ -403,7 +434,7 @@ pub async fn delete_finished(
     dead_before: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, PersistenceError> {
-    let jobs = sqlx::query(
+    let jobs = crate::db::query(
         "delete from apalis.jobs where id in ( \
              select id from apalis.jobs \
              where (status = 'Done' and done_at < $1) or (status = 'Killed' and done_at < $2) \
@@ -415,7 +446,7 @@ pub async fn delete_finished(
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    sqlx::query(
+    crate::db::query(
         "delete from apalis.workers w where w.last_seen < now() - interval '1 day' \
          and not exists (select 1 from apalis.jobs j where j.lock_by = w.id)",
     )

@@ -42,7 +42,7 @@ pub async fn unfinished_runs_page(
         where status in ('queued', 'running', 'awaiting_hitl')";
     Ok(match after {
         Some(after) => {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            crate::db::query_scalar(sqlx::AssertSqlSafe(format!(
                 "{SQL} and run_id > $1 order by run_id limit $2"
             )))
             .bind(after)
@@ -51,7 +51,7 @@ pub async fn unfinished_runs_page(
             .await?
         }
         None => {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            crate::db::query_scalar(sqlx::AssertSqlSafe(format!(
                 "{SQL} order by run_id limit $1"
             )))
             .bind(limit)
@@ -63,7 +63,7 @@ pub async fn unfinished_runs_page(
 
 /// Whether rehydration pages of an earlier rescan are still waiting or running.
 pub async fn rehydration_in_progress(conn: &mut PgConnection) -> Result<bool, PersistenceError> {
-    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    Ok(crate::db::query_scalar(sqlx::AssertSqlSafe(format!(
         "select exists(select 1 from apalis.jobs where job_type = 'hitl_rehydrate' and status in {LIVE})"
     )))
     .fetch_one(conn)
@@ -78,7 +78,7 @@ pub async fn rehydrate_page(
     run_ids: &[RunId],
 ) -> Result<RehydrateReport, PersistenceError> {
     let ids: Vec<&str> = run_ids.iter().map(RunId::as_str).collect();
-    let scanned = sqlx::query(
+    let scanned = crate::db::query(
         "update orchestrator_runs set rehydrated_at = now() \
          where run_id = any($1) and status in ('queued', 'running', 'awaiting_hitl')",
     )
@@ -86,7 +86,7 @@ pub async fn rehydrate_page(
     .execute(&mut **tx)
     .await?
     .rows_affected();
-    let stranded: Vec<RunId> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let stranded: Vec<RunId> = crate::db::query_scalar(sqlx::AssertSqlSafe(format!(
         "select r.run_id from orchestrator_runs r \
          where r.run_id = any($1) and r.status in ('queued', 'running') \
            and not exists (select 1 from apalis.jobs j where j.job_type = 'hitl_advance' \
@@ -96,7 +96,7 @@ pub async fn rehydrate_page(
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
-    let deadlines: Vec<RequestId> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let deadlines: Vec<RequestId> = crate::db::query_scalar(sqlx::AssertSqlSafe(format!(
         "select q.request_id from hitl_requests q \
          where q.run_id = any($1) and q.status = 'pending' and q.expires_at is not null \
            and not exists (select 1 from apalis.jobs j where j.job_type = 'hitl_expire' \
@@ -132,7 +132,7 @@ pub async fn find_stranded(
     settle: Duration,
     limit: i64,
 ) -> Result<(Vec<RunId>, Vec<RequestId>), PersistenceError> {
-    let runs = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let runs = crate::db::query_scalar(sqlx::AssertSqlSafe(format!(
         "select r.run_id from orchestrator_runs r \
          where r.status in ('queued', 'running') and r.updated_at < now() - make_interval(secs => $1) \
            and not exists (select 1 from apalis.jobs j where j.job_type = 'hitl_advance' \
@@ -143,7 +143,7 @@ pub async fn find_stranded(
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    let requests = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let requests = crate::db::query_scalar(sqlx::AssertSqlSafe(format!(
         "select q.request_id from hitl_requests q \
          where q.status = 'pending' and q.expires_at < now() - make_interval(secs => $1) \
            and not exists (select 1 from apalis.jobs j where j.job_type = 'hitl_expire' \
@@ -163,7 +163,7 @@ async fn has_live_job(
     key: &str,
     value: &str,
 ) -> Result<bool, PersistenceError> {
-    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    Ok(crate::db::query_scalar(sqlx::AssertSqlSafe(format!(
         "select exists(select 1 from apalis.jobs where job_type = $1 and status in {LIVE} \
          and metadata -> $2 = $3)"
     )))
@@ -215,7 +215,7 @@ pub async fn rearm_deadline(
     by: &str,
 ) -> Result<bool, PersistenceError> {
     let Some((run_id, expires_at)): Option<(RunId, Option<DateTime<Utc>>)> =
-        sqlx::query_as("select run_id, expires_at from hitl_requests where request_id = $1")
+        crate::db::query_as("select run_id, expires_at from hitl_requests where request_id = $1")
             .bind(request_id)
             .fetch_optional(&mut **tx)
             .await?
@@ -258,7 +258,7 @@ async fn record_rehydrate(
 ) -> Result<i64, PersistenceError> {
     let run = lock_run(tx, run_id).await?;
     run.check(&Transition::Rehydrate, Some(version))?;
-    let version: i64 = sqlx::query_scalar(
+    let version: i64 = crate::db::query_scalar(
         "update orchestrator_runs set version = version + 1, rehydrated_at = now(), updated_at = now() \
          where run_id = $1 returning version",
     )

@@ -570,7 +570,7 @@ pub async fn expire_request(
     advance: AdvanceBy,
 ) -> Result<ExpireOutcome, PersistenceError> {
     let run_id: RunId =
-        sqlx::query_scalar("select run_id from hitl_requests where request_id = $1")
+        crate::db::query_scalar("select run_id from hitl_requests where request_id = $1")
             .bind(request_id)
             .fetch_optional(&mut **tx)
             .await?
@@ -580,7 +580,7 @@ pub async fn expire_request(
             })?;
     let run = lock_run(tx, &run_id).await?;
     // Read after the run lock: a request only changes under its run's lock.
-    let row: DeadlineRow = sqlx::query_as(
+    let row: DeadlineRow = crate::db::query_as(
         "select run_id, status, expires_at, on_timeout from hitl_requests where request_id = $1",
     )
     .bind(request_id)
@@ -602,7 +602,7 @@ pub async fn expire_request(
         },
         None,
     )?;
-    sqlx::query(
+    crate::db::query(
         "update hitl_requests set status = 'expired', resolved_at = now(), resolved_by = 'system' \
          where request_id = $1",
     )
@@ -611,7 +611,7 @@ pub async fn expire_request(
     .await?;
     let reason =
         (outcome.status == RunStatus::Cancelled).then_some("the request's deadline passed");
-    let version: i64 = sqlx::query_scalar(
+    let version: i64 = crate::db::query_scalar(
         "update orchestrator_runs set status = $2, pending_request_id = null, \
              status_reason = coalesce($3, status_reason), \
              finished_at = case when $2 = 'cancelled' then now() end, \

@@ -55,7 +55,7 @@ pub async fn create_run(tx: &mut Tx<'_>, new: NewRun) -> Result<CreatedRun, Pers
     let brief_id = match new.brief {
         BriefInput::New { title, content } => {
             let id = BriefId::new();
-            sqlx::query("insert into briefs (brief_id, title, content) values ($1, $2, $3)")
+            crate::db::query("insert into briefs (brief_id, title, content) values ($1, $2, $3)")
                 .bind(&id)
                 .bind(title)
                 .bind(content)
@@ -65,7 +65,7 @@ pub async fn create_run(tx: &mut Tx<'_>, new: NewRun) -> Result<CreatedRun, Pers
         }
         BriefInput::Existing(id) => {
             let exists: bool =
-                sqlx::query_scalar("select exists(select 1 from briefs where brief_id = $1)")
+                crate::db::query_scalar("select exists(select 1 from briefs where brief_id = $1)")
                     .bind(&id)
                     .fetch_one(&mut **tx)
                     .await?;
@@ -82,7 +82,7 @@ pub async fn create_run(tx: &mut Tx<'_>, new: NewRun) -> Result<CreatedRun, Pers
     let thread_id = new.thread_id.unwrap_or_else(ThreadId::new);
     // `on conflict do nothing` instead of catching the unique violation: a violation
     // would abort the caller's transaction.
-    let inserted = sqlx::query(
+    let inserted = crate::db::query(
         "insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan, \
              execution_context, runner_metadata) \
          values ($1, $2, $3, 'queued', $4, $5, $6) on conflict (thread_id) do nothing",
@@ -156,13 +156,13 @@ pub async fn find_run(
     const COLUMNS: &str = "select run_id, thread_id, brief_id, status, pending_request_id, version from orchestrator_runs";
     let row = match by {
         RunRef::Id(id) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("{COLUMNS} where run_id = $1")))
+            crate::db::query_as(sqlx::AssertSqlSafe(format!("{COLUMNS} where run_id = $1")))
                 .bind(id)
                 .fetch_optional(executor)
                 .await?
         }
         RunRef::Thread(id) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            crate::db::query_as(sqlx::AssertSqlSafe(format!(
                 "{COLUMNS} where thread_id = $1"
             )))
             .bind(id)
@@ -199,15 +199,13 @@ pub async fn runner_state(
     run_id: &RunId,
     node_id: &str,
 ) -> Result<Option<String>, PersistenceError> {
-    Ok(
-        sqlx::query_scalar(
-            "select state from run_runner_states where run_id = $1 and node_id = $2",
-        )
-        .bind(run_id)
-        .bind(node_id)
-        .fetch_optional(executor)
-        .await?,
+    Ok(crate::db::query_scalar(
+        "select state from run_runner_states where run_id = $1 and node_id = $2",
     )
+    .bind(run_id)
+    .bind(node_id)
+    .fetch_optional(executor)
+    .await?)
 }
 
 async fn write_runner_state(
@@ -221,7 +219,7 @@ async fn write_runner_state(
             node_id,
             state: Some(text),
         }) => {
-            sqlx::query(
+            crate::db::query(
                 "insert into run_runner_states (run_id, node_id, state) values ($1, $2, $3) \
                  on conflict (run_id, node_id) do update set state = excluded.state, updated_at = now()",
             )
@@ -235,7 +233,7 @@ async fn write_runner_state(
             node_id,
             state: None,
         }) => {
-            sqlx::query("delete from run_runner_states where run_id = $1 and node_id = $2")
+            crate::db::query("delete from run_runner_states where run_id = $1 and node_id = $2")
                 .bind(run_id)
                 .bind(node_id)
                 .execute(conn)
@@ -449,7 +447,7 @@ pub async fn raise_request(
         Some(expected_version),
     )?;
     let response_types: Vec<&str> = request.response_types.iter().map(|t| t.as_str()).collect();
-    sqlx::query(
+    crate::db::query(
         "insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, \
              operator_prompt, response_types, options, contract_summary, expires_at, on_timeout, \
              items, assignees, approvals_required, follow_up) \
@@ -475,7 +473,7 @@ pub async fn raise_request(
     .bind(request.follow_up.as_ref().map(sqlx::types::Json))
     .execute(&mut **tx)
     .await?;
-    let version: i64 = sqlx::query_scalar(
+    let version: i64 = crate::db::query_scalar(
         "update orchestrator_runs set status = 'awaiting_hitl', pending_request_id = $2, \
              execution_context = $3, runner_metadata = $4, plan = coalesce($5, plan), \
              agent_retry = null, version = version + 1, updated_at = now() \

@@ -15,11 +15,11 @@ pub async fn parked_runs(
     plan: &Value,
 ) -> Result<(), PersistenceError> {
     let salt = uuid::Uuid::now_v7().simple().to_string();
-    sqlx::query("insert into briefs (brief_id, title) values ($1, 'seeded')")
+    crate::db::query("insert into briefs (brief_id, title) values ($1, 'seeded')")
         .bind(format!("brief_{salt}"))
         .execute(&mut *conn)
         .await?;
-    sqlx::query(
+    crate::db::query(
         "create temporary table seed on commit drop as \
          select 'run_' || md5('r' || i || $1) as run_id, 'hitl_req_' || md5('q' || i || $1) as request_id \
          from generate_series(1, $2) i",
@@ -28,7 +28,7 @@ pub async fn parked_runs(
     .bind(n)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
+    crate::db::query(
         "insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan, runner_metadata, version) \
          select run_id, 'thread_' || substr(run_id, 5), $1, 'running', $2, \
                 jsonb_build_object('cursor', 'review', 'awaitingRequestId', request_id), 3 \
@@ -38,7 +38,7 @@ pub async fn parked_runs(
     .bind(plan)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
+    crate::db::query(
         "insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, operator_prompt, response_types) \
          select request_id, run_id, 'thread_' || substr(run_id, 5), $1, 'review', 'Approve?', \
                 array['approval', 'rejection'] \
@@ -47,13 +47,13 @@ pub async fn parked_runs(
     .bind(format!("brief_{salt}"))
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
+    crate::db::query(
         "update orchestrator_runs o set status = 'awaiting_hitl', pending_request_id = s.request_id \
          from seed s where o.run_id = s.run_id",
     )
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
+    crate::db::query(
         "insert into run_audit_events (run_id, run_version, action, from_status, to_status, request_id) \
          select run_id, v, a, f, t, case when v = 3 then request_id end \
          from seed, (values (1, 'run_created', null, 'queued'), (2, 'run_started', 'queued', 'running'), \
@@ -61,7 +61,9 @@ pub async fn parked_runs(
     )
     .execute(&mut *conn)
     .await?;
-    sqlx::query("drop table seed").execute(&mut *conn).await?;
+    crate::db::query("drop table seed")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -69,19 +71,25 @@ pub async fn parked_runs(
 pub async fn parked_requests(
     pool: &sqlx::PgPool,
 ) -> Result<Vec<(crate::domain::RunId, crate::domain::RequestId)>, PersistenceError> {
-    Ok(sqlx::query_as(
+    let mut session = crate::db::session(pool).await?;
+    let out = crate::db::query_as(
         "select run_id, pending_request_id from orchestrator_runs \
          where status = 'awaiting_hitl' order by run_id",
     )
-    .fetch_all(pool)
-    .await?)
+    .fetch_all(&mut *session)
+    .await?;
+    session.close().await?;
+    Ok(out)
 }
 
 /// Deletes every job, as if the queue had been lost: runs left queued or running are
 /// stranded until a rescan or the sweep finds them (the rehydration benchmark's fault).
 pub async fn lose_every_job(pool: &sqlx::PgPool) -> Result<u64, PersistenceError> {
-    Ok(sqlx::query("delete from apalis.jobs")
-        .execute(pool)
+    let mut session = crate::db::session(pool).await?;
+    let out = crate::db::query("delete from apalis.jobs")
+        .execute(&mut *session)
         .await?
-        .rows_affected())
+        .rows_affected();
+    session.close().await?;
+    Ok(out)
 }

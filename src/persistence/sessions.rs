@@ -43,11 +43,11 @@ pub async fn insert_session(
     conn: &mut sqlx::PgConnection,
     new: &NewSession,
 ) -> Result<SessionRecord, PersistenceError> {
-    sqlx::query("delete from console_sessions where expires_at <= now()")
+    crate::db::query("delete from console_sessions where expires_at <= now()")
         .execute(&mut *conn)
         .await?;
     let lifetime_ms = i64::try_from(new.lifetime.as_millis()).unwrap_or(i64::MAX);
-    let record = sqlx::query_as::<_, SessionRecord>(
+    let record = crate::db::query_as::<SessionRecord>(
         "insert into console_sessions (session_hash, sealed_credential, principal, operator, expires_at) \
          values ($1, $2, $3, $4, now() + make_interval(secs => $5::double precision / 1000)) \
          returning sealed_credential, principal, operator, created_at, expires_at",
@@ -67,7 +67,7 @@ pub async fn find_session(
     executor: impl PgExecutor<'_>,
     session_hash: &[u8; 32],
 ) -> Result<Option<SessionRecord>, PersistenceError> {
-    Ok(sqlx::query_as::<_, SessionRecord>(
+    Ok(crate::db::query_as::<SessionRecord>(
         "select sealed_credential, principal, operator, created_at, expires_at \
          from console_sessions where session_hash = $1 and expires_at > now()",
     )
@@ -81,7 +81,7 @@ pub async fn delete_session(
     executor: impl PgExecutor<'_>,
     session_hash: &[u8; 32],
 ) -> Result<(), PersistenceError> {
-    sqlx::query("delete from console_sessions where session_hash = $1")
+    crate::db::query("delete from console_sessions where session_hash = $1")
         .bind(&session_hash[..])
         .execute(executor)
         .await?;

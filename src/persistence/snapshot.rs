@@ -267,7 +267,7 @@ pub async fn load_request(
         .begin_with("begin isolation level repeatable read read only")
         .await?;
     let run_id: Option<RunId> =
-        sqlx::query_scalar("select run_id from hitl_requests where request_id = $1")
+        crate::db::query_scalar("select run_id from hitl_requests where request_id = $1")
             .bind(request_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -350,7 +350,7 @@ async fn load_parts(
     // The run with its requests and their answers in one statement: a row per answer,
     // or one with no answer, or one with no request at all. The run's columns are
     // prefixed (`run_`), so the request's keep the names `RequestRecord` reads.
-    let rows: Vec<sqlx::postgres::PgRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<sqlx::postgres::PgRow> = crate::db::query(sqlx::AssertSqlSafe(format!(
         "select o.run_id as run_run_id, o.thread_id as run_thread_id, o.brief_id as run_brief_id, \
              o.status as run_status, o.status_reason as run_status_reason, \
              o.pending_request_id as run_pending_request_id, o.version as run_version, \
@@ -427,7 +427,7 @@ async fn load_parts(
             audit_log: Vec::new(),
         }));
     }
-    let audit_log = sqlx::query_as::<_, AuditRow>(
+    let audit_log = crate::db::query_as::<AuditRow>(
         "select event_id, run_version, action, operator_id, operator_display_name, \
              operator_email, principal, note, command_id, request_id, from_status, to_status, \
              details, created_at, trace_id \

@@ -15,13 +15,13 @@ pub const MAX_VERIFY_PAGE: i64 = 100;
 impl Service {
     /// Every public key events were signed with, oldest first.
     pub async fn audit_keys(&self) -> Result<Vec<SigningKey>, ServiceError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = crate::db::session(&self.pool).await?;
         Ok(audit::signing_keys(&mut conn).await?)
     }
 
     /// Run `run_id`'s chain: intact, or the first break (404 when there is no such run).
     pub async fn verify_run(&self, run_id: &RunId) -> Result<Verification, ServiceError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = crate::db::session(&self.pool).await?;
         let keys = audit::signing_keys(&mut conn).await?;
         audit::verify_run(&mut conn, run_id, &keys)
             .await?
@@ -35,7 +35,7 @@ impl Service {
         after: Option<&RunId>,
         limit: i64,
     ) -> Result<(Vec<Verification>, Option<RunId>), ServiceError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = crate::db::session(&self.pool).await?;
         Ok(audit::verify_page(&mut conn, after, limit).await?)
     }
 
@@ -47,7 +47,7 @@ impl Service {
         after: Option<i64>,
         limit: i64,
     ) -> Result<Vec<ExportedEvent>, ServiceError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = crate::db::session(&self.pool).await?;
         let position = match after {
             None | Some(0) => (0, 0),
             Some(id) => events::position_at_or_before(&mut conn, id).await?,

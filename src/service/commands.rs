@@ -180,9 +180,12 @@ impl Service {
     pub async fn submit(&self, submission: SubmitCommand) -> Result<Submitted, ServiceError> {
         let kind = submission.kind();
         let payload = submission.payload()?;
+        // Behind a transaction pooler the session is one transaction from the idempotency
+        // lookup to the write (`crate::db::session`); otherwise a pooled connection.
+        let mut conn = crate::db::session(&self.pool).await?;
         if let Some(key) = &submission.idempotency_key
             && let Some(earlier) =
-                persistence::find_command_by_idempotency_key(&self.pool, kind, key.as_str()).await?
+                persistence::find_command_by_idempotency_key(&mut *conn, kind, key.as_str()).await?
         {
             if earlier.payload != payload {
                 return Err(ServiceError::IdempotencyKeyReused);
@@ -196,11 +199,10 @@ impl Service {
         if kind != CommandKind::Retry && !self.engine.hitl_enabled() {
             return Err(ServiceError::HitlDisabled);
         }
-        // Two statements, no transaction around them: the early check's one read, then
-        // the command and its job in one write. The check is advice (the worker checks
-        // again under the run's lock and records any refusal), so it need not share a
-        // snapshot with the write.
-        let mut conn = self.pool.acquire().await?;
+        // Two statements, no transaction around them (straight to PostgreSQL): the early
+        // check's one read, then the command and its job in one write. The check is
+        // advice (the worker checks again under the run's lock and records any refusal),
+        // so it need not share a snapshot with the write.
         let run_id = locate(&mut conn, &submission.target).await?;
         check(&mut conn, &run_id, &submission).await?;
         let recorded = persistence::record_command(
@@ -226,7 +228,7 @@ impl Service {
             },
         )
         .await?;
-        drop(conn);
+        conn.close().await?;
         let command = recorded.command;
         Ok(Submitted {
             command,
@@ -236,15 +238,20 @@ impl Service {
 
     /// The command `id`, with its run once it is final.
     pub async fn command(&self, id: &CommandId) -> Result<CommandState, ServiceError> {
-        let command = persistence::find_command(&self.pool, id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found(Entity::Command, "no such command"))?;
+        let mut conn = crate::db::session(&self.pool).await?;
+        let command = persistence::find_command(&mut *conn, id).await?;
+        conn.close().await?;
+        let command =
+            command.ok_or_else(|| ServiceError::not_found(Entity::Command, "no such command"))?;
         self.command_state(command).await
     }
 
     /// The commands of `run_id`, oldest first (the first 200: a run has a handful).
     pub async fn run_commands(&self, run_id: &RunId) -> Result<Vec<CommandRecord>, ServiceError> {
-        Ok(persistence::run_commands(&self.pool, run_id, 200).await?)
+        let mut conn = crate::db::session(&self.pool).await?;
+        let commands = persistence::run_commands(&mut *conn, run_id, 200).await?;
+        conn.close().await?;
+        Ok(commands)
     }
 
     /// Waits up to `wait` (less when the service shuts down) for `command` to become
@@ -264,8 +271,10 @@ impl Service {
                 _ = self.shutdown.cancelled() => break,
                 _ = tokio::time::sleep(POLL_INTERVAL.min(left)) => {}
             }
-            command = persistence::find_command(&self.pool, &command.command_id)
-                .await?
+            let mut conn = crate::db::session(&self.pool).await?;
+            let found = persistence::find_command(&mut *conn, &command.command_id).await?;
+            conn.close().await?;
+            command = found
                 .ok_or_else(|| ServiceError::Internal("a recorded command vanished".into()))?;
         }
         self.command_state(command).await

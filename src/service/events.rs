@@ -86,7 +86,7 @@ impl EventHub {
         self.inner
             .started
             .get_or_try_init(|| async move {
-                let mut conn = hub.pool.acquire().await?;
+                let mut conn = crate::db::session(&hub.pool).await?;
                 let cursor = events::horizon(&mut conn).await?;
                 drop(conn);
                 tokio::spawn(pump(hub, cursor));
@@ -107,7 +107,7 @@ async fn pump(hub: Arc<Hub>, mut cursor: StreamPosition) {
             _ = tokio::time::sleep(hub.settings.poll) => {}
         }
         loop {
-            let page = match hub.pool.acquire().await {
+            let page = match crate::db::session(&hub.pool).await {
                 Ok(mut conn) => events::events_after(&mut conn, cursor, PAGE).await,
                 Err(e) => Err(e.into()),
             };
@@ -181,7 +181,7 @@ impl Service {
     pub async fn events(&self, filter: EventFilter) -> Result<EventStream, ServiceError> {
         // Subscribe before reading the start, so nothing falls between replay and live.
         let receiver = self.events.subscribe().await?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = crate::db::session(&self.pool).await?;
         let start = match filter.after {
             Some(id) => match events::position_of(&mut conn, id).await? {
                 Some(position) => position,
@@ -219,7 +219,7 @@ impl EventStream {
                 continue;
             }
             if self.replaying {
-                let mut conn = self.pool.acquire().await.ok()?;
+                let mut conn = crate::db::session(&self.pool).await.ok()?;
                 let page = events::events_after(&mut conn, self.cursor, PAGE)
                     .await
                     .ok()?;

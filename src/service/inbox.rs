@@ -29,8 +29,10 @@ impl Service {
     pub async fn inbox(&self, query: PendingQuery) -> Result<InboxPage, ServiceError> {
         let PendingPage { items, next_cursor } = self.pending(query).await?;
         let ids: Vec<_> = items.iter().map(|i| i.pending_request_id.clone()).collect();
-        let mut extras: HashMap<_, _> = persistence::request_briefs(&self.pool, &ids)
-            .await?
+        let mut conn = crate::db::session(&self.pool).await?;
+        let briefs = persistence::request_briefs(&mut *conn, &ids).await?;
+        conn.close().await?;
+        let mut extras: HashMap<_, _> = briefs
             .into_iter()
             .map(|b| (b.request_id.clone(), b))
             .collect();
@@ -56,8 +58,9 @@ impl Service {
 
     /// The brief `brief_id` (404 when there is none).
     pub async fn brief(&self, brief_id: &BriefId) -> Result<BriefRecord, ServiceError> {
-        persistence::find_brief(&self.pool, brief_id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found(Entity::Brief, "no such brief"))
+        let mut conn = crate::db::session(&self.pool).await?;
+        let brief = persistence::find_brief(&mut *conn, brief_id).await?;
+        conn.close().await?;
+        brief.ok_or_else(|| ServiceError::not_found(Entity::Brief, "no such brief"))
     }
 }

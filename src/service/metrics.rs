@@ -8,7 +8,7 @@ use crate::telemetry::metrics::{Labels, metrics};
 
 /// Reads the state gauges from the database into the metrics registry.
 pub async fn refresh_gauges(pool: &PgPool) -> Result<(), PersistenceError> {
-    let mut conn = pool.acquire().await?;
+    let mut conn = crate::db::session(pool).await?;
     let stats = persistence::stats::read(&mut conn).await?;
     let m = metrics();
     m.set(

@@ -143,7 +143,9 @@ impl Service {
             // One more than the page: whether it comes back says if there is a next page.
             limit: limit + 1,
         };
-        let mut items = persistence::list_pending(&self.pool, &filter).await?;
+        let mut conn = crate::db::session(&self.pool).await?;
+        let mut items = persistence::list_pending(&mut *conn, &filter).await?;
+        conn.close().await?;
         let more = items.len() as i64 > limit;
         items.truncate(limit as usize);
         let next_cursor = more

@@ -63,7 +63,10 @@ impl Service {
         &self,
         thread: &ThreadId,
     ) -> Result<Option<RunSnapshot>, ServiceError> {
-        match persistence::find_run(&self.pool, &RunRef::Thread(thread.clone())).await? {
+        let mut conn = crate::db::session(&self.pool).await?;
+        let found = persistence::find_run(&mut *conn, &RunRef::Thread(thread.clone())).await?;
+        conn.close().await?;
+        match found {
             None => Ok(None),
             Some(run) => Ok(persistence::load_snapshot(&self.pool, &run.run_id).await?),
         }

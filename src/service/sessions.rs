@@ -8,8 +8,10 @@ use crate::persistence::{self, NewSession, SessionRecord};
 impl Service {
     /// Stores a new session (and deletes the ones that have expired).
     pub async fn open_session(&self, new: NewSession) -> Result<SessionRecord, ServiceError> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(persistence::insert_session(&mut conn, &new).await?)
+        let mut conn = crate::db::session(&self.pool).await?;
+        let session = persistence::insert_session(&mut conn, &new).await?;
+        conn.close().await?;
+        Ok(session)
     }
 
     /// The session whose id hashes to `session_hash`, unless it has ended.
@@ -17,11 +19,17 @@ impl Service {
         &self,
         session_hash: &[u8; 32],
     ) -> Result<Option<SessionRecord>, ServiceError> {
-        Ok(persistence::find_session(&self.pool, session_hash).await?)
+        let mut conn = crate::db::session(&self.pool).await?;
+        let session = persistence::find_session(&mut *conn, session_hash).await?;
+        conn.close().await?;
+        Ok(session)
     }
 
     /// Ends a session (nothing when it has ended already).
     pub async fn end_session(&self, session_hash: &[u8; 32]) -> Result<(), ServiceError> {
-        Ok(persistence::delete_session(&self.pool, session_hash).await?)
+        let mut conn = crate::db::session(&self.pool).await?;
+        persistence::delete_session(&mut *conn, session_hash).await?;
+        conn.close().await?;
+        Ok(())
     }
 }

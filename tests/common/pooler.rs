@@ -19,10 +19,17 @@ use sqlx::{Connection, PgConnection, Row};
 /// each), so this covers every connection the processes of one test may open.
 pub const SESSION_POOL: u32 = 80;
 
+/// Server connections per database for a PgBouncer in transaction mode: far fewer than
+/// the clients of a test's processes (two workers of 16 connections each, an API's), so
+/// that clients really share server connections between transactions — where a
+/// statement outside a transaction, or a named one, would go wrong.
+pub const TRANSACTION_POOL: u32 = 6;
+
 /// A running PgBouncer; killed when dropped.
 pub struct PgBouncer {
     child: Child,
     port: u16,
+    pool_mode: String,
     user: String,
     password: String,
     _dir: tempfile::TempDir,
@@ -131,6 +138,7 @@ impl PgBouncer {
                 return Some(Self {
                     child,
                     port: listen_port,
+                    pool_mode: pool_mode.to_owned(),
                     user,
                     password,
                     _dir: dir,
@@ -163,11 +171,12 @@ impl PgBouncer {
     }
 
     /// How a service process reaches the database of `direct_url` through this
-    /// PgBouncer: pooled connections through it, LISTEN and migrations straight.
+    /// PgBouncer: pooled connections through it (`HITL_DB_POOLER` is its pool mode),
+    /// LISTEN and migrations straight.
     pub fn route(&self, direct_url: &str) -> super::Route {
         vec![
             ("DATABASE_URL", self.url_through(direct_url)),
-            ("HITL_DB_POOLER", "session".to_owned()),
+            ("HITL_DB_POOLER", self.pool_mode.clone()),
             ("HITL_DIRECT_DATABASE_URL", direct_url.to_owned()),
         ]
     }

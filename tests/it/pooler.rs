@@ -1,9 +1,11 @@
 //! The service behind a real PgBouncer (Debian's, started by the tests): API, worker,
 //! rehydration, takeover and PostgreSQL-restart scenarios of the other modules, re-run
-//! with the service's pooled connections through PgBouncer in session mode and LISTEN
-//! and migrations straight to PostgreSQL; each checks that PgBouncer carried the traffic.
-//! And why transaction pooling is refused: what sqlx's statements do through a
-//! PgBouncer 1.18 in transaction mode, measured.
+//! with the service's pooled connections through PgBouncer in transaction mode — six
+//! server connections for every client of the test's processes — and LISTEN and
+//! migrations straight to PostgreSQL; one re-run in session mode; each checks that
+//! PgBouncer carried the traffic. And why the service sends what it sends behind a
+//! transaction pooler (`db::statements`): what sqlx's statements do through PgBouncer
+//! 1.18 in transaction mode, measured.
 
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -11,12 +13,19 @@ use std::str::FromStr;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::common::pooler::{PgBouncer, SESSION_POOL};
+use crate::common::pooler::{PgBouncer, SESSION_POOL, TRANSACTION_POOL};
 use crate::common::{TestDb, fresh_db};
 
-/// A fresh database and a PgBouncer in session mode in front of it; `None` when
+/// A fresh database and a PgBouncer in transaction mode in front of it; `None` when
 /// PgBouncer is missing (the test then says so loudly, or fails under CI).
 async fn behind_pgbouncer(test: &str) -> Option<(TestDb, PgBouncer)> {
+    let db = fresh_db().await;
+    let bouncer = PgBouncer::start(test, &db.url, "transaction", TRANSACTION_POOL)?;
+    Some((db, bouncer))
+}
+
+/// As [`behind_pgbouncer`], in session mode.
+async fn behind_pgbouncer_in_session_mode(test: &str) -> Option<(TestDb, PgBouncer)> {
     let db = fresh_db().await;
     let bouncer = PgBouncer::start(test, &db.url, "session", SESSION_POOL)?;
     Some((db, bouncer))
@@ -36,6 +45,17 @@ async fn behind_pgbouncer_worker_processes_drain_every_command_exactly_once() {
 async fn behind_pgbouncer_an_api_and_a_worker_process_stream_a_run_in_order() {
     let test = "pooler::behind_pgbouncer_an_api_and_a_worker_process_stream_a_run_in_order";
     let Some((db, bouncer)) = behind_pgbouncer(test).await else {
+        return;
+    };
+    crate::api_events::api_and_worker_processes_stream_a_run_in_order(&db, &bouncer.route(&db.url))
+        .await;
+    bouncer.assert_carried(&db.name, 10).await;
+}
+
+#[tokio::test]
+async fn behind_pgbouncer_in_session_mode_an_api_and_a_worker_process_stream_a_run_in_order() {
+    let test = "pooler::behind_pgbouncer_in_session_mode_an_api_and_a_worker_process_stream_a_run_in_order";
+    let Some((db, bouncer)) = behind_pgbouncer_in_session_mode(test).await else {
         return;
     };
     crate::api_events::api_and_worker_processes_stream_a_run_in_order(&db, &bouncer.route(&db.url))
@@ -86,7 +106,7 @@ async fn the_scale_benchmark_runs_its_worker_processes_through_pgbouncer() {
         &[crate::bench::TINY_SCALE, &["--process-counts", "2"]].concat(),
         &crate::common::env_with(&route, &[]),
     );
-    assert_eq!(scale["pooler"], "session", "{scale}");
+    assert_eq!(scale["pooler"], "transaction", "{scale}");
     assert_eq!(scale["summary"][0]["exactly_once"], true, "{scale}");
     // The bench's databases are its own (created beside the test's): find its by name.
     let database = scale["runs"][0]["database"]
@@ -98,29 +118,21 @@ async fn the_scale_benchmark_runs_its_worker_processes_through_pgbouncer() {
 }
 
 #[test]
-fn serve_refuses_transaction_pooling_at_start_naming_the_setting() {
-    for direct in [None, Some("postgres://u:secret-pw@127.0.0.1:1/hitl")] {
-        let mut cmd = Command::new(crate::common::service_binary());
-        cmd.arg("serve")
-            .env("DATABASE_URL", "postgres://u:secret-pw@127.0.0.1:1/hitl")
-            .env("HITL_DB_POOLER", "transaction")
-            .env_remove("HITL_DIRECT_DATABASE_URL")
-            .stdin(Stdio::null());
-        if let Some(url) = direct {
-            cmd.env("HITL_DIRECT_DATABASE_URL", url);
-        }
-        // Refused while the settings are checked, before any connection is tried, so
-        // the unreachable port 1 is never dialled and the process ends at once.
-        let out = cmd.output().expect("run the service binary");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{stderr}");
-        assert!(stderr.contains("HITL_DB_POOLER"), "{stderr}");
-        assert!(
-            stderr.contains("transaction pooling is not supported"),
-            "{stderr}"
-        );
-        assert!(!stderr.contains("secret-pw"), "{stderr}");
-    }
+fn serve_refuses_transaction_pooling_without_a_direct_url_naming_the_setting() {
+    let mut cmd = Command::new(crate::common::service_binary());
+    cmd.arg("serve")
+        .env("DATABASE_URL", "postgres://u:secret-pw@127.0.0.1:1/hitl")
+        .env("HITL_DB_POOLER", "transaction")
+        .env_remove("HITL_DIRECT_DATABASE_URL")
+        .stdin(Stdio::null());
+    // Refused while the settings are checked, before any connection is tried, so the
+    // unreachable port 1 is never dialled and the process ends at once.
+    let out = cmd.output().expect("run the service binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("HITL_DB_POOLER"), "{stderr}");
+    assert!(stderr.contains("HITL_DIRECT_DATABASE_URL"), "{stderr}");
+    assert!(!stderr.contains("secret-pw"), "{stderr}");
 }
 
 /// Runs 8 clients × 100 queries through `pool`, half `$1 + 1`, half `$1 * 1000`, each
@@ -197,7 +209,7 @@ async fn through_a_transaction_pooler_only_unnamed_statements_inside_a_transacti
     );
     assert!(
         errors + wrong > 0,
-        "if this now holds, PgBouncer or sqlx changed: re-measure before allowing transaction pooling"
+        "if this now holds, PgBouncer or sqlx changed: re-measure what db::statements needs"
     );
     // Inside a transaction the server connection stays ours between the round trips.
     assert_eq!(mixed_queries(&pool, false, true).await, (0, 0));

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::common::pooler::{PgBouncer, SESSION_POOL};
+use crate::common::pooler::{PgBouncer, TRANSACTION_POOL};
 use crate::common::queue_support::{
     RunningWorker, create_runs, fast_settings, scalar, seed_parked_runs, submit_resumes,
     unfinished_runs, wait_for_count,
@@ -313,10 +313,12 @@ pub(crate) async fn workers_ride_out_a_postgresql_restart(pooler: Option<&str>) 
     submit_resumes(&pool, &unfinished_runs(&pool).await).await;
 
     let bouncer = match pooler {
-        Some(test) => match PgBouncer::start(test, &pg.database_url(), "session", SESSION_POOL) {
-            Some(b) => Some(b),
-            None => return false,
-        },
+        Some(test) => {
+            match PgBouncer::start(test, &pg.database_url(), "transaction", TRANSACTION_POOL) {
+                Some(b) => Some(b),
+                None => return false,
+            }
+        }
         None => None,
     };
     let env = match &bouncer {
