@@ -131,7 +131,7 @@ pub(super) async fn drain(
 
 /// Whether each of `n` resumes was applied once: a succeeded command, a response and a
 /// resume event each, every run completed, and one audit event per run version.
-async fn exactly_once(pool: &PgPool, n: i64) -> Result<Value, BenchError> {
+pub(super) async fn exactly_once(pool: &PgPool, n: i64) -> Result<Value, BenchError> {
     let (succeeded, responses, resumes, completed, uneven): (i64, i64, i64, i64, i64) =
         sqlx::query_as(
             "select (select count(*) from hitl_commands where status = 'succeeded'), \

@@ -16,8 +16,72 @@ use hitl_orchestrator::domain::RequestId;
 use hitl_orchestrator::service::PendingCursor;
 
 use super::{
-    BenchError, TOKEN, machine, parked, percentiles, resume_body, start_api, worker_settings,
+    BenchError, Route, TOKEN, cpu, machine, parked, percentiles, resume_body, start_api,
+    worker_settings,
 };
+
+/// The `api` and `worker` processes of an e2e run with `--api-processes`; killed when
+/// dropped.
+struct Processes {
+    children: Vec<tokio::process::Child>,
+    /// The base URL of each `api` process.
+    apis: Vec<String>,
+}
+
+impl Processes {
+    /// Starts `apis` `api` processes on free ports and one `worker` process of
+    /// `concurrency` jobs, all on `route`, and waits until each `api` listens.
+    async fn start(route: &Route, apis: usize, concurrency: usize) -> Result<Self, BenchError> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe().map_err(|e| BenchError::Other(e.to_string()))?;
+        let spawn = |role: &str| {
+            tokio::process::Command::new(&exe)
+                .arg(role)
+                .envs(route.iter().map(|(k, v)| (*k, v.as_str())))
+                .env("API_KEY", TOKEN)
+                .env("LISTEN_ADDR", "127.0.0.1:0")
+                .env("HITL_WORKER_CONCURRENCY", concurrency.to_string())
+                .env("HITL_WORKER_BATCH_SIZE", concurrency.to_string())
+                .env("HITL_DB_MAX_CONNECTIONS", (concurrency + 8).to_string())
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| BenchError::Other(e.to_string()))
+        };
+        let mut started = Self {
+            children: vec![spawn("worker")?],
+            apis: Vec::new(),
+        };
+        for _ in 0..apis {
+            let mut child = spawn("api")?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| BenchError::Other("no stdout".into()))?;
+            started.children.push(child);
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let base = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(base) = line.strip_prefix("hitl-orchestrator listening on ") {
+                        return Some(base.trim().to_owned());
+                    }
+                }
+                None
+            })
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| BenchError::Other("an api process did not start listening".into()))?;
+            started.apis.push(base);
+        }
+        Ok(started)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(|c| c.id()).collect()
+    }
+}
 
 pub(super) async fn submit(pool: &PgPool, args: &BenchArgs, n: usize) -> Result<Value, BenchError> {
     let stop = CancellationToken::new();
@@ -69,28 +133,41 @@ pub(super) async fn submit(pool: &PgPool, args: &BenchArgs, n: usize) -> Result<
 
 pub(super) async fn e2e(
     pool: &PgPool,
+    route: &Route,
     args: &BenchArgs,
     offered: usize,
 ) -> Result<Value, BenchError> {
     let stop = CancellationToken::new();
-    let base = start_api(pool, &stop).await?;
-    let worker = Worker::new(
-        pool.clone(),
-        Engine::with_builtins(true),
-        worker_settings(args.concurrency.max(1)),
-    )
-    .quiet();
-    let worker = tokio::spawn(worker.run(stop.clone()));
+    let (bases, worker, processes) = if args.api_processes == 0 {
+        let base = start_api(pool, &stop).await?;
+        let worker = Worker::new(
+            pool.clone(),
+            Engine::with_builtins(true),
+            worker_settings(args.concurrency.max(1)),
+        )
+        .quiet();
+        (
+            vec![base],
+            Some(tokio::spawn(worker.run(stop.clone()))),
+            None,
+        )
+    } else {
+        let processes =
+            Processes::start(route, args.api_processes, args.concurrency.max(1)).await?;
+        (processes.apis.clone(), None, Some(processes))
+    };
     tokio::time::sleep(Duration::from_secs(2)).await; // past the worker's start-up rescan
+    let pids = processes.as_ref().map(Processes::pids).unwrap_or_default();
+    let watch = cpu::CpuWatch::start(cpu::postmaster_of(pool).await, &pids);
     let work = parked(pool).await?;
     let client = reqwest::Client::new();
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(0.1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
     let mut sends = Vec::new();
-    for (run, request) in work.into_iter().take(offered) {
+    for (i, (run, request)) in work.into_iter().take(offered).enumerate() {
         ticker.tick().await;
-        let (client, base) = (client.clone(), base.clone());
+        let (client, base) = (client.clone(), bases[i % bases.len()].clone());
         sends.push(tokio::spawn(async move {
             // Submitted: just before the request leaves the client (same host and clock
             // as the database).
@@ -126,6 +203,9 @@ pub(super) async fn e2e(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let cpu = watch.report(&pids);
+    // Every accepted resume applied once (the runs no send reached stay parked).
+    let exactly_once = super::drain::exactly_once(pool, submitted.len() as i64).await?;
     // Applied: the commit of the transaction that applied the command (and moved the run
     // on), when the server tracks commit times; else the command's `finished_at`, the
     // start of that transaction.
@@ -163,9 +243,15 @@ pub(super) async fn e2e(
     }
     let [to_recording, to_claim, to_applying, applying] = phases;
     stop.cancel();
-    let _ = worker.await;
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
+    drop(processes);
     Ok(
         json!({ "scenario": "e2e", "offered_per_second": args.rate, "offered": offered,
+               "api_processes": args.api_processes, "exactly_once": exactly_once,
+               // With --api-processes, `workers_cores` is the api and worker processes'.
+               "cpu": cpu,
                "achieved_offer_per_second": offered as f64 / offered_seconds, "applied": latencies.len(),
                "submit_to_applied": percentiles(latencies),
                // Where the time goes: the client and the API until the recording

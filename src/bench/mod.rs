@@ -251,7 +251,7 @@ async fn scenario(
         BenchScenario::E2e => {
             let offered = (args.rate * args.e2e_seconds() as f64).ceil() as usize;
             seed(pool, offered, false).await?;
-            http::e2e(pool, args, offered).await?
+            http::e2e(pool, &servers.route(&bench_db.name), args, offered).await?
         }
         BenchScenario::Rehydrate => {
             seed(pool, n, false).await?;
