@@ -216,6 +216,43 @@ pub enum ApplyOutcome {
     AlreadyFinal { command: CommandRecord },
 }
 
+/// [`COMMAND_COLUMNS`] of the command aliased `alias`.
+fn command_columns(alias: &str) -> String {
+    COMMAND_COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The select-list entries of a [`ToApply`] beside the command `c`'s columns: the named
+/// request's items and approvals, and the claim on the request acted on — the named one,
+/// or for a remove naming none, `pending` (the run's pending request).
+fn shape_sql(pending: &str) -> String {
+    format!(
+        "(select {} from hitl_requests q where q.request_id = c.request_id) as shape_items, \
+         (select case when q.claim_expires_at > now() then jsonb_build_object( \
+                  'claimedBy', q.claimed_by, 'claimExpiresAt', q.claim_expires_at) end \
+          from hitl_requests q where q.request_id = coalesce(c.request_id, {pending})) \
+             as shape_claim, \
+         (select q.approvals_required from hitl_requests q where q.request_id = c.request_id) \
+             as shape_approvals_required",
+        super::requests::items_sql("q")
+    )
+}
+
+/// What the locking read of [`apply`] returns: the command with its shape, its run as
+/// locked, and the run's version as the statement's snapshot saw it.
+#[derive(sqlx::FromRow)]
+struct LockedCommand {
+    #[sqlx(flatten)]
+    to_apply: ToApply,
+    locked_status: RunStatus,
+    locked_pending: Option<RequestId>,
+    locked_version: i64,
+    seen_version: Option<i64>,
+}
+
 /// A command with the shape of the request it names (absent for a remove of a run).
 #[derive(sqlx::FromRow)]
 struct ToApply {
@@ -296,14 +333,24 @@ async fn apply(
     advance: AdvanceBy,
     job: Option<JobClaim<'_>>,
 ) -> Result<(ApplyOutcome, JobCompletion), PersistenceError> {
-    // The run is found through the command and locked in one statement (a command's
-    // run never changes); the command itself is read after the lock, so its status is
-    // the one the run's last transition left.
-    let mut run = crate::db::query_as::<LockedRun>(
-        "select run_id, status, pending_request_id, version from orchestrator_runs \
-         where run_id = (select run_id from hitl_commands where command_id = $1) \
-         for no key update",
-    )
+    // One statement finds the command, locks its run and then it (the run first, as
+    // every transition does), and brings the named request's shape and claim. Its
+    // snapshot is taken before any wait for those locks: a transition committed
+    // meanwhile is seen in the locked rows (re-read once locked) but not in the
+    // request's, so the run's version is read twice — as locked and as the snapshot
+    // saw it — and when they differ, the shape and claim are read again (every change
+    // of a request bumps its run's version under the run's lock).
+    let locked: LockedCommand = crate::db::query_as(sqlx::AssertSqlSafe(format!(
+        "select {}, r.status as locked_status, r.pending_request_id as locked_pending, \
+             r.version as locked_version, \
+             (select v.version from orchestrator_runs v where v.run_id = c.run_id) \
+                 as seen_version, {} \
+         from orchestrator_runs r join hitl_commands c on c.run_id = r.run_id \
+         where c.command_id = $1 \
+         for no key update of r for update of c",
+        command_columns("c"),
+        shape_sql("r.pending_request_id"),
+    )))
     .bind(command_id)
     .fetch_optional(&mut **tx)
     .await?
@@ -311,23 +358,24 @@ async fn apply(
         entity: "command",
         id: command_id.to_string(),
     })?;
-    // The named request's shape comes along (it never changes once raised), and the
-    // claim on the request acted on (a remove may name none: the pending one).
-    let to_apply: ToApply = crate::db::query_as(sqlx::AssertSqlSafe(format!(
-        "select {COMMAND_COLUMNS}, \
-             (select {} from hitl_requests q where q.request_id = c.request_id) as shape_items, \
-             (select case when q.claim_expires_at > now() then jsonb_build_object( \
-                      'claimedBy', q.claimed_by, 'claimExpiresAt', q.claim_expires_at) end \
-              from hitl_requests q where q.request_id = coalesce(c.request_id, $2)) as shape_claim, \
-             (select q.approvals_required from hitl_requests q where q.request_id = c.request_id) \
-                 as shape_approvals_required \
-         from hitl_commands c where command_id = $1 for update of c",
-        super::requests::items_sql("q")
-    )))
-    .bind(command_id)
-    .bind(&run.pending_request_id)
-    .fetch_one(&mut **tx)
-    .await?;
+    let mut run = LockedRun {
+        run_id: locked.to_apply.command.run_id.clone(),
+        status: locked.locked_status,
+        pending_request_id: locked.locked_pending,
+        version: locked.locked_version,
+    };
+    let to_apply = if locked.seen_version == Some(run.version) {
+        locked.to_apply
+    } else {
+        crate::db::query_as(sqlx::AssertSqlSafe(format!(
+            "select {COMMAND_COLUMNS}, {} from hitl_commands c where command_id = $1",
+            shape_sql("$2"),
+        )))
+        .bind(command_id)
+        .bind(&run.pending_request_id)
+        .fetch_one(&mut **tx)
+        .await?
+    };
     let command = to_apply.command;
     let subject = Subject {
         items: to_apply.items.map(|i| i.0).unwrap_or_default(),

@@ -107,6 +107,20 @@ fn arm_watchdog(pg: &EmbeddedPostgres, dir: &Path) {
 /// A pool on `db` that logs in as `role` (created as a superuser with the test
 /// server's password): statements are counted per role in `pg_stat_statements`.
 pub async fn pool_as(db: &TestDb, role: &str) -> PgPool {
+    let url = url_as(db, role).await;
+    db::lazy_pool(
+        &url,
+        PoolSettings {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(30),
+        },
+    )
+    .unwrap()
+}
+
+/// The URL of `db` logging in as `role`, created as a superuser with the test server's
+/// password unless it exists.
+pub async fn url_as(db: &TestDb, role: &str) -> String {
     assert!(role.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
     let (user_part, _) = db.url.split_once('@').expect("user in the test URL");
     let password = user_part.rsplit_once(':').map_or("", |(_, p)| p).to_owned();
@@ -120,15 +134,7 @@ pub async fn pool_as(db: &TestDb, role: &str) -> PgPool {
         .unwrap();
     let (scheme_user, rest) = db.url.split_once('@').unwrap();
     let (scheme, _) = scheme_user.split_once("://").unwrap();
-    let url = format!("{scheme}://{role}:{password}@{rest}");
-    db::lazy_pool(
-        &url,
-        PoolSettings {
-            max_connections: 10,
-            acquire_timeout: Duration::from_secs(30),
-        },
-    )
-    .unwrap()
+    format!("{scheme}://{role}:{password}@{rest}")
 }
 
 /// `url` with its database replaced by `database`.

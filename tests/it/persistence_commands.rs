@@ -641,3 +641,52 @@ async fn an_operator_object_round_trips_with_the_command() {
     assert_eq!(found.status, CommandStatus::Queued);
     assert_eq!(found.kind, CommandKind::Resume);
 }
+
+/// A transition committed while a command waits for its run's lock is seen by the
+/// command once it has the lock, though the command's locking read began before: here
+/// another transaction holds the run and claims the request for alice meanwhile, and
+/// bob's resume, which found no claim when it started waiting, is refused as claimed.
+#[tokio::test]
+async fn a_claim_committed_while_a_resume_waits_for_its_run_refuses_the_resume() {
+    let db = crate::common::fresh_db().await;
+    let (run_id, request, _) = parked_run(&db.pool).await;
+    let id = submit(&db.pool, resume(&run_id, &request, "bob")).await;
+    // As a claim does: the run's row is locked and its version bumped, the request
+    // claimed, in one transaction.
+    let mut other = db.pool.begin().await.unwrap();
+    sqlx::query("update orchestrator_runs set version = version + 1 where run_id = $1")
+        .bind(&run_id)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query(
+        "update hitl_requests set claimed_by = $2, \
+             claim_expires_at = now() + interval '1 hour' where request_id = $1",
+    )
+    .bind(&request)
+    .bind(json!({ "principal": "alice-laptop", "operator": { "id": "alice" } }))
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let pool = db.pool.clone();
+    let applying = tokio::spawn(async move { apply(&pool, &id).await });
+    crate::common::queue_support::wait_for_count(
+        &db.pool,
+        "select count(*) from pg_stat_activity \
+         where datname = current_database() and wait_event_type = 'Lock'",
+        1,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    other.commit().await.unwrap();
+    let ApplyOutcome::Rejected { command } = applying.await.unwrap() else {
+        panic!("the resume is refused")
+    };
+    let outcome = command.outcome.unwrap();
+    assert_eq!(outcome["reason"], "claimed", "{outcome}");
+    let answers: i64 = sqlx::query_scalar("select count(*) from hitl_responses")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(answers, 0);
+}

@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::common::api::{AppOptions, OPERATOR, TestApp, approval, review_plan};
+use crate::common::api::{ADMIN, AppOptions, OPERATOR, TestApp, approval, review_plan};
+use crate::common::pooler::PgBouncer;
 use crate::common::queue_support::{RunningWorker, fast_settings};
 
 const API_ROLE: &str = "hitl_probe_api";
@@ -21,11 +22,13 @@ const WORKER_ROLE: &str = "hitl_probe_worker";
 /// The API's statements for one accepted resume: one read of the run with its requests
 /// and one write of the command with its job.
 const API_CEILING: i64 = 2;
-/// The worker's statements for one resume of a one-node plan that completes the run,
-/// without its share of the claim: 8 here, where the worker that applies the resume
-/// also raised the request and so knows the run's chain head; a worker that does not
-/// reads it once more.
-const WORKER_CEILING: i64 = 9;
+/// The worker's statements for one resume that completes the run (review_plan: the
+/// resume, then the last node's step and the run's end), without its share of the
+/// claim: 7 here — BEGIN, the locking read of the command and its run, the engine's read
+/// of the run, the resume's write, two step writes, COMMIT — where the worker that
+/// applies the resume also raised the request and so knows the run's chain head; a
+/// worker that does not reads it once more.
+const WORKER_CEILING: i64 = 8;
 
 /// Whether `pg_stat_statements` is loaded on the test server (it is on the embedded
 /// one; a `DATABASE_URL` server may lack it).
@@ -101,6 +104,29 @@ async fn ran(pool: &PgPool, role: &str) -> Vec<(String, i64)> {
         // sqlx's look-up of a type's id: once per connection, not per transition.
         .filter(|(q, _)| !q.contains(" SELECT pg_type.oid,"))
         .collect()
+}
+
+/// Every statement `role` ran in this database since its reset, claims included.
+async fn ran_all(pool: &PgPool, role: &str) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "select queryid::text || ' ' || query, calls from pg_stat_statements s \
+         where s.userid = (select oid from pg_roles where rolname = $1) \
+           and s.dbid = (select oid from pg_database where datname = current_database()) \
+         order by query",
+    )
+    .bind(role)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Calls of the statements whose text contains `part`.
+fn calls_of(statements: &[(String, i64)], part: &str) -> i64 {
+    statements
+        .iter()
+        .filter(|(q, _)| q.contains(part))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 fn total(statements: &[(String, i64)]) -> i64 {
@@ -299,4 +325,125 @@ async fn the_sql_of_a_resume_is_the_same_for_one_answer_and_for_ten() {
         Vec::<String>::new(),
         "the worker's statements"
     );
+}
+
+/// The budget above through PgBouncer 1.18 in transaction mode, which keeps no prepared
+/// statements: the service's statements are unnamed there and each runs inside a
+/// transaction (`db::statements`). An `api` and a `worker` process, each through a
+/// PgBouncer of its own logging in upstream as the role its statements are counted
+/// under, with two server connections for all of a process's clients.
+#[tokio::test]
+async fn through_a_transaction_pooler_a_resume_stays_within_the_budget_with_unnamed_statements() {
+    let test = "statements::through_a_transaction_pooler_a_resume_stays_within_the_budget_with_unnamed_statements";
+    let db = crate::common::fresh_db().await;
+    if !counting(&db.pool).await {
+        return;
+    }
+    let api_url = crate::common::url_as(&db, API_ROLE).await;
+    let worker_url = crate::common::url_as(&db, WORKER_ROLE).await;
+    let Some(api_bouncer) = PgBouncer::start(test, &api_url, "transaction", 2) else {
+        return;
+    };
+    let Some(worker_bouncer) = PgBouncer::start(test, &worker_url, "transaction", 2) else {
+        return;
+    };
+    let logs = tempfile::tempdir().unwrap();
+    let api_route = api_bouncer.route(&api_url);
+    let api_env = crate::common::env_with(&api_route, &[("API_KEY", ADMIN)]);
+    let worker_route = worker_bouncer.route(&worker_url);
+    // No heartbeat (nor the orphan check it runs) in the window; its idle polls are
+    // claims, left out below.
+    let worker_env = crate::common::env_with(
+        &worker_route,
+        &[
+            ("HITL_WORKER_HEARTBEAT", "60s"),
+            ("HITL_WORKER_ORPHAN_TIMEOUT", "600s"),
+        ],
+    );
+    let api = crate::common::ServiceProcess::start(&["api"], &api_env, logs.path());
+    let worker = crate::common::ServiceProcess::start_worker(&worker_env, logs.path());
+    let client = crate::common::http_client();
+    let created: Value = client
+        .post(format!("{}/api/runs", api.base_url))
+        .bearer_auth(ADMIN)
+        .json(&json!({ "brief": { "title": "counted" }, "plan": review_plan() }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run = created["runId"].as_str().unwrap().to_owned();
+    crate::common::queue_support::wait_for_count(
+        &db.pool,
+        &format!(
+            "select count(*) from orchestrator_runs where run_id = '{run}' \
+             and status = 'awaiting_hitl'"
+        ),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let request: String =
+        sqlx::query_scalar("select pending_request_id from orchestrator_runs where run_id = $1")
+            .bind(&run)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    sqlx::query(
+        "insert into notification_channels (name, format, events) \
+         values ('ops', 'json', '{resumed,run_completed}')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    quiet(&db.pool).await;
+    reset(&db.pool, API_ROLE).await;
+    reset(&db.pool, WORKER_ROLE).await;
+    let accepted = client
+        .post(format!("{}/api/hitl/resume", api.base_url))
+        .bearer_auth(ADMIN)
+        .json(&approval(&run, &request, "alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202, "{}", api.log());
+    let accepted: Value = accepted.json().await.unwrap();
+    let api_ran = ran_all(&db.pool, API_ROLE).await;
+    wait_final(&db.pool, accepted["commandId"].as_str().unwrap()).await;
+    crate::common::queue_support::wait_for_count(
+        &db.pool,
+        &format!(
+            "select count(*) from orchestrator_runs where run_id = '{run}' and status = 'completed'"
+        ),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let worker_ran = ran_all(&db.pool, WORKER_ROLE).await;
+    let deliveries: i64 = sqlx::query_scalar("select count(*) from notification_deliveries")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(deliveries, 2, "the resume and the run's end were told");
+    drop((api, worker));
+
+    eprintln!("through PgBouncer, API: {api_ran:#?}\nworker: {worker_ran:#?}");
+    // The API's two statements, in the one transaction of its session.
+    assert_eq!(calls_of(&api_ran, " BEGIN"), 1, "{api_ran:#?}");
+    assert_eq!(calls_of(&api_ran, " COMMIT"), 1, "{api_ran:#?}");
+    let api_total = total(&api_ran) - calls_of(&api_ran, " SELECT pg_type.oid,");
+    assert!(api_total <= API_CEILING + 2, "API ran {api_ran:#?}");
+    // Each claim is a transaction of its own here: it, its BEGIN and its COMMIT are the
+    // claim's share, left out as above.
+    let claims = calls_of(&worker_ran, " with async_commit as");
+    let type_lookups = calls_of(&worker_ran, " SELECT pg_type.oid,");
+    let worker_total = total(&worker_ran) - 3 * claims - type_lookups;
+    assert!(
+        worker_total <= WORKER_CEILING,
+        "worker ran {worker_total} beside {claims} claims: {worker_ran:#?}"
+    );
+    api_bouncer.assert_carried(&db.name, 2).await;
+    worker_bouncer.assert_carried(&db.name, 2).await;
 }
