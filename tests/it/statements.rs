@@ -133,6 +133,19 @@ fn total(statements: &[(String, i64)]) -> i64 {
     statements.iter().map(|(_, n)| n).sum()
 }
 
+/// Waits until run `run` has `status`, reading as the test's own user.
+async fn wait_status(pool: &PgPool, run: &str, status: &str) {
+    crate::common::queue_support::wait_for_count(
+        pool,
+        &format!(
+            "select count(*) from orchestrator_runs where run_id = '{run}' and status = '{status}'"
+        ),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
 /// Waits until command `id` is final, reading as the test's own user.
 async fn wait_final(pool: &PgPool, id: &str) {
     crate::common::queue_support::wait_for_count(
@@ -270,15 +283,7 @@ async fn texts_for(n: usize) -> (Vec<String>, Vec<String>) {
     assert_eq!(accepted.status, 202, "{accepted:?}");
     let api = ran(&app.pool, API_ROLE).await;
     wait_final(&app.pool, accepted.body["commandId"].as_str().unwrap()).await;
-    crate::common::queue_support::wait_for_count(
-        &app.pool,
-        &format!(
-            "select count(*) from orchestrator_runs where run_id = '{run}' and status = 'completed'"
-        ),
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_status(&app.pool, &run, "completed").await;
     let worker_ran = ran(&app.pool, WORKER_ROLE).await;
     worker.stop().await;
     app.stop().await;
@@ -374,16 +379,7 @@ async fn through_a_transaction_pooler_a_resume_stays_within_the_budget_with_unna
         .await
         .unwrap();
     let run = created["runId"].as_str().unwrap().to_owned();
-    crate::common::queue_support::wait_for_count(
-        &db.pool,
-        &format!(
-            "select count(*) from orchestrator_runs where run_id = '{run}' \
-             and status = 'awaiting_hitl'"
-        ),
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_status(&db.pool, &run, "awaiting_hitl").await;
     let request: String =
         sqlx::query_scalar("select pending_request_id from orchestrator_runs where run_id = $1")
             .bind(&run)
@@ -412,15 +408,7 @@ async fn through_a_transaction_pooler_a_resume_stays_within_the_budget_with_unna
     let accepted: Value = accepted.json().await.unwrap();
     let api_ran = ran_all(&db.pool, API_ROLE).await;
     wait_final(&db.pool, accepted["commandId"].as_str().unwrap()).await;
-    crate::common::queue_support::wait_for_count(
-        &db.pool,
-        &format!(
-            "select count(*) from orchestrator_runs where run_id = '{run}' and status = 'completed'"
-        ),
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_status(&db.pool, &run, "completed").await;
     let worker_ran = ran_all(&db.pool, WORKER_ROLE).await;
     let deliveries: i64 = sqlx::query_scalar("select count(*) from notification_deliveries")
         .fetch_one(&db.pool)
