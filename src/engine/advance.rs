@@ -37,8 +37,8 @@ use crate::domain::{
     RunStatus, TimeoutAction,
 };
 use crate::persistence::{
-    self, Checkpoint, Finish, NewRequest, NodeRunnerState, PersistenceError, RequestRecord,
-    ResponseRecord, RunSnapshot, StepState, Tx,
+    self, AnsweredRequest, Checkpoint, Finish, NewRequest, NodeRunnerState, PersistenceError,
+    ResponseRecord, RunState, StepState, TransitionWrite, Tx,
 };
 use tracing::Instrument;
 
@@ -65,6 +65,10 @@ enum Store<'a, 'c> {
     Pool(&'a PgPool),
     /// The caller's transaction, which it commits.
     Tx(&'a mut Tx<'c>),
+    /// The caller's transition, written in one statement with it: checkpoints and the
+    /// run's end join it; any other write makes it first, then goes into the caller's
+    /// transaction.
+    Batch(&'a mut Tx<'c>, &'a mut TransitionWrite),
 }
 
 /// Runs `$body` (a `Result<Option<T>, EngineError>` where `None` is a fencing refusal)
@@ -84,6 +88,11 @@ macro_rules! write_step {
                 result
             }
             Store::Tx(outer) => {
+                let $tx = &mut **outer;
+                $body
+            }
+            Store::Batch(outer, write) => {
+                write.write(&mut **outer).await?;
                 let $tx = &mut **outer;
                 $body
             }
@@ -150,7 +159,7 @@ enum Step {
 /// Where the loop is: the run as loaded, the plan, the current node and the version the
 /// next write must find.
 struct At<'a> {
-    snap: &'a RunSnapshot,
+    snap: &'a RunState,
     plan: &'a Plan,
     index: usize,
     version: i64,
@@ -230,6 +239,24 @@ impl Engine {
             .await
     }
 
+    /// Advances the run that `write` (a resume applied in memory) moves, from `state`
+    /// (the run as the write leaves it), through local nodes only, like
+    /// [`Engine::advance_in`]: checkpoints and the run's end join `write`, so a resume
+    /// that leads to the run's end is one statement. Nothing is written unless a step
+    /// needs a statement of its own (raising a request); the caller makes the write.
+    pub async fn advance_written(
+        &self,
+        tx: &mut Tx<'_>,
+        write: &mut TransitionWrite,
+        state: RunState,
+    ) -> Result<AdvanceOutcome, EngineError> {
+        let span =
+            tracing::info_span!("advance", run.id = %state.run.run_id, advance.inline = true);
+        self.advance_state(Store::Batch(tx, write), state)
+            .instrument(span)
+            .await
+    }
+
     async fn advance_on(
         &self,
         mut store: Store<'_, '_>,
@@ -238,9 +265,23 @@ impl Engine {
         let snap = match &mut store {
             Store::Pool(pool) => persistence::load_run_state(pool, run_id).await?,
             Store::Tx(tx) => persistence::load_run_state_in(tx, run_id).await?,
+            Store::Batch(tx, write) => {
+                write.write(tx).await?;
+                persistence::load_run_state_in(tx, run_id).await?
+            }
         }
         .ok_or_else(|| EngineError::RunNotFound(run_id.clone()))?;
-        let inline = matches!(store, Store::Tx(_));
+        self.advance_state(store, snap.into()).await
+    }
+
+    /// Advances the run `snap` describes, the steps of [`Engine::advance_on`] from there.
+    async fn advance_state(
+        &self,
+        mut store: Store<'_, '_>,
+        snap: RunState,
+    ) -> Result<AdvanceOutcome, EngineError> {
+        let run_id = &snap.run.run_id.clone();
+        let inline = matches!(store, Store::Tx(_) | Store::Batch(..));
         let status = snap.run.status;
         if status.is_terminal() || status == RunStatus::AwaitingHitl {
             return Ok(AdvanceOutcome::Idle { status });
@@ -330,9 +371,12 @@ impl Engine {
                             node_id: Some(node.id.clone()),
                             state: Some(state),
                         };
-                        let finished = write_step!(&mut store, |tx| fenced(
-                            persistence::finish_run(tx, run_id, version, &finish).await
-                        ));
+                        let finished = match &mut store {
+                            Store::Batch(_, write) => fenced(write.finish(version, &finish)),
+                            store => write_step!(store, |tx| fenced(
+                                persistence::finish_run(tx, run_id, version, &finish).await
+                            )),
+                        };
                         let Some(v) = finished? else {
                             return Ok(AdvanceOutcome::Superseded);
                         };
@@ -347,9 +391,12 @@ impl Engine {
                         action,
                         details,
                     };
-                    let checkpointed = write_step!(&mut store, |tx| fenced(
-                        persistence::checkpoint(tx, run_id, version, step).await
-                    ));
+                    let checkpointed = match &mut store {
+                        Store::Batch(_, write) => fenced(write.checkpoint(version, step)),
+                        store => write_step!(store, |tx| fenced(
+                            persistence::checkpoint(tx, run_id, version, step).await
+                        )),
+                    };
                     let Some(v) = checkpointed? else {
                         return Ok(AdvanceOutcome::Superseded);
                     };
@@ -386,24 +433,43 @@ impl Engine {
                         node_id: Some(node.id.clone()),
                         state: Some(state.clone()),
                     };
-                    let ended = write_step!(&mut store, |tx| async {
-                        let mut expected = version;
-                        if let Some(details) = disabled {
-                            let step = Checkpoint {
-                                node_id: &node.id,
-                                state: &state,
-                                action: AuditAction::HitlDisabled,
-                                details,
-                            };
-                            let result = persistence::checkpoint(tx, run_id, expected, step).await;
-                            let Some(v) = fenced(result)? else {
-                                return Ok(None);
-                            };
-                            expected = v;
+                    let ended = match &mut store {
+                        Store::Batch(_, write) => (|| {
+                            let mut expected = version;
+                            if let Some(details) = disabled {
+                                let step = Checkpoint {
+                                    node_id: &node.id,
+                                    state: &state,
+                                    action: AuditAction::HitlDisabled,
+                                    details,
+                                };
+                                let Some(v) = fenced(write.checkpoint(expected, step))? else {
+                                    return Ok(None);
+                                };
+                                expected = v;
+                            }
+                            fenced(write.finish(expected, &finish))
+                        })(),
+                        store => write_step!(store, |tx| async {
+                            let mut expected = version;
+                            if let Some(details) = disabled {
+                                let step = Checkpoint {
+                                    node_id: &node.id,
+                                    state: &state,
+                                    action: AuditAction::HitlDisabled,
+                                    details,
+                                };
+                                let result =
+                                    persistence::checkpoint(tx, run_id, expected, step).await;
+                                let Some(v) = fenced(result)? else {
+                                    return Ok(None);
+                                };
+                                expected = v;
+                            }
+                            fenced(persistence::finish_run(tx, run_id, expected, &finish).await)
                         }
-                        fenced(persistence::finish_run(tx, run_id, expected, &finish).await)
-                    }
-                    .await);
+                        .await),
+                    };
                     let Some(v) = ended? else {
                         return Ok(AdvanceOutcome::Superseded);
                     };
@@ -586,8 +652,8 @@ impl Engine {
     }
 }
 
-fn awaited<'s>(snap: &'s RunSnapshot, id: &RequestId) -> Result<&'s RequestRecord, EngineError> {
-    snap.hitl_requests
+fn awaited<'s>(snap: &'s RunState, id: &RequestId) -> Result<&'s AnsweredRequest, EngineError> {
+    snap.requests
         .iter()
         .find(|r| &r.request_id == id)
         .ok_or_else(|| EngineError::Corrupt {
@@ -612,7 +678,7 @@ fn step_state(run_id: &RunId, work: &Working) -> Result<StepState, EngineError> 
 
 /// A rejection (a `rejection` answer, or `approved: false`) wins over everything; else an
 /// option answer; else an approval, else a freeform-only answer.
-fn decide(request: &RequestRecord) -> Decision {
+fn decide(request: &AnsweredRequest) -> Decision {
     let rs = &request.responses;
     if rs
         .iter()
@@ -634,7 +700,7 @@ fn decide(request: &RequestRecord) -> Decision {
 }
 
 /// What later nodes see of a HITL node's answer, under the node's id.
-fn answer_record(request: &RequestRecord, decision: &Decision) -> Value {
+fn answer_record(request: &AnsweredRequest, decision: &Decision) -> Value {
     let option = match decision {
         Decision::Option(id) => Some(id.clone()),
         _ => None,
@@ -657,7 +723,7 @@ fn follow(
     at: &At<'_>,
     h: &HitlNode,
     decision: Decision,
-    request: &RequestRecord,
+    request: &AnsweredRequest,
     details: Value,
 ) -> Step {
     let why = request
@@ -762,7 +828,7 @@ fn interrupt_request(node_id: &str, i: Interrupt) -> NewRequest {
 
 /// What an agent is told when its request's deadline passed unanswered: every item
 /// approved or rejected by the request's `onTimeout` (a `cancel` ended the run instead).
-fn timeout_answers(request: &RequestRecord) -> Vec<ResponseRecord> {
+fn timeout_answers(request: &AnsweredRequest) -> Vec<ResponseRecord> {
     let approve = request.on_timeout == Some(TimeoutAction::Approve);
     let at = request.resolved_at.unwrap_or_else(Utc::now);
     request

@@ -9,7 +9,7 @@
 use super::{ClaimedJob, Handled, Handler, JobContext, JobError, complete_with};
 use crate::domain::{CommandId, RunStatus};
 use crate::persistence::jobs::CommandJob;
-use crate::persistence::{self, AdvanceBy, PersistenceError, Tx};
+use crate::persistence::{self, PersistenceError, Tx};
 use crate::telemetry::metrics::metrics;
 
 /// The handler of every command kind's job (`hitl_resume`, `hitl_remove`, `hitl_retry`):
@@ -77,21 +77,37 @@ async fn apply(
         job_id: &claimed.id,
         worker_id: &ctx.worker_id,
     };
-    // A resume that applies completes its job in its own write.
-    let (outcome, completion) =
-        persistence::apply_command_for_job(&mut tx, command_id, AdvanceBy::Caller, job).await?;
+    let (outcome, applying) = persistence::apply_command_for_job(&mut tx, command_id, job).await?;
+    let mut reached = None;
+    let completion = match applying {
+        // A resume: the run's next steps join its write, which completes the job.
+        persistence::Applying::Unwritten(unwritten) => {
+            let persistence::Unwritten { mut write, state } = *unwritten;
+            if state.run.status == RunStatus::Running {
+                reached = super::continue_written(ctx, &mut tx, claimed, &mut write, state).await?;
+            }
+            let written = write.write(&mut tx).await?;
+            if written.job_completed {
+                persistence::JobCompletion::Completed
+            } else {
+                persistence::JobCompletion::LostClaim
+            }
+        }
+        persistence::Applying::Left => {
+            if let persistence::ApplyOutcome::Applied {
+                command,
+                run_status: RunStatus::Running,
+                ..
+            } = &outcome
+            {
+                reached = super::continue_run(ctx, &mut tx, claimed, &command.run_id).await?;
+            }
+            persistence::JobCompletion::Left
+        }
+    };
     if completion == persistence::JobCompletion::LostClaim {
         tx.rollback().await?;
         return Ok(Handled::LostClaim);
-    }
-    let mut reached = None;
-    if let persistence::ApplyOutcome::Applied {
-        command,
-        run_status: RunStatus::Running,
-        ..
-    } = &outcome
-    {
-        reached = super::continue_run(ctx, &mut tx, claimed, &command.run_id).await?;
     }
     // Ids and the kind of outcome only: commands carry operators' free text.
     let applied = match &outcome {

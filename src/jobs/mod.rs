@@ -269,6 +269,43 @@ pub(crate) async fn continue_run(
     Ok(None)
 }
 
+/// [`continue_run`] for a resume applied in memory (`write`, leaving the run as `state`
+/// shows it): the run's local steps
+/// join the resume's write, so a resume that leads to the run's end is one statement.
+/// Under the same conditions as there; when the run stops before a node that calls out
+/// (or the engine refuses it), an advancement job takes over, enqueued here.
+pub(crate) async fn continue_written(
+    ctx: &JobContext,
+    tx: &mut Tx<'_>,
+    claimed: &ClaimedJob,
+    write: &mut persistence::TransitionWrite,
+    state: persistence::RunState,
+) -> Result<Option<&'static str>, JobError> {
+    let run_id = write.run_id().clone();
+    if claimed.attempts == 0 && ctx.can_retry {
+        match ctx.engine.advance_written(tx, write, state).await {
+            Ok(AdvanceOutcome::Deferred { .. }) => {}
+            Ok(outcome) => {
+                tracing::debug!(%run_id, ?outcome, "run advanced inline");
+                return Ok(reached(&outcome));
+            }
+            Err(crate::engine::EngineError::Persistence(e)) => {
+                return Err(JobError::Retry(format!(
+                    "advancing the run inline failed ({e}); the retry leaves it to a job"
+                )));
+            }
+            Err(e) => {
+                tracing::info!(%run_id, error = %e, "inline advancement stopped; handing it to a job");
+            }
+        }
+    }
+    let advance = jobs::Advance { run_id };
+    if !write.enqueue(&advance) {
+        persistence::queue::enqueue(tx, &advance, None).await?;
+    }
+    Ok(None)
+}
+
 /// Counts runs moving to each status given; call once their transaction has committed.
 pub(crate) fn count_transitions<'a>(statuses: impl IntoIterator<Item = &'a str>) {
     let m = crate::telemetry::metrics::metrics();

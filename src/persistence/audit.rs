@@ -240,7 +240,7 @@ fn remembered_head(run_id: &RunId, before_version: i64) -> Option<Vec<u8>> {
         .map(|(_, h)| h.clone())
 }
 
-fn remember_head(run_id: &RunId, version: i64, hash: &[u8]) {
+pub(super) fn remember_head(run_id: &RunId, version: i64, hash: &[u8]) {
     let mut heads = CHAIN_HEADS.lock().unwrap_or_else(|p| p.into_inner());
     let map = heads.get_or_insert_with(Default::default);
     if map.len() >= CHAIN_HEADS_KEPT && !map.contains_key(run_id) {
@@ -249,7 +249,7 @@ fn remember_head(run_id: &RunId, version: i64, hash: &[u8]) {
     map.insert(run_id.clone(), (version, hash.to_vec()));
 }
 
-async fn stored_head(
+pub(super) async fn stored_head(
     conn: &mut PgConnection,
     run_id: &RunId,
 ) -> Result<Option<Vec<u8>>, PersistenceError> {
@@ -322,37 +322,6 @@ async fn try_append(
 pub(super) enum RunWrite<'a> {
     /// The run's state moves on (a step, its start, its end).
     State(StateWrite<'a>),
-    /// A resume: its answers stored, its request resolved, the run moved on.
-    Resolve(ResolveWrite<'a>),
-}
-
-/// A resume's write (the caller holds the run's lock): the answers, the request's
-/// resolution, the run's move, the command's success and, when given, its job's
-/// completion (fenced on the job's claim).
-pub(super) struct ResolveWrite<'a> {
-    pub request_id: &'a RequestId,
-    pub command_id: &'a CommandId,
-    pub resolved_by: &'a str,
-    pub answers: &'a super::commands::Answers<'a>,
-    /// Where the run goes.
-    pub status: RunStatus,
-    pub fence: &'a super::LockedRun,
-    /// The command's outcome.
-    pub outcome: &'a Value,
-    /// The job applying it: (job id, worker id).
-    pub job: Option<(&'a str, &'a str)>,
-    /// When the command ended (to the microsecond, as stored): the caller returns the
-    /// command as written without reading it back.
-    pub finished_at: DateTime<Utc>,
-}
-
-/// What [`append_with_write`] wrote.
-#[derive(Debug)]
-pub(super) struct Written {
-    /// The run's new version.
-    pub version: i64,
-    /// Whether the write completed the job it was given.
-    pub job_completed: bool,
 }
 
 /// A run state write.
@@ -373,28 +342,22 @@ pub(super) async fn append_with_write(
     run_id: &RunId,
     e: AuditEntry<'_>,
     write: RunWrite<'_>,
-) -> Result<Option<Written>, PersistenceError> {
+) -> Result<Option<i64>, PersistenceError> {
     let created_at = Utc::now().trunc_subsecs(6);
     let head = match remembered_head(run_id, e.run_version) {
         Some(head) => Some(head),
         None => stored_head(conn, run_id).await?,
     };
-    let (version, event, job_completed) =
+    let (version, event) =
         try_write_and_append(conn, run_id, &e, head, created_at, Some(&write)).await?;
-    let written = |version| {
-        Some(Written {
-            version,
-            job_completed,
-        })
-    };
     match (version, event) {
         (None, _) => Ok(None),
-        (Some(v), Some(_)) => Ok(written(v)),
+        (Some(v), Some(_)) => Ok(Some(v)),
         // The run is written (and locked by that write), the head was not the one
         // guessed: the event goes over the head as stored.
         (Some(v), None) => {
             append_over_stored_head(conn, run_id, &e, created_at).await?;
-            Ok(written(v))
+            Ok(Some(v))
         }
     }
 }
@@ -412,39 +375,6 @@ const STATE_WRITE_SQL: &str = "run_write as (update orchestrator_runs set \
       and pending_request_id is not distinct from $33 \
     returning version), ";
 
-/// A resume's write as [`try_write_and_append`] runs it, its parameters from `$26`: the
-/// answers and the request's resolution only with the run's move.
-const RESOLVE_WRITE_SQL: &str = "run_write as ( \
-        update orchestrator_runs set status = $38, pending_request_id = null, \
-            finished_at = case when $38 in ('completed', 'failed', 'cancelled') then now() end, \
-            agent_retry = null, version = version + 1, updated_at = now() \
-        where run_id = $1 and version = $39 returning version), \
-    answers as ( \
-        insert into hitl_responses (response_id, request_id, run_id, position, \
-            response_type, approved, option_id, freeform_text, responder_id, \
-            responder_display_name, command_id, item_id, edited_arguments) \
-        select r.id, $26, $1, r.position, r.response_type, r.approved, r.option_id, \
-            r.freeform_text, r.responder_id, r.responder_display_name, $27, r.item_id, \
-            r.edited \
-        from run_write, unnest($28::text[], $29::int[], $30::text[], $31::bool[], \
-            $32::text[], $33::text[], $34::text[], $35::text[], $36::text[], $37::jsonb[]) \
-            as r(id, position, response_type, approved, option_id, freeform_text, \
-                 responder_id, responder_display_name, item_id, edited)), \
-    request as ( \
-        update hitl_requests set status = 'resolved', resolved_at = now(), resolved_by = $40 \
-        where request_id = $26 and exists (select 1 from run_write)), \
-    command_done as ( \
-        update hitl_commands set status = 'succeeded', outcome = $41, error = null, \
-            attempts = attempts + 1, started_at = coalesce(started_at, $44), \
-            finished_at = $44, updated_at = $44 \
-        where command_id = $27 and exists (select 1 from run_write)), \
-    job_done as ( \
-        update apalis.jobs set status = 'Done', done_at = now(), attempts = attempts + 1, \
-            last_result = '{\"Ok\": null}'::jsonb \
-        where id = $42 and lock_by = $43 and status = 'Running' \
-          and exists (select 1 from run_write) \
-        returning 1), ";
-
 /// Inserts the event over `prev_hash` if that is the stored head, with `write` first if
 /// given (the event then only if the write applied): (the written version, the event id).
 async fn try_write_and_append(
@@ -454,8 +384,92 @@ async fn try_write_and_append(
     prev_hash: Option<Vec<u8>>,
     created_at: DateTime<Utc>,
     write: Option<&RunWrite<'_>>,
-) -> Result<(Option<i64>, Option<i64>, bool), PersistenceError> {
-    let fields = ChainFields {
+) -> Result<(Option<i64>, Option<i64>), PersistenceError> {
+    let fields = chain_fields(run_id, e, prev_hash, created_at);
+    let hash = event_hash(&fields);
+    let (signature, key_id) = signature_of(&hash);
+    // The event, the deliveries of the channels that want it and their jobs, in one
+    // statement.
+    let event = e.action.map(|a| a.event_name());
+    let facets = super::notifications::EventFacets::of(&fields.details);
+    let trace =
+        crate::telemetry::current_trace_context().map(|c| serde_json::json!({ "trace": c }));
+    // The run's write first, when there is one: the event is inserted only from its row.
+    let (write_cte, from_write, written) = match write {
+        Some(RunWrite::State(_)) => (
+            STATE_WRITE_SQL,
+            "from run_write where run_write.version = $2 and",
+            "(select version from run_write)",
+        ),
+        None => ("", "where", "null::bigint"),
+    };
+    let query = crate::db::query_as::<(Option<i64>, Option<i64>)>(sqlx::AssertSqlSafe(format!(
+        "with {write_cte}event as ( \
+             insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
+                 operator_id, operator_display_name, operator_email, note, from_status, \
+                 to_status, details, principal, created_at, trace_id, prev_hash, hash, \
+                 signature, key_id) \
+             select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17, $18, $19 \
+             {from_write} (select hash from run_audit_events where run_id = $1 \
+                    order by run_version desc limit 1) is not distinct from $16 \
+             returning event_id), \
+         {} \
+         select {written}, (select event_id from event)",
+        super::notifications::DELIVERIES_CTE
+    )))
+    .bind(run_id)
+    .bind(e.run_version)
+    .bind(e.action)
+    .bind(e.request_id)
+    .bind(e.command_id)
+    .bind(&fields.operator_id)
+    .bind(&fields.operator_display_name)
+    .bind(&fields.operator_email)
+    .bind(e.note)
+    .bind(e.from_status)
+    .bind(e.to_status)
+    .bind(&fields.details)
+    .bind(e.principal)
+    .bind(fields.created_at)
+    .bind(&fields.trace_id)
+    .bind(&fields.prev_hash)
+    .bind(hash.as_slice())
+    .bind(signature)
+    .bind(key_id)
+    .bind(event)
+    .bind(facets.node_id)
+    .bind(&facets.named)
+    .bind(facets.notice_seconds)
+    .bind(trace)
+    .bind(super::queue::DEFAULT_MAX_ATTEMPTS);
+    let query = match write {
+        None => query,
+        Some(RunWrite::State(w)) => query
+            .bind(w.status)
+            .bind(w.state.map(|s| &s.execution_context))
+            .bind(w.state.map(|s| &s.runner_metadata))
+            .bind(w.state.and_then(|s| s.plan.as_ref()))
+            .bind(w.status_reason)
+            .bind(w.fence.version)
+            .bind(w.fence.status)
+            .bind(w.fence.pending_request_id.as_ref()),
+    };
+    let (version, id) = query.fetch_one(&mut *conn).await?;
+    if id.is_some() {
+        remember_head(run_id, e.run_version, &hash);
+    }
+    Ok((version, id))
+}
+
+/// What an event's hash covers, for `e` over `prev_hash` at `created_at`.
+pub(super) fn chain_fields(
+    run_id: &RunId,
+    e: &AuditEntry<'_>,
+    prev_hash: Option<Vec<u8>>,
+    created_at: DateTime<Utc>,
+) -> ChainFields {
+    ChainFields {
         prev_hash,
         run_id: run_id.to_string(),
         run_version: e.run_version,
@@ -480,115 +494,15 @@ async fn try_write_and_append(
         // Stored to the microsecond, as hashed.
         created_at,
         trace_id: crate::telemetry::current_trace_id(),
-    };
-    let hash = event_hash(&fields);
-    let (signature, key_id) = match signer() {
-        Some(s) => (Some(s.sign(&hash)), Some(s.key_id().to_owned())),
-        None => (None, None),
-    };
-    // The event, the deliveries of the channels that want it and their jobs, in one
-    // statement.
-    let event = e.action.map(|a| a.event_name());
-    let facets = super::notifications::EventFacets::of(&fields.details);
-    let trace =
-        crate::telemetry::current_trace_context().map(|c| serde_json::json!({ "trace": c }));
-    // The run's write first, when there is one: the event is inserted only from its row.
-    let (write_cte, from_write, written, job_done) = match write {
-        Some(RunWrite::State(_)) => (
-            STATE_WRITE_SQL,
-            "from run_write where run_write.version = $2 and",
-            "(select version from run_write)",
-            "false",
-        ),
-        Some(RunWrite::Resolve(_)) => (
-            RESOLVE_WRITE_SQL,
-            "from run_write where run_write.version = $2 and",
-            "(select version from run_write)",
-            "exists (select 1 from job_done)",
-        ),
-        None => ("", "where", "null::bigint", "false"),
-    };
-    let query =
-        crate::db::query_as::<(Option<i64>, Option<i64>, bool)>(sqlx::AssertSqlSafe(format!(
-            "with {write_cte}event as ( \
-             insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
-                 operator_id, operator_display_name, operator_email, note, from_status, \
-                 to_status, details, principal, created_at, trace_id, prev_hash, hash, \
-                 signature, key_id) \
-             select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18, $19 \
-             {from_write} (select hash from run_audit_events where run_id = $1 \
-                    order by run_version desc limit 1) is not distinct from $16 \
-             returning event_id), \
-         {} \
-         select {written}, (select event_id from event), {job_done}",
-            super::notifications::DELIVERIES_CTE
-        )))
-        .bind(run_id)
-        .bind(e.run_version)
-        .bind(e.action)
-        .bind(e.request_id)
-        .bind(e.command_id)
-        .bind(&fields.operator_id)
-        .bind(&fields.operator_display_name)
-        .bind(&fields.operator_email)
-        .bind(e.note)
-        .bind(e.from_status)
-        .bind(e.to_status)
-        .bind(&fields.details)
-        .bind(e.principal)
-        .bind(fields.created_at)
-        .bind(&fields.trace_id)
-        .bind(&fields.prev_hash)
-        .bind(hash.as_slice())
-        .bind(signature)
-        .bind(key_id)
-        .bind(event)
-        .bind(facets.node_id)
-        .bind(&facets.named)
-        .bind(facets.notice_seconds)
-        .bind(trace)
-        .bind(super::queue::DEFAULT_MAX_ATTEMPTS);
-    let query = match write {
-        None => query,
-        Some(RunWrite::State(w)) => query
-            .bind(w.status)
-            .bind(w.state.map(|s| &s.execution_context))
-            .bind(w.state.map(|s| &s.runner_metadata))
-            .bind(w.state.and_then(|s| s.plan.as_ref()))
-            .bind(w.status_reason)
-            .bind(w.fence.version)
-            .bind(w.fence.status)
-            .bind(w.fence.pending_request_id.as_ref()),
-        Some(RunWrite::Resolve(w)) => {
-            let a = w.answers;
-            query
-                .bind(w.request_id)
-                .bind(w.command_id)
-                .bind(&a.ids)
-                .bind(&a.positions)
-                .bind(&a.types)
-                .bind(&a.approved)
-                .bind(&a.options)
-                .bind(&a.texts)
-                .bind(&a.responders)
-                .bind(&a.names)
-                .bind(&a.items)
-                .bind(&a.edited)
-                .bind(w.status)
-                .bind(w.fence.version)
-                .bind(w.resolved_by)
-                .bind(w.outcome)
-                .bind(w.job.map(|(id, _)| id))
-                .bind(w.job.map(|(_, worker)| worker))
-                .bind(w.finished_at)
-        }
-    };
-    let (version, id, job_completed) = query.fetch_one(&mut *conn).await?;
-    if id.is_some() {
-        remember_head(run_id, e.run_version, &hash);
     }
-    Ok((version, id, job_completed))
+}
+
+/// The installed key's signature of `hash` and the key's id (both `None` without a key).
+pub(super) fn signature_of(hash: &[u8]) -> (Option<Vec<u8>>, Option<String>) {
+    match signer() {
+        Some(s) => (Some(s.sign(hash)), Some(s.key_id().to_owned())),
+        None => (None, None),
+    }
 }
 
 const CHAIN_COLUMNS: &str = "prev_hash, run_id, run_version, action, request_id, command_id, \

@@ -226,8 +226,9 @@ fn command_columns(alias: &str) -> String {
 }
 
 /// The select-list entries of a [`ToApply`] beside the command `c`'s columns: the named
-/// request's items and approvals, and the claim on the request acted on — the named one,
-/// or for a remove naming none, `pending` (the run's pending request).
+/// request's items, approvals and deadline policy, the claim on the request acted on —
+/// the named one, or for a remove naming none, `pending` (the run's pending request) —
+/// and the hash of the run's latest event (the head the transition's events chain on).
 fn shape_sql(pending: &str) -> String {
     format!(
         "(select {} from hitl_requests q where q.request_id = c.request_id) as shape_items, \
@@ -236,7 +237,11 @@ fn shape_sql(pending: &str) -> String {
           from hitl_requests q where q.request_id = coalesce(c.request_id, {pending})) \
              as shape_claim, \
          (select q.approvals_required from hitl_requests q where q.request_id = c.request_id) \
-             as shape_approvals_required",
+             as shape_approvals_required, \
+         (select q.on_timeout from hitl_requests q where q.request_id = c.request_id) \
+             as shape_on_timeout, \
+         (select e.hash from run_audit_events e where e.run_id = c.run_id \
+          order by e.run_version desc limit 1) as chain_head",
         super::requests::items_sql("q")
     )
 }
@@ -247,9 +252,8 @@ fn shape_sql(pending: &str) -> String {
 struct LockedCommand {
     #[sqlx(flatten)]
     to_apply: ToApply,
-    locked_status: RunStatus,
-    locked_pending: Option<RequestId>,
-    locked_version: i64,
+    #[sqlx(flatten)]
+    run: super::snapshot::PrefixedRun,
     seen_version: Option<i64>,
 }
 
@@ -267,6 +271,9 @@ struct ToApply {
     /// Distinct approvals the named request needs.
     #[sqlx(rename = "shape_approvals_required")]
     approvals_required: Option<i32>,
+    #[sqlx(rename = "shape_on_timeout")]
+    on_timeout: Option<crate::domain::TimeoutAction>,
+    chain_head: Option<Vec<u8>>,
 }
 
 #[derive(Deserialize)]
@@ -286,6 +293,11 @@ struct Subject {
     items: Vec<RequestItem>,
     claim: Option<Claim>,
     approvals_required: Option<i32>,
+    on_timeout: Option<crate::domain::TimeoutAction>,
+    /// The run's chain head as read under its lock.
+    chain_head: Option<Vec<u8>>,
+    /// The run as locked.
+    run: super::RunRecord,
 }
 
 /// Applies a recorded resume or remove command, exactly once in effect.
@@ -295,7 +307,16 @@ pub async fn apply_command(
     command_id: &CommandId,
     advance: AdvanceBy,
 ) -> Result<ApplyOutcome, PersistenceError> {
-    Ok(apply(tx, command_id, advance, None).await?.0)
+    let (outcome, applying) = apply(tx, command_id, advance, None).await?;
+    if let Applying::Unwritten(mut unwritten) = applying {
+        unwritten.write.write(tx).await?;
+        // The run moves on: its next advancement commits with the resume.
+        if advance == AdvanceBy::Job {
+            let run_id = unwritten.write.run_id().clone();
+            queue::enqueue(tx, &Advance { run_id }, None).await?;
+        }
+    }
+    Ok(outcome)
 }
 
 /// The job a command is applied by: its id and the worker holding its claim.
@@ -305,7 +326,23 @@ pub struct JobClaim<'a> {
     pub worker_id: &'a str,
 }
 
-/// Whether [`apply_command_for_job`] completed the job in the transition's write.
+/// A resume applied in memory: its writes, not yet made, and the run as they leave it,
+/// with the request it answered — where the run goes on from in the same write.
+pub struct Unwritten {
+    pub write: super::TransitionWrite,
+    pub state: super::RunState,
+}
+
+/// What is left to do after [`apply_command_for_job`].
+pub enum Applying {
+    /// Its writes are made: the caller completes the job before committing.
+    Left,
+    /// A resume whose writes (the job's completion among them) are still to be made,
+    /// with `TransitionWrite::write`; the caller may add the run's next steps first.
+    Unwritten(Box<Unwritten>),
+}
+
+/// Whether a transition's write completed the job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobCompletion {
     /// Completed (fenced on its claim): commit, and do not complete it again.
@@ -316,15 +353,14 @@ pub enum JobCompletion {
     LostClaim,
 }
 
-/// [`apply_command`] by `job`: a resume that applies completes the job in the same
-/// statement as its other writes.
+/// [`apply_command`] by `job`, which moves the run on itself: a resume that applies is
+/// returned unwritten, its job's completion among its writes.
 pub async fn apply_command_for_job(
     tx: &mut Tx<'_>,
     command_id: &CommandId,
-    advance: AdvanceBy,
     job: JobClaim<'_>,
-) -> Result<(ApplyOutcome, JobCompletion), PersistenceError> {
-    apply(tx, command_id, advance, Some(job)).await
+) -> Result<(ApplyOutcome, Applying), PersistenceError> {
+    apply(tx, command_id, AdvanceBy::Caller, Some(job)).await
 }
 
 async fn apply(
@@ -332,7 +368,7 @@ async fn apply(
     command_id: &CommandId,
     advance: AdvanceBy,
     job: Option<JobClaim<'_>>,
-) -> Result<(ApplyOutcome, JobCompletion), PersistenceError> {
+) -> Result<(ApplyOutcome, Applying), PersistenceError> {
     // One statement finds the command, locks its run and then it (the run first, as
     // every transition does), and brings the named request's shape and claim. Its
     // snapshot is taken before any wait for those locks: a transition committed
@@ -341,14 +377,14 @@ async fn apply(
     // saw it — and when they differ, the shape and claim are read again (every change
     // of a request bumps its run's version under the run's lock).
     let locked: LockedCommand = crate::db::query_as(sqlx::AssertSqlSafe(format!(
-        "select {}, r.status as locked_status, r.pending_request_id as locked_pending, \
-             r.version as locked_version, \
+        "select {}, {}, \
              (select v.version from orchestrator_runs v where v.run_id = c.run_id) \
                  as seen_version, {} \
          from orchestrator_runs r join hitl_commands c on c.run_id = r.run_id \
          where c.command_id = $1 \
          for no key update of r for update of c",
         command_columns("c"),
+        super::snapshot::prefixed_run_columns("r"),
         shape_sql("r.pending_request_id"),
     )))
     .bind(command_id)
@@ -358,11 +394,12 @@ async fn apply(
         entity: "command",
         id: command_id.to_string(),
     })?;
+    let record: super::RunRecord = locked.run.into();
     let mut run = LockedRun {
-        run_id: locked.to_apply.command.run_id.clone(),
-        status: locked.locked_status,
-        pending_request_id: locked.locked_pending,
-        version: locked.locked_version,
+        run_id: record.run_id.clone(),
+        status: record.status,
+        pending_request_id: record.pending_request_id.clone(),
+        version: record.version,
     };
     let to_apply = if locked.seen_version == Some(run.version) {
         locked.to_apply
@@ -381,9 +418,12 @@ async fn apply(
         items: to_apply.items.map(|i| i.0).unwrap_or_default(),
         claim: to_apply.claim.map(|c| c.0),
         approvals_required: to_apply.approvals_required,
+        on_timeout: to_apply.on_timeout,
+        chain_head: to_apply.chain_head,
+        run: record,
     };
     if command.status.is_final() {
-        return Ok((ApplyOutcome::AlreadyFinal { command }, JobCompletion::Left));
+        return Ok((ApplyOutcome::AlreadyFinal { command }, Applying::Left));
     }
     let payload: CommandPayload = match serde_json::from_value(command.payload.clone()) {
         Ok(p) => p,
@@ -391,14 +431,12 @@ async fn apply(
             let why = Refusal::InvalidPayload {
                 message: e.to_string(),
             };
-            return Ok((reject(tx, &command, why).await?, JobCompletion::Left));
+            return Ok((reject(tx, &command, why).await?, Applying::Left));
         }
     };
-    let left = |o: ApplyOutcome| (o, JobCompletion::Left);
+    let left = |o: ApplyOutcome| (o, Applying::Left);
     match command.kind {
-        CommandKind::Resume => {
-            apply_resume(tx, &mut run, command, payload, subject, advance, job).await
-        }
+        CommandKind::Resume => apply_resume(tx, &mut run, command, payload, subject, job).await,
         CommandKind::Remove => Ok(left(
             apply_remove(tx, &mut run, command, payload, subject).await?,
         )),
@@ -412,10 +450,9 @@ async fn apply_resume(
     command: CommandRecord,
     payload: CommandPayload,
     subject: Subject,
-    advance: AdvanceBy,
     job: Option<JobClaim<'_>>,
-) -> Result<(ApplyOutcome, JobCompletion), PersistenceError> {
-    let left = |o: ApplyOutcome| (o, JobCompletion::Left);
+) -> Result<(ApplyOutcome, Applying), PersistenceError> {
+    let left = |o: ApplyOutcome| (o, Applying::Left);
     let Some(request_id) = command.request_id.clone() else {
         let why = Refusal::InvalidPayload {
             message: "a resume names no request".into(),
@@ -473,7 +510,8 @@ async fn apply_resume(
             Counted::Enough(all) => approvals = Some(all),
         }
     }
-    // The answers, the request's resolution, the run's move and the event: one statement.
+    // The answers, the request's resolution, the run's move and the event, kept for
+    // the transition's one write (the run's next steps may join them).
     let answers = Answers::of(&payload.responses, &answered);
     let entry = AuditEntry {
         request_id: Some(&request_id),
@@ -497,41 +535,35 @@ async fn apply_resume(
         approvals: approvals.as_ref(),
     }
     .outcome(&run.run_id);
-    let write = super::audit::RunWrite::Resolve(super::audit::ResolveWrite {
-        request_id: &request_id,
-        command_id: &command.command_id,
-        resolved_by: &command.operator.id,
-        answers: &answers,
-        status: outcome.status,
-        fence: run,
-        outcome: &command_outcome,
-        job: job.map(|j| (j.job_id, j.worker_id)),
-        finished_at: now,
-    });
-    let written = super::audit::append_with_write(tx, &run.run_id, entry, write)
-        .await?
-        .ok_or_else(|| PersistenceError::NotFound {
-            entity: "run",
-            id: run.run_id.to_string(),
-        })?;
-    let completion = match (job, written.job_completed) {
-        (None, _) => JobCompletion::Left,
-        (Some(_), true) => JobCompletion::Completed,
-        (Some(_), false) => JobCompletion::LostClaim,
+    let responses = answers.records(&request_id, &command.command_id, now);
+    let mut write = super::TransitionWrite::new(run.clone(), subject.chain_head);
+    write.resolve(
+        super::transition::Resolve {
+            request_id: request_id.clone(),
+            command_id: command.command_id.clone(),
+            resolved_by: command.operator.id.clone(),
+            answers,
+            outcome: command_outcome.clone(),
+            job: job.map(|j| (j.job_id.to_owned(), j.worker_id.to_owned())),
+            finished_at: now,
+        },
+        outcome.status,
+        entry,
+    );
+    // The run as the resume leaves it, and the request as it answered it.
+    let mut state_run = subject.run;
+    state_run.status = outcome.status;
+    state_run.pending_request_id = None;
+    state_run.version = version;
+    let answered_request = super::AnsweredRequest {
+        request_id: request_id.clone(),
+        status: crate::domain::RequestStatus::Resolved,
+        on_timeout: subject.on_timeout,
+        resolved_at: Some(now),
+        items: subject.items,
+        responses,
     };
-    // The run moves on in this transaction: its next write starts from here.
-    super::remember_run(LockedRun {
-        run_id: run.run_id.clone(),
-        status: outcome.status,
-        pending_request_id: None,
-        version,
-    });
-    // The run moves on: its next advancement commits with the resume.
-    if advance == AdvanceBy::Job {
-        let run_id = run.run_id.clone();
-        queue::enqueue(tx, &Advance { run_id }, None).await?;
-    }
-    // The command succeeded in the statement above: as it now is.
+    // The command succeeded in the write: as it will be.
     let command = CommandRecord {
         status: CommandStatus::Succeeded,
         outcome: Some(command_outcome),
@@ -548,7 +580,13 @@ async fn apply_resume(
             run_status: outcome.status,
             version,
         },
-        completion,
+        Applying::Unwritten(Box::new(Unwritten {
+            write,
+            state: super::RunState {
+                run: state_run,
+                requests: vec![answered_request],
+            },
+        })),
     ))
 }
 
@@ -576,36 +614,29 @@ fn command_entry<'a>(
 
 /// A resume's answers as columns, each bound as an array and unnested, so the statement
 /// storing them has the same text whatever their number.
-pub(super) struct Answers<'a> {
+#[derive(Default)]
+pub(super) struct Answers {
     pub ids: Vec<String>,
     pub positions: Vec<i32>,
     pub types: Vec<&'static str>,
     pub approved: Vec<Option<bool>>,
-    pub options: Vec<Option<&'a str>>,
-    pub texts: Vec<Option<&'a str>>,
-    pub responders: Vec<Option<&'a str>>,
-    pub names: Vec<Option<&'a str>>,
-    pub items: Vec<&'a str>,
+    pub options: Vec<Option<String>>,
+    pub texts: Vec<Option<String>>,
+    pub responders: Vec<Option<String>>,
+    pub names: Vec<Option<String>>,
+    pub items: Vec<String>,
     pub edited: Vec<Option<Value>>,
+    /// The ids and types as typed values, for [`Answers::records`].
+    typed: Vec<(ResponseId, ResponseType)>,
 }
 
-impl<'a> Answers<'a> {
-    fn of(responses: &'a [ResponseInput], answered: &[&'a str]) -> Self {
-        let n = responses.len();
-        let mut a = Answers {
-            ids: Vec::with_capacity(n),
-            positions: Vec::with_capacity(n),
-            types: Vec::with_capacity(n),
-            approved: Vec::with_capacity(n),
-            options: Vec::with_capacity(n),
-            texts: Vec::with_capacity(n),
-            responders: Vec::with_capacity(n),
-            names: Vec::with_capacity(n),
-            items: Vec::with_capacity(n),
-            edited: Vec::with_capacity(n),
-        };
+impl Answers {
+    fn of(responses: &[ResponseInput], answered: &[&str]) -> Self {
+        let mut a = Answers::default();
         for (position, (r, item_id)) in responses.iter().zip(answered).enumerate() {
-            a.ids.push(ResponseId::new().to_string());
+            let id = ResponseId::new();
+            a.ids.push(id.to_string());
+            a.typed.push((id, r.response_type));
             a.positions
                 .push(i32::try_from(position).unwrap_or(i32::MAX));
             a.types.push(r.response_type.as_str());
@@ -614,14 +645,41 @@ impl<'a> Answers<'a> {
                 ResponseType::Edit => Some(true),
                 _ => r.approved,
             });
-            a.options.push(r.option_id.as_deref());
-            a.texts.push(r.freeform_text.as_deref());
-            a.responders.push(r.responder_id.as_deref());
-            a.names.push(r.responder_display_name.as_deref());
-            a.items.push(item_id);
+            a.options.push(r.option_id.clone());
+            a.texts.push(r.freeform_text.clone());
+            a.responders.push(r.responder_id.clone());
+            a.names.push(r.responder_display_name.clone());
+            a.items.push((*item_id).to_owned());
             a.edited.push(r.edited_arguments.clone());
         }
         a
+    }
+
+    /// The answers as the request's records show them, as stored by `command_id` at `at`.
+    fn records(
+        &self,
+        request_id: &RequestId,
+        command_id: &CommandId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<super::ResponseRecord> {
+        self.typed
+            .iter()
+            .enumerate()
+            .map(|(i, (id, kind))| super::ResponseRecord {
+                response_id: id.clone(),
+                request_id: request_id.clone(),
+                item_id: Some(self.items[i].clone()),
+                response_type: *kind,
+                edited_arguments: self.edited[i].clone(),
+                approved: self.approved[i],
+                option_id: self.options[i].clone(),
+                freeform_text: self.texts[i].clone(),
+                responder_id: self.responders[i].clone(),
+                responder_display_name: self.names[i].clone(),
+                command_id: Some(command_id.clone()),
+                created_at: at,
+            })
+            .collect()
     }
 }
 

@@ -25,6 +25,7 @@ mod runs;
 pub mod seed;
 mod snapshot;
 pub mod stats;
+mod transition;
 
 // What the operator console reads beside the pending list, and its sessions.
 mod briefs;
@@ -45,9 +46,10 @@ pub use claims::{
     write_claim, write_release,
 };
 pub use commands::{
-    ApplyOutcome, CommandRecord, JobClaim, JobCompletion, NewCommand, RecordedCommand,
-    apply_command, apply_command_for_job, claimed_refusal, explain_refusal, explain_retry_refusal,
-    fail_command, find_command, find_command_by_idempotency_key, record_command, run_commands,
+    ApplyOutcome, Applying, CommandRecord, JobClaim, JobCompletion, NewCommand, RecordedCommand,
+    Unwritten, apply_command, apply_command_for_job, claimed_refusal, explain_refusal,
+    explain_retry_refusal, fail_command, find_command, find_command_by_idempotency_key,
+    record_command, run_commands,
 };
 pub use requests::{
     Approval, Approvals, Assignees, EscalationStep, ExpireOutcome, FollowUp, ItemKind, ItemOption,
@@ -61,9 +63,11 @@ pub use runs::{
 };
 pub use sessions::{NewSession, SessionRecord, delete_session, find_session, insert_session};
 pub use snapshot::{
-    AuditRecord, RequestRecord, RequestView, ResponseRecord, RunRecord, RunSnapshot, load_request,
-    load_run_state, load_run_state_in, load_snapshot, load_snapshot_in,
+    AnsweredRequest, AuditRecord, RequestRecord, RequestView, ResponseRecord, RunRecord,
+    RunSnapshot, RunState, load_request, load_run_state, load_run_state_in, load_snapshot,
+    load_snapshot_in,
 };
+pub use transition::{TransitionWrite, Written};
 
 /// A database transaction, as every transition takes it.
 pub type Tx<'a> = Transaction<'a, Postgres>;

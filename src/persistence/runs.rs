@@ -208,7 +208,7 @@ pub async fn runner_state(
     .await?)
 }
 
-async fn write_runner_state(
+pub(super) async fn write_runner_state(
     conn: &mut PgConnection,
     run_id: &RunId,
     state: Option<&NodeRunnerState>,
@@ -313,9 +313,7 @@ async fn write_with_event(
         status_reason,
         fence,
     });
-    let version = super::audit::append_with_write(tx, run_id, entry, write)
-        .await?
-        .map(|w| w.version);
+    let version = super::audit::append_with_write(tx, run_id, entry, write).await?;
     if version.is_some() {
         write_runner_state(tx, run_id, state.and_then(|s| s.runner_state.as_ref())).await?;
     }
@@ -379,10 +377,7 @@ pub async fn checkpoint(
     expected_version: i64,
     step: Checkpoint<'_>,
 ) -> Result<i64, PersistenceError> {
-    let mut details = step.details;
-    if let Value::Object(map) = &mut details {
-        map.insert("nodeId".into(), json!(step.node_id));
-    }
+    let details = checkpoint_details(&step);
     transition_state(
         tx,
         run_id,
@@ -531,14 +526,21 @@ pub struct Finish {
     pub state: Option<StepState>,
 }
 
-/// `running → completed | failed | cancelled` (and `queued → failed`), by the engine.
-pub async fn finish_run(
-    tx: &mut Tx<'_>,
+/// The event details of a checkpoint: the step's, with the node named.
+pub(super) fn checkpoint_details(step: &Checkpoint<'_>) -> Value {
+    let mut details = step.details.clone();
+    if let Value::Object(map) = &mut details {
+        map.insert("nodeId".into(), json!(step.node_id));
+    }
+    details
+}
+
+/// The transition that ends a run with `status`.
+pub(super) fn finish_transition(
     run_id: &RunId,
-    expected_version: i64,
-    finish: &Finish,
-) -> Result<i64, PersistenceError> {
-    let transition = match finish.status {
+    status: RunStatus,
+) -> Result<Transition, PersistenceError> {
+    Ok(match status {
         RunStatus::Completed => Transition::Complete,
         RunStatus::Failed => Transition::Fail,
         RunStatus::Cancelled => Transition::Cancel,
@@ -551,7 +553,17 @@ pub async fn finish_run(
                 },
             });
         }
-    };
+    })
+}
+
+/// `running → completed | failed | cancelled` (and `queued → failed`), by the engine.
+pub async fn finish_run(
+    tx: &mut Tx<'_>,
+    run_id: &RunId,
+    expected_version: i64,
+    finish: &Finish,
+) -> Result<i64, PersistenceError> {
+    let transition = finish_transition(run_id, finish.status)?;
     transition_state(
         tx,
         run_id,

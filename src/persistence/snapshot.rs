@@ -98,6 +98,46 @@ pub struct RequestRecord {
     pub responses: Vec<ResponseRecord>,
 }
 
+/// What moving a run on reads of a request it waited on: how it ended and its answers.
+#[derive(Clone, Debug)]
+pub struct AnsweredRequest {
+    pub request_id: RequestId,
+    pub status: RequestStatus,
+    pub on_timeout: Option<TimeoutAction>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub items: Vec<super::RequestItem>,
+    pub responses: Vec<ResponseRecord>,
+}
+
+impl From<RequestRecord> for AnsweredRequest {
+    fn from(r: RequestRecord) -> Self {
+        AnsweredRequest {
+            request_id: r.request_id,
+            status: r.status,
+            on_timeout: r.on_timeout,
+            resolved_at: r.resolved_at,
+            items: r.items,
+            responses: r.responses,
+        }
+    }
+}
+
+/// A run as moving it on reads it: the run and its requests.
+#[derive(Clone, Debug)]
+pub struct RunState {
+    pub run: RunRecord,
+    pub requests: Vec<AnsweredRequest>,
+}
+
+impl From<RunSnapshot> for RunState {
+    fn from(s: RunSnapshot) -> Self {
+        RunState {
+            run: s.run,
+            requests: s.hitl_requests.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
 /// Who acted in an audit event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -146,9 +186,34 @@ struct RequestAnswerRow {
     answered_at: Option<DateTime<Utc>>,
 }
 
-/// The run's columns of [`load_parts`]'s rows.
+/// The columns of the run `alias` that [`PrefixedRun`] reads, each prefixed `run_`.
+pub(super) fn prefixed_run_columns(alias: &str) -> String {
+    [
+        "run_id",
+        "thread_id",
+        "brief_id",
+        "status",
+        "status_reason",
+        "pending_request_id",
+        "version",
+        "plan",
+        "execution_context",
+        "runner_metadata",
+        "agent_retry",
+        "rehydrated_at",
+        "created_at",
+        "updated_at",
+        "finished_at",
+    ]
+    .iter()
+    .map(|c| format!("{alias}.{c} as run_{c}"))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// The run's columns of [`load_parts`]'s rows (and of a command's locking read).
 #[derive(sqlx::FromRow)]
-struct PrefixedRun {
+pub(super) struct PrefixedRun {
     run_run_id: RunId,
     run_thread_id: ThreadId,
     run_brief_id: BriefId,
@@ -351,13 +416,7 @@ async fn load_parts(
     // or one with no answer, or one with no request at all. The run's columns are
     // prefixed (`run_`), so the request's keep the names `RequestRecord` reads.
     let rows: Vec<sqlx::postgres::PgRow> = crate::db::query(sqlx::AssertSqlSafe(format!(
-        "select o.run_id as run_run_id, o.thread_id as run_thread_id, o.brief_id as run_brief_id, \
-             o.status as run_status, o.status_reason as run_status_reason, \
-             o.pending_request_id as run_pending_request_id, o.version as run_version, \
-             o.plan as run_plan, o.execution_context as run_execution_context, \
-             o.runner_metadata as run_runner_metadata, o.agent_retry as run_agent_retry, \
-             o.rehydrated_at as run_rehydrated_at, o.created_at as run_created_at, \
-             o.updated_at as run_updated_at, o.finished_at as run_finished_at, \
+        "select {}, \
              q.request_id, q.node_id, q.status, q.operator_prompt, q.response_types, \
              q.options, {} as items, q.assignees, {}, {} as approvals, q.follow_up, \
              q.contract_summary, \
@@ -372,6 +431,7 @@ async fn load_parts(
          left join hitl_responses s on s.request_id = q.request_id \
          where o.run_id = $1 \
          order by q.created_at, q.request_id, s.command_id, s.position",
+        prefixed_run_columns("o"),
         super::requests::items_sql("q"),
         super::requests::claim_sql("q"),
         super::requests::approvals_sql("q")

@@ -1,0 +1,485 @@
+//! One transition's writes kept in memory and made in one statement.
+//!
+//! A resume that leads through local nodes to the run's end is several steps in the
+//! state machine — the resume, a checkpoint per node, the end — each with its audit
+//! event. A [`TransitionWrite`] checks each step against the state machine as it is
+//! added (on the run as the steps before it leave it, under the run's lock taken by the
+//! read that started the transition), chains and signs each event in Rust, and then
+//! [`TransitionWrite::write`] makes them all in one data-modifying statement: the run's
+//! final state, the answers, the request's resolution, the command's success, the job's
+//! completion fenced on its claim, the events and the notification deliveries they
+//! lead to, with their jobs. Every list is bound as an array and unnested, so the
+//! statement's text is the same whatever the number of answers or steps.
+//!
+//! The run's update is fenced on the run as locked and on the audit chain's head as
+//! read: the rest of the statement hangs off that update's row, so a fence that fails
+//! writes nothing.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+
+use super::audit::{ChainFields, event_hash, signature_of};
+use super::{AuditEntry, Checkpoint, Finish, LockedRun, NodeRunnerState, PersistenceError};
+use crate::domain::{AuditAction, CommandId, RequestId, RunId, RunStatus, Transition};
+
+/// A resume's part of a transition: its answers, the request it resolves and the command
+/// (with its job) that ends with it.
+pub(super) struct Resolve {
+    pub request_id: RequestId,
+    pub command_id: CommandId,
+    pub resolved_by: String,
+    pub answers: super::commands::Answers,
+    /// The command's outcome.
+    pub outcome: Value,
+    /// The job applying it: (job id, worker id).
+    pub job: Option<(String, String)>,
+    /// When the command ended (to the microsecond, as stored).
+    pub finished_at: DateTime<Utc>,
+}
+
+/// One event, hashed once the chain head before it is known.
+struct Event {
+    fields: ChainFields,
+    /// The name notifications know it by.
+    name: &'static str,
+    /// The node it names when it is about no request (what a channel's node filter sees).
+    node_id: Option<String>,
+}
+
+/// The writes of one transition of one run, not yet made (see the module docs).
+pub struct TransitionWrite {
+    /// The run as locked: the write is fenced on it.
+    fence: LockedRun,
+    /// The run as the steps so far leave it.
+    now: LockedRun,
+    /// The hash of the run's latest stored event, as read under the run's lock.
+    head: Option<Vec<u8>>,
+    resolve: Option<Resolve>,
+    events: Vec<Event>,
+    execution_context: Option<Value>,
+    runner_metadata: Option<Value>,
+    plan: Option<Value>,
+    status_reason: Option<String>,
+    runner_states: Vec<NodeRunnerState>,
+    /// A job to push with the write (the advancement that takes the run on from here).
+    job: Option<super::queue::JobRow>,
+    /// Set once written: (the run's version, whether the job was completed).
+    written: Option<Written>,
+}
+
+/// What [`TransitionWrite::write`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The run's version after the transition.
+    pub version: i64,
+    /// Whether the job it was given was completed (fenced on its claim).
+    pub job_completed: bool,
+}
+
+impl TransitionWrite {
+    /// A transition of the run `fence` describes (locked by the caller), whose chain
+    /// head is `head`.
+    pub(super) fn new(fence: LockedRun, head: Option<Vec<u8>>) -> Self {
+        TransitionWrite {
+            now: fence.clone(),
+            fence,
+            head,
+            resolve: None,
+            events: Vec::new(),
+            execution_context: None,
+            runner_metadata: None,
+            plan: None,
+            status_reason: None,
+            runner_states: Vec::new(),
+            job: None,
+            written: None,
+        }
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> &RunId {
+        &self.now.run_id
+    }
+
+    /// The run's version once the steps so far are written.
+    pub fn version(&self) -> i64 {
+        self.now.version
+    }
+
+    /// Whether the writes were made.
+    pub fn is_written(&self) -> bool {
+        self.written.is_some()
+    }
+
+    /// A step to `status` recorded by `entry` (its version is set here).
+    fn push(&mut self, status: RunStatus, entry: AuditEntry<'_>, created_at: DateTime<Utc>) {
+        debug_assert!(self.written.is_none(), "a step added after the write");
+        let version = self.now.version + 1;
+        let entry = AuditEntry {
+            run_version: version,
+            ..entry
+        };
+        let action = entry.action.unwrap_or(AuditAction::NodeCompleted);
+        let node_id = entry
+            .details
+            .as_ref()
+            .and_then(|d| d.get("nodeId"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        // The previous hash is set when the chain is hashed, in `write`.
+        let fields = super::audit::chain_fields(&self.now.run_id, &entry, None, created_at);
+        self.events.push(Event {
+            fields,
+            name: action.event_name(),
+            node_id,
+        });
+        self.now.status = status;
+        self.now.version = version;
+    }
+
+    /// The resume: the run moves to `status` with its pending request resolved.
+    pub(super) fn resolve(&mut self, resolve: Resolve, status: RunStatus, entry: AuditEntry<'_>) {
+        self.push(status, entry, resolve.finished_at);
+        self.now.pending_request_id = None;
+        self.resolve = Some(resolve);
+    }
+
+    /// Checks `transition` on the run as the steps so far leave it, at `expected_version`.
+    fn check(
+        &self,
+        transition: &Transition,
+        expected_version: i64,
+    ) -> Result<crate::domain::TransitionOutcome, PersistenceError> {
+        self.now.check(transition, Some(expected_version))
+    }
+
+    fn keep_state(&mut self, state: Option<&super::StepState>) {
+        if let Some(s) = state {
+            self.execution_context = Some(s.execution_context.clone());
+            self.runner_metadata = Some(s.runner_metadata.clone());
+            if let Some(plan) = &s.plan {
+                self.plan = Some(plan.clone());
+            }
+            if let Some(r) = &s.runner_state {
+                self.runner_states.push(r.clone());
+            }
+        }
+    }
+
+    /// Pushes `job` (due now) with the write; `false` when it cannot (the write is made,
+    /// or the kind has metadata): the caller enqueues it.
+    pub fn enqueue<P: super::jobs::JobPayload>(&mut self, job: &P) -> bool {
+        if self.written.is_some() || self.job.is_some() {
+            return false;
+        }
+        self.job = super::queue::job_row(job);
+        self.job.is_some()
+    }
+
+    /// [`super::checkpoint`], added to the write: the new version.
+    pub fn checkpoint(
+        &mut self,
+        expected_version: i64,
+        step: Checkpoint<'_>,
+    ) -> Result<i64, PersistenceError> {
+        let outcome = self.check(&Transition::Checkpoint, expected_version)?;
+        let details = super::runs::checkpoint_details(&step);
+        let entry = AuditEntry {
+            action: Some(step.action),
+            from_status: Some(self.now.status),
+            to_status: Some(outcome.status),
+            details: Some(details),
+            ..AuditEntry::default()
+        };
+        self.keep_state(Some(step.state));
+        self.push(outcome.status, entry, now());
+        Ok(self.now.version)
+    }
+
+    /// [`super::finish_run`], added to the write: the new version.
+    pub fn finish(
+        &mut self,
+        expected_version: i64,
+        finish: &Finish,
+    ) -> Result<i64, PersistenceError> {
+        let transition = super::runs::finish_transition(&self.now.run_id, finish.status)?;
+        let outcome = self.check(&transition, expected_version)?;
+        let entry = AuditEntry {
+            action: Some(outcome.audit_action),
+            note: finish.reason.as_deref(),
+            from_status: Some(self.now.status),
+            to_status: Some(outcome.status),
+            details: Some(json!({ "nodeId": finish.node_id })),
+            ..AuditEntry::default()
+        };
+        self.keep_state(finish.state.as_ref());
+        if let Some(reason) = &finish.reason {
+            self.status_reason = Some(reason.clone());
+        }
+        self.push(outcome.status, entry, now());
+        Ok(self.now.version)
+    }
+
+    /// Makes the writes (once: later calls return what the first did). Fails when the
+    /// run or its chain is not as locked, which the caller's lock rules out.
+    pub async fn write(&mut self, conn: &mut PgConnection) -> Result<Written, PersistenceError> {
+        if let Some(w) = self.written {
+            return Ok(w);
+        }
+        let mut written = self.try_write(conn).await?;
+        if written.is_none() {
+            // The head read with the lock was older than the stored one (a transition
+            // committed while the read waited for the lock): hash over the stored head.
+            self.head = super::audit::stored_head(conn, &self.fence.run_id).await?;
+            written = self.try_write(conn).await?;
+        }
+        let written = written.ok_or_else(|| {
+            PersistenceError::Database(sqlx::Error::Protocol(format!(
+                "run {} is not as locked",
+                self.fence.run_id
+            )))
+        })?;
+        if !self.runner_states.is_empty() {
+            for state in std::mem::take(&mut self.runner_states) {
+                super::runs::write_runner_state(conn, &self.fence.run_id, Some(&state)).await?;
+            }
+        }
+        super::remember_run(self.now.clone());
+        self.written = Some(written);
+        Ok(written)
+    }
+
+    async fn try_write(
+        &mut self,
+        conn: &mut PgConnection,
+    ) -> Result<Option<Written>, PersistenceError> {
+        let n = self.events.len();
+        let mut prev = self.head.clone();
+        let mut versions = Vec::with_capacity(n);
+        let mut actions = Vec::with_capacity(n);
+        let mut request_ids = Vec::with_capacity(n);
+        let mut command_ids = Vec::with_capacity(n);
+        let mut operator_ids = Vec::with_capacity(n);
+        let mut operator_names = Vec::with_capacity(n);
+        let mut operator_emails = Vec::with_capacity(n);
+        let mut notes = Vec::with_capacity(n);
+        let mut from_statuses = Vec::with_capacity(n);
+        let mut to_statuses = Vec::with_capacity(n);
+        let mut details = Vec::with_capacity(n);
+        let mut principals = Vec::with_capacity(n);
+        let mut created = Vec::with_capacity(n);
+        let mut traces = Vec::with_capacity(n);
+        let mut prev_hashes = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        let mut signatures = Vec::with_capacity(n);
+        let mut key_ids = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        let mut nodes = Vec::with_capacity(n);
+        for e in &mut self.events {
+            e.fields.prev_hash = prev.take();
+            let hash = event_hash(&e.fields);
+            let (signature, key_id) = signature_of(&hash);
+            let f = &e.fields;
+            versions.push(f.run_version);
+            actions.push(f.action.clone());
+            request_ids.push(f.request_id.clone());
+            command_ids.push(f.command_id.clone());
+            operator_ids.push(f.operator_id.clone());
+            operator_names.push(f.operator_display_name.clone());
+            operator_emails.push(f.operator_email.clone());
+            notes.push(f.note.clone());
+            from_statuses.push(f.from_status.clone());
+            to_statuses.push(f.to_status.clone());
+            details.push(f.details.clone());
+            principals.push(f.principal.clone());
+            created.push(f.created_at);
+            traces.push(f.trace_id.clone());
+            prev_hashes.push(f.prev_hash.clone());
+            hashes.push(hash.to_vec());
+            signatures.push(signature);
+            key_ids.push(key_id);
+            names.push(e.name);
+            nodes.push(e.node_id.clone());
+            prev = Some(hash.to_vec());
+        }
+        let r = self.resolve.as_ref();
+        let a = r.map(|r| &r.answers);
+        let empty = super::commands::Answers::default();
+        let a = a.unwrap_or(&empty);
+        let trace = crate::telemetry::current_trace_context().map(|c| json!({ "trace": c }));
+        let row: Option<(i64, bool)> = crate::db::query_as(WRITE_SQL)
+            .bind(&self.fence.run_id)
+            .bind(self.now.status)
+            .bind(self.now.pending_request_id.is_none() && self.fence.pending_request_id.is_some())
+            .bind(&self.execution_context)
+            .bind(&self.runner_metadata)
+            .bind(&self.plan)
+            .bind(&self.status_reason)
+            .bind(self.now.version)
+            .bind(self.fence.version)
+            .bind(self.fence.status)
+            .bind(&self.fence.pending_request_id)
+            .bind(&self.head)
+            // $13: the resume's part.
+            .bind(r.map(|r| &r.request_id))
+            .bind(r.map(|r| &r.command_id))
+            .bind(&a.ids)
+            .bind(&a.positions)
+            .bind(&a.types)
+            .bind(&a.approved)
+            .bind(&a.options)
+            .bind(&a.texts)
+            .bind(&a.responders)
+            .bind(&a.names)
+            .bind(&a.items)
+            .bind(&a.edited)
+            .bind(r.map(|r| &r.resolved_by))
+            .bind(r.map(|r| &r.outcome))
+            .bind(r.map(|r| r.finished_at))
+            .bind(r.and_then(|r| r.job.as_ref().map(|(id, _)| id)))
+            .bind(r.and_then(|r| r.job.as_ref().map(|(_, worker)| worker)))
+            // $30: the events.
+            .bind(&versions)
+            .bind(&actions)
+            .bind(&request_ids)
+            .bind(&command_ids)
+            .bind(&operator_ids)
+            .bind(&operator_names)
+            .bind(&operator_emails)
+            .bind(&notes)
+            .bind(&from_statuses)
+            .bind(&to_statuses)
+            .bind(&details)
+            .bind(&principals)
+            .bind(&created)
+            .bind(&traces)
+            .bind(&prev_hashes)
+            .bind(&hashes)
+            .bind(&signatures)
+            .bind(&key_ids)
+            // $48: what notifications see of them.
+            .bind(&names)
+            .bind(&nodes)
+            .bind(trace)
+            .bind(super::queue::DEFAULT_MAX_ATTEMPTS)
+            // $52: the job pushed with the write, if any.
+            .bind(self.job.as_ref().map(|j| &j.id))
+            .bind(self.job.as_ref().map(|j| j.kind))
+            .bind(self.job.as_ref().map(|j| &j.job))
+            .bind(self.job.as_ref().map(|j| j.max_attempts))
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some((version, job_completed)) = row else {
+            return Ok(None);
+        };
+        if let Some(last) = hashes.last() {
+            super::audit::remember_head(&self.fence.run_id, version, last);
+        }
+        Ok(Some(Written {
+            version,
+            job_completed,
+        }))
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// The statement [`TransitionWrite::write`] runs (see the module docs). `$1` the run,
+/// `$2`–`$8` its new state (`$3`: its pending request is resolved), `$9`–`$12` the fence
+/// (version, status, pending request, chain head), `$13`–`$29` a resume's answers,
+/// request, command and job (all null or empty without one), `$30`–`$47` the events,
+/// `$48`–`$49` their names and nodes for notifications, `$50` the trace context the
+/// delivery jobs carry, `$51` their max attempts, and `$52`–`$55` a job pushed with the
+/// write (its id, kind, payload and max attempts; null for none).
+///
+/// The deliveries are those of `notifications::DELIVERIES_CTE` for events naming no
+/// channel and no deadline notice, which is what a transition's steps are.
+const WRITE_SQL: &str = "with run_write as ( \
+        update orchestrator_runs set status = $2, \
+            pending_request_id = case when $3 then null else pending_request_id end, \
+            execution_context = coalesce($4, execution_context), \
+            runner_metadata = coalesce($5, runner_metadata), \
+            plan = coalesce($6, plan), \
+            status_reason = coalesce($7, status_reason), \
+            finished_at = case when $2 in ('completed', 'failed', 'cancelled') then now() end, \
+            agent_retry = null, version = $8, updated_at = now() \
+        where run_id = $1 and version = $9 and status = $10 \
+          and pending_request_id is not distinct from $11 \
+          and (select hash from run_audit_events where run_id = $1 \
+               order by run_version desc limit 1) is not distinct from $12 \
+        returning version), \
+    answers as ( \
+        insert into hitl_responses (response_id, request_id, run_id, position, \
+            response_type, approved, option_id, freeform_text, responder_id, \
+            responder_display_name, command_id, item_id, edited_arguments) \
+        select r.id, $13, $1, r.position, r.response_type, r.approved, r.option_id, \
+            r.freeform_text, r.responder_id, r.responder_display_name, $14, r.item_id, \
+            r.edited \
+        from run_write, unnest($15::text[], $16::int[], $17::text[], $18::bool[], \
+            $19::text[], $20::text[], $21::text[], $22::text[], $23::text[], $24::jsonb[]) \
+            as r(id, position, response_type, approved, option_id, freeform_text, \
+                 responder_id, responder_display_name, item_id, edited)), \
+    request as ( \
+        update hitl_requests set status = 'resolved', resolved_at = now(), resolved_by = $25 \
+        where request_id = $13 and exists (select 1 from run_write)), \
+    command_done as ( \
+        update hitl_commands set status = 'succeeded', outcome = $26, error = null, \
+            attempts = attempts + 1, started_at = coalesce(started_at, $27), \
+            finished_at = $27, updated_at = $27 \
+        where command_id = $14 and exists (select 1 from run_write)), \
+    job_done as ( \
+        update apalis.jobs set status = 'Done', done_at = now(), attempts = attempts + 1, \
+            last_result = '{\"Ok\": null}'::jsonb \
+        where id = $28 and lock_by = $29 and status = 'Running' \
+          and exists (select 1 from run_write) \
+        returning 1), \
+    event as ( \
+        insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
+            operator_id, operator_display_name, operator_email, note, from_status, \
+            to_status, details, principal, created_at, trace_id, prev_hash, hash, \
+            signature, key_id) \
+        select $1, e.* from run_write, unnest($30::bigint[], $31::text[], $32::text[], \
+            $33::text[], $34::text[], $35::text[], $36::text[], $37::text[], $38::text[], \
+            $39::text[], $40::jsonb[], $41::text[], $42::timestamptz[], $43::text[], \
+            $44::bytea[], $45::bytea[], $46::bytea[], $47::text[]) \
+            as e(run_version, action, request_id, command_id, operator_id, \
+                 operator_display_name, operator_email, note, from_status, to_status, \
+                 details, principal, created_at, trace_id, prev_hash, hash, signature, \
+                 key_id) \
+        order by e.run_version \
+        returning event_id, run_version, request_id), \
+    delivery as ( \
+        insert into notification_deliveries (delivery_id, channel, event_id, event, run_id, \
+            request_id) \
+        select gen_random_uuid(), c.name, event.event_id, f.name, $1, event.request_id \
+        from event \
+        join unnest($30::bigint[], $48::text[], $49::text[]) as f(run_version, name, node_id) \
+            on f.run_version = event.run_version \
+        cross join notification_channels c \
+        left join hitl_requests q on q.request_id = event.request_id \
+        where f.name = any(c.events) \
+          and (cardinality(c.nodes) = 0 or coalesce(q.node_id, f.node_id) = any(c.nodes)) \
+          and (cardinality(c.groups) = 0 or exists ( \
+              select 1 from jsonb_array_elements_text( \
+                  coalesce(q.assignees -> 'groups', '[]'::jsonb)) g \
+              where g = any(c.groups))) \
+        returning delivery_id), \
+    delivery_job as ( \
+        insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
+            priority) \
+        select apalis.generate_ulid(), 'hitl_notify', \
+            convert_to((jsonb_build_object('deliveryId', delivery.delivery_id) \
+                || coalesce($50::jsonb, '{}'::jsonb))::text, 'UTF8'), \
+            'Pending', 0, $51, now(), 0 \
+        from delivery \
+        returning 1), \
+    next_job as ( \
+        insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
+            priority) \
+        select $52, $53, $54, 'Pending', 0, $55, now(), 0 from run_write \
+        where $52::text is not null \
+        returning 1) \
+    select version, exists (select 1 from job_done) from run_write";
