@@ -65,9 +65,9 @@ enum Store<'a, 'c> {
     Pool(&'a PgPool),
     /// The caller's transaction, which it commits.
     Tx(&'a mut Tx<'c>),
-    /// The caller's transition, written in one statement with it: checkpoints and the
-    /// run's end join it; any other write makes it first, then goes into the caller's
-    /// transaction.
+    /// The caller's transition, written in one statement with it: checkpoints, a raised
+    /// request and the run's end join it; any other write makes it first, then goes
+    /// into the caller's transaction.
     Batch(&'a mut Tx<'c>, &'a mut TransitionWrite),
 }
 
@@ -241,9 +241,10 @@ impl Engine {
 
     /// Advances the run that `write` (a resume applied in memory) moves, from `state`
     /// (the run as the write leaves it), through local nodes only, like
-    /// [`Engine::advance_in`]: checkpoints and the run's end join `write`, so a resume
-    /// that leads to the run's end is one statement. Nothing is written unless a step
-    /// needs a statement of its own (raising a request); the caller makes the write.
+    /// [`Engine::advance_in`]: checkpoints, a raised request and the run's end join
+    /// `write`, so a resume that leads to the run's end or its next pause is one
+    /// statement (a deadline's or follow-up's jobs are pushed beside it). Nothing else is
+    /// written here; the caller makes the write.
     pub async fn advance_written(
         &self,
         tx: &mut Tx<'_>,
@@ -408,9 +409,14 @@ impl Engine {
                     work.meta.cursor = Some(node.id.clone());
                     work.meta.awaiting_request_id = Some(request.request_id.clone());
                     let state = step_state(run_id, &work)?;
-                    let raised = write_step!(&mut store, |tx| fenced(
-                        persistence::raise_request(tx, run_id, version, &request, &state).await
-                    ));
+                    let raised = match &mut store {
+                        Store::Batch(tx, write) => fenced(
+                            persistence::raise_into(tx, write, version, &request, &state).await,
+                        ),
+                        store => write_step!(store, |tx| fenced(
+                            persistence::raise_request(tx, run_id, version, &request, &state).await
+                        )),
+                    };
                     let Some((request_id, v)) = raised? else {
                         return Ok(AdvanceOutcome::Superseded);
                     };

@@ -58,8 +58,8 @@ pub use requests::{
 };
 pub use runs::{
     BriefInput, Checkpoint, CreatedRun, Finish, NewRequest, NewRun, NodeRunnerState, RunHeader,
-    RunRef, StepState, checkpoint, create_run, find_run, finish_run, raise_request, runner_state,
-    start_run,
+    RunRef, StepState, checkpoint, create_run, find_run, finish_run, raise_into, raise_request,
+    runner_state, start_run,
 };
 pub use sessions::{NewSession, SessionRecord, delete_session, find_session, insert_session};
 pub use snapshot::{

@@ -491,12 +491,7 @@ pub async fn raise_request(
             request_id: Some(&request_id),
             from_status: Some(run.status),
             to_status: Some(outcome.status),
-            // What a live view needs to show the request (arguments stay in the request).
-            details: Some(
-                json!({ "nodeId": request.node_id, "items": request.items.iter().map(|i| json!({
-                "itemId": i.item_id, "kind": i.kind, "title": i.title,
-                "tool": i.tool.as_ref().map(|t| &t.name) })).collect::<Vec<_>>() }),
-            ),
+            details: Some(raise_details(request)),
             ..AuditEntry::default()
         },
     )
@@ -506,6 +501,39 @@ pub async fn raise_request(
         queue::enqueue(tx, &Expire { request_id }, Some(at)).await?;
         super::claims::schedule_expiring_notices(tx, &request.request_id, &request.node_id, at)
             .await?;
+    }
+    if let Some(follow_up) = &request.follow_up {
+        super::claims::schedule_follow_up(tx, &request_id, follow_up).await?;
+    }
+    Ok((request_id, version))
+}
+
+/// The event details of raising `request`: what a live view needs to show it (arguments
+/// stay in the request).
+pub(super) fn raise_details(request: &NewRequest) -> Value {
+    json!({ "nodeId": request.node_id, "items": request.items.iter().map(|i| json!({
+        "itemId": i.item_id, "kind": i.kind, "title": i.title,
+        "tool": i.tool.as_ref().map(|t| &t.name) })).collect::<Vec<_>>() })
+}
+
+/// [`raise_request`] as a step of `write` (a transition kept for one statement): the
+/// request's row, the run's pause and the event join the write; a deadline's expiry job
+/// and notices, and reminders and escalations, are pushed in `tx` beside it.
+pub async fn raise_into(
+    tx: &mut Tx<'_>,
+    write: &mut super::TransitionWrite,
+    expected_version: i64,
+    request: &NewRequest,
+    state: &StepState,
+) -> Result<(RequestId, i64), PersistenceError> {
+    let version = write.raise(expected_version, request, state)?;
+    let request_id = request.request_id.clone();
+    if let Some((at, _)) = request.deadline {
+        let expire = Expire {
+            request_id: request_id.clone(),
+        };
+        queue::enqueue(tx, &expire, Some(at)).await?;
+        super::claims::schedule_expiring_notices(tx, &request_id, &request.node_id, at).await?;
     }
     if let Some(follow_up) = &request.follow_up {
         super::claims::schedule_follow_up(tx, &request_id, follow_up).await?;

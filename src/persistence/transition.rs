@@ -38,6 +38,22 @@ pub(super) struct Resolve {
     pub finished_at: DateTime<Utc>,
 }
 
+/// A request raised by the transition, as its row is inserted.
+struct Raise {
+    request_id: RequestId,
+    node_id: String,
+    operator_prompt: String,
+    response_types: Vec<&'static str>,
+    options: Value,
+    contract_summary: Value,
+    expires_at: Option<DateTime<Utc>>,
+    on_timeout: Option<crate::domain::TimeoutAction>,
+    items: Value,
+    assignees: Option<Value>,
+    approvals_required: Option<i32>,
+    follow_up: Option<Value>,
+}
+
 /// One event, hashed once the chain head before it is known.
 struct Event {
     fields: ChainFields,
@@ -56,6 +72,7 @@ pub struct TransitionWrite {
     /// The hash of the run's latest stored event, as read under the run's lock.
     head: Option<Vec<u8>>,
     resolve: Option<Resolve>,
+    raise: Option<Raise>,
     events: Vec<Event>,
     execution_context: Option<Value>,
     runner_metadata: Option<Value>,
@@ -86,6 +103,7 @@ impl TransitionWrite {
             fence,
             head,
             resolve: None,
+            raise: None,
             events: Vec::new(),
             execution_context: None,
             runner_metadata: None,
@@ -194,6 +212,52 @@ impl TransitionWrite {
         };
         self.keep_state(Some(step.state));
         self.push(outcome.status, entry, now());
+        Ok(self.now.version)
+    }
+
+    /// [`super::raise_request`]'s row, pause and event, added to the write: the new
+    /// version. (A transition raises at most one request: the run then waits on it.)
+    pub(super) fn raise(
+        &mut self,
+        expected_version: i64,
+        request: &super::NewRequest,
+        state: &super::StepState,
+    ) -> Result<i64, PersistenceError> {
+        let outcome = self.check(
+            &Transition::RaiseRequest {
+                request_id: request.request_id.clone(),
+            },
+            expected_version,
+        )?;
+        let raise = Raise {
+            request_id: request.request_id.clone(),
+            node_id: request.node_id.clone(),
+            operator_prompt: request.operator_prompt.clone(),
+            response_types: request.response_types.iter().map(|t| t.as_str()).collect(),
+            options: request.options.clone(),
+            contract_summary: request.contract_summary.clone(),
+            expires_at: request.deadline.map(|(at, _)| at),
+            on_timeout: request.deadline.map(|(_, action)| action),
+            items: to_json(&request.items)?,
+            assignees: request.assignees.as_ref().map(to_json).transpose()?,
+            approvals_required: request
+                .approvals_required
+                .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            follow_up: request.follow_up.as_ref().map(to_json).transpose()?,
+        };
+        let details = super::runs::raise_details(request);
+        let entry = AuditEntry {
+            action: Some(outcome.audit_action),
+            request_id: Some(&request.request_id),
+            from_status: Some(self.now.status),
+            to_status: Some(outcome.status),
+            details: Some(details),
+            ..AuditEntry::default()
+        };
+        self.keep_state(Some(state));
+        self.push(outcome.status, entry, now());
+        self.now.pending_request_id = Some(request.request_id.clone());
+        self.raise = Some(raise);
         Ok(self.now.version)
     }
 
@@ -308,10 +372,11 @@ impl TransitionWrite {
         let empty = super::commands::Answers::default();
         let a = a.unwrap_or(&empty);
         let trace = crate::telemetry::current_trace_context().map(|c| json!({ "trace": c }));
+        let q = self.raise.as_ref();
         let row: Option<(i64, bool)> = crate::db::query_as(WRITE_SQL)
             .bind(&self.fence.run_id)
             .bind(self.now.status)
-            .bind(self.now.pending_request_id.is_none() && self.fence.pending_request_id.is_some())
+            .bind(self.now.pending_request_id != self.fence.pending_request_id)
             .bind(&self.execution_context)
             .bind(&self.runner_metadata)
             .bind(&self.plan)
@@ -368,6 +433,19 @@ impl TransitionWrite {
             .bind(self.job.as_ref().map(|j| j.kind))
             .bind(self.job.as_ref().map(|j| &j.job))
             .bind(self.job.as_ref().map(|j| j.max_attempts))
+            // $56: the request raised, if any.
+            .bind(q.map(|q| &q.request_id))
+            .bind(q.map(|q| &q.node_id))
+            .bind(q.map(|q| &q.operator_prompt))
+            .bind(q.map(|q| &q.response_types))
+            .bind(q.map(|q| &q.options))
+            .bind(q.map(|q| &q.contract_summary))
+            .bind(q.and_then(|q| q.expires_at))
+            .bind(q.and_then(|q| q.on_timeout))
+            .bind(q.map(|q| &q.items))
+            .bind(q.and_then(|q| q.assignees.as_ref()))
+            .bind(q.and_then(|q| q.approvals_required))
+            .bind(q.and_then(|q| q.follow_up.as_ref()))
             .fetch_optional(&mut *conn)
             .await?;
         let Some((version, job_completed)) = row else {
@@ -383,23 +461,30 @@ impl TransitionWrite {
     }
 }
 
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, PersistenceError> {
+    serde_json::to_value(value)
+        .map_err(|e| PersistenceError::Database(sqlx::Error::Encode(Box::new(e))))
+}
+
 fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
 /// The statement [`TransitionWrite::write`] runs (see the module docs). `$1` the run,
-/// `$2`–`$8` its new state (`$3`: its pending request is resolved), `$9`–`$12` the fence
+/// `$2`–`$8` its new state (`$3`: its pending request changes, to `$56`), `$9`–`$12` the fence
 /// (version, status, pending request, chain head), `$13`–`$29` a resume's answers,
 /// request, command and job (all null or empty without one), `$30`–`$47` the events,
 /// `$48`–`$49` their names and nodes for notifications, `$50` the trace context the
 /// delivery jobs carry, `$51` their max attempts, and `$52`–`$55` a job pushed with the
-/// write (its id, kind, payload and max attempts; null for none).
+/// write (its id, kind, payload and max attempts; null for none), `$56`–`$67` a request
+/// raised (null for none; the deliveries read its node and assignees from its insert,
+/// which the statement's snapshot of `hitl_requests` does not show).
 ///
 /// The deliveries are those of `notifications::DELIVERIES_CTE` for events naming no
 /// channel and no deadline notice, which is what a transition's steps are.
 const WRITE_SQL: &str = "with run_write as ( \
         update orchestrator_runs set status = $2, \
-            pending_request_id = case when $3 then null else pending_request_id end, \
+            pending_request_id = case when $3 then $56 else pending_request_id end, \
             execution_context = coalesce($4, execution_context), \
             runner_metadata = coalesce($5, runner_metadata), \
             plan = coalesce($6, plan), \
@@ -410,7 +495,15 @@ const WRITE_SQL: &str = "with run_write as ( \
           and pending_request_id is not distinct from $11 \
           and (select hash from run_audit_events where run_id = $1 \
                order by run_version desc limit 1) is not distinct from $12 \
-        returning version), \
+        returning version, thread_id, brief_id), \
+    raised as ( \
+        insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, \
+            operator_prompt, response_types, options, contract_summary, expires_at, \
+            on_timeout, items, assignees, approvals_required, follow_up) \
+        select $56, $1, run_write.thread_id, run_write.brief_id, $57, $58, $59::text[], $60, \
+            $61, $62, $63, $64, $65, $66, $67 \
+        from run_write where $56::text is not null \
+        returning request_id, node_id, assignees), \
     answers as ( \
         insert into hitl_responses (response_id, request_id, run_id, position, \
             response_type, approved, option_id, freeform_text, responder_id, \
@@ -460,11 +553,13 @@ const WRITE_SQL: &str = "with run_write as ( \
             on f.run_version = event.run_version \
         cross join notification_channels c \
         left join hitl_requests q on q.request_id = event.request_id \
+        left join raised on raised.request_id = event.request_id \
         where f.name = any(c.events) \
-          and (cardinality(c.nodes) = 0 or coalesce(q.node_id, f.node_id) = any(c.nodes)) \
+          and (cardinality(c.nodes) = 0 \
+               or coalesce(q.node_id, raised.node_id, f.node_id) = any(c.nodes)) \
           and (cardinality(c.groups) = 0 or exists ( \
               select 1 from jsonb_array_elements_text( \
-                  coalesce(q.assignees -> 'groups', '[]'::jsonb)) g \
+                  coalesce(q.assignees, raised.assignees) -> 'groups') g \
               where g = any(c.groups))) \
         returning delivery_id), \
     delivery_job as ( \

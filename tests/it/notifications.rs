@@ -862,3 +862,111 @@ async fn a_deadline_notice_reaches_the_channels_whose_period_it_is_and_none_once
     app.assert_audit_intact().await;
     app.stop().await;
 }
+
+/// A resume that leads to the run's next pause raises the next request in the resume's
+/// own write (`persistence::TransitionWrite`): the channels filtering on that request's
+/// node and on its assignees' groups see it, although the statement's snapshot of
+/// `hitl_requests` does not show the row it inserts; its deadline's expiry job is
+/// pushed beside it; and the chain of the three events (resume, node completed, request
+/// raised) verifies.
+#[tokio::test]
+async fn a_request_raised_in_the_resumes_own_write_reaches_the_channels_of_its_node_and_groups() {
+    let app = TestApp::spawn().await;
+    sqlx::query(
+        "insert into notification_channels (name, format, events, nodes, groups) values \
+         ('by-node', 'json', '{request_raised}', '{second}', '{}'), \
+         ('by-group', 'json', '{request_raised}', '{}', '{payments}'), \
+         ('other-group', 'json', '{request_raised}', '{}', '{legal}'), \
+         ('other-node', 'json', '{request_raised,resumed}', '{elsewhere}', '{}'), \
+         ('all', 'json', '{resumed,node_completed}', '{}', '{}')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let plan = json!({ "nodes": [
+        { "id": "first", "type": "hitl", "prompt": "First?", "responseTypes": ["approval"] },
+        { "id": "second", "type": "hitl", "prompt": "Second?", "responseTypes": ["approval"],
+          "assignees": { "groups": ["payments"] }, "timeoutSeconds": 3600,
+          "onTimeout": "reject" }
+    ] });
+    let (run, first) = app.parked_with(plan).await;
+    let before: i64 = sqlx::query_scalar("select count(*) from notification_deliveries")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let accepted = app
+        .post("/api/hitl/resume", ADMIN, &approval(&run, &first, "alice"))
+        .await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    crate::common::queue_support::wait_for_count(
+        &app.pool,
+        &format!(
+            "select count(*) from orchestrator_runs where run_id = '{run}' \
+             and status = 'awaiting_hitl' and pending_request_id <> '{first}'"
+        ),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let snapshot = app.wait_for_run(&run, "awaiting_hitl").await;
+    let second = snapshot["pendingRequestId"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    let row: (String, String, bool, String) = sqlx::query_as(
+        "select q.node_id, q.status, q.expires_at > now() + interval '59 minutes', \
+             q.assignees::text \
+         from hitl_requests q where q.request_id = $1",
+    )
+    .bind(&second)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (row.0.as_str(), row.1.as_str(), row.2),
+        ("second", "pending", true)
+    );
+    assert!(row.3.contains("payments"), "{row:?}");
+    let expiry: i64 = sqlx::query_scalar(
+        "select count(*) from apalis.jobs where job_type = 'hitl_expire' \
+         and convert_from(job, 'UTF8')::jsonb ->> 'requestId' = $1 \
+         and status = 'Pending' and run_at > now() + interval '59 minutes'",
+    )
+    .bind(&second)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(expiry, 1, "the deadline's expiry job");
+    let told: Vec<(String, String)> = sqlx::query_as(
+        "select channel, event from notification_deliveries \
+         where run_id = $1 and (request_id = $2 or event <> 'request_raised') \
+         order by channel, event",
+    )
+    .bind(&run)
+    .bind(&second)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let told: Vec<(&str, &str)> = told.iter().map(|(c, e)| (c.as_str(), e.as_str())).collect();
+    assert_eq!(
+        told,
+        [
+            ("all", "node_completed"),
+            ("all", "resumed"),
+            ("by-group", "request_raised"),
+            ("by-node", "request_raised"),
+        ],
+        "{before} deliveries before the resume"
+    );
+    let actions: Vec<String> = sqlx::query_scalar(
+        "select action from run_audit_events where run_id = $1 order by run_version",
+    )
+    .bind(&run)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        actions[actions.len() - 3..],
+        ["resume", "node_completed", "hitl_requested"]
+    );
+    app.assert_audit_intact().await;
+    app.stop().await;
+}

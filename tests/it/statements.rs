@@ -287,13 +287,25 @@ async fn texts_for(n: usize) -> (Vec<String>, Vec<String>) {
     let worker_ran = ran(&app.pool, WORKER_ROLE).await;
     worker.stop().await;
     app.stop().await;
-    // The query ids: the same statement however its text was kept.
+    // The query ids: the same statement however its text was kept. Left out: the reads
+    // a write makes only when this process's guess of the run or of its chain head is
+    // missing — the guesses are kept for 4,096 runs per process, shared by every test
+    // running in it, so whether one is still there depends on the other tests, not on
+    // the number of answers.
     let texts = |s: Vec<(String, i64)>| {
         s.into_iter()
+            .filter(|(q, _)| !is_guess_fallback(q))
             .map(|(q, _)| q.split_once(' ').map_or(q.clone(), |(id, _)| id.to_owned()))
             .collect::<Vec<_>>()
     };
     (texts(api), texts(worker_ran))
+}
+
+/// Whether `query` is the run's lock or the chain head's read that a write falls back
+/// on when this process has no guess of them (`persistence::lock_run`, `audit::stored_head`).
+fn is_guess_fallback(query: &str) -> bool {
+    query.contains(" select run_id, status, pending_request_id, version from orchestrator_runs")
+        || query.contains(" select hash from run_audit_events where run_id = $1 order by")
 }
 
 #[tokio::test]
