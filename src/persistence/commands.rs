@@ -311,7 +311,7 @@ pub async fn apply_command(
     if let Applying::Unwritten(mut unwritten) = applying {
         unwritten.write.write(tx).await?;
         // The run moves on: its next advancement commits with the resume.
-        if advance == AdvanceBy::Job {
+        if advance == AdvanceBy::Job && unwritten.state.run.status == RunStatus::Running {
             let run_id = unwritten.write.run_id().clone();
             queue::enqueue(tx, &Advance { run_id }, None).await?;
         }
@@ -437,9 +437,7 @@ async fn apply(
     let left = |o: ApplyOutcome| (o, Applying::Left);
     match command.kind {
         CommandKind::Resume => apply_resume(tx, &mut run, command, payload, subject, job).await,
-        CommandKind::Remove => Ok(left(
-            apply_remove(tx, &mut run, command, payload, subject).await?,
-        )),
+        CommandKind::Remove => apply_remove(tx, &mut run, command, payload, subject, job).await,
         CommandKind::Retry => Ok(left(apply_retry(tx, &run, command, advance).await?)),
     }
 }
@@ -536,13 +534,14 @@ async fn apply_resume(
     }
     .outcome(&run.run_id);
     let responses = answers.records(&request_id, &command.command_id, now);
-    let mut write = super::TransitionWrite::new(run.clone(), subject.chain_head);
-    write.resolve(
-        super::transition::Resolve {
-            request_id: request_id.clone(),
+    let mut write = transition_write(tx, run, &subject).await?;
+    write.settle(
+        super::transition::Settle {
+            request_id: Some(request_id.clone()),
             command_id: command.command_id.clone(),
             resolved_by: command.operator.id.clone(),
             answers,
+            denial_reason: None,
             outcome: command_outcome.clone(),
             job: job.map(|j| (j.job_id.to_owned(), j.worker_id.to_owned())),
             finished_at: now,
@@ -830,7 +829,9 @@ async fn apply_remove(
     command: CommandRecord,
     payload: CommandPayload,
     subject: Subject,
-) -> Result<ApplyOutcome, PersistenceError> {
+    job: Option<JobClaim<'_>>,
+) -> Result<(ApplyOutcome, Applying), PersistenceError> {
+    let left = |o: ApplyOutcome| (o, Applying::Left);
     let transition = Transition::Remove {
         request_id: command.request_id.clone(),
     };
@@ -839,7 +840,7 @@ async fn apply_remove(
         Err(PersistenceError::Transition { source, .. }) => {
             let why =
                 explain_refusal(tx, run.context(command.request_id.as_ref()), &source).await?;
-            return reject(tx, &command, why).await;
+            return Ok(left(reject(tx, &command, why).await?));
         }
         Err(e) => return Err(e),
     };
@@ -852,50 +853,84 @@ async fn apply_remove(
         && let Some(refused) =
             settle_claim(tx, run, &command, &payload, request_id, &subject).await?
     {
-        return reject(tx, &command, refused).await;
+        return Ok(left(reject(tx, &command, refused).await?));
     }
-    if let Some(request_id) = &denied {
-        crate::db::query(
-            "update hitl_requests set status = 'denied', denial_reason = $2, resolved_at = now(), \
-                 resolved_by = $3 where request_id = $1",
+    // The request denied, the run cancelled, the event, the command's success and its
+    // job's completion: one write.
+    let version = run.version + 1;
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
+    let command_outcome = Succeeded::moved(outcome.status, version).outcome(&run.run_id);
+    let entry = AuditEntry {
+        request_id: denied.as_ref(),
+        ..command_entry(
+            &command,
+            version,
+            AuditAction::Remove,
+            (run.status, outcome.status),
+            json!({ "reason": reason }),
         )
-        .bind(request_id)
-        .bind(&reason)
-        .bind(&command.operator.id)
-        .execute(&mut **tx)
-        .await?;
-    }
-    let version = move_run(tx, &run.run_id, outcome.status, Some(&reason)).await?;
-    append_audit(
-        tx,
-        &run.run_id,
-        AuditEntry {
-            request_id: denied.as_ref(),
-            ..command_entry(
-                &command,
-                version,
-                AuditAction::Remove,
-                (run.status, outcome.status),
-                json!({ "reason": reason }),
-            )
+    };
+    let mut write = transition_write(tx, run, &subject).await?;
+    write.settle(
+        super::transition::Settle {
+            request_id: denied.clone(),
+            command_id: command.command_id.clone(),
+            resolved_by: command.operator.id.clone(),
+            answers: Answers::default(),
+            denial_reason: Some(reason.clone()),
+            outcome: command_outcome.clone(),
+            job: job.map(|j| (j.job_id.to_owned(), j.worker_id.to_owned())),
+            finished_at: now,
         },
-    )
-    .await?;
-    if command.request_id.is_none() && denied.is_some() {
-        // Record which request the remove denied, so the command names it.
-        crate::db::query("update hitl_commands set request_id = $2 where command_id = $1")
-            .bind(&command.command_id)
-            .bind(&denied)
-            .execute(&mut **tx)
-            .await?;
-    }
-    succeed(
-        tx,
-        command,
-        &run.run_id,
-        Succeeded::moved(outcome.status, version),
-    )
-    .await
+        outcome.status,
+        entry,
+    );
+    let mut state_run = subject.run;
+    state_run.status = outcome.status;
+    state_run.pending_request_id = None;
+    state_run.version = version;
+    state_run.status_reason = Some(reason);
+    let command = CommandRecord {
+        status: CommandStatus::Succeeded,
+        request_id: command.request_id.clone().or(denied),
+        outcome: Some(command_outcome),
+        error: None,
+        attempts: command.attempts + 1,
+        started_at: command.started_at.or(Some(now)),
+        finished_at: Some(now),
+        updated_at: now,
+        ..command
+    };
+    Ok((
+        ApplyOutcome::Applied {
+            command,
+            run_status: outcome.status,
+            version,
+        },
+        Applying::Unwritten(Box::new(Unwritten {
+            write,
+            state: super::RunState {
+                run: state_run,
+                requests: Vec::new(),
+            },
+        })),
+    ))
+}
+
+/// The write of a command's transition on `run` as locked: chained on the head the
+/// locking read brought, unless the run moved since (a claim broken by a forced
+/// command appended its own event), when the head is read again.
+async fn transition_write(
+    tx: &mut Tx<'_>,
+    run: &LockedRun,
+    subject: &Subject,
+) -> Result<super::TransitionWrite, PersistenceError> {
+    let head = if run.version == subject.run.version {
+        subject.chain_head.clone()
+    } else {
+        super::audit::stored_head(tx, &run.run_id).await?
+    };
+    Ok(super::TransitionWrite::new(run.clone(), head))
 }
 
 /// `failed → running` at the node that failed: the run's checkpointed context and
@@ -997,28 +1032,6 @@ pub async fn explain_retry_refusal(
         message: format!("run {run_id} is {status}, not failed: only a failed run can be retried"),
         context,
     })
-}
-
-/// Moves the run to `status` with no pending request (resume → running, remove →
-/// cancelled), bumping its version.
-async fn move_run(
-    conn: &mut PgConnection,
-    run_id: &RunId,
-    status: RunStatus,
-    status_reason: Option<&str>,
-) -> Result<i64, PersistenceError> {
-    Ok(crate::db::query_scalar(
-        "update orchestrator_runs set status = $2, pending_request_id = null, \
-             status_reason = coalesce($3, status_reason), \
-             finished_at = case when $2 in ('completed', 'failed', 'cancelled') then now() end, \
-             agent_retry = null, version = version + 1, updated_at = now() \
-         where run_id = $1 returning version",
-    )
-    .bind(run_id)
-    .bind(status)
-    .bind(status_reason)
-    .fetch_one(conn)
-    .await?)
 }
 
 /// Where a command that applied left its run (the command's `outcome`).

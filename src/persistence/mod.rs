@@ -9,6 +9,9 @@
 //! request and version against the domain state machine, writes everything that belongs
 //! together, bumps `version` and appends exactly one audit event. Locking the run before
 //! any of its requests or commands gives one lock order, so transitions cannot deadlock.
+//! A resume and the engine's steps after it in the same transaction are kept in a
+//! [`TransitionWrite`] instead, checked step by step against the state machine, and
+//! written in one statement with an event per step (`transition`).
 
 mod agent_wait;
 pub mod audit;

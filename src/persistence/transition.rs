@@ -23,13 +23,17 @@ use super::audit::{ChainFields, event_hash, signature_of};
 use super::{AuditEntry, Checkpoint, Finish, LockedRun, NodeRunnerState, PersistenceError};
 use crate::domain::{AuditAction, CommandId, RequestId, RunId, RunStatus, Transition};
 
-/// A resume's part of a transition: its answers, the request it resolves and the command
-/// (with its job) that ends with it.
-pub(super) struct Resolve {
-    pub request_id: RequestId,
+/// A command's part of a transition: the request it settles (a resume resolves it with
+/// its answers, a remove denies it), and the command (with its job) that ends with it.
+pub(super) struct Settle {
+    /// The request settled (a remove of a run waiting on none settles none).
+    pub request_id: Option<RequestId>,
     pub command_id: CommandId,
     pub resolved_by: String,
+    /// A resume's answers (none for a remove).
     pub answers: super::commands::Answers,
+    /// A remove's reason: the request is denied with it, and the run ends with it.
+    pub denial_reason: Option<String>,
     /// The command's outcome.
     pub outcome: Value,
     /// The job applying it: (job id, worker id).
@@ -71,7 +75,7 @@ pub struct TransitionWrite {
     now: LockedRun,
     /// The hash of the run's latest stored event, as read under the run's lock.
     head: Option<Vec<u8>>,
-    resolve: Option<Resolve>,
+    settle: Option<Settle>,
     raise: Option<Raise>,
     events: Vec<Event>,
     execution_context: Option<Value>,
@@ -102,7 +106,7 @@ impl TransitionWrite {
             now: fence.clone(),
             fence,
             head,
-            resolve: None,
+            settle: None,
             raise: None,
             events: Vec::new(),
             execution_context: None,
@@ -156,11 +160,14 @@ impl TransitionWrite {
         self.now.version = version;
     }
 
-    /// The resume: the run moves to `status` with its pending request resolved.
-    pub(super) fn resolve(&mut self, resolve: Resolve, status: RunStatus, entry: AuditEntry<'_>) {
-        self.push(status, entry, resolve.finished_at);
+    /// A resume or a remove: the run moves to `status` with its pending request settled.
+    pub(super) fn settle(&mut self, settle: Settle, status: RunStatus, entry: AuditEntry<'_>) {
+        self.push(status, entry, settle.finished_at);
         self.now.pending_request_id = None;
-        self.resolve = Some(resolve);
+        if let Some(reason) = &settle.denial_reason {
+            self.status_reason = Some(reason.clone());
+        }
+        self.settle = Some(settle);
     }
 
     /// Checks `transition` on the run as the steps so far leave it, at `expected_version`.
@@ -367,7 +374,7 @@ impl TransitionWrite {
             nodes.push(e.node_id.clone());
             prev = Some(hash.to_vec());
         }
-        let r = self.resolve.as_ref();
+        let r = self.settle.as_ref();
         let a = r.map(|r| &r.answers);
         let empty = super::commands::Answers::default();
         let a = a.unwrap_or(&empty);
@@ -386,8 +393,8 @@ impl TransitionWrite {
             .bind(self.fence.status)
             .bind(&self.fence.pending_request_id)
             .bind(&self.head)
-            // $13: the resume's part.
-            .bind(r.map(|r| &r.request_id))
+            // $13: the command's part.
+            .bind(r.and_then(|r| r.request_id.as_ref()))
             .bind(r.map(|r| &r.command_id))
             .bind(&a.ids)
             .bind(&a.positions)
@@ -446,6 +453,8 @@ impl TransitionWrite {
             .bind(q.and_then(|q| q.assignees.as_ref()))
             .bind(q.and_then(|q| q.approvals_required))
             .bind(q.and_then(|q| q.follow_up.as_ref()))
+            // $68: a remove's reason.
+            .bind(r.and_then(|r| r.denial_reason.as_ref()))
             .fetch_optional(&mut *conn)
             .await?;
         let Some((version, job_completed)) = row else {
@@ -471,14 +480,16 @@ fn now() -> DateTime<Utc> {
 }
 
 /// The statement [`TransitionWrite::write`] runs (see the module docs). `$1` the run,
-/// `$2`–`$8` its new state (`$3`: its pending request changes, to `$56`), `$9`–`$12` the fence
-/// (version, status, pending request, chain head), `$13`–`$29` a resume's answers,
-/// request, command and job (all null or empty without one), `$30`–`$47` the events,
-/// `$48`–`$49` their names and nodes for notifications, `$50` the trace context the
-/// delivery jobs carry, `$51` their max attempts, and `$52`–`$55` a job pushed with the
+/// `$2`–`$8` its new state (`$3`: its pending request changes, to `$56`), `$9`–`$12` the
+/// fence (version, status, pending request, chain head), `$13`–`$29` a command's
+/// request, answers, command and job (all null or empty without one), `$30`–`$47` the
+/// events, `$48`–`$49` their names and nodes for notifications, `$50` the trace context
+/// the delivery jobs carry, `$51` their max attempts, `$52`–`$55` a job pushed with the
 /// write (its id, kind, payload and max attempts; null for none), `$56`–`$67` a request
 /// raised (null for none; the deliveries read its node and assignees from its insert,
-/// which the statement's snapshot of `hitl_requests` does not show).
+/// which the statement's snapshot of `hitl_requests` does not show), and `$68` a
+/// remove's reason (the request is then denied rather than resolved, and a command that
+/// named no request comes to name it).
 ///
 /// The deliveries are those of `notifications::DELIVERIES_CTE` for events naming no
 /// channel and no deadline notice, which is what a transition's steps are.
@@ -516,12 +527,14 @@ const WRITE_SQL: &str = "with run_write as ( \
             as r(id, position, response_type, approved, option_id, freeform_text, \
                  responder_id, responder_display_name, item_id, edited)), \
     request as ( \
-        update hitl_requests set status = 'resolved', resolved_at = now(), resolved_by = $25 \
+        update hitl_requests set \
+            status = case when $68::text is null then 'resolved' else 'denied' end, \
+            denial_reason = $68, resolved_at = now(), resolved_by = $25 \
         where request_id = $13 and exists (select 1 from run_write)), \
     command_done as ( \
         update hitl_commands set status = 'succeeded', outcome = $26, error = null, \
             attempts = attempts + 1, started_at = coalesce(started_at, $27), \
-            finished_at = $27, updated_at = $27 \
+            finished_at = $27, updated_at = $27, request_id = coalesce(request_id, $13) \
         where command_id = $14 and exists (select 1 from run_write)), \
     job_done as ( \
         update apalis.jobs set status = 'Done', done_at = now(), attempts = attempts + 1, \

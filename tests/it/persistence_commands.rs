@@ -690,3 +690,95 @@ async fn a_claim_committed_while_a_resume_waits_for_its_run_refuses_the_resume()
         .unwrap();
     assert_eq!(answers, 0);
 }
+
+/// A resume's one write completes its job only while the job's claim is the applying
+/// worker's: a worker whose claim was handed to another (its lease lapsed, the job was
+/// requeued and claimed again) learns it from the write, and rolls back — nothing of the
+/// resume stays — while the claim's holder applies it once.
+#[tokio::test]
+async fn a_resume_written_under_a_lost_claim_reports_it_and_rolls_back_to_nothing() {
+    use hitl_orchestrator::persistence::jobs::{ApplyResume, JobPayload};
+    use hitl_orchestrator::persistence::queue;
+    let db = crate::common::fresh_db().await;
+    let (run_id, request_id, version) = parked_run(&db.pool).await;
+    let id = submit(&db.pool, resume(&run_id, &request_id, "alice")).await;
+    queue::register_worker(&db.pool, "w-lost").await.unwrap();
+    queue::register_worker(&db.pool, "w-holder").await.unwrap();
+    let claimed = queue::claim(&db.pool, "w-lost", &[ApplyResume::KIND], 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let job_id = claimed[0].id.clone();
+    // The claim passes to another worker, as a requeue and a new claim would leave it.
+    sqlx::query("update apalis.jobs set lock_by = 'w-holder' where id = $1")
+        .bind(&job_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let apply_as = |worker: &'static str| {
+        let pool = db.pool.clone();
+        let id = id.clone();
+        let job_id = job_id.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let (outcome, applying) = persistence::apply_command_for_job(
+                &mut tx,
+                &id,
+                persistence::JobClaim {
+                    job_id: &job_id,
+                    worker_id: worker,
+                },
+            )
+            .await
+            .unwrap();
+            assert!(matches!(outcome, ApplyOutcome::Applied { .. }), "{outcome:?}");
+            let persistence::Applying::Unwritten(mut unwritten) = applying else {
+                panic!("a resume is returned unwritten")
+            };
+            let written = unwritten.write.write(&mut tx).await.unwrap();
+            (tx, written)
+        }
+    };
+    let (tx, written) = apply_as("w-lost").await;
+    assert!(!written.job_completed, "the write saw the claim was lost");
+    assert_eq!(written.version, version + 1);
+    tx.rollback().await.unwrap();
+    let (status, responses, events): (String, i64, i64) = sqlx::query_as(
+        "select (select status from hitl_commands where command_id = $1), \
+             (select count(*) from hitl_responses where command_id = $1), \
+             (select count(*) from run_audit_events where command_id = $1)",
+    )
+    .bind(&id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), responses, events), ("queued", 0, 0));
+    let run = persistence::load_snapshot(&db.pool, &run_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .run;
+    assert_eq!(
+        (run.status, run.version),
+        (RunStatus::AwaitingHitl, version)
+    );
+
+    let (tx, written) = apply_as("w-holder").await;
+    assert!(written.job_completed);
+    tx.commit().await.unwrap();
+    let (status, responses, job): (String, i64, String) = sqlx::query_as(
+        "select (select status from hitl_commands where command_id = $1), \
+             (select count(*) from hitl_responses where command_id = $1), \
+             (select status from apalis.jobs where id = $2)",
+    )
+    .bind(&id)
+    .bind(&job_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), responses, job.as_str()),
+        ("succeeded", 1, "Done")
+    );
+}
