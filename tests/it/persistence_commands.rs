@@ -732,7 +732,10 @@ async fn a_resume_written_under_a_lost_claim_reports_it_and_rolls_back_to_nothin
             )
             .await
             .unwrap();
-            assert!(matches!(outcome, ApplyOutcome::Applied { .. }), "{outcome:?}");
+            assert!(
+                matches!(outcome, ApplyOutcome::Applied { .. }),
+                "{outcome:?}"
+            );
             let persistence::Applying::Unwritten(mut unwritten) = applying else {
                 panic!("a resume is returned unwritten")
             };

@@ -233,6 +233,63 @@ async fn one_resume_costs_the_api_and_the_worker_a_bounded_number_of_statements(
     app.stop().await;
 }
 
+/// A remove is the same shape: the locking read, then one write denying the request,
+/// cancelling the run and recording the event, the command's success and the job's
+/// completion.
+#[tokio::test]
+async fn one_remove_costs_the_worker_one_read_and_one_write() {
+    let app = TestApp::spawn_with(AppOptions {
+        workers: false,
+        service_role: Some(API_ROLE),
+        ..AppOptions::default()
+    })
+    .await;
+    if !counting(&app.pool).await {
+        return;
+    }
+    sqlx::query(
+        "insert into notification_channels (name, format, events) \
+         values ('ops', 'json', '{removed}')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
+    let worker = quiet_worker(worker_pool, &app);
+    let (run, request) = app.parked_with(review_plan()).await;
+    quiet(&app.pool).await;
+    reset(&app.pool, API_ROLE).await;
+    reset(&app.pool, WORKER_ROLE).await;
+    let body = json!({ "runId": run, "reason": "not needed", "operator": { "id": "alice" } });
+    let accepted = app.post("/api/hitl/remove", OPERATOR, &body).await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let api = ran(&app.pool, API_ROLE).await;
+    wait_final(&app.pool, accepted.body["commandId"].as_str().unwrap()).await;
+    let worker_ran = ran(&app.pool, WORKER_ROLE).await;
+    worker.stop().await;
+    let (status, request_status, told): (String, String, i64) = sqlx::query_as(
+        "select (select status::text from orchestrator_runs where run_id = $1), \
+             (select status from hitl_requests where request_id = $2), \
+             (select count(*) from notification_deliveries where event = 'removed')",
+    )
+    .bind(&run)
+    .bind(&request)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), request_status.as_str(), told),
+        ("cancelled", "denied", 1)
+    );
+    assert!(total(&api) <= API_CEILING, "API ran {api:#?}");
+    assert!(
+        total(&worker_ran) <= WORKER_CEILING,
+        "worker ran {worker_ran:#?}"
+    );
+    app.assert_audit_intact().await;
+    app.stop().await;
+}
+
 /// An agent that asks about `n` tool calls at once, then completes.
 fn agent_of(n: usize) -> std::sync::Arc<crate::agent_faults::RawAgent> {
     crate::agent_faults::raw_agent(move |body, _| {
