@@ -19,10 +19,11 @@
 //! Two ways to advance, one loop:
 //! - [`Engine::advance`], the advancement job: every node's checkpoint commits on its own,
 //!   so a node that calls out (an agent) never runs inside a transaction;
-//! - [`Engine::advance_in`], inline: every write goes into the caller's transaction (the
-//!   one applying a resume or an expiry, which holds the run's lock), and the loop stops
-//!   before the first node whose capability is not local, leaving it to a job. A resume
-//!   that leads through local nodes to the next pause or the end is then one commit.
+//! - [`Engine::advance_written`], inline: every step joins the caller's transition write
+//!   (`persistence::TransitionWrite`: the resume, remove, retry or expiry being applied,
+//!   under the run's lock), and the loop stops before the first node whose capability is
+//!   not local, leaving it to a job. A resume that leads through local nodes to the next
+//!   pause or the end is then one statement and one commit.
 
 use chrono::{Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -63,8 +64,6 @@ pub enum AdvanceOutcome {
 enum Store<'a, 'c> {
     /// A transaction per node, committed before the next node runs.
     Pool(&'a PgPool),
-    /// The caller's transaction, which it commits.
-    Tx(&'a mut Tx<'c>),
     /// The caller's transition, written in one statement with it: checkpoints, a raised
     /// request and the run's end join it; any other write makes it first, then goes
     /// into the caller's transaction.
@@ -73,8 +72,9 @@ enum Store<'a, 'c> {
 
 /// Runs `$body` (a `Result<Option<T>, EngineError>` where `None` is a fencing refusal)
 /// with `$tx` bound to a transaction of `$store`: a fresh one committed when the body
-/// succeeded, or the caller's. Written as a macro because the two arms' transactions
-/// differ in type and a closure cannot lend a borrowed transaction to a future.
+/// succeeded, or the caller's once the transition's write is made. Written as a macro
+/// because the two arms' transactions differ in type and a closure cannot lend a
+/// borrowed transaction to a future.
 macro_rules! write_step {
     ($store:expr, |$tx:ident| $body:expr) => {
         match $store {
@@ -86,10 +86,6 @@ macro_rules! write_step {
                     owned.commit().await.map_err(PersistenceError::from)?;
                 }
                 result
-            }
-            Store::Tx(outer) => {
-                let $tx = &mut **outer;
-                $body
             }
             Store::Batch(outer, write) => {
                 write.write(&mut **outer).await?;
@@ -218,33 +214,19 @@ impl Engine {
         run_id: &RunId,
     ) -> Result<AdvanceOutcome, EngineError> {
         let span = tracing::info_span!("advance", run.id = %run_id, advance.inline = false);
-        self.advance_on(Store::Pool(pool), run_id)
-            .instrument(span)
-            .await
+        self.advance_on(pool, run_id).instrument(span).await
     }
 
-    /// Advances `run_id` inside `tx` through local nodes only, to the next pause, the
-    /// end, or [`AdvanceOutcome::Deferred`] before a node that calls out. Nothing is
-    /// committed here. What it wrote before a refusal (a broken plan) is a consistent
-    /// checkpoint; after a failed write the caller's transaction is lost and must be
-    /// retried (see `jobs::continue_run`).
-    pub async fn advance_in(
-        &self,
-        tx: &mut Tx<'_>,
-        run_id: &RunId,
-    ) -> Result<AdvanceOutcome, EngineError> {
-        let span = tracing::info_span!("advance", run.id = %run_id, advance.inline = true);
-        self.advance_on(Store::Tx(tx), run_id)
-            .instrument(span)
-            .await
-    }
-
-    /// Advances the run that `write` (a resume applied in memory) moves, from `state`
-    /// (the run as the write leaves it), through local nodes only, like
-    /// [`Engine::advance_in`]: checkpoints, a raised request and the run's end join
-    /// `write`, so a resume that leads to the run's end or its next pause is one
-    /// statement (a deadline's or follow-up's jobs are pushed beside it). Nothing else is
-    /// written here; the caller makes the write.
+    /// Advances the run that `write` (a command or an expiry applied in memory) moves,
+    /// from `state` (the run as the write leaves it), through local nodes only, to the
+    /// next pause, the end, or [`AdvanceOutcome::Deferred`] before a node that calls out:
+    /// checkpoints, a raised request and the run's end join `write`, so a resume that
+    /// leads to the run's end or its next pause is one statement (a deadline's or
+    /// follow-up's jobs are pushed beside it). Nothing is committed here, and nothing
+    /// written but what a step cannot put in `write`; the caller makes the write. What
+    /// `write` holds before a refusal (a broken plan) is a consistent checkpoint; after a
+    /// failed write the caller's transaction is lost and must be retried (see
+    /// `jobs::continue_written`).
     pub async fn advance_written(
         &self,
         tx: &mut Tx<'_>,
@@ -260,29 +242,23 @@ impl Engine {
 
     async fn advance_on(
         &self,
-        mut store: Store<'_, '_>,
+        pool: &PgPool,
         run_id: &RunId,
     ) -> Result<AdvanceOutcome, EngineError> {
-        let snap = match &mut store {
-            Store::Pool(pool) => persistence::load_run_state(pool, run_id).await?,
-            Store::Tx(tx) => persistence::load_run_state_in(tx, run_id).await?,
-            Store::Batch(tx, write) => {
-                write.write(tx).await?;
-                persistence::load_run_state_in(tx, run_id).await?
-            }
-        }
-        .ok_or_else(|| EngineError::RunNotFound(run_id.clone()))?;
-        self.advance_state(store, snap.into()).await
+        let snap = persistence::load_run_state(pool, run_id)
+            .await?
+            .ok_or_else(|| EngineError::RunNotFound(run_id.clone()))?;
+        self.advance_state(Store::Pool(pool), snap.into()).await
     }
 
-    /// Advances the run `snap` describes, the steps of [`Engine::advance_on`] from there.
+    /// Advances the run `snap` describes (see [`Engine::advance`]).
     async fn advance_state(
         &self,
         mut store: Store<'_, '_>,
         snap: RunState,
     ) -> Result<AdvanceOutcome, EngineError> {
         let run_id = &snap.run.run_id.clone();
-        let inline = matches!(store, Store::Tx(_) | Store::Batch(..));
+        let inline = matches!(store, Store::Batch(..));
         let status = snap.run.status;
         if status.is_terminal() || status == RunStatus::AwaitingHitl {
             return Ok(AdvanceOutcome::Idle { status });

@@ -3,9 +3,10 @@
 //! is cancelled.
 //!
 //! [`Engine::advance`] moves a run, a transaction per node; the queue's advancement job
-//! calls it. [`Engine::advance_in`] does the same inside the caller's transaction through
-//! local nodes only (the worker applying a resume or an expiry calls it, so the answer and
-//! what it unlocks commit together). Both are safe to call at any time and any number of
+//! calls it. [`Engine::advance_written`] does the same through local nodes only, adding
+//! each step to the caller's transition write (the worker applying a resume, a retry or
+//! an expiry calls it, so the answer and what it unlocks are one statement and one
+//! commit). Both are safe to call at any time and any number of
 //! times: every write is fenced by the run's `version`, so a call that raced with another
 //! (or with an operator's remove) writes nothing once it falls behind.
 

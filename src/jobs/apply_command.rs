@@ -3,8 +3,9 @@
 //! no-op that returns its stored outcome, so redelivery applies nothing twice.
 //!
 //! A resume (or a retry) moves the run on in the same transaction through its local nodes
-//! ([`super::continue_run`]): one commit from the operator's answer to the run's next
-//! pause or its end, unless a node calls out, which an advancement job then runs.
+//! ([`super::continue_written`]), in the transition's one write: one statement and one
+//! commit from the operator's answer to the run's next pause or its end, unless a node
+//! calls out, which an advancement job then runs.
 
 use super::{ClaimedJob, Handled, Handler, JobContext, JobError, complete_with};
 use crate::domain::{CommandId, RunStatus};
@@ -93,17 +94,9 @@ async fn apply(
                 persistence::JobCompletion::LostClaim
             }
         }
-        persistence::Applying::Left => {
-            if let persistence::ApplyOutcome::Applied {
-                command,
-                run_status: RunStatus::Running,
-                ..
-            } = &outcome
-            {
-                reached = super::continue_run(ctx, &mut tx, claimed, &command.run_id).await?;
-            }
-            persistence::JobCompletion::Left
-        }
+        // Refused, already final, or an approval short of the number needed: the run
+        // stays where it is.
+        persistence::Applying::Left => persistence::JobCompletion::Left,
     };
     if completion == persistence::JobCompletion::LostClaim {
         tx.rollback().await?;

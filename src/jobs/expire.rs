@@ -7,7 +7,7 @@ use super::{ClaimedJob, Handled, Handler, JobContext, JobError, complete_with};
 use crate::domain::RunStatus;
 use crate::persistence::jobs::Expire;
 use crate::persistence::queue;
-use crate::persistence::{self, AdvanceBy, ExpireOutcome};
+use crate::persistence::{self, Applying, ExpireOutcome};
 
 /// `hitl_expire`.
 pub(super) struct ExpireJob;
@@ -35,9 +35,13 @@ async fn expire(
     request_id: &crate::domain::RequestId,
 ) -> Result<Handled, JobError> {
     let mut tx = ctx.pool.begin().await?;
-    match persistence::expire_request(&mut tx, request_id, Utc::now(), AdvanceBy::Caller).await? {
+    let job = persistence::JobClaim {
+        job_id: &claimed.id,
+        worker_id: &ctx.worker_id,
+    };
+    match persistence::expire_request_for_job(&mut tx, request_id, Utc::now(), job).await? {
         // The queue keeps whole seconds; if it woke us early, come back at the deadline.
-        ExpireOutcome::NotDue(Some(at)) => {
+        (ExpireOutcome::NotDue(Some(at)), _) => {
             let postponed = queue::postpone(&mut tx, &claimed.id, &ctx.worker_id, at).await?;
             tx.commit().await?;
             Ok(if postponed {
@@ -46,19 +50,28 @@ async fn expire(
                 Handled::LostClaim
             })
         }
-        outcome => {
+        (outcome, applying) => {
             tracing::debug!(%request_id, ?outcome, "deadline checked");
             let mut reached = None;
-            if let ExpireOutcome::Expired {
-                run_id,
-                run_status: RunStatus::Running,
-                ..
-            } = &outcome
-            {
-                // As with a resume, the run moves on inline where its nodes allow.
-                reached = super::continue_run(ctx, &mut tx, claimed, run_id).await?;
-            }
-            let handled = complete_with(ctx, tx, claimed).await?;
+            let handled = match applying {
+                // As with a resume, the run moves on inline where its nodes allow, in
+                // the expiry's one write, which completes the job.
+                Applying::Unwritten(unwritten) => {
+                    let persistence::Unwritten { mut write, state } = *unwritten;
+                    if state.run.status == RunStatus::Running {
+                        reached = super::continue_written(ctx, &mut tx, claimed, &mut write, state)
+                            .await?;
+                    }
+                    if write.write(&mut tx).await?.job_completed {
+                        tx.commit().await?;
+                        Handled::Done
+                    } else {
+                        tx.rollback().await?;
+                        Handled::LostClaim
+                    }
+                }
+                Applying::Left => complete_with(ctx, tx, claimed).await?,
+            };
             if let (Handled::Done, ExpireOutcome::Expired { run_status, .. }) = (&handled, &outcome)
             {
                 super::count_transitions([run_status.as_str()].into_iter().chain(reached));

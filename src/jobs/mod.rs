@@ -226,54 +226,22 @@ impl Registry {
     }
 }
 
-/// Moves a run that a transition in `tx` left `running` on, inline in `tx` through its
-/// local nodes: one commit from the operator's answer to the run's next pause or its end.
+/// Moves a run that a transition applied in memory (`write`, leaving the run as `state`
+/// shows it) left `running` on, inline through its local nodes: the run's steps join the
+/// transition's write, so a resume that leads to the run's next pause or its end is one
+/// statement and one commit.
 ///
-/// Only on a job's first attempt, and only when there can be a second. When the engine stops before a node that calls out, or
-/// refuses the run (a broken stored plan), what it wrote so far is consistent (a
-/// checkpoint per node) and an advancement job takes over from there. When a write fails,
-/// the transaction is lost: the error makes the job retry, and a retry applies the
-/// command alone and leaves the advancement to a job, so a fault in the advancement can
-/// never keep an operator's answer from committing. (A savepoint would do the same at
-/// two more round trips on every resume.)
+/// Only on a job's first attempt, and only when there can be a second. When the engine
+/// stops before a node that calls out, or refuses the run (a broken stored plan), what
+/// `write` holds so far is consistent (a checkpoint per node) and an advancement job,
+/// pushed with the write, takes over from there. When a write fails, the transaction is
+/// lost: the error makes the job retry, and a retry applies the transition alone and
+/// leaves the advancement to a job, so a fault in the advancement can never keep an
+/// operator's answer from committing. (A savepoint would do the same at two more round
+/// trips on every resume.)
 ///
 /// Returns the status the run reached (`awaiting_hitl` or a final one), if it moved to
 /// one, for the caller to count once `tx` commits.
-pub(crate) async fn continue_run(
-    ctx: &JobContext,
-    tx: &mut Tx<'_>,
-    claimed: &ClaimedJob,
-    run_id: &crate::domain::RunId,
-) -> Result<Option<&'static str>, JobError> {
-    if claimed.attempts == 0 && ctx.can_retry {
-        match ctx.engine.advance_in(tx, run_id).await {
-            Ok(AdvanceOutcome::Deferred { .. }) => {}
-            Ok(outcome) => {
-                tracing::debug!(%run_id, ?outcome, "run advanced inline");
-                return Ok(reached(&outcome));
-            }
-            Err(crate::engine::EngineError::Persistence(e)) => {
-                return Err(JobError::Retry(format!(
-                    "advancing the run inline failed ({e}); the retry leaves it to a job"
-                )));
-            }
-            Err(e) => {
-                tracing::info!(%run_id, error = %e, "inline advancement stopped; handing it to a job");
-            }
-        }
-    }
-    let advance = jobs::Advance {
-        run_id: run_id.clone(),
-    };
-    persistence::queue::enqueue(tx, &advance, None).await?;
-    Ok(None)
-}
-
-/// [`continue_run`] for a resume applied in memory (`write`, leaving the run as `state`
-/// shows it): the run's local steps
-/// join the resume's write, so a resume that leads to the run's end is one statement.
-/// Under the same conditions as there; when the run stops before a node that calls out
-/// (or the engine refuses it), an advancement job takes over, enqueued here.
 pub(crate) async fn continue_written(
     ctx: &JobContext,
     tx: &mut Tx<'_>,

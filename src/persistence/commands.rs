@@ -16,7 +16,7 @@ use super::claims::{Actor, Claim};
 use super::jobs::{Advance, ApplyRemove, ApplyResume, ApplyRetry};
 use super::queue;
 use super::requests::{Approvals, RequestItem, RequestShape, ResponseInput, validate_responses};
-use super::{AdvanceBy, AuditEntry, LockedRun, Operator, PersistenceError, Tx, append_audit};
+use super::{AdvanceBy, AuditEntry, LockedRun, Operator, PersistenceError, Tx};
 use crate::domain::{
     AuditAction, CommandId, CommandKind, CommandStatus, Refusal, RefusalContext, RequestId,
     RequestNote, ResponseId, ResponseType, RunId, RunStatus, Transition, TransitionError, Winner,
@@ -307,7 +307,7 @@ pub async fn apply_command(
     command_id: &CommandId,
     advance: AdvanceBy,
 ) -> Result<ApplyOutcome, PersistenceError> {
-    let (outcome, applying) = apply(tx, command_id, advance, None).await?;
+    let (outcome, applying) = apply(tx, command_id, None).await?;
     if let Applying::Unwritten(mut unwritten) = applying {
         unwritten.write.write(tx).await?;
         // The run moves on: its next advancement commits with the resume.
@@ -360,13 +360,12 @@ pub async fn apply_command_for_job(
     command_id: &CommandId,
     job: JobClaim<'_>,
 ) -> Result<(ApplyOutcome, Applying), PersistenceError> {
-    apply(tx, command_id, AdvanceBy::Caller, Some(job)).await
+    apply(tx, command_id, Some(job)).await
 }
 
 async fn apply(
     tx: &mut Tx<'_>,
     command_id: &CommandId,
-    advance: AdvanceBy,
     job: Option<JobClaim<'_>>,
 ) -> Result<(ApplyOutcome, Applying), PersistenceError> {
     // One statement finds the command, locks its run and then it (the run first, as
@@ -434,11 +433,10 @@ async fn apply(
             return Ok((reject(tx, &command, why).await?, Applying::Left));
         }
     };
-    let left = |o: ApplyOutcome| (o, Applying::Left);
     match command.kind {
         CommandKind::Resume => apply_resume(tx, &mut run, command, payload, subject, job).await,
         CommandKind::Remove => apply_remove(tx, &mut run, command, payload, subject, job).await,
-        CommandKind::Retry => Ok(left(apply_retry(tx, &run, command, advance).await?)),
+        CommandKind::Retry => apply_retry(tx, &run, command, subject, job).await,
     }
 }
 
@@ -538,11 +536,12 @@ async fn apply_resume(
     write.settle(
         super::transition::Settle {
             request_id: Some(request_id.clone()),
-            command_id: command.command_id.clone(),
+            request_status: crate::domain::RequestStatus::Resolved,
+            command_id: Some(command.command_id.clone()),
             resolved_by: command.operator.id.clone(),
             answers,
             denial_reason: None,
-            outcome: command_outcome.clone(),
+            outcome: Some(command_outcome.clone()),
             job: job.map(|j| (j.job_id.to_owned(), j.worker_id.to_owned())),
             finished_at: now,
         },
@@ -874,11 +873,12 @@ async fn apply_remove(
     write.settle(
         super::transition::Settle {
             request_id: denied.clone(),
-            command_id: command.command_id.clone(),
+            request_status: crate::domain::RequestStatus::Denied,
+            command_id: Some(command.command_id.clone()),
             resolved_by: command.operator.id.clone(),
             answers: Answers::default(),
             denial_reason: Some(reason.clone()),
-            outcome: command_outcome.clone(),
+            outcome: Some(command_outcome.clone()),
             job: job.map(|j| (j.job_id.to_owned(), j.worker_id.to_owned())),
             finished_at: now,
         },
@@ -936,65 +936,97 @@ async fn transition_write(
 /// `failed → running` at the node that failed: the run's checkpointed context and
 /// runner state are kept, its failure reason cleared, and the node is entered again: its
 /// attempt counter (`runnerMetadata.nodeAttempts`) moves on, so the agent sees a new
-/// attempt key. `advance` says who moves it on.
+/// attempt key. Returned unwritten, like a resume: the run's next steps may join it.
 async fn apply_retry(
     tx: &mut Tx<'_>,
     run: &LockedRun,
     command: CommandRecord,
-    advance: AdvanceBy,
-) -> Result<ApplyOutcome, PersistenceError> {
+    subject: Subject,
+    job: Option<JobClaim<'_>>,
+) -> Result<(ApplyOutcome, Applying), PersistenceError> {
     let outcome = match run.check(&Transition::Retry, None) {
         Ok(o) => o,
         Err(PersistenceError::Transition { .. }) => {
             let why =
                 explain_retry_refusal(tx, run.context(None), Some(command.created_at)).await?;
-            return reject(tx, &command, why).await;
+            return Ok((reject(tx, &command, why).await?, Applying::Left));
         }
         Err(e) => return Err(e),
     };
-    let (version, failed_because): (i64, Option<String>) = crate::db::query_as(
-        "update orchestrator_runs o set status = 'running', status_reason = null, \
-             finished_at = null, agent_retry = null, version = o.version + 1, updated_at = now(), \
-             runner_metadata = case when o.runner_metadata ? 'cursor' then jsonb_set( \
-                 o.runner_metadata, '{nodeAttempts}', \
-                 coalesce(o.runner_metadata -> 'nodeAttempts', '{}'::jsonb) || jsonb_build_object( \
-                     o.runner_metadata ->> 'cursor', \
-                     coalesce((o.runner_metadata -> 'nodeAttempts' ->> (o.runner_metadata ->> 'cursor'))::bigint, 1) + 1)) \
-               else o.runner_metadata end \
-         from (select status_reason from orchestrator_runs where run_id = $1) before \
-         where o.run_id = $1 returning o.version, before.status_reason",
-    )
-    .bind(&run.run_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    append_audit(
-        tx,
-        &run.run_id,
-        AuditEntry {
-            run_version: version,
-            action: Some(AuditAction::Retry),
-            command_id: Some(&command.command_id),
-            principal: command.principal.as_deref(),
-            operator: Some(&command.operator),
-            note: command.note.as_deref(),
-            from_status: Some(run.status),
-            to_status: Some(outcome.status),
-            details: Some(json!({ "failedBecause": failed_because })),
-            ..AuditEntry::default()
-        },
-    )
-    .await?;
-    if advance == AdvanceBy::Job {
-        let run_id = run.run_id.clone();
-        queue::enqueue(tx, &Advance { run_id }, None).await?;
+    let mut record = subject.run;
+    let failed_because = record.status_reason.take();
+    let mut meta = record.runner_metadata.clone();
+    if let Some(cursor) = meta
+        .get("cursor")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    {
+        let attempts = meta
+            .get("nodeAttempts")
+            .and_then(|a| a.get(&cursor))
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        if !meta.get("nodeAttempts").is_some_and(Value::is_object) {
+            meta["nodeAttempts"] = json!({});
+        }
+        meta["nodeAttempts"][&cursor] = json!(attempts + 1);
     }
-    succeed(
-        tx,
-        command,
-        &run.run_id,
-        Succeeded::moved(outcome.status, version),
-    )
-    .await
+    let version = run.version + 1;
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
+    let command_outcome = Succeeded::moved(outcome.status, version).outcome(&run.run_id);
+    let entry = command_entry(
+        &command,
+        version,
+        AuditAction::Retry,
+        (run.status, outcome.status),
+        json!({ "failedBecause": failed_because }),
+    );
+    let mut write = super::TransitionWrite::new(run.clone(), subject.chain_head);
+    write.settle(
+        super::transition::Settle {
+            request_id: None,
+            request_status: crate::domain::RequestStatus::Resolved,
+            command_id: Some(command.command_id.clone()),
+            resolved_by: command.operator.id.clone(),
+            answers: Answers::default(),
+            denial_reason: None,
+            outcome: Some(command_outcome.clone()),
+            job: job.map(|j| (j.job_id.to_owned(), j.worker_id.to_owned())),
+            finished_at: now,
+        },
+        outcome.status,
+        entry,
+    );
+    write.retry(meta.clone());
+    record.status = outcome.status;
+    record.version = version;
+    record.runner_metadata = meta;
+    record.finished_at = None;
+    record.agent_retry = None;
+    let command = CommandRecord {
+        status: CommandStatus::Succeeded,
+        outcome: Some(command_outcome),
+        error: None,
+        attempts: command.attempts + 1,
+        started_at: command.started_at.or(Some(now)),
+        finished_at: Some(now),
+        updated_at: now,
+        ..command
+    };
+    Ok((
+        ApplyOutcome::Applied {
+            command,
+            run_status: outcome.status,
+            version,
+        },
+        Applying::Unwritten(Box::new(Unwritten {
+            write,
+            state: super::RunState {
+                run: record,
+                requests: Vec::new(),
+            },
+        })),
+    ))
 }
 
 /// Why a retry cannot apply: another retry (after `since`, the refused command's own

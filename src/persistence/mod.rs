@@ -57,7 +57,7 @@ pub use commands::{
 pub use requests::{
     Approval, Approvals, Assignees, EscalationStep, ExpireOutcome, FollowUp, ItemKind, ItemOption,
     PendingFilter, PendingItem, RequestItem, RequestShape, ResponseInput, ResponseProblem,
-    ToolCall, expire_request, list_pending, validate_responses,
+    ToolCall, expire_request, expire_request_for_job, list_pending, validate_responses,
 };
 pub use runs::{
     BriefInput, Checkpoint, CreatedRun, Finish, NewRequest, NewRun, NodeRunnerState, RunHeader,
@@ -82,7 +82,7 @@ pub enum AdvanceBy {
     /// An advancement job, enqueued in the same transaction.
     Job,
     /// The caller, in the same transaction: the worker advances the run inline through
-    /// local nodes (`Engine::advance_in`) and enqueues the job only when it must.
+    /// local nodes (`Engine::advance_written`) and enqueues the job only when it must.
     Caller,
 }
 

@@ -8,7 +8,7 @@ use sqlx::{PgExecutor, Postgres, QueryBuilder};
 
 use super::jobs::Advance;
 use super::queue;
-use super::{AdvanceBy, AuditEntry, PersistenceError, Tx, append_audit, lock_run};
+use super::{AdvanceBy, AuditEntry, PersistenceError, Tx};
 use crate::domain::{
     AuditAction, BriefId, ClaimHolder, CommandId, Operator, RequestId, RequestStatus, ResponseType,
     RunId, RunStatus, ThreadId, TimeoutAction, Transition,
@@ -550,12 +550,37 @@ pub enum ExpireOutcome {
     NotDue(Option<DateTime<Utc>>),
 }
 
+/// What the locking read of an expiry brings: the request's deadline and items, its run
+/// as locked, the run's version as the statement's snapshot saw it, and the run's chain
+/// head.
 #[derive(sqlx::FromRow)]
 struct DeadlineRow {
-    run_id: RunId,
+    #[sqlx(flatten)]
+    deadline: Deadline,
+    #[sqlx(flatten)]
+    run: super::snapshot::PrefixedRun,
+    seen_version: Option<i64>,
+}
+
+/// A request's deadline, its items and its run's chain head.
+#[derive(sqlx::FromRow)]
+struct Deadline {
     status: RequestStatus,
     expires_at: Option<DateTime<Utc>>,
     on_timeout: Option<TimeoutAction>,
+    #[sqlx(json)]
+    items: Vec<RequestItem>,
+    chain_head: Option<Vec<u8>>,
+}
+
+/// The columns of a [`Deadline`], of request `q`.
+fn deadline_columns() -> String {
+    format!(
+        "q.status, q.expires_at, q.on_timeout, {} as items, \
+         (select e.hash from run_audit_events e where e.run_id = q.run_id \
+          order by e.run_version desc limit 1) as chain_head",
+        items_sql("q")
+    )
 }
 
 /// Expires `request_id` if its deadline has passed by `now` and it is still pending:
@@ -569,31 +594,81 @@ pub async fn expire_request(
     now: DateTime<Utc>,
     advance: AdvanceBy,
 ) -> Result<ExpireOutcome, PersistenceError> {
-    let run_id: RunId =
-        crate::db::query_scalar("select run_id from hitl_requests where request_id = $1")
-            .bind(request_id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| PersistenceError::NotFound {
-                entity: "request",
-                id: request_id.to_string(),
-            })?;
-    let run = lock_run(tx, &run_id).await?;
-    // Read after the run lock: a request only changes under its run's lock.
-    let row: DeadlineRow = crate::db::query_as(
-        "select run_id, status, expires_at, on_timeout from hitl_requests where request_id = $1",
-    )
+    let (outcome, applying) = expire(tx, request_id, now, None).await?;
+    if let super::Applying::Unwritten(mut unwritten) = applying {
+        unwritten.write.write(tx).await?;
+        if advance == AdvanceBy::Job && unwritten.state.run.status == RunStatus::Running {
+            let run_id = unwritten.write.run_id().clone();
+            queue::enqueue(tx, &Advance { run_id }, None).await?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// [`expire_request`] by `job`, which moves the run on itself: an expiry that applies is
+/// returned unwritten (as a resume is by `apply_command_for_job`), its job's completion
+/// among its writes, with the run as it leaves it and the request as it expired.
+pub async fn expire_request_for_job(
+    tx: &mut Tx<'_>,
+    request_id: &RequestId,
+    now: DateTime<Utc>,
+    job: super::JobClaim<'_>,
+) -> Result<(ExpireOutcome, super::Applying), PersistenceError> {
+    expire(tx, request_id, now, Some(job)).await
+}
+
+async fn expire(
+    tx: &mut Tx<'_>,
+    request_id: &RequestId,
+    now: DateTime<Utc>,
+    job: Option<super::JobClaim<'_>>,
+) -> Result<(ExpireOutcome, super::Applying), PersistenceError> {
+    let left = |o| Ok((o, super::Applying::Left));
+    // One statement locks the run and reads the request with it; as for a command, a
+    // transition committed while it waited for the lock shows in the locked run but not
+    // in the request, so the request is read again when the versions differ.
+    let locked: DeadlineRow = crate::db::query_as(sqlx::AssertSqlSafe(format!(
+        "select {}, {}, \
+             (select v.version from orchestrator_runs v where v.run_id = q.run_id) \
+                 as seen_version \
+         from orchestrator_runs r join hitl_requests q on q.run_id = r.run_id \
+         where q.request_id = $1 for no key update of r",
+        deadline_columns(),
+        super::snapshot::prefixed_run_columns("r"),
+    )))
     .bind(request_id)
-    .fetch_one(&mut **tx)
-    .await?;
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| PersistenceError::NotFound {
+        entity: "request",
+        id: request_id.to_string(),
+    })?;
+    let record: super::RunRecord = locked.run.into();
+    let row = if locked.seen_version == Some(record.version) {
+        locked.deadline
+    } else {
+        crate::db::query_as(sqlx::AssertSqlSafe(format!(
+            "select {} from hitl_requests q where q.request_id = $1",
+            deadline_columns(),
+        )))
+        .bind(request_id)
+        .fetch_one(&mut **tx)
+        .await?
+    };
+    let run = super::LockedRun {
+        run_id: record.run_id.clone(),
+        status: record.status,
+        pending_request_id: record.pending_request_id.clone(),
+        version: record.version,
+    };
     if row.status != RequestStatus::Pending {
-        return Ok(ExpireOutcome::AlreadySettled(row.status));
+        return left(ExpireOutcome::AlreadySettled(row.status));
     }
     let (Some(expires_at), Some(action)) = (row.expires_at, row.on_timeout) else {
-        return Ok(ExpireOutcome::NotDue(None));
+        return left(ExpireOutcome::NotDue(None));
     };
     if expires_at > now {
-        return Ok(ExpireOutcome::NotDue(Some(expires_at)));
+        return left(ExpireOutcome::NotDue(Some(expires_at)));
     }
     let outcome = run.check(
         &Transition::Expire {
@@ -602,49 +677,65 @@ pub async fn expire_request(
         },
         None,
     )?;
-    crate::db::query(
-        "update hitl_requests set status = 'expired', resolved_at = now(), resolved_by = 'system' \
-         where request_id = $1",
-    )
-    .bind(request_id)
-    .execute(&mut **tx)
-    .await?;
-    let reason =
-        (outcome.status == RunStatus::Cancelled).then_some("the request's deadline passed");
-    let version: i64 = crate::db::query_scalar(
-        "update orchestrator_runs set status = $2, pending_request_id = null, \
-             status_reason = coalesce($3, status_reason), \
-             finished_at = case when $2 = 'cancelled' then now() end, \
-             version = version + 1, updated_at = now() \
-         where run_id = $1 returning version",
-    )
-    .bind(&row.run_id)
-    .bind(outcome.status)
-    .bind(reason)
-    .fetch_one(&mut **tx)
-    .await?;
-    append_audit(
-        tx,
-        &row.run_id,
-        AuditEntry {
-            run_version: version,
-            action: Some(AuditAction::Expire),
-            request_id: Some(request_id),
-            from_status: Some(run.status),
-            to_status: Some(outcome.status),
-            details: Some(json!({ "onTimeout": action, "expiresAt": expires_at })),
-            ..AuditEntry::default()
+    // The request expired, the run moved (or cancelled), the event and the job's
+    // completion: one write, which the run's next steps may join.
+    let version = run.version + 1;
+    let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let entry = AuditEntry {
+        run_version: version,
+        action: Some(AuditAction::Expire),
+        request_id: Some(request_id),
+        from_status: Some(run.status),
+        to_status: Some(outcome.status),
+        details: Some(json!({ "onTimeout": action, "expiresAt": expires_at })),
+        ..AuditEntry::default()
+    };
+    let reason = (outcome.status == RunStatus::Cancelled)
+        .then(|| "the request's deadline passed".to_owned());
+    let mut write = super::TransitionWrite::new(run.clone(), row.chain_head);
+    write.settle(
+        super::transition::Settle {
+            request_id: Some(request_id.clone()),
+            request_status: RequestStatus::Expired,
+            command_id: None,
+            resolved_by: "system".to_owned(),
+            answers: super::commands::Answers::default(),
+            denial_reason: None,
+            outcome: None,
+            job: job.map(|j| (j.job_id.to_owned(), j.worker_id.to_owned())),
+            finished_at: at,
         },
-    )
-    .await?;
-    if outcome.status == RunStatus::Running && advance == AdvanceBy::Job {
-        let run_id = row.run_id.clone();
-        queue::enqueue(tx, &Advance { run_id }, None).await?;
+        outcome.status,
+        entry,
+    );
+    if let Some(reason) = &reason {
+        write.end_because(reason);
     }
-    Ok(ExpireOutcome::Expired {
-        run_id: row.run_id,
-        action,
-        run_status: outcome.status,
-        version,
-    })
+    let mut state_run = record;
+    state_run.status = outcome.status;
+    state_run.pending_request_id = None;
+    state_run.version = version;
+    let expired = super::AnsweredRequest {
+        request_id: request_id.clone(),
+        status: RequestStatus::Expired,
+        on_timeout: Some(action),
+        resolved_at: Some(at),
+        items: row.items,
+        responses: Vec::new(),
+    };
+    Ok((
+        ExpireOutcome::Expired {
+            run_id: run.run_id.clone(),
+            action,
+            run_status: outcome.status,
+            version,
+        },
+        super::Applying::Unwritten(Box::new(super::Unwritten {
+            write,
+            state: super::RunState {
+                run: state_run,
+                requests: vec![expired],
+            },
+        })),
+    ))
 }

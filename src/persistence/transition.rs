@@ -23,19 +23,24 @@ use super::audit::{ChainFields, event_hash, signature_of};
 use super::{AuditEntry, Checkpoint, Finish, LockedRun, NodeRunnerState, PersistenceError};
 use crate::domain::{AuditAction, CommandId, RequestId, RunId, RunStatus, Transition};
 
-/// A command's part of a transition: the request it settles (a resume resolves it with
-/// its answers, a remove denies it), and the command (with its job) that ends with it.
+/// How a transition settles the run's pending request: a resume resolves it with its
+/// answers, a remove denies it, a deadline expires it; with the command (if any) and the
+/// job that end with it.
 pub(super) struct Settle {
-    /// The request settled (a remove of a run waiting on none settles none).
+    /// The request settled (a remove of a run waiting on none settles none, nor does a
+    /// retry, which waits on no request; `request_status` is then unused).
     pub request_id: Option<RequestId>,
-    pub command_id: CommandId,
+    /// `resolved`, `denied` or `expired`.
+    pub request_status: crate::domain::RequestStatus,
+    /// The command applied (none for an expiry).
+    pub command_id: Option<CommandId>,
     pub resolved_by: String,
-    /// A resume's answers (none for a remove).
+    /// A resume's answers (none for a remove or an expiry).
     pub answers: super::commands::Answers,
     /// A remove's reason: the request is denied with it, and the run ends with it.
     pub denial_reason: Option<String>,
     /// The command's outcome.
-    pub outcome: Value,
+    pub outcome: Option<Value>,
     /// The job applying it: (job id, worker id).
     pub job: Option<(String, String)>,
     /// When the command ended (to the microsecond, as stored).
@@ -82,6 +87,8 @@ pub struct TransitionWrite {
     runner_metadata: Option<Value>,
     plan: Option<Value>,
     status_reason: Option<String>,
+    /// Whether the run's `status_reason` is cleared (a retry) before `status_reason`.
+    clear_reason: bool,
     runner_states: Vec<NodeRunnerState>,
     /// A job to push with the write (the advancement that takes the run on from here).
     job: Option<super::queue::JobRow>,
@@ -113,6 +120,7 @@ impl TransitionWrite {
             runner_metadata: None,
             plan: None,
             status_reason: None,
+            clear_reason: false,
             runner_states: Vec::new(),
             job: None,
             written: None,
@@ -122,16 +130,6 @@ impl TransitionWrite {
     /// The run's id.
     pub fn run_id(&self) -> &RunId {
         &self.now.run_id
-    }
-
-    /// The run's version once the steps so far are written.
-    pub fn version(&self) -> i64 {
-        self.now.version
-    }
-
-    /// Whether the writes were made.
-    pub fn is_written(&self) -> bool {
-        self.written.is_some()
     }
 
     /// A step to `status` recorded by `entry` (its version is set here).
@@ -200,6 +198,18 @@ impl TransitionWrite {
         }
         self.job = super::queue::job_row(job);
         self.job.is_some()
+    }
+
+    /// A retry of a failed run: its failure reason is cleared and its runner metadata is
+    /// `meta` (the failed node's attempt counter moved on).
+    pub(super) fn retry(&mut self, meta: Value) {
+        self.runner_metadata = Some(meta);
+        self.clear_reason = true;
+    }
+
+    /// The run ends with `reason` (kept in its `status_reason`).
+    pub(super) fn end_because(&mut self, reason: &str) {
+        self.status_reason = Some(reason.to_owned());
     }
 
     /// [`super::checkpoint`], added to the write: the new version.
@@ -395,7 +405,7 @@ impl TransitionWrite {
             .bind(&self.head)
             // $13: the command's part.
             .bind(r.and_then(|r| r.request_id.as_ref()))
-            .bind(r.map(|r| &r.command_id))
+            .bind(r.and_then(|r| r.command_id.as_ref()))
             .bind(&a.ids)
             .bind(&a.positions)
             .bind(&a.types)
@@ -407,7 +417,7 @@ impl TransitionWrite {
             .bind(&a.items)
             .bind(&a.edited)
             .bind(r.map(|r| &r.resolved_by))
-            .bind(r.map(|r| &r.outcome))
+            .bind(r.and_then(|r| r.outcome.as_ref()))
             .bind(r.map(|r| r.finished_at))
             .bind(r.and_then(|r| r.job.as_ref().map(|(id, _)| id)))
             .bind(r.and_then(|r| r.job.as_ref().map(|(_, worker)| worker)))
@@ -453,8 +463,11 @@ impl TransitionWrite {
             .bind(q.and_then(|q| q.assignees.as_ref()))
             .bind(q.and_then(|q| q.approvals_required))
             .bind(q.and_then(|q| q.follow_up.as_ref()))
-            // $68: a remove's reason.
+            // $68: how the request is settled, and a remove's reason.
+            .bind(r.map(|r| r.request_status))
             .bind(r.and_then(|r| r.denial_reason.as_ref()))
+            // $70: a retry clears the run's failure reason.
+            .bind(self.clear_reason)
             .fetch_optional(&mut *conn)
             .await?;
         let Some((version, job_completed)) = row else {
@@ -487,9 +500,10 @@ fn now() -> DateTime<Utc> {
 /// the delivery jobs carry, `$51` their max attempts, `$52`–`$55` a job pushed with the
 /// write (its id, kind, payload and max attempts; null for none), `$56`–`$67` a request
 /// raised (null for none; the deliveries read its node and assignees from its insert,
-/// which the statement's snapshot of `hitl_requests` does not show), and `$68` a
-/// remove's reason (the request is then denied rather than resolved, and a command that
-/// named no request comes to name it).
+/// which the statement's snapshot of `hitl_requests` does not show), and `$68`–`$69` the
+/// settled request's new status and a remove's reason (a command that named no request
+/// comes to name the one it settled), and `$70` whether the run's failure reason is
+/// cleared first (a retry).
 ///
 /// The deliveries are those of `notifications::DELIVERIES_CTE` for events naming no
 /// channel and no deadline notice, which is what a transition's steps are.
@@ -499,7 +513,7 @@ const WRITE_SQL: &str = "with run_write as ( \
             execution_context = coalesce($4, execution_context), \
             runner_metadata = coalesce($5, runner_metadata), \
             plan = coalesce($6, plan), \
-            status_reason = coalesce($7, status_reason), \
+            status_reason = coalesce($7, case when $70 then null else status_reason end), \
             finished_at = case when $2 in ('completed', 'failed', 'cancelled') then now() end, \
             agent_retry = null, version = $8, updated_at = now() \
         where run_id = $1 and version = $9 and status = $10 \
@@ -528,8 +542,7 @@ const WRITE_SQL: &str = "with run_write as ( \
                  responder_id, responder_display_name, item_id, edited)), \
     request as ( \
         update hitl_requests set \
-            status = case when $68::text is null then 'resolved' else 'denied' end, \
-            denial_reason = $68, resolved_at = now(), resolved_by = $25 \
+            status = $68, denial_reason = $69, resolved_at = now(), resolved_by = $25 \
         where request_id = $13 and exists (select 1 from run_write)), \
     command_done as ( \
         update hitl_commands set status = 'succeeded', outcome = $26, error = null, \

@@ -361,7 +361,7 @@ async fn the_audit_partitioning_cutover_keeps_the_service_working_and_a_finished
         if exported == stored {
             break;
         }
-        // About time: the horizon moves when another test's transaction ends.
+        // the poll's pause: the horizon moves when another test's transaction ends.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(exported, stored, "the export reads across partitions");

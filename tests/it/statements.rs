@@ -290,6 +290,139 @@ async fn one_remove_costs_the_worker_one_read_and_one_write() {
     app.stop().await;
 }
 
+/// An expiry too: the locking read of the request with its run, then one write
+/// expiring the request, moving the run on through its last node to its end, with the
+/// events and the job's completion.
+#[tokio::test]
+async fn one_expiry_costs_the_worker_one_read_and_one_write() {
+    let app = TestApp::spawn_with(AppOptions {
+        workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    if !counting(&app.pool).await {
+        return;
+    }
+    sqlx::query(
+        "insert into notification_channels (name, format, events) \
+         values ('ops', 'json', '{expired,run_completed}')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
+    let worker = quiet_worker(worker_pool, &app);
+    let plan = json!({ "nodes": [
+        { "id": "review", "type": "hitl", "prompt": "Ship?", "responseTypes": ["approval"],
+          "timeoutSeconds": 3600, "onTimeout": "approve" },
+        { "id": "ship", "type": "task", "capability": "set", "input": { "shipped": true } }
+    ] });
+    let (run, request) = app.parked_with(plan).await;
+    quiet(&app.pool).await;
+    reset(&app.pool, WORKER_ROLE).await;
+    // The deadline is now: the worker's next poll claims the expiry.
+    sqlx::query("update hitl_requests set expires_at = now() where request_id = $1")
+        .bind(&request)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "update apalis.jobs set run_at = now() where job_type = 'hitl_expire' \
+         and convert_from(job, 'UTF8')::jsonb ->> 'requestId' = $1",
+    )
+    .bind(&request)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    wait_status(&app.pool, &run, "completed").await;
+    crate::common::queue_support::wait_for_count(
+        &app.pool,
+        "select count(*) from apalis.jobs where job_type = 'hitl_expire' and status <> 'Done'",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+    let worker_ran = ran(&app.pool, WORKER_ROLE).await;
+    worker.stop().await;
+    let (request_status, told): (String, i64) = sqlx::query_as(
+        "select (select status from hitl_requests where request_id = $1), \
+             (select count(*) from notification_deliveries)",
+    )
+    .bind(&request)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((request_status.as_str(), told), ("expired", 2));
+    assert!(
+        total(&worker_ran) <= WORKER_CEILING,
+        "worker ran {worker_ran:#?}"
+    );
+    app.assert_audit_intact().await;
+    app.stop().await;
+}
+
+/// A retry of a failed run likewise: the locking read, then one write putting the run
+/// back to running and re-entering its node — here a HITL node whose rejection failed
+/// the run, so the write raises its request again.
+#[tokio::test]
+async fn one_retry_costs_the_worker_one_read_and_one_write() {
+    let app = TestApp::spawn_with(AppOptions {
+        workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    if !counting(&app.pool).await {
+        return;
+    }
+    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
+    let worker = quiet_worker(worker_pool, &app);
+    let plan = json!({ "nodes": [
+        { "id": "review", "type": "hitl", "prompt": "Ship?",
+          "responseTypes": ["approval", "rejection"], "onRejection": "fail" }
+    ] });
+    let (run, request) = app.parked_with(plan).await;
+    let rejection = json!({ "runId": run, "requestId": request,
+        "responses": [ { "responseType": "rejection", "freeformText": "not yet" } ],
+        "operator": { "id": "alice" } });
+    let rejected = app.post("/api/hitl/resume", OPERATOR, &rejection).await;
+    assert_eq!(rejected.status, 202, "{rejected:?}");
+    wait_status(&app.pool, &run, "failed").await;
+    quiet(&app.pool).await;
+    reset(&app.pool, WORKER_ROLE).await;
+    let body = json!({ "operator": { "id": "alice" }, "note": "try again" });
+    let accepted = app
+        .post(&format!("/api/runs/{run}/retry"), OPERATOR, &body)
+        .await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    wait_final(&app.pool, accepted.body["commandId"].as_str().unwrap()).await;
+    wait_status(&app.pool, &run, "awaiting_hitl").await;
+    let worker_ran = ran(&app.pool, WORKER_ROLE).await;
+    worker.stop().await;
+    let (reason, pending, attempts): (Option<String>, i64, Option<i64>) = sqlx::query_as(
+        "select status_reason, \
+             (select count(*) from hitl_requests q where q.run_id = o.run_id \
+              and q.status = 'pending'), \
+             (runner_metadata -> 'nodeAttempts' ->> 'review')::bigint \
+         from orchestrator_runs o where run_id = $1",
+    )
+    .bind(&run)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (reason, pending),
+        (None, 1),
+        "the run waits on a new request"
+    );
+    assert!(attempts.is_some_and(|n| n >= 2), "{attempts:?}");
+    assert!(
+        total(&worker_ran) <= WORKER_CEILING,
+        "worker ran {worker_ran:#?}"
+    );
+    app.assert_audit_intact().await;
+    app.stop().await;
+}
+
 /// An agent that asks about `n` tool calls at once, then completes.
 fn agent_of(n: usize) -> std::sync::Arc<crate::agent_faults::RawAgent> {
     crate::agent_faults::raw_agent(move |body, _| {
