@@ -561,10 +561,33 @@ async fn apply_resume(
         items: subject.items,
         responses,
     };
-    // The command succeeded in the write: as it will be.
+    Ok(applied(
+        command,
+        command_outcome,
+        now,
+        (outcome.status, version),
+        write,
+        super::RunState {
+            run: state_run,
+            requests: vec![answered_request],
+        },
+    ))
+}
+
+/// A command applied in memory: the command as `write` will leave it (succeeded at
+/// `now` with `outcome`, the run at `status` and `version`), and the write with the run as
+/// it leaves it.
+fn applied(
+    command: CommandRecord,
+    outcome: Value,
+    now: DateTime<Utc>,
+    (status, version): (RunStatus, i64),
+    write: super::TransitionWrite,
+    state: super::RunState,
+) -> (ApplyOutcome, Applying) {
     let command = CommandRecord {
         status: CommandStatus::Succeeded,
-        outcome: Some(command_outcome),
+        outcome: Some(outcome),
         error: None,
         attempts: command.attempts + 1,
         started_at: command.started_at.or(Some(now)),
@@ -572,20 +595,14 @@ async fn apply_resume(
         updated_at: now,
         ..command
     };
-    Ok((
+    (
         ApplyOutcome::Applied {
             command,
-            run_status: outcome.status,
+            run_status: status,
             version,
         },
-        Applying::Unwritten(Box::new(Unwritten {
-            write,
-            state: super::RunState {
-                run: state_run,
-                requests: vec![answered_request],
-            },
-        })),
-    ))
+        Applying::Unwritten(Box::new(Unwritten { write, state })),
+    )
 }
 
 /// The event of `command`'s transition (`from → to`) at `version`, naming who sent it.
@@ -891,29 +908,19 @@ async fn apply_remove(
     state_run.version = version;
     state_run.status_reason = Some(reason);
     let command = CommandRecord {
-        status: CommandStatus::Succeeded,
         request_id: command.request_id.clone().or(denied),
-        outcome: Some(command_outcome),
-        error: None,
-        attempts: command.attempts + 1,
-        started_at: command.started_at.or(Some(now)),
-        finished_at: Some(now),
-        updated_at: now,
         ..command
     };
-    Ok((
-        ApplyOutcome::Applied {
-            command,
-            run_status: outcome.status,
-            version,
+    Ok(applied(
+        command,
+        command_outcome,
+        now,
+        (outcome.status, version),
+        write,
+        super::RunState {
+            run: state_run,
+            requests: Vec::new(),
         },
-        Applying::Unwritten(Box::new(Unwritten {
-            write,
-            state: super::RunState {
-                run: state_run,
-                requests: Vec::new(),
-            },
-        })),
     ))
 }
 
@@ -1003,29 +1010,16 @@ async fn apply_retry(
     record.runner_metadata = meta;
     record.finished_at = None;
     record.agent_retry = None;
-    let command = CommandRecord {
-        status: CommandStatus::Succeeded,
-        outcome: Some(command_outcome),
-        error: None,
-        attempts: command.attempts + 1,
-        started_at: command.started_at.or(Some(now)),
-        finished_at: Some(now),
-        updated_at: now,
-        ..command
-    };
-    Ok((
-        ApplyOutcome::Applied {
-            command,
-            run_status: outcome.status,
-            version,
+    Ok(applied(
+        command,
+        command_outcome,
+        now,
+        (outcome.status, version),
+        write,
+        super::RunState {
+            run: record,
+            requests: Vec::new(),
         },
-        Applying::Unwritten(Box::new(Unwritten {
-            write,
-            state: super::RunState {
-                run: record,
-                requests: Vec::new(),
-            },
-        })),
     ))
 }
 

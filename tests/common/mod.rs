@@ -119,14 +119,15 @@ pub async fn pool_as(db: &TestDb, role: &str) -> PgPool {
 }
 
 /// The URL of `db` logging in as `role`, created as a superuser with the test server's
-/// password unless it exists.
+/// password unless it exists (two tests creating it at once: the loser meets the unique
+/// index of `pg_authid` rather than `duplicate_object`).
 pub async fn url_as(db: &TestDb, role: &str) -> String {
     assert!(role.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
     let (user_part, _) = db.url.split_once('@').expect("user in the test URL");
     let password = user_part.rsplit_once(':').map_or("", |(_, p)| p).to_owned();
     let create = format!(
         "do $$ begin create role {role} login superuser password '{password}'; \
-         exception when duplicate_object then null; end $$"
+         exception when duplicate_object or unique_violation then null; end $$"
     );
     sqlx::query(sqlx::AssertSqlSafe(create))
         .execute(&db.pool)

@@ -168,8 +168,10 @@ fn quiet_worker(pool: PgPool, app: &TestApp) -> RunningWorker {
     RunningWorker::spawn(&pool, app.engine().clone(), settings)
 }
 
-#[tokio::test]
-async fn one_resume_costs_the_api_and_the_worker_a_bounded_number_of_statements() {
+/// An app whose API runs as [`API_ROLE`], no workers of its own, with `pg_stat_statements`
+/// counting, the notification channel `ops` wanting `events` (a `{…}` array literal),
+/// and a quiet worker running as [`WORKER_ROLE`]; `None` where the module is not loaded.
+async fn counted(events: &str) -> Option<(TestApp, RunningWorker)> {
     let app = TestApp::spawn_with(AppOptions {
         workers: false,
         service_role: Some(API_ROLE),
@@ -177,18 +179,26 @@ async fn one_resume_costs_the_api_and_the_worker_a_bounded_number_of_statements(
     })
     .await;
     if !counting(&app.pool).await {
-        return;
+        return None;
     }
-    // Notifications on: a channel wants the resume and the run's end.
     sqlx::query(
-        "insert into notification_channels (name, format, events) \
-         values ('ops', 'json', '{resumed,run_completed}')",
+        "insert into notification_channels (name, format, events) values ('ops', 'json', $1::text[])",
     )
+    .bind(events)
     .execute(&app.pool)
     .await
     .unwrap();
     let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
     let worker = quiet_worker(worker_pool, &app);
+    Some((app, worker))
+}
+
+#[tokio::test]
+async fn one_resume_costs_the_api_and_the_worker_a_bounded_number_of_statements() {
+    // Notifications on: a channel wants the resume and the run's end.
+    let Some((app, worker)) = counted("{resumed,run_completed}").await else {
+        return;
+    };
     let (run, request) = app.parked_with(review_plan()).await;
 
     quiet(&app.pool).await;
@@ -238,24 +248,9 @@ async fn one_resume_costs_the_api_and_the_worker_a_bounded_number_of_statements(
 /// completion.
 #[tokio::test]
 async fn one_remove_costs_the_worker_one_read_and_one_write() {
-    let app = TestApp::spawn_with(AppOptions {
-        workers: false,
-        service_role: Some(API_ROLE),
-        ..AppOptions::default()
-    })
-    .await;
-    if !counting(&app.pool).await {
+    let Some((app, worker)) = counted("{removed}").await else {
         return;
-    }
-    sqlx::query(
-        "insert into notification_channels (name, format, events) \
-         values ('ops', 'json', '{removed}')",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
-    let worker = quiet_worker(worker_pool, &app);
+    };
     let (run, request) = app.parked_with(review_plan()).await;
     quiet(&app.pool).await;
     reset(&app.pool, API_ROLE).await;
@@ -295,23 +290,9 @@ async fn one_remove_costs_the_worker_one_read_and_one_write() {
 /// events and the job's completion.
 #[tokio::test]
 async fn one_expiry_costs_the_worker_one_read_and_one_write() {
-    let app = TestApp::spawn_with(AppOptions {
-        workers: false,
-        ..AppOptions::default()
-    })
-    .await;
-    if !counting(&app.pool).await {
+    let Some((app, worker)) = counted("{expired,run_completed}").await else {
         return;
-    }
-    sqlx::query(
-        "insert into notification_channels (name, format, events) \
-         values ('ops', 'json', '{expired,run_completed}')",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
-    let worker = quiet_worker(worker_pool, &app);
+    };
     let plan = json!({ "nodes": [
         { "id": "review", "type": "hitl", "prompt": "Ship?", "responseTypes": ["approval"],
           "timeoutSeconds": 3600, "onTimeout": "approve" },
@@ -366,16 +347,9 @@ async fn one_expiry_costs_the_worker_one_read_and_one_write() {
 /// the run, so the write raises its request again.
 #[tokio::test]
 async fn one_retry_costs_the_worker_one_read_and_one_write() {
-    let app = TestApp::spawn_with(AppOptions {
-        workers: false,
-        ..AppOptions::default()
-    })
-    .await;
-    if !counting(&app.pool).await {
+    let Some((app, worker)) = counted("{run_failed}").await else {
         return;
-    }
-    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
-    let worker = quiet_worker(worker_pool, &app);
+    };
     let plan = json!({ "nodes": [
         { "id": "review", "type": "hitl", "prompt": "Ship?",
           "responseTypes": ["approval", "rejection"], "onRejection": "fail" }
