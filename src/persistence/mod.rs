@@ -70,7 +70,7 @@ pub use snapshot::{
     RunSnapshot, RunState, load_request, load_run_state, load_run_state_in, load_snapshot,
     load_snapshot_in,
 };
-pub use transition::{TransitionWrite, Written};
+pub use transition::{TransitionWrite, Written, lock_for_write};
 
 /// A database transaction, as every transition takes it.
 pub type Tx<'a> = Transaction<'a, Postgres>;

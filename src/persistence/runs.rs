@@ -425,7 +425,8 @@ pub struct NewRequest {
 }
 
 /// `running → awaiting_hitl`: raises a request, makes it the run's pending request, and
-/// stores the state the run paused with.
+/// stores the state the run paused with — the run locked with its chain head in one
+/// statement, then everything in one write ([`raise_into`] on a `TransitionWrite`).
 pub async fn raise_request(
     tx: &mut Tx<'_>,
     run_id: &RunId,
@@ -433,79 +434,10 @@ pub async fn raise_request(
     request: &NewRequest,
     state: &StepState,
 ) -> Result<(RequestId, i64), PersistenceError> {
-    let request_id = request.request_id.clone();
-    let run = lock_run(tx, run_id).await?;
-    let outcome = run.check(
-        &Transition::RaiseRequest {
-            request_id: request_id.clone(),
-        },
-        Some(expected_version),
-    )?;
-    let response_types: Vec<&str> = request.response_types.iter().map(|t| t.as_str()).collect();
-    crate::db::query(
-        "insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, \
-             operator_prompt, response_types, options, contract_summary, expires_at, on_timeout, \
-             items, assignees, approvals_required, follow_up) \
-         select $1, run_id, thread_id, brief_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
-         from orchestrator_runs where run_id = $2",
-    )
-    .bind(&request_id)
-    .bind(run_id)
-    .bind(&request.node_id)
-    .bind(&request.operator_prompt)
-    .bind(&response_types)
-    .bind(&request.options)
-    .bind(&request.contract_summary)
-    .bind(request.deadline.map(|(at, _)| at))
-    .bind(request.deadline.map(|(_, action)| action))
-    .bind(sqlx::types::Json(&request.items))
-    .bind(request.assignees.as_ref().map(sqlx::types::Json))
-    .bind(
-        request
-            .approvals_required
-            .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
-    )
-    .bind(request.follow_up.as_ref().map(sqlx::types::Json))
-    .execute(&mut **tx)
-    .await?;
-    let version: i64 = crate::db::query_scalar(
-        "update orchestrator_runs set status = 'awaiting_hitl', pending_request_id = $2, \
-             execution_context = $3, runner_metadata = $4, plan = coalesce($5, plan), \
-             agent_retry = null, version = version + 1, updated_at = now() \
-         where run_id = $1 returning version",
-    )
-    .bind(run_id)
-    .bind(&request_id)
-    .bind(&state.execution_context)
-    .bind(&state.runner_metadata)
-    .bind(state.plan.as_ref())
-    .fetch_one(&mut **tx)
-    .await?;
-    write_runner_state(tx, run_id, state.runner_state.as_ref()).await?;
-    append_audit(
-        tx,
-        run_id,
-        AuditEntry {
-            run_version: version,
-            action: Some(outcome.audit_action),
-            request_id: Some(&request_id),
-            from_status: Some(run.status),
-            to_status: Some(outcome.status),
-            details: Some(raise_details(request)),
-            ..AuditEntry::default()
-        },
-    )
-    .await?;
-    if let Some((at, _)) = request.deadline {
-        let request_id = request_id.clone();
-        queue::enqueue(tx, &Expire { request_id }, Some(at)).await?;
-        super::claims::schedule_expiring_notices(tx, &request.request_id, &request.node_id, at)
-            .await?;
-    }
-    if let Some(follow_up) = &request.follow_up {
-        super::claims::schedule_follow_up(tx, &request_id, follow_up).await?;
-    }
-    Ok((request_id, version))
+    let mut write = super::lock_for_write(tx, run_id).await?;
+    let raised = raise_into(tx, &mut write, expected_version, request, state).await?;
+    write.write(tx).await?;
+    Ok(raised)
 }
 
 /// The event details of raising `request`: what a live view needs to show it (arguments

@@ -483,6 +483,36 @@ impl TransitionWrite {
     }
 }
 
+/// Locks `run_id` (`for no key update`, as every transition does) and starts a write of
+/// its transition on the run as locked, with the chain head read in the same statement
+/// (a head that moved while the statement waited for the lock fails the write's fence
+/// once, and is read again then).
+pub async fn lock_for_write(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+) -> Result<TransitionWrite, PersistenceError> {
+    #[derive(sqlx::FromRow)]
+    struct Locked {
+        #[sqlx(flatten)]
+        run: LockedRun,
+        head: Option<Vec<u8>>,
+    }
+    let locked: Locked = crate::db::query_as(
+        "select r.run_id, r.status, r.pending_request_id, r.version, \
+             (select e.hash from run_audit_events e where e.run_id = r.run_id \
+              order by e.run_version desc limit 1) as head \
+         from orchestrator_runs r where r.run_id = $1 for no key update",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| PersistenceError::NotFound {
+        entity: "run",
+        id: run_id.to_string(),
+    })?;
+    Ok(TransitionWrite::new(locked.run, locked.head))
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, PersistenceError> {
     serde_json::to_value(value)
         .map_err(|e| PersistenceError::Database(sqlx::Error::Encode(Box::new(e))))
