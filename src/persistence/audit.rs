@@ -231,7 +231,7 @@ type ChainHeads = std::collections::HashMap<RunId, (i64, Vec<u8>)>;
 /// that way).
 const CHAIN_HEADS_KEPT: usize = 4096;
 
-fn remembered_head(run_id: &RunId, before_version: i64) -> Option<Vec<u8>> {
+pub(super) fn remembered_head(run_id: &RunId, before_version: i64) -> Option<Vec<u8>> {
     let heads = CHAIN_HEADS.lock().unwrap_or_else(|p| p.into_inner());
     heads
         .as_ref()?

@@ -17,7 +17,7 @@ use sqlx::PgConnection;
 
 use super::jobs::{Escalate, ExpiringNotice, Remind};
 use super::requests::{Assignees, FollowUp, claim_sql};
-use super::{AuditEntry, LockedRun, PersistenceError, Tx, append_audit, explain_refusal, queue};
+use super::{AuditEntry, LockedRun, PersistenceError, Tx, explain_refusal, queue};
 use crate::domain::{
     ClaimHolder, Operator, Refusal, RequestId, RequestNote, RequestStatus, RunId, RunStatus,
     Transition,
@@ -278,31 +278,26 @@ pub(super) async fn note(
         request_id: request_id.clone(),
         note: what,
     };
-    let outcome = run.check(&t, None)?;
-    let version: i64 = crate::db::query_scalar(
-        "update orchestrator_runs set version = version + 1, updated_at = now() \
-         where run_id = $1 returning version",
-    )
-    .bind(&run.run_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    append_audit(
-        tx,
-        &run.run_id,
+    // The run is locked by the caller: its chain head is this process's last event of it
+    // when it wrote that, else read (a wrong guess fails the write's fence, which then
+    // reads it).
+    let head = match super::audit::remembered_head(&run.run_id, run.version + 1) {
+        Some(head) => Some(head),
+        None => super::audit::stored_head(tx, &run.run_id).await?,
+    };
+    let mut write = super::TransitionWrite::new(run.clone(), head);
+    let version = write.note(
+        &t,
         AuditEntry {
-            run_version: version,
-            action: Some(outcome.audit_action),
             request_id: Some(request_id),
             command_id: by.as_ref().and_then(|b| b.command_id),
             operator: by.as_ref().map(|b| b.operator),
             principal: by.as_ref().and_then(|b| b.principal),
-            note: None,
-            from_status: Some(run.status),
-            to_status: Some(outcome.status),
             details: Some(details),
+            ..AuditEntry::default()
         },
-    )
-    .await?;
+    )?;
+    write.write(tx).await?;
     run.version = version;
     Ok(version)
 }

@@ -70,6 +70,10 @@ struct Event {
     name: &'static str,
     /// The node it names when it is about no request (what a channel's node filter sees).
     node_id: Option<String>,
+    /// The channels it names (an escalation step's `notify`), as a JSON array.
+    named: Value,
+    /// A deadline notice's period: the channels whose notice it is.
+    notice_seconds: Option<i32>,
 }
 
 /// The writes of one transition of one run, not yet made (see the module docs).
@@ -141,18 +145,20 @@ impl TransitionWrite {
             ..entry
         };
         let action = entry.action.unwrap_or(AuditAction::NodeCompleted);
-        let node_id = entry
-            .details
-            .as_ref()
-            .and_then(|d| d.get("nodeId"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
         // The previous hash is set when the chain is hashed, in `write`.
         let fields = super::audit::chain_fields(&self.now.run_id, &entry, None, created_at);
+        let facets = super::notifications::EventFacets::of(&fields.details);
+        let (node_id, named, notice_seconds) = (
+            facets.node_id.map(str::to_owned),
+            json!(facets.named),
+            facets.notice_seconds,
+        );
         self.events.push(Event {
             fields,
             name: action.event_name(),
             node_id,
+            named,
+            notice_seconds,
         });
         self.now.status = status;
         self.now.version = version;
@@ -210,6 +216,26 @@ impl TransitionWrite {
     /// The run ends with `reason` (kept in its `status_reason`).
     pub(super) fn end_because(&mut self, reason: &str) {
         self.status_reason = Some(reason.to_owned());
+    }
+
+    /// A note on the run's pending request (`transition` is a `Transition::Note`: a claim,
+    /// an approval short of the number needed, a reminder, an escalation, a deadline
+    /// notice): the run's version moves on, its status stays, with the event `entry`
+    /// (its action, version and statuses are set here). The new version.
+    pub(super) fn note(
+        &mut self,
+        transition: &Transition,
+        entry: AuditEntry<'_>,
+    ) -> Result<i64, PersistenceError> {
+        let outcome = self.now.check(transition, None)?;
+        let entry = AuditEntry {
+            action: Some(outcome.audit_action),
+            from_status: Some(self.now.status),
+            to_status: Some(outcome.status),
+            ..entry
+        };
+        self.push(outcome.status, entry, now());
+        Ok(self.now.version)
     }
 
     /// [`super::checkpoint`], added to the write: the new version.
@@ -357,6 +383,8 @@ impl TransitionWrite {
         let mut key_ids = Vec::with_capacity(n);
         let mut names = Vec::with_capacity(n);
         let mut nodes = Vec::with_capacity(n);
+        let mut named = Vec::with_capacity(n);
+        let mut notices = Vec::with_capacity(n);
         for e in &mut self.events {
             e.fields.prev_hash = prev.take();
             let hash = event_hash(&e.fields);
@@ -382,6 +410,8 @@ impl TransitionWrite {
             key_ids.push(key_id);
             names.push(e.name);
             nodes.push(e.node_id.clone());
+            named.push(e.named.clone());
+            notices.push(e.notice_seconds);
             prev = Some(hash.to_vec());
         }
         let r = self.settle.as_ref();
@@ -468,6 +498,9 @@ impl TransitionWrite {
             .bind(r.and_then(|r| r.denial_reason.as_ref()))
             // $70: a retry clears the run's failure reason.
             .bind(self.clear_reason)
+            // $71: the channels each event names, and its deadline notice's period.
+            .bind(&named)
+            .bind(&notices)
             .fetch_optional(&mut *conn)
             .await?;
         let Some((version, job_completed)) = row else {
@@ -532,11 +565,12 @@ fn now() -> DateTime<Utc> {
 /// raised (null for none; the deliveries read its node and assignees from its insert,
 /// which the statement's snapshot of `hitl_requests` does not show), and `$68`–`$69` the
 /// settled request's new status and a remove's reason (a command that named no request
-/// comes to name the one it settled), and `$70` whether the run's failure reason is
-/// cleared first (a retry).
+/// comes to name the one it settled), `$70` whether the run's failure reason is
+/// cleared first (a retry), and `$71`–`$72` the channels each event names and its
+/// deadline notice's period.
 ///
-/// The deliveries are those of `notifications::DELIVERIES_CTE` for events naming no
-/// channel and no deadline notice, which is what a transition's steps are.
+/// The deliveries are those of `notifications::DELIVERIES_CTE`, an event's facets
+/// bound per event.
 const WRITE_SQL: &str = "with run_write as ( \
         update orchestrator_runs set status = $2, \
             pending_request_id = case when $3 then $56 else pending_request_id end, \
@@ -605,18 +639,22 @@ const WRITE_SQL: &str = "with run_write as ( \
             request_id) \
         select gen_random_uuid(), c.name, event.event_id, f.name, $1, event.request_id \
         from event \
-        join unnest($30::bigint[], $48::text[], $49::text[]) as f(run_version, name, node_id) \
+        join unnest($30::bigint[], $48::text[], $49::text[], $71::jsonb[], $72::int[]) \
+            as f(run_version, name, node_id, named, notice_seconds) \
             on f.run_version = event.run_version \
         cross join notification_channels c \
         left join hitl_requests q on q.request_id = event.request_id \
         left join raised on raised.request_id = event.request_id \
-        where f.name = any(c.events) \
+        where (f.name = any(c.events) \
+               or c.name in (select jsonb_array_elements_text(f.named))) \
           and (cardinality(c.nodes) = 0 \
                or coalesce(q.node_id, raised.node_id, f.node_id) = any(c.nodes)) \
           and (cardinality(c.groups) = 0 or exists ( \
               select 1 from jsonb_array_elements_text( \
                   coalesce(q.assignees, raised.assignees) -> 'groups') g \
               where g = any(c.groups))) \
+          and (f.name <> 'request_expiring' \
+               or c.expiring_notice_seconds = f.notice_seconds) \
         returning delivery_id), \
     delivery_job as ( \
         insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
