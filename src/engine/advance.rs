@@ -416,39 +416,19 @@ impl Engine {
                         state: Some(state.clone()),
                     };
                     let ended = match &mut store {
-                        Store::Batch(_, write) => (|| {
-                            let mut expected = version;
-                            if let Some(details) = disabled {
-                                let step = Checkpoint {
-                                    node_id: &node.id,
-                                    state: &state,
-                                    action: AuditAction::HitlDisabled,
-                                    details,
-                                };
-                                let Some(v) = fenced(write.checkpoint(expected, step))? else {
-                                    return Ok(None);
-                                };
-                                expected = v;
-                            }
-                            fenced(write.finish(expected, &finish))
-                        })(),
+                        Store::Batch(_, write) => {
+                            end_in(write, version, disabled, &node.id, &state, &finish)
+                        }
+                        // The run locked, then its end (and a disabled node's step) in
+                        // one write of its own.
                         store => write_step!(store, |tx| async {
-                            let mut expected = version;
-                            if let Some(details) = disabled {
-                                let step = Checkpoint {
-                                    node_id: &node.id,
-                                    state: &state,
-                                    action: AuditAction::HitlDisabled,
-                                    details,
-                                };
-                                let result =
-                                    persistence::checkpoint(tx, run_id, expected, step).await;
-                                let Some(v) = fenced(result)? else {
-                                    return Ok(None);
-                                };
-                                expected = v;
+                            let mut write = persistence::lock_for_write(tx, run_id).await?;
+                            let ended =
+                                end_in(&mut write, version, disabled, &node.id, &state, &finish)?;
+                            if ended.is_some() {
+                                write.write(tx).await?;
                             }
-                            fenced(persistence::finish_run(tx, run_id, expected, &finish).await)
+                            Ok(ended)
                         }
                         .await),
                     };
@@ -632,6 +612,33 @@ impl Engine {
             }
         })
     }
+}
+
+/// The steps that end a run at `version`, added to `write`: a disabled HITL node's step
+/// first when `disabled` says so, then `finish`. The new version, or `None` when the run
+/// is no longer at `version` (fencing).
+fn end_in(
+    write: &mut TransitionWrite,
+    version: i64,
+    disabled: Option<Value>,
+    node_id: &str,
+    state: &StepState,
+    finish: &Finish,
+) -> Result<Option<i64>, EngineError> {
+    let mut expected = version;
+    if let Some(details) = disabled {
+        let step = Checkpoint {
+            node_id,
+            state,
+            action: AuditAction::HitlDisabled,
+            details,
+        };
+        let Some(v) = fenced(write.checkpoint(expected, step))? else {
+            return Ok(None);
+        };
+        expected = v;
+    }
+    fenced(write.finish(expected, finish))
 }
 
 fn awaited<'s>(snap: &'s RunState, id: &RequestId) -> Result<&'s AnsweredRequest, EngineError> {

@@ -413,10 +413,17 @@ async fn try_write_and_append(
                  $17, $18, $19 \
              {from_write} (select hash from run_audit_events where run_id = $1 \
                     order by run_version desc limit 1) is not distinct from $16 \
-             returning event_id), \
+             returning event_id, run_version, request_id), \
+         raised as (select null::text as request_id, null::text as node_id, \
+             null::jsonb as assignees where false), \
          {} \
          select {written}, (select event_id from event)",
-        super::notifications::DELIVERIES_CTE
+        super::notifications::deliveries_cte(
+            "cross join (select $20::text, $21::text, $22::jsonb, $23::int) \
+                 as f(name, node_id, named, notice_seconds)",
+            "$24",
+            "$25",
+        )
     )))
     .bind(run_id)
     .bind(e.run_version)
@@ -439,7 +446,7 @@ async fn try_write_and_append(
     .bind(key_id)
     .bind(event)
     .bind(facets.node_id)
-    .bind(&facets.named)
+    .bind(serde_json::json!(facets.named))
     .bind(facets.notice_seconds)
     .bind(trace)
     .bind(super::queue::DEFAULT_MAX_ATTEMPTS);

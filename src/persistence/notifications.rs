@@ -104,42 +104,55 @@ impl<'a> EventFacets<'a> {
     }
 }
 
-/// The parts of the statement appending an audit event (a CTE `event` returning its
-/// `event_id`, the run id in `$1` and the request id in `$4`) that insert a delivery for
-/// every published channel that wants the event and the request it is about, or that
-/// the event names, with the deliveries' `hitl_notify` jobs. Its parameters: `$20` the
-/// event's name (none: no deliveries), `$21` the node it names when it is about no
-/// request (a failed run's node), `$22` the channels it names, `$23` a deadline notice's
-/// period, `$24` the trace context the jobs carry (`{"trace": …}`), `$25` the jobs' max
-/// attempts.
+/// The parts of a statement appending audit events that insert a delivery for every
+/// published channel that wants an event and the request it is about, or that the event
+/// names, with the deliveries' `hitl_notify` jobs; the one text every append shares.
+///
+/// The statement has CTEs `event` (returning `event_id`, `run_version` and `request_id`
+/// of each event it inserted, the run's id in `$1`) and `raised` (`request_id`, `node_id`,
+/// `assignees` of a request inserted by the same statement, which its snapshot of
+/// `hitl_requests` does not show). `facets` joins each event to its facets as
+/// `f(name, node_id, named, notice_seconds)`: its name (none: no deliveries), the node it
+/// names when it is about no request (a failed run's node), the channels it names (a
+/// JSON array: an escalation step's `notify`), a deadline notice's period. `trace` is the
+/// trace context the jobs carry (`{"trace": …}`) and `max_attempts` theirs, both SQL
+/// expressions.
 ///
 /// A channel filtering on groups wants requests assigned to one of them; one without
 /// filters wants every event of its kinds. A deadline notice goes to the channels whose
 /// notice period scheduled it.
-pub(super) const DELIVERIES_CTE: &str = "delivery as ( \
-        insert into notification_deliveries (delivery_id, channel, event_id, event, run_id, \
-            request_id) \
-        select gen_random_uuid(), c.name, event.event_id, $20, $1, $4 \
-        from event cross join notification_channels c \
-        left join hitl_requests q on q.request_id = $4 \
-        where $20::text is not null \
-          and ($20 = any(c.events) or c.name = any($22::text[])) \
-          and (cardinality(c.nodes) = 0 or coalesce(q.node_id, $21) = any(c.nodes)) \
-          and (cardinality(c.groups) = 0 or exists ( \
-              select 1 from jsonb_array_elements_text( \
-                  coalesce(q.assignees -> 'groups', '[]'::jsonb)) g \
-              where g = any(c.groups))) \
-          and ($20 <> 'request_expiring' or c.expiring_notice_seconds = $23) \
-        returning delivery_id), \
-    delivery_job as ( \
-        insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
-            priority) \
-        select apalis.generate_ulid(), 'hitl_notify', \
-            convert_to((jsonb_build_object('deliveryId', delivery.delivery_id) \
-                || coalesce($24::jsonb, '{}'::jsonb))::text, 'UTF8'), \
-            'Pending', 0, $25, now(), 0 \
-        from delivery \
-        returning 1)";
+pub(super) fn deliveries_cte(facets: &str, trace: &str, max_attempts: &str) -> String {
+    format!(
+        "delivery as ( \
+            insert into notification_deliveries (delivery_id, channel, event_id, event, \
+                run_id, request_id) \
+            select gen_random_uuid(), c.name, event.event_id, f.name, $1, event.request_id \
+            from event {facets} \
+            cross join notification_channels c \
+            left join hitl_requests q on q.request_id = event.request_id \
+            left join raised on raised.request_id = event.request_id \
+            where (f.name = any(c.events) \
+                   or c.name in (select jsonb_array_elements_text(f.named))) \
+              and (cardinality(c.nodes) = 0 \
+                   or coalesce(q.node_id, raised.node_id, f.node_id) = any(c.nodes)) \
+              and (cardinality(c.groups) = 0 or exists ( \
+                  select 1 from jsonb_array_elements_text( \
+                      coalesce(q.assignees, raised.assignees) -> 'groups') g \
+                  where g = any(c.groups))) \
+              and (f.name <> 'request_expiring' \
+                   or c.expiring_notice_seconds = f.notice_seconds) \
+            returning delivery_id), \
+        delivery_job as ( \
+            insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, \
+                run_at, priority) \
+            select apalis.generate_ulid(), 'hitl_notify', \
+                convert_to((jsonb_build_object('deliveryId', delivery.delivery_id) \
+                    || coalesce({trace}::jsonb, '{{}}'::jsonb))::text, 'UTF8'), \
+                'Pending', 0, {max_attempts}, now(), 0 \
+            from delivery \
+            returning 1)"
+    )
+}
 
 /// A delivery as stored.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]

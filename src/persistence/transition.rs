@@ -420,7 +420,7 @@ impl TransitionWrite {
         let a = a.unwrap_or(&empty);
         let trace = crate::telemetry::current_trace_context().map(|c| json!({ "trace": c }));
         let q = self.raise.as_ref();
-        let row: Option<(i64, bool)> = crate::db::query_as(WRITE_SQL)
+        let row: Option<(i64, bool)> = crate::db::query_as(sqlx::AssertSqlSafe(write_sql()))
             .bind(&self.fence.run_id)
             .bind(self.now.status)
             .bind(self.now.pending_request_id != self.fence.pending_request_id)
@@ -569,8 +569,25 @@ fn now() -> DateTime<Utc> {
 /// cleared first (a retry), and `$71`–`$72` the channels each event names and its
 /// deadline notice's period.
 ///
-/// The deliveries are those of `notifications::DELIVERIES_CTE`, an event's facets
-/// bound per event.
+/// The deliveries are `notifications::deliveries_cte`'s, each event's facets bound
+/// per event.
+fn write_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        WRITE_SQL.replace(
+            "{deliveries}",
+            &super::notifications::deliveries_cte(
+                "join unnest($30::bigint[], $48::text[], $49::text[], $71::jsonb[], \
+                     $72::int[]) as f(run_version, name, node_id, named, notice_seconds) \
+                 on f.run_version = event.run_version",
+                "$50",
+                "$51",
+            ),
+        )
+    })
+}
+
+/// [`write_sql`] before the deliveries' part is put in.
 const WRITE_SQL: &str = "with run_write as ( \
         update orchestrator_runs set status = $2, \
             pending_request_id = case when $3 then $56 else pending_request_id end, \
@@ -634,37 +651,7 @@ const WRITE_SQL: &str = "with run_write as ( \
                  key_id) \
         order by e.run_version \
         returning event_id, run_version, request_id), \
-    delivery as ( \
-        insert into notification_deliveries (delivery_id, channel, event_id, event, run_id, \
-            request_id) \
-        select gen_random_uuid(), c.name, event.event_id, f.name, $1, event.request_id \
-        from event \
-        join unnest($30::bigint[], $48::text[], $49::text[], $71::jsonb[], $72::int[]) \
-            as f(run_version, name, node_id, named, notice_seconds) \
-            on f.run_version = event.run_version \
-        cross join notification_channels c \
-        left join hitl_requests q on q.request_id = event.request_id \
-        left join raised on raised.request_id = event.request_id \
-        where (f.name = any(c.events) \
-               or c.name in (select jsonb_array_elements_text(f.named))) \
-          and (cardinality(c.nodes) = 0 \
-               or coalesce(q.node_id, raised.node_id, f.node_id) = any(c.nodes)) \
-          and (cardinality(c.groups) = 0 or exists ( \
-              select 1 from jsonb_array_elements_text( \
-                  coalesce(q.assignees, raised.assignees) -> 'groups') g \
-              where g = any(c.groups))) \
-          and (f.name <> 'request_expiring' \
-               or c.expiring_notice_seconds = f.notice_seconds) \
-        returning delivery_id), \
-    delivery_job as ( \
-        insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
-            priority) \
-        select apalis.generate_ulid(), 'hitl_notify', \
-            convert_to((jsonb_build_object('deliveryId', delivery.delivery_id) \
-                || coalesce($50::jsonb, '{}'::jsonb))::text, 'UTF8'), \
-            'Pending', 0, $51, now(), 0 \
-        from delivery \
-        returning 1), \
+    {deliveries}, \
     next_job as ( \
         insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
             priority) \
