@@ -536,14 +536,8 @@ async fn apply_resume(
     write.settle(
         super::transition::Settle {
             request_id: Some(request_id.clone()),
-            request_status: crate::domain::RequestStatus::Resolved,
-            command_id: Some(command.command_id.clone()),
-            resolved_by: command.operator.id.clone(),
             answers,
-            denial_reason: None,
-            outcome: Some(command_outcome.clone()),
-            job: job.map(|j| (j.job_id.to_owned(), j.worker_id.to_owned())),
-            finished_at: now,
+            ..settled_by(&command, job, &command_outcome, now)
         },
         outcome.status,
         entry,
@@ -572,6 +566,27 @@ async fn apply_resume(
             requests: vec![answered_request],
         },
     ))
+}
+
+/// `command`'s part of its transition, applied by `job` at `now` with `outcome`: a
+/// resume's resolution of no request and no answers, which each command fills in.
+fn settled_by(
+    command: &CommandRecord,
+    job: Option<JobClaim<'_>>,
+    outcome: &Value,
+    now: DateTime<Utc>,
+) -> super::transition::Settle {
+    super::transition::Settle {
+        request_id: None,
+        request_status: crate::domain::RequestStatus::Resolved,
+        command_id: Some(command.command_id.clone()),
+        resolved_by: command.operator.id.clone(),
+        answers: Answers::default(),
+        denial_reason: None,
+        outcome: Some(outcome.clone()),
+        job: job.map(|j| (j.job_id.to_owned(), j.worker_id.to_owned())),
+        finished_at: now,
+    }
 }
 
 /// A command applied in memory: the command as `write` will leave it (succeeded at
@@ -891,13 +906,8 @@ async fn apply_remove(
         super::transition::Settle {
             request_id: denied.clone(),
             request_status: crate::domain::RequestStatus::Denied,
-            command_id: Some(command.command_id.clone()),
-            resolved_by: command.operator.id.clone(),
-            answers: Answers::default(),
             denial_reason: Some(reason.clone()),
-            outcome: Some(command_outcome.clone()),
-            job: job.map(|j| (j.job_id.to_owned(), j.worker_id.to_owned())),
-            finished_at: now,
+            ..settled_by(&command, job, &command_outcome, now)
         },
         outcome.status,
         entry,
@@ -990,17 +1000,7 @@ async fn apply_retry(
     );
     let mut write = super::TransitionWrite::new(run.clone(), subject.chain_head);
     write.settle(
-        super::transition::Settle {
-            request_id: None,
-            request_status: crate::domain::RequestStatus::Resolved,
-            command_id: Some(command.command_id.clone()),
-            resolved_by: command.operator.id.clone(),
-            answers: Answers::default(),
-            denial_reason: None,
-            outcome: Some(command_outcome.clone()),
-            job: job.map(|j| (j.job_id.to_owned(), j.worker_id.to_owned())),
-            finished_at: now,
-        },
+        settled_by(&command, job, &command_outcome, now),
         outcome.status,
         entry,
     );
