@@ -13,14 +13,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::PgConnection;
 
 use super::jobs::{Escalate, ExpiringNotice, Remind};
 use super::requests::{Assignees, FollowUp, claim_sql};
 use super::{AuditEntry, LockedRun, PersistenceError, Tx, explain_refusal, queue};
 use crate::domain::{
-    ClaimHolder, Operator, Refusal, RequestId, RequestNote, RequestStatus, RunId, RunStatus,
-    Transition,
+    ClaimHolder, Operator, Refusal, RequestId, RequestNote, RequestStatus, RunId, Transition,
 };
 
 /// A claim while its lease lasts.
@@ -33,44 +31,64 @@ pub struct Claim {
     pub claim_expires_at: DateTime<Utc>,
 }
 
-/// A request and its run, locked for a claim or a release.
-#[derive(Debug)]
+/// A request and its run, locked for a claim, a release or a follow-up, with the write
+/// of the transition started on the run as locked.
 pub struct ClaimSubject {
-    run: LockedRun,
+    write: super::TransitionWrite,
     pub request_id: RequestId,
     pub request_status: RequestStatus,
     /// Who may answer the request (`None`: anyone with the operate scope).
     pub assignees: Option<Assignees>,
     /// The claim on it now, if its lease lasts.
     pub claim: Option<Claim>,
+    follow_up: Option<FollowUp>,
+    /// Its deadline, while it is ahead.
+    expires_at: Option<DateTime<Utc>>,
+    /// The transaction's `now()`: what a lease counts from, as readers compare with it.
+    now: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for ClaimSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimSubject")
+            .field("run_id", self.run_id())
+            .field("request_id", &self.request_id)
+            .field("request_status", &self.request_status)
+            .field("claim", &self.claim)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(sqlx::FromRow)]
 struct SubjectRow {
-    run_id: RunId,
-    status: RunStatus,
-    pending_request_id: Option<RequestId>,
-    version: i64,
+    #[sqlx(flatten)]
+    run: LockedRun,
+    seen_version: Option<i64>,
+    head: Option<Vec<u8>>,
     request_status: RequestStatus,
     assignees: Option<sqlx::types::Json<Assignees>>,
     claimed_by: Option<sqlx::types::Json<ClaimHolder>>,
     claim_expires_at: Option<DateTime<Utc>>,
+    follow_up: Option<sqlx::types::Json<FollowUp>>,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
 }
 
 impl ClaimSubject {
     /// The run the request belongs to.
     pub fn run_id(&self) -> &RunId {
-        &self.run.run_id
+        self.write.run_id()
     }
 
     /// Why the request cannot be claimed or released now (it is not the pending request
     /// any more: who settled it, or that the run ended), or `None` when it can.
     pub async fn refusal(&self, tx: &mut Tx<'_>) -> Result<Option<Refusal>, PersistenceError> {
-        let t = self.note(RequestNote::Claimed);
-        match self.run.check(&t, None) {
+        let t = self.transition(RequestNote::Claimed);
+        let run = self.write.run();
+        match run.check(&t, None) {
             Ok(_) => Ok(None),
             Err(PersistenceError::Transition { source, .. }) => {
-                let mut context = self.run.context(Some(&self.request_id));
+                let mut context = run.context(Some(&self.request_id));
                 context.request_status = Some(self.request_status);
                 Ok(Some(explain_refusal(tx, context, &source).await?))
             }
@@ -78,37 +96,61 @@ impl ClaimSubject {
         }
     }
 
-    fn note(&self, note: RequestNote) -> Transition {
+    fn transition(&self, note: RequestNote) -> Transition {
         Transition::Note {
             request_id: self.request_id.clone(),
             note,
         }
     }
+
+    /// Adds `what` about the request to the write, by `by`, with `details`.
+    fn note(
+        &mut self,
+        what: RequestNote,
+        by: Option<Actor<'_>>,
+        details: Value,
+    ) -> Result<i64, PersistenceError> {
+        let t = self.transition(what);
+        note_in(&mut self.write, &t, &self.request_id, by, details)
+    }
 }
 
-/// Locks the run of request `request_id` and reads the request; `None` when there is no
-/// such request.
+/// Locks the run of request `request_id` and reads the request, with the run's chain
+/// head, in one statement; `None` when there is no such request.
 pub async fn lock_claim_subject(
     tx: &mut Tx<'_>,
     request_id: &RequestId,
 ) -> Result<Option<ClaimSubject>, PersistenceError> {
-    let row: Option<SubjectRow> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
-        "select o.run_id, o.status, o.pending_request_id, o.version, q.status as request_status, \
-             q.assignees, {} \
+    // As a command's read: the statement's snapshot is taken before it waits for the
+    // lock, so when the run moved meanwhile (its version as locked is not the one the
+    // snapshot saw) the request's columns are stale, and are read again under the lock.
+    let sql = format!(
+        "select o.run_id, o.status, o.pending_request_id, o.version, \
+             (select v.version from orchestrator_runs v where v.run_id = o.run_id) \
+                 as seen_version, \
+             (select e.hash from run_audit_events e where e.run_id = o.run_id \
+              order by e.run_version desc limit 1) as head, \
+             q.status as request_status, q.assignees, {}, q.follow_up, \
+             case when q.expires_at > now() then q.expires_at end as expires_at, now() as now \
          from hitl_requests q join orchestrator_runs o on o.run_id = q.run_id \
          where q.request_id = $1 for no key update of o",
         claim_sql("q")
-    )))
-    .bind(request_id)
-    .fetch_optional(&mut **tx)
-    .await?;
+    );
+    let mut row: Option<SubjectRow> = None;
+    for _ in 0..2 {
+        row = crate::db::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(request_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if row
+            .as_ref()
+            .is_none_or(|r| r.seen_version == Some(r.run.version))
+        {
+            break;
+        }
+    }
     Ok(row.map(|r| ClaimSubject {
-        run: LockedRun {
-            run_id: r.run_id,
-            status: r.status,
-            pending_request_id: r.pending_request_id,
-            version: r.version,
-        },
+        write: super::TransitionWrite::new(r.run, r.head),
         request_id: request_id.clone(),
         request_status: r.request_status,
         assignees: r.assignees.map(|a| a.0),
@@ -119,12 +161,15 @@ pub async fn lock_claim_subject(
             }),
             _ => None,
         },
+        follow_up: r.follow_up.map(|f| f.0),
+        expires_at: r.expires_at,
+        now: r.now,
     }))
 }
 
-/// Claims (or renews the claim on) the pending request for `holder`, for `lease`. When
-/// another principal's claim is overridden (the caller checked `force` and `supervise`),
-/// the audit says so first (`claim_broken`, naming the holder it broke).
+/// Claims (or renews the claim on) the pending request for `holder`, for `lease`, in one
+/// write. When another principal's claim is overridden (the caller checked `force` and
+/// `supervise`), the audit says so first (`claim_broken`, naming the holder it broke).
 pub async fn write_claim(
     tx: &mut Tx<'_>,
     subject: &mut ClaimSubject,
@@ -136,48 +181,32 @@ pub async fn write_claim(
             .claimed_by
             .is(Some(&holder.principal), &holder.operator)
     {
-        break_claim(
-            tx,
-            &mut subject.run,
-            &subject.request_id,
-            &previous,
-            holder.into(),
-        )
-        .await?;
+        subject.note(
+            RequestNote::ClaimBroken,
+            Some(holder.into()),
+            broken_details(&previous),
+        )?;
     }
-    let t = subject.note(RequestNote::Claimed);
-    subject.run.check(&t, None)?;
     let seconds = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
-    let expires_at: DateTime<Utc> = crate::db::query_scalar(
-        "update hitl_requests set claimed_by = $2, \
-             claim_expires_at = now() + make_interval(secs => $3) \
-         where request_id = $1 returning claim_expires_at",
-    )
-    .bind(&subject.request_id)
-    .bind(sqlx::types::Json(holder))
-    .bind(seconds as f64)
-    .fetch_one(&mut **tx)
-    .await?;
-    note(
-        tx,
-        &mut subject.run,
-        &subject.request_id,
+    let expires_at = subject.now + chrono::Duration::seconds(seconds.min(i64::from(i32::MAX)));
+    subject.note(
         RequestNote::Claimed,
         Some(holder.into()),
         json!({ "claimExpiresAt": expires_at, "leaseSeconds": seconds }),
-    )
-    .await?;
+    )?;
     let claim = Claim {
         claimed_by: holder.clone(),
         claim_expires_at: expires_at,
     };
+    subject.write.set_claim(Some(claim.clone()));
+    subject.write.write(tx).await?;
     subject.claim = Some(claim.clone());
     Ok(claim)
 }
 
 /// Ends the claim on the pending request: `request_released` by its holder, or
-/// `claim_broken` by anyone else (the caller checked `force` and `supervise`). No claim
-/// (or one whose lease is over) writes nothing.
+/// `claim_broken` by anyone else (the caller checked `force` and `supervise`), in one
+/// write. No claim (or one whose lease is over) writes nothing.
 pub async fn write_release(
     tx: &mut Tx<'_>,
     subject: &mut ClaimSubject,
@@ -187,62 +216,38 @@ pub async fn write_release(
         return Ok(());
     };
     if previous.claimed_by.is(Some(&by.principal), &by.operator) {
-        clear_claim(tx, &subject.request_id).await?;
-        note(
-            tx,
-            &mut subject.run,
-            &subject.request_id,
-            RequestNote::Released,
-            Some(by.into()),
-            json!({}),
-        )
-        .await?;
-        Ok(())
+        subject.note(RequestNote::Released, Some(by.into()), json!({}))?;
     } else {
-        break_claim(
-            tx,
-            &mut subject.run,
-            &subject.request_id,
-            &previous,
-            by.into(),
-        )
-        .await
+        subject.note(
+            RequestNote::ClaimBroken,
+            Some(by.into()),
+            broken_details(&previous),
+        )?;
     }
+    subject.write.set_claim(None);
+    subject.write.write(tx).await?;
+    Ok(())
 }
 
-/// Clears a claim another principal held, with its `claim_broken` event (the run stays
-/// locked by the caller).
-pub(super) async fn break_claim(
-    tx: &mut Tx<'_>,
-    run: &mut LockedRun,
+/// What a `claim_broken` event says of the claim it broke.
+fn broken_details(previous: &Claim) -> Value {
+    json!({ "holder": previous.claimed_by, "claimExpiresAt": previous.claim_expires_at })
+}
+
+/// Breaks a claim another principal holds on the pending request, in `write`: the claim
+/// is cleared with its `claim_broken` event.
+pub(super) fn break_claim(
+    write: &mut super::TransitionWrite,
     request_id: &RequestId,
     previous: &Claim,
     by: Actor<'_>,
 ) -> Result<(), PersistenceError> {
-    clear_claim(tx, request_id).await?;
-    note(
-        tx,
-        run,
-        request_id,
-        RequestNote::ClaimBroken,
-        Some(by),
-        json!({ "holder": previous.claimed_by, "claimExpiresAt": previous.claim_expires_at }),
-    )
-    .await
-    .map(|_| ())
-}
-
-pub(super) async fn clear_claim(
-    conn: &mut PgConnection,
-    request_id: &RequestId,
-) -> Result<(), PersistenceError> {
-    crate::db::query(
-        "update hitl_requests set claimed_by = null, claim_expires_at = null \
-         where request_id = $1",
-    )
-    .bind(request_id)
-    .execute(conn)
-    .await?;
+    let t = Transition::Note {
+        request_id: request_id.clone(),
+        note: RequestNote::ClaimBroken,
+    };
+    note_in(write, &t, request_id, Some(by), broken_details(previous))?;
+    write.set_claim(None);
     Ok(())
 }
 
@@ -264,30 +269,18 @@ impl<'a> From<&'a ClaimHolder> for Actor<'a> {
     }
 }
 
-/// Records `what` about the pending request: the run keeps waiting on it, its version
-/// moves on, and one audit event says who did it. Returns the new version.
-pub(super) async fn note(
-    tx: &mut Tx<'_>,
-    run: &mut LockedRun,
+/// Adds the note `t` about the pending request `request_id` to `write`: the run keeps
+/// waiting on it, its version moves on, and one audit event says who did it (`by`).
+/// Returns the new version.
+pub(super) fn note_in(
+    write: &mut super::TransitionWrite,
+    t: &Transition,
     request_id: &RequestId,
-    what: RequestNote,
     by: Option<Actor<'_>>,
     details: Value,
 ) -> Result<i64, PersistenceError> {
-    let t = Transition::Note {
-        request_id: request_id.clone(),
-        note: what,
-    };
-    // The run is locked by the caller: its chain head is this process's last event of it
-    // when it wrote that, else read (a wrong guess fails the write's fence, which then
-    // reads it).
-    let head = match super::audit::remembered_head(&run.run_id, run.version + 1) {
-        Some(head) => Some(head),
-        None => super::audit::stored_head(tx, &run.run_id).await?,
-    };
-    let mut write = super::TransitionWrite::new(run.clone(), head);
-    let version = write.note(
-        &t,
+    write.note(
+        t,
         AuditEntry {
             request_id: Some(request_id),
             command_id: by.as_ref().and_then(|b| b.command_id),
@@ -296,10 +289,7 @@ pub(super) async fn note(
             details: Some(details),
             ..AuditEntry::default()
         },
-    )?;
-    write.write(tx).await?;
-    run.version = version;
-    Ok(version)
+    )
 }
 
 /// Schedules the follow-up jobs of a request just raised (in the transaction raising it):
@@ -353,7 +343,7 @@ pub(super) async fn schedule_expiring_notices(
 
 /// Tells the channels whose notice period is `notice_seconds` that request
 /// `request_id`'s deadline is near (an `expiring` event), if it is still pending and its
-/// deadline still ahead.
+/// deadline still ahead: one locking read and one write.
 pub async fn notice_expiring(
     tx: &mut Tx<'_>,
     request_id: &RequestId,
@@ -365,25 +355,15 @@ pub async fn notice_expiring(
     if subject.refusal(tx).await?.is_some() {
         return Ok(FollowUpOutcome::Settled);
     }
-    let expires_at: Option<DateTime<Utc>> = crate::db::query_scalar(
-        "select expires_at from hitl_requests where request_id = $1 and expires_at > now()",
-    )
-    .bind(request_id)
-    .fetch_optional(&mut **tx)
-    .await?
-    .flatten();
-    let Some(expires_at) = expires_at else {
+    let Some(expires_at) = subject.expires_at else {
         return Ok(FollowUpOutcome::Settled);
     };
-    note(
-        tx,
-        &mut subject.run,
-        request_id,
+    subject.note(
         RequestNote::Expiring,
         None,
         json!({ "noticeSeconds": notice_seconds, "expiresAt": expires_at }),
-    )
-    .await?;
+    )?;
+    subject.write.write(tx).await?;
     Ok(FollowUpOutcome::Applied)
 }
 
@@ -400,22 +380,18 @@ async fn locked_follow_up(
     tx: &mut Tx<'_>,
     request_id: &RequestId,
 ) -> Result<Option<(ClaimSubject, FollowUp)>, PersistenceError> {
-    let Some(subject) = lock_claim_subject(tx, request_id).await? else {
+    let Some(mut subject) = lock_claim_subject(tx, request_id).await? else {
         return Ok(None);
     };
     if subject.refusal(tx).await?.is_some() {
         return Ok(None);
     }
-    let follow_up: Option<sqlx::types::Json<FollowUp>> =
-        crate::db::query_scalar("select follow_up from hitl_requests where request_id = $1")
-            .bind(request_id)
-            .fetch_one(&mut **tx)
-            .await?;
-    Ok(follow_up.map(|f| (subject, f.0)))
+    let follow_up = subject.follow_up.take();
+    Ok(follow_up.map(|f| (subject, f)))
 }
 
 /// Sends a reminder if request `request_id` is still pending (a `reminded` event, which
-/// channels wanting it are told of) and schedules the next one.
+/// channels wanting it are told of) and schedules the next one, in one write.
 pub async fn remind(
     tx: &mut Tx<'_>,
     request_id: &RequestId,
@@ -427,27 +403,27 @@ pub async fn remind(
         return Ok(FollowUpOutcome::Settled);
     };
     follow_up.reminded += 1;
-    write_follow_up(tx, request_id, &follow_up, None).await?;
-    note(
-        tx,
-        &mut subject.run,
-        request_id,
+    subject.note(
         RequestNote::Reminded,
         None,
         json!({ "reminder": follow_up.reminded, "nextInSeconds": every }),
-    )
-    .await?;
+    )?;
+    subject.write.set_follow_up(to_json(&follow_up)?, None);
     let next = Utc::now() + chrono::Duration::seconds(i64::try_from(every).unwrap_or(0));
     let job = Remind {
         request_id: request_id.clone(),
     };
-    queue::enqueue(tx, &job, Some(next)).await?;
+    let pushed = subject.write.enqueue_at(&job, next);
+    subject.write.write(tx).await?;
+    if !pushed {
+        queue::enqueue(tx, &job, Some(next)).await?;
+    }
     Ok(FollowUpOutcome::Applied)
 }
 
 /// Applies escalation step `step` if request `request_id` is still pending: its
 /// `addAssignees` join the assignees (a request anyone may answer stays so), and an
-/// `escalated` event tells the step's channels and those wanting such events.
+/// `escalated` event tells the step's channels and those wanting such events; one write.
 pub async fn escalate(
     tx: &mut Tx<'_>,
     request_id: &RequestId,
@@ -480,35 +456,22 @@ pub async fn escalate(
         }
         _ => None,
     };
-    write_follow_up(tx, request_id, &follow_up, assignees.as_ref()).await?;
     let added = e.add_assignees.clone().unwrap_or_default();
-    note(
-        tx,
-        &mut subject.run,
-        request_id,
+    subject.note(
         RequestNote::Escalated,
         None,
         json!({ "step": step, "addedUsers": added.users, "addedGroups": added.groups,
                 "notify": e.notify, "assignees": assignees }),
-    )
-    .await?;
+    )?;
+    subject.write.set_follow_up(
+        to_json(&follow_up)?,
+        assignees.as_ref().map(to_json).transpose()?,
+    );
+    subject.write.write(tx).await?;
     Ok(FollowUpOutcome::Applied)
 }
 
-async fn write_follow_up(
-    tx: &mut Tx<'_>,
-    request_id: &RequestId,
-    follow_up: &FollowUp,
-    assignees: Option<&Assignees>,
-) -> Result<(), PersistenceError> {
-    crate::db::query(
-        "update hitl_requests set follow_up = $2, assignees = coalesce($3, assignees) \
-         where request_id = $1",
-    )
-    .bind(request_id)
-    .bind(sqlx::types::Json(follow_up))
-    .bind(assignees.map(sqlx::types::Json))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+fn to_json<T: Serialize>(value: &T) -> Result<Value, PersistenceError> {
+    serde_json::to_value(value)
+        .map_err(|e| PersistenceError::Database(sqlx::Error::Encode(Box::new(e))))
 }

@@ -240,9 +240,12 @@ fn shape_sql(pending: &str) -> String {
              as shape_approvals_required, \
          (select q.on_timeout from hitl_requests q where q.request_id = c.request_id) \
              as shape_on_timeout, \
+         (select {} from hitl_requests q where q.request_id = c.request_id) \
+             as shape_approvals, \
          (select e.hash from run_audit_events e where e.run_id = c.run_id \
           order by e.run_version desc limit 1) as chain_head",
-        super::requests::items_sql("q")
+        super::requests::items_sql("q"),
+        super::requests::approvals_sql("q")
     )
 }
 
@@ -273,6 +276,9 @@ struct ToApply {
     approvals_required: Option<i32>,
     #[sqlx(rename = "shape_on_timeout")]
     on_timeout: Option<crate::domain::TimeoutAction>,
+    /// The approvals counted so far towards the named request's number.
+    #[sqlx(rename = "shape_approvals")]
+    approvals: Option<sqlx::types::Json<Approvals>>,
     chain_head: Option<Vec<u8>>,
 }
 
@@ -294,6 +300,7 @@ struct Subject {
     claim: Option<Claim>,
     approvals_required: Option<i32>,
     on_timeout: Option<crate::domain::TimeoutAction>,
+    approvals: Option<Approvals>,
     /// The run's chain head as read under its lock.
     chain_head: Option<Vec<u8>>,
     /// The run as locked.
@@ -418,6 +425,7 @@ async fn apply(
         claim: to_apply.claim.map(|c| c.0),
         approvals_required: to_apply.approvals_required,
         on_timeout: to_apply.on_timeout,
+        approvals: to_apply.approvals.map(|a| a.0),
         chain_head: to_apply.chain_head,
         run: record,
     };
@@ -481,7 +489,11 @@ async fn apply_resume(
             return Ok(left(reject(tx, &command, why).await?));
         }
     };
-    if let Some(refused) = settle_claim(tx, run, &command, &payload, &request_id, &subject).await? {
+    // Everything the resume writes (a claim it breaks, an approval it counts) joins
+    // one write, started on the run as locked.
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
+    let mut write = super::TransitionWrite::new(run.clone(), subject.chain_head.clone());
+    if let Some(refused) = settle_claim(&mut write, &command, &payload, &request_id, &subject)? {
         return Ok(left(reject(tx, &command, refused).await?));
     }
     let mut approvals = None;
@@ -491,17 +503,31 @@ async fn apply_resume(
             .iter()
             .all(|r| r.response_type == ResponseType::Approval && r.approved == Some(true))
     {
-        match count_approval(tx, run, &command, &request_id, &subject, required).await? {
+        match count_approval(&mut write, &command, &request_id, &subject, required, now)? {
             Counted::Twice(why) => return Ok(left(reject(tx, &command, why).await?)),
             Counted::Short { approvals, version } => {
                 // The run keeps waiting on the same request.
-                let waiting = Succeeded {
+                let command_outcome = Succeeded {
                     status: RunStatus::AwaitingHitl,
                     version,
                     pending: Some(&request_id),
                     approvals: Some(&approvals),
-                };
-                return Ok(left(succeed(tx, command, &run.run_id, waiting).await?));
+                }
+                .outcome(&run.run_id);
+                write.complete(settled_by(&command, job, &command_outcome, now));
+                let mut state_run = subject.run;
+                state_run.version = version;
+                return Ok(applied(
+                    command,
+                    command_outcome,
+                    now,
+                    (RunStatus::AwaitingHitl, version),
+                    write,
+                    super::RunState {
+                        run: state_run,
+                        requests: Vec::new(),
+                    },
+                ));
             }
             Counted::Enough(all) => approvals = Some(all),
         }
@@ -509,11 +535,13 @@ async fn apply_resume(
     // The answers, the request's resolution, the run's move and the event, kept for
     // the transition's one write (the run's next steps may join them).
     let answers = Answers::of(&payload.responses, &answered);
+    // After a claim broken in the same write, its event's version comes first.
+    let version = write.run().version + 1;
     let entry = AuditEntry {
         request_id: Some(&request_id),
         ..command_entry(
             &command,
-            run.version + 1,
+            version,
             AuditAction::Resume,
             (run.status, outcome.status),
             match &approvals {
@@ -522,8 +550,6 @@ async fn apply_resume(
             },
         )
     };
-    let version = run.version + 1;
-    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
     let command_outcome = Succeeded {
         status: outcome.status,
         version,
@@ -532,7 +558,6 @@ async fn apply_resume(
     }
     .outcome(&run.run_id);
     let responses = answers.records(&request_id, &command.command_id, now);
-    let mut write = transition_write(tx, run, &subject).await?;
     write.settle(
         super::transition::Settle {
             request_id: Some(request_id.clone()),
@@ -723,45 +748,29 @@ enum Counted {
     Enough(Approvals),
 }
 
-/// Counts the command's approval of `request_id` once per approver (the primary key of
-/// `hitl_approvals` refuses a second). Short of the number needed, the run stays waiting
-/// with an `approval_recorded` event, and the approver's own claim ends with it.
-async fn count_approval(
-    tx: &mut Tx<'_>,
-    run: &mut LockedRun,
+/// Counts the command's approval of `request_id` once per approver, in `write` (the
+/// primary key of `hitl_approvals` would refuse a second; the approvals read under the
+/// run's lock say so first). Short of the number needed, the run stays waiting with an
+/// `approval_recorded` event, and the approver's own claim ends with it.
+fn count_approval(
+    write: &mut super::TransitionWrite,
     command: &CommandRecord,
     request_id: &RequestId,
     subject: &Subject,
     required: i32,
+    now: DateTime<Utc>,
 ) -> Result<Counted, PersistenceError> {
     let approver = command
         .approver
         .clone()
         .unwrap_or_else(|| format!("operator:{}", command.operator.id));
-    let counted = crate::db::query(
-        "insert into hitl_approvals (request_id, approver, command_id, principal, operator) \
-         values ($1, $2, $3, $4, $5) on conflict do nothing",
-    )
-    .bind(request_id)
-    .bind(&approver)
-    .bind(&command.command_id)
-    .bind(&command.principal)
-    .bind(sqlx::types::Json(&command.operator))
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
-        == 1;
-    let approvals: sqlx::types::Json<Approvals> =
-        crate::db::query_scalar(sqlx::AssertSqlSafe(format!(
-            "select {} from hitl_requests q where q.request_id = $1",
-            super::requests::approvals_sql("q")
-        )))
-        .bind(request_id)
-        .fetch_one(&mut **tx)
-        .await?;
-    let approvals = approvals.0;
-    if !counted {
-        let mut context = run.context(Some(request_id));
+    let mut approvals = subject.approvals.clone().unwrap_or(Approvals {
+        required: i64::from(required),
+        have: 0,
+        by: Vec::new(),
+    });
+    if approvals.counts(&approver) {
+        let mut context = write.run().context(Some(request_id));
         context.request_status = Some(crate::domain::RequestStatus::Pending);
         return Ok(Counted::Twice(Refusal::AlreadyApproved {
             message: format!(
@@ -772,6 +781,20 @@ async fn count_approval(
             context,
         }));
     }
+    approvals.have += 1;
+    approvals.by.push(super::requests::Approval {
+        approver: approver.clone(),
+        principal: command.principal.clone(),
+        operator: command.operator.clone(),
+        command_id: command.command_id.clone(),
+        at: now,
+    });
+    write.count_approval(super::transition::ApprovalRow {
+        approver: approver.clone(),
+        principal: command.principal.clone(),
+        operator: json!(command.operator),
+        at: now,
+    });
     if approvals.have >= i64::from(required) {
         return Ok(Counted::Enough(approvals));
     }
@@ -781,31 +804,32 @@ async fn count_approval(
         c.claimed_by
             .is(command.principal.as_deref(), &command.operator)
     }) {
-        super::claims::clear_claim(tx, request_id).await?;
+        write.set_claim(None);
         details["claimReleased"] = json!(true);
     }
-    let version = super::claims::note(
-        tx,
-        run,
+    let t = Transition::Note {
+        request_id: request_id.clone(),
+        note: RequestNote::ApprovalRecorded,
+    };
+    let version = super::claims::note_in(
+        write,
+        &t,
         request_id,
-        RequestNote::ApprovalRecorded,
         Some(Actor {
             principal: command.principal.as_deref(),
             operator: &command.operator,
             command_id: Some(&command.command_id),
         }),
         details,
-    )
-    .await?;
+    )?;
     Ok(Counted::Short { approvals, version })
 }
 
 /// A claim another principal holds on the request stops the command (`claimed`), unless
-/// the command was forced (the API checked `supervise`): then the claim is broken, with
-/// its own audit event, before the command applies.
-async fn settle_claim(
-    tx: &mut Tx<'_>,
-    run: &mut LockedRun,
+/// the command was forced (the API checked `supervise`): then the claim is broken in
+/// `write`, with its own audit event before the command's.
+fn settle_claim(
+    write: &mut super::TransitionWrite,
     command: &CommandRecord,
     payload: &CommandPayload,
     request_id: &RequestId,
@@ -821,7 +845,7 @@ async fn settle_claim(
         return Ok(None);
     }
     if !payload.force {
-        let mut context = run.context(Some(request_id));
+        let mut context = write.run().context(Some(request_id));
         context.request_status = Some(crate::domain::RequestStatus::Pending);
         return Ok(Some(claimed_refusal(claim, context)));
     }
@@ -830,7 +854,7 @@ async fn settle_claim(
         operator: &command.operator,
         command_id: Some(&command.command_id),
     };
-    super::claims::break_claim(tx, run, request_id, claim, by).await?;
+    super::claims::break_claim(write, request_id, claim, by)?;
     Ok(None)
 }
 
@@ -880,15 +904,15 @@ async fn apply_remove(
         .clone()
         .unwrap_or_else(|| "removed by an operator".to_owned());
     let denied = run.pending_request_id.clone();
+    // A claim broken, the request denied, the run cancelled, the events, the command's
+    // success and its job's completion: one write.
+    let mut write = super::TransitionWrite::new(run.clone(), subject.chain_head.clone());
     if let Some(request_id) = &denied
-        && let Some(refused) =
-            settle_claim(tx, run, &command, &payload, request_id, &subject).await?
+        && let Some(refused) = settle_claim(&mut write, &command, &payload, request_id, &subject)?
     {
         return Ok(left(reject(tx, &command, refused).await?));
     }
-    // The request denied, the run cancelled, the event, the command's success and its
-    // job's completion: one write.
-    let version = run.version + 1;
+    let version = write.run().version + 1;
     let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
     let command_outcome = Succeeded::moved(outcome.status, version).outcome(&run.run_id);
     let entry = AuditEntry {
@@ -901,7 +925,6 @@ async fn apply_remove(
             json!({ "reason": reason }),
         )
     };
-    let mut write = transition_write(tx, run, &subject).await?;
     write.settle(
         super::transition::Settle {
             request_id: denied.clone(),
@@ -932,22 +955,6 @@ async fn apply_remove(
             requests: Vec::new(),
         },
     ))
-}
-
-/// The write of a command's transition on `run` as locked: chained on the head the
-/// locking read brought, unless the run moved since (a claim broken by a forced
-/// command appended its own event), when the head is read again.
-async fn transition_write(
-    tx: &mut Tx<'_>,
-    run: &LockedRun,
-    subject: &Subject,
-) -> Result<super::TransitionWrite, PersistenceError> {
-    let head = if run.version == subject.run.version {
-        subject.chain_head.clone()
-    } else {
-        super::audit::stored_head(tx, &run.run_id).await?
-    };
-    Ok(super::TransitionWrite::new(run.clone(), head))
 }
 
 /// `failed → running` at the node that failed: the run's checkpointed context and
@@ -1091,31 +1098,6 @@ impl Succeeded<'_> {
         }
         outcome
     }
-}
-
-async fn succeed(
-    tx: &mut Tx<'_>,
-    command: CommandRecord,
-    run_id: &RunId,
-    succeeded: Succeeded<'_>,
-) -> Result<ApplyOutcome, PersistenceError> {
-    let outcome = succeeded.outcome(run_id);
-    let Succeeded {
-        status, version, ..
-    } = succeeded;
-    let command = finish_command(
-        tx,
-        &command.command_id,
-        CommandStatus::Succeeded,
-        outcome,
-        None,
-    )
-    .await?;
-    Ok(ApplyOutcome::Applied {
-        command,
-        run_status: status,
-        version,
-    })
 }
 
 async fn reject(

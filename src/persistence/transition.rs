@@ -94,10 +94,27 @@ pub struct TransitionWrite {
     /// Whether the run's `status_reason` is cleared (a retry) before `status_reason`.
     clear_reason: bool,
     runner_states: Vec<NodeRunnerState>,
-    /// A job to push with the write (the advancement that takes the run on from here).
+    /// A job to push with the write (the advancement that takes the run on from here,
+    /// or a follow-up), and when it is due (`None`: now).
     job: Option<super::queue::JobRow>,
+    job_at: Option<DateTime<Utc>>,
+    /// The pending request's claim as the transition leaves it: `Some(None)` cleared.
+    claim: Option<Option<super::Claim>>,
+    /// The pending request's follow-up bookkeeping and assignees, when they change.
+    follow_up: Option<Value>,
+    assignees: Option<Value>,
+    /// An approval of the pending request counted by the command.
+    approval: Option<ApprovalRow>,
     /// Set once written: (the run's version, whether the job was completed).
     written: Option<Written>,
+}
+
+/// An approval counted towards the pending request's number, as its row is inserted.
+pub(super) struct ApprovalRow {
+    pub approver: String,
+    pub principal: Option<String>,
+    pub operator: Value,
+    pub at: DateTime<Utc>,
 }
 
 /// What [`TransitionWrite::write`] did.
@@ -127,6 +144,11 @@ impl TransitionWrite {
             clear_reason: false,
             runner_states: Vec::new(),
             job: None,
+            job_at: None,
+            claim: None,
+            follow_up: None,
+            assignees: None,
+            approval: None,
             written: None,
         }
     }
@@ -134,6 +156,11 @@ impl TransitionWrite {
     /// The run's id.
     pub fn run_id(&self) -> &RunId {
         &self.now.run_id
+    }
+
+    /// The run as the steps so far leave it.
+    pub(super) fn run(&self) -> &LockedRun {
+        &self.now
     }
 
     /// A step to `status` recorded by `entry` (its version is set here).
@@ -204,6 +231,44 @@ impl TransitionWrite {
         }
         self.job = super::queue::job_row(job);
         self.job.is_some()
+    }
+
+    /// Pushes `job` with the write, due at `at`; `false` as for [`Self::enqueue`].
+    pub(super) fn enqueue_at<P: super::jobs::JobPayload>(
+        &mut self,
+        job: &P,
+        at: DateTime<Utc>,
+    ) -> bool {
+        let pushed = self.enqueue(job);
+        if pushed {
+            self.job_at = Some(at);
+        }
+        pushed
+    }
+
+    /// The command's success and its job's completion, in a transition that settles no
+    /// request (a note: an approval short of the number needed).
+    pub(super) fn complete(&mut self, settle: Settle) {
+        debug_assert!(settle.request_id.is_none() && settle.answers.ids.is_empty());
+        self.settle = Some(settle);
+    }
+
+    /// The pending request's claim becomes `claim` (`None`: cleared).
+    pub(super) fn set_claim(&mut self, claim: Option<super::Claim>) {
+        self.claim = Some(claim);
+    }
+
+    /// The pending request's follow-up bookkeeping becomes `follow_up`, and its assignees
+    /// `assignees` when given.
+    pub(super) fn set_follow_up(&mut self, follow_up: Value, assignees: Option<Value>) {
+        self.follow_up = Some(follow_up);
+        self.assignees = assignees;
+    }
+
+    /// Counts `approval` towards the pending request's number (its command is the
+    /// settle's).
+    pub(super) fn count_approval(&mut self, approval: ApprovalRow) {
+        self.approval = Some(approval);
     }
 
     /// A retry of a failed run: its failure reason is cleared and its runner metadata is
@@ -420,6 +485,8 @@ impl TransitionWrite {
         let a = a.unwrap_or(&empty);
         let trace = crate::telemetry::current_trace_context().map(|c| json!({ "trace": c }));
         let q = self.raise.as_ref();
+        let claim = self.claim.as_ref().and_then(Option::as_ref);
+        let p = self.approval.as_ref();
         let row: Option<(i64, bool)> = crate::db::query_as(sqlx::AssertSqlSafe(write_sql()))
             .bind(&self.fence.run_id)
             .bind(self.now.status)
@@ -501,6 +568,19 @@ impl TransitionWrite {
             // $71: the channels each event names, and its deadline notice's period.
             .bind(&named)
             .bind(&notices)
+            // $73: when the job pushed is due.
+            .bind(self.job_at)
+            // $74: the pending request's claim, follow-up and assignees, when they change.
+            .bind(self.claim.is_some())
+            .bind(claim.map(|c| sqlx::types::Json(&c.claimed_by)))
+            .bind(claim.map(|c| c.claim_expires_at))
+            .bind(&self.follow_up)
+            .bind(&self.assignees)
+            // $79: an approval counted.
+            .bind(p.map(|p| &p.approver))
+            .bind(p.and_then(|p| p.principal.as_ref()))
+            .bind(p.map(|p| &p.operator))
+            .bind(p.map(|p| p.at))
             .fetch_optional(&mut *conn)
             .await?;
         let Some((version, job_completed)) = row else {
@@ -566,8 +646,10 @@ fn now() -> DateTime<Utc> {
 /// which the statement's snapshot of `hitl_requests` does not show), and `$68`–`$69` the
 /// settled request's new status and a remove's reason (a command that named no request
 /// comes to name the one it settled), `$70` whether the run's failure reason is
-/// cleared first (a retry), and `$71`–`$72` the channels each event names and its
-/// deadline notice's period.
+/// cleared first (a retry), `$71`–`$72` the channels each event names and its
+/// deadline notice's period, `$73` when the job pushed is due, `$74`–`$78` the pending
+/// request's claim (`$74`: it changes), follow-up and assignees (settled or not), and
+/// `$79`–`$82` an approval of it counted (approver, principal, operator, when).
 ///
 /// The deliveries are `notifications::deliveries_cte`'s, each event's facets bound
 /// per event.
@@ -623,8 +705,20 @@ const WRITE_SQL: &str = "with run_write as ( \
                  responder_id, responder_display_name, item_id, edited)), \
     request as ( \
         update hitl_requests set \
-            status = $68, denial_reason = $69, resolved_at = now(), resolved_by = $25 \
-        where request_id = $13 and exists (select 1 from run_write)), \
+            status = case when $13::text is null then status else $68 end, \
+            denial_reason = case when $13::text is null then denial_reason else $69 end, \
+            resolved_at = case when $13::text is null then resolved_at else now() end, \
+            resolved_by = case when $13::text is null then resolved_by else $25 end, \
+            claimed_by = case when $74 then $75 else claimed_by end, \
+            claim_expires_at = case when $74 then $76 else claim_expires_at end, \
+            follow_up = coalesce($77, follow_up), assignees = coalesce($78, assignees) \
+        where request_id = coalesce($13, $11) \
+          and ($13::text is not null or $74 or $77::jsonb is not null) \
+          and exists (select 1 from run_write)), \
+    approval as ( \
+        insert into hitl_approvals (request_id, approver, command_id, principal, operator, \
+            created_at) \
+        select $11, $79, $14, $80, $81, $82 from run_write where $79::text is not null), \
     command_done as ( \
         update hitl_commands set status = 'succeeded', outcome = $26, error = null, \
             attempts = attempts + 1, started_at = coalesce(started_at, $27), \
@@ -655,7 +749,7 @@ const WRITE_SQL: &str = "with run_write as ( \
     next_job as ( \
         insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
             priority) \
-        select $52, $53, $54, 'Pending', 0, $55, now(), 0 from run_write \
+        select $52, $53, $54, 'Pending', 0, $55, coalesce($73, now()), 0 from run_write \
         where $52::text is not null \
         returning 1) \
     select version, exists (select 1 from job_done) from run_write";

@@ -397,6 +397,109 @@ async fn one_retry_costs_the_worker_one_read_and_one_write() {
     app.stop().await;
 }
 
+/// The API's statements for a claim or a release, which it writes itself (no command):
+/// BEGIN, the locking read of the request with its run and chain head, the one write of
+/// the claim with its event and deliveries, COMMIT.
+const CLAIM_CEILING: i64 = 4;
+
+/// A claim, and its release, each cost the API one locking read and one write.
+#[tokio::test]
+async fn a_claim_and_its_release_each_cost_the_api_one_read_and_one_write() {
+    let Some((app, worker)) = counted("{request_claimed,request_released}").await else {
+        return;
+    };
+    let (run, request) = app.parked_with(review_plan()).await;
+    quiet(&app.pool).await;
+    let body = json!({ "requestId": request, "operator": { "id": "alice" } });
+    let mut costs = Vec::new();
+    for path in ["/api/hitl/claim", "/api/hitl/unclaim"] {
+        reset(&app.pool, API_ROLE).await;
+        let reply = app.post(path, OPERATOR, &body).await;
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        costs.push((path, ran(&app.pool, API_ROLE).await));
+    }
+    worker.stop().await;
+    let (claimed, events, told): (Option<String>, Vec<String>, i64) = sqlx::query_as(
+        "select (select claimed_by::text from hitl_requests where request_id = $2), \
+             (select array_agg(action order by run_version) from run_audit_events \
+              where run_id = $1 and action in ('request_claimed', 'request_released')), \
+             (select count(*) from notification_deliveries)",
+    )
+    .bind(&run)
+    .bind(&request)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(claimed, None, "released");
+    assert_eq!(events, ["request_claimed", "request_released"]);
+    assert_eq!(told, 2, "the claim and the release were told");
+    for (path, api) in &costs {
+        assert!(total(api) <= CLAIM_CEILING, "{path}: the API ran {api:#?}");
+        assert_eq!(
+            calls_of(api, "with run_write as"),
+            1,
+            "{path}: one write {api:#?}"
+        );
+    }
+    app.assert_audit_intact().await;
+    app.stop().await;
+}
+
+/// An approval short of the number a request needs: the locking read (which brings
+/// the approvals counted so far), then one write counting it, with its event, the
+/// command's success and the job's completion; the run keeps waiting.
+#[tokio::test]
+async fn an_approval_short_of_the_number_costs_the_worker_one_read_and_one_write() {
+    let Some((app, worker)) = counted("{approval_recorded}").await else {
+        return;
+    };
+    let plan = json!({ "nodes": [
+        { "id": "review", "type": "hitl", "prompt": "Pay?",
+          "responseTypes": ["approval", "rejection"], "approvals": { "required": 2 } },
+        { "id": "pay", "type": "task", "capability": "set", "input": { "paid": true } } ] });
+    let (run, request) = app.parked_with(plan).await;
+    quiet(&app.pool).await;
+    reset(&app.pool, WORKER_ROLE).await;
+    let accepted = app
+        .post(
+            "/api/hitl/resume",
+            OPERATOR,
+            &approval(&run, &request, "alice"),
+        )
+        .await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let command = accepted.body["commandId"].as_str().unwrap().to_owned();
+    wait_final(&app.pool, &command).await;
+    let worker_ran = ran(&app.pool, WORKER_ROLE).await;
+    worker.stop().await;
+    let (status, approvals, outcome, told): (String, i64, Value, i64) = sqlx::query_as(
+        "select (select status::text from orchestrator_runs where run_id = $1), \
+             (select count(*) from hitl_approvals where request_id = $2), \
+             (select outcome from hitl_commands where command_id = $3), \
+             (select count(*) from notification_deliveries where event = 'approval_recorded')",
+    )
+    .bind(&run)
+    .bind(&request)
+    .bind(&command)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), approvals, told), ("awaiting_hitl", 1, 1));
+    assert_eq!(outcome["approvals"]["have"], 1, "{outcome}");
+    assert_eq!(outcome["run"]["pendingRequestId"], request.as_str());
+    assert_eq!(
+        calls_of(&worker_ran, "with run_write as"),
+        1,
+        "{worker_ran:#?}"
+    );
+    assert!(
+        total(&worker_ran) <= WORKER_CEILING,
+        "worker ran {worker_ran:#?}"
+    );
+    app.assert_audit_intact().await;
+    app.stop().await;
+}
+
 /// An agent that asks about `n` tool calls at once, then completes.
 fn agent_of(n: usize) -> std::sync::Arc<crate::agent_faults::RawAgent> {
     crate::agent_faults::raw_agent(move |body, _| {
