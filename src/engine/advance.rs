@@ -60,40 +60,106 @@ pub enum AdvanceOutcome {
     Deferred { version: i64 },
 }
 
-/// Where an advancement's writes go.
+/// Where an advancement's writes go: every step joins a `TransitionWrite`.
 enum Store<'a, 'c> {
-    /// A transaction per node, committed before the next node runs.
-    Pool(&'a PgPool),
+    /// The advancement job's own: the steps since the run was read (without its lock)
+    /// gather in `write`, fenced on the run as read, and are made in one transaction
+    /// before a node that calls out (no call runs inside a transaction) and at the end,
+    /// where the job's completion, `job`, joins them.
+    Pool {
+        pool: &'a PgPool,
+        write: Box<TransitionWrite>,
+        job: Option<persistence::JobClaim<'a>>,
+        /// Whether the last write completed the job (fenced on its claim).
+        job_completed: bool,
+        /// The last write's transaction, once begun (a raised request's jobs go in it).
+        last: Option<Tx<'static>>,
+    },
     /// The caller's transition, written in one statement with it: checkpoints, a raised
-    /// request and the run's end join it; any other write makes it first, then goes
-    /// into the caller's transaction.
+    /// request and the run's end join it.
     Batch(&'a mut Tx<'c>, &'a mut TransitionWrite),
 }
 
-/// Runs `$body` (a `Result<Option<T>, EngineError>` where `None` is a fencing refusal)
-/// with `$tx` bound to a transaction of `$store`: a fresh one committed when the body
-/// succeeded, or the caller's once the transition's write is made. Written as a macro
-/// because the two arms' transactions differ in type and a closure cannot lend a
-/// borrowed transaction to a future.
-macro_rules! write_step {
-    ($store:expr, |$tx:ident| $body:expr) => {
-        match $store {
-            Store::Pool(pool) => {
-                let mut owned = pool.begin().await.map_err(PersistenceError::from)?;
-                let $tx = &mut owned;
-                let result = $body;
-                if let Ok(Some(_)) = &result {
-                    owned.commit().await.map_err(PersistenceError::from)?;
-                }
-                result
+impl Store<'_, '_> {
+    fn write(&mut self) -> &mut TransitionWrite {
+        match self {
+            Store::Pool { write, .. } => write,
+            Store::Batch(_, write) => write,
+        }
+    }
+
+    /// The advancement job's steps so far, made in one transaction (nothing when there
+    /// are none), before a node that calls out; a new write then goes on from them.
+    async fn flush(&mut self) -> Result<(), PersistenceError> {
+        let Store::Pool { pool, write, .. } = self else {
+            return Ok(());
+        };
+        if write.is_empty() {
+            return Ok(());
+        }
+        let mut tx = pool.begin().await?;
+        write.write(&mut tx).await?;
+        tx.commit().await?;
+        if let Some(next) = write.next() {
+            **write = next;
+        }
+        Ok(())
+    }
+
+    /// Raises `request` in the write (its deadline's and follow-ups' jobs pushed
+    /// beside it, in the last write's transaction).
+    async fn raise(
+        &mut self,
+        version: i64,
+        request: &NewRequest,
+        state: &StepState,
+    ) -> Result<(RequestId, i64), PersistenceError> {
+        match self {
+            Store::Batch(tx, write) => {
+                persistence::raise_into(tx, write, version, request, state).await
             }
-            Store::Batch(outer, write) => {
-                write.write(&mut **outer).await?;
-                let $tx = &mut **outer;
-                $body
+            Store::Pool {
+                pool, write, last, ..
+            } => {
+                let tx = match last {
+                    Some(tx) => tx,
+                    None => last.insert(pool.begin().await?),
+                };
+                persistence::raise_into(tx, write, version, request, state).await
             }
         }
-    };
+    }
+
+    /// The last write of an advancement (the run paused or ended) in the job's store, in
+    /// one transaction with the job's completion; a lost claim rolls it back. Nothing for
+    /// the caller's store, whose caller makes the write.
+    async fn write_last(&mut self) -> Result<(), PersistenceError> {
+        let Store::Pool {
+            pool,
+            write,
+            job,
+            job_completed,
+            last,
+        } = self
+        else {
+            return Ok(());
+        };
+        let mut tx = match last.take() {
+            Some(tx) => tx,
+            None => pool.begin().await?,
+        };
+        if let Some(j) = job {
+            write.complete_job(j.job_id, j.worker_id);
+        }
+        let written = write.write(&mut tx).await?;
+        if job.is_some() && !written.job_completed {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        tx.commit().await?;
+        *job_completed = job.is_some();
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -206,15 +272,50 @@ fn fenced<T>(result: Result<T, PersistenceError>) -> Result<Option<T>, EngineErr
 }
 
 impl Engine {
-    /// Advances `run_id` as far as it can go now, committing a checkpoint per node. See
-    /// the module docs of `engine`.
+    /// Advances `run_id` as far as it can go now: one read of the run, then its steps in
+    /// one write before each node that calls out and one at the end. See the module docs
+    /// of `engine`.
     pub async fn advance(
         &self,
         pool: &PgPool,
         run_id: &RunId,
     ) -> Result<AdvanceOutcome, EngineError> {
+        Ok(self.advance_job(pool, run_id, None).await?.0)
+    }
+
+    /// [`Engine::advance`] for the job `job`, whose completion (fenced on its claim)
+    /// joins the last write; also returns whether it did (`false`: nothing was written
+    /// last, or the claim was lost and the last write rolled back).
+    pub async fn advance_job(
+        &self,
+        pool: &PgPool,
+        run_id: &RunId,
+        job: Option<persistence::JobClaim<'_>>,
+    ) -> Result<(AdvanceOutcome, bool), EngineError> {
         let span = tracing::info_span!("advance", run.id = %run_id, advance.inline = false);
-        self.advance_on(pool, run_id).instrument(span).await
+        async {
+            let (state, write) = persistence::read_for_advance(pool, run_id)
+                .await?
+                .ok_or_else(|| EngineError::RunNotFound(run_id.clone()))?;
+            let mut store = Store::Pool {
+                pool,
+                write: Box::new(write),
+                job,
+                job_completed: false,
+                last: None,
+            };
+            let outcome = self.advance_state(&mut store, state).await?;
+            let completed = matches!(
+                store,
+                Store::Pool {
+                    job_completed: true,
+                    ..
+                }
+            );
+            Ok((outcome, completed))
+        }
+        .instrument(span)
+        .await
     }
 
     /// Advances the run that `write` (a command or an expiry applied in memory) moves,
@@ -235,26 +336,15 @@ impl Engine {
     ) -> Result<AdvanceOutcome, EngineError> {
         let span =
             tracing::info_span!("advance", run.id = %state.run.run_id, advance.inline = true);
-        self.advance_state(Store::Batch(tx, write), state)
+        self.advance_state(&mut Store::Batch(tx, write), state)
             .instrument(span)
             .await
-    }
-
-    async fn advance_on(
-        &self,
-        pool: &PgPool,
-        run_id: &RunId,
-    ) -> Result<AdvanceOutcome, EngineError> {
-        let snap = persistence::load_run_state(pool, run_id)
-            .await?
-            .ok_or_else(|| EngineError::RunNotFound(run_id.clone()))?;
-        self.advance_state(Store::Pool(pool), snap.into()).await
     }
 
     /// Advances the run `snap` describes (see [`Engine::advance`]).
     async fn advance_state(
         &self,
-        mut store: Store<'_, '_>,
+        store: &mut Store<'_, '_>,
         snap: RunState,
     ) -> Result<AdvanceOutcome, EngineError> {
         let run_id = &snap.run.run_id.clone();
@@ -288,10 +378,7 @@ impl Engine {
         let mut version = snap.run.version;
 
         if status == RunStatus::Queued {
-            let started = write_step!(&mut store, |tx| fenced(
-                persistence::start_run(tx, run_id, version).await
-            ));
-            let Some(v) = started? else {
+            let Some(v) = fenced(store.write().start(version))? else {
                 return Ok(AdvanceOutcome::Superseded);
             };
             version = v;
@@ -320,13 +407,22 @@ impl Engine {
             let step = match &node.kind {
                 NodeKind::Hitl(h) => self.hitl_step(&at, h, &mut work)?,
                 NodeKind::Task(t) => {
-                    // Only a node that calls out is an agent's; the inline loop never gets here.
-                    let state = match &mut store {
-                        Store::Pool(pool) if !self.is_local(t) => {
+                    // Only a node that calls out is an agent's; the inline loop never gets
+                    // here. The steps before it are made first: no call runs inside a
+                    // transaction, and its outcome is written on them.
+                    let state = match store {
+                        Store::Pool { pool, .. } if !self.is_local(t) => {
+                            let pool = *pool;
+                            if fenced(store.flush().await)?.is_none() {
+                                return Ok(AdvanceOutcome::Superseded);
+                            }
                             let mut conn = crate::db::session(pool)
                                 .await
                                 .map_err(PersistenceError::from)?;
-                            persistence::runner_state(&mut *conn, run_id, &node.id).await?
+                            let state =
+                                persistence::runner_state(&mut *conn, run_id, &node.id).await?;
+                            conn.close().await.map_err(PersistenceError::from)?;
+                            state
                         }
                         _ => None,
                     };
@@ -348,15 +444,13 @@ impl Engine {
                             node_id: Some(node.id.clone()),
                             state: Some(state),
                         };
-                        let finished = match &mut store {
-                            Store::Batch(_, write) => fenced(write.finish(version, &finish)),
-                            store => write_step!(store, |tx| fenced(
-                                persistence::finish_run(tx, run_id, version, &finish).await
-                            )),
-                        };
-                        let Some(v) = finished? else {
+                        let finished = fenced(store.write().finish(version, &finish))?;
+                        let Some(v) = finished else {
                             return Ok(AdvanceOutcome::Superseded);
                         };
+                        if fenced(store.write_last().await)?.is_none() {
+                            return Ok(AdvanceOutcome::Superseded);
+                        }
                         return Ok(AdvanceOutcome::Finished {
                             status: RunStatus::Completed,
                             version: v,
@@ -368,13 +462,7 @@ impl Engine {
                         action,
                         details,
                     };
-                    let checkpointed = match &mut store {
-                        Store::Batch(_, write) => fenced(write.checkpoint(version, step)),
-                        store => write_step!(store, |tx| fenced(
-                            persistence::checkpoint(tx, run_id, version, step).await
-                        )),
-                    };
-                    let Some(v) = checkpointed? else {
+                    let Some(v) = fenced(store.write().checkpoint(version, step))? else {
                         return Ok(AdvanceOutcome::Superseded);
                     };
                     version = v;
@@ -385,17 +473,13 @@ impl Engine {
                     work.meta.cursor = Some(node.id.clone());
                     work.meta.awaiting_request_id = Some(request.request_id.clone());
                     let state = step_state(run_id, &work)?;
-                    let raised = match &mut store {
-                        Store::Batch(tx, write) => fenced(
-                            persistence::raise_into(tx, write, version, &request, &state).await,
-                        ),
-                        store => write_step!(store, |tx| fenced(
-                            persistence::raise_request(tx, run_id, version, &request, &state).await
-                        )),
-                    };
-                    let Some((request_id, v)) = raised? else {
+                    let raised = fenced(store.raise(version, &request, &state).await)?;
+                    let Some((request_id, v)) = raised else {
                         return Ok(AdvanceOutcome::Superseded);
                     };
+                    if fenced(store.write_last().await)?.is_none() {
+                        return Ok(AdvanceOutcome::Superseded);
+                    }
                     return Ok(AdvanceOutcome::Paused {
                         request_id,
                         version: v,
@@ -415,26 +499,14 @@ impl Engine {
                         node_id: Some(node.id.clone()),
                         state: Some(state.clone()),
                     };
-                    let ended = match &mut store {
-                        Store::Batch(_, write) => {
-                            end_in(write, version, disabled, &node.id, &state, &finish)
-                        }
-                        // The run locked, then its end (and a disabled node's step) in
-                        // one write of its own.
-                        store => write_step!(store, |tx| async {
-                            let mut write = persistence::lock_for_write(tx, run_id).await?;
-                            let ended =
-                                end_in(&mut write, version, disabled, &node.id, &state, &finish)?;
-                            if ended.is_some() {
-                                write.write(tx).await?;
-                            }
-                            Ok(ended)
-                        }
-                        .await),
-                    };
-                    let Some(v) = ended? else {
+                    let ended =
+                        end_in(store.write(), version, disabled, &node.id, &state, &finish)?;
+                    let Some(v) = ended else {
                         return Ok(AdvanceOutcome::Superseded);
                     };
+                    if fenced(store.write_last().await)?.is_none() {
+                        return Ok(AdvanceOutcome::Superseded);
+                    }
                     return Ok(AdvanceOutcome::Finished { status, version: v });
                 }
             }

@@ -1,5 +1,7 @@
-//! Job `hitl_advance`: advance a run with the engine. The engine commits a checkpoint
-//! per node, each fenced by the run's version; the job completes after it.
+//! Job `hitl_advance`: advance a run with the engine. The engine reads the run once and
+//! writes its steps in one statement before each node that calls out and one at the
+//! end, each fenced by the run's version; the job completes in the last of them (or on
+//! its own when the run had nothing to do).
 //!
 //! A node whose call fails transiently (its agent is down) does not spend the job's
 //! attempts: the run records the outage (`agent_retry`, one `agent_unreachable` event)
@@ -51,10 +53,27 @@ async fn advance(
     claimed: &ClaimedJob,
     run_id: &RunId,
 ) -> Result<Handled, JobError> {
-    match ctx.engine.advance(&ctx.pool, run_id).await {
-        Ok(outcome) => {
+    let job = persistence::JobClaim {
+        job_id: &claimed.id,
+        worker_id: &ctx.worker_id,
+    };
+    match ctx.engine.advance_job(&ctx.pool, run_id, Some(job)).await {
+        // The run paused or ended, and the job completed in the same write.
+        Ok((outcome, true)) => {
             tracing::debug!(%run_id, ?outcome, "run advanced");
             super::count_transitions(super::reached(&outcome));
+            return Ok(Handled::Done);
+        }
+        Ok((outcome, false)) => {
+            tracing::debug!(%run_id, ?outcome, "run advanced");
+            if matches!(
+                outcome,
+                crate::engine::AdvanceOutcome::Paused { .. }
+                    | crate::engine::AdvanceOutcome::Finished { .. }
+            ) {
+                // Its last write was rolled back: the claim was lost.
+                return Ok(Handled::LostClaim);
+            }
         }
         Err(EngineError::Transient {
             node_id,

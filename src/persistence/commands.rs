@@ -103,8 +103,7 @@ pub async fn record_command(
         CommandKind::Retry => queue::job_row(&ApplyRetry {
             command_id: command_id.clone(),
         }),
-    }
-    .ok_or_else(|| PersistenceError::Database(sqlx::Error::Protocol("command job".into())))?;
+    };
     // No command without its job: the job is inserted only with the command, in the
     // same statement.
     let inserted: Option<CommandRecord> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
@@ -132,6 +131,8 @@ pub async fn record_command(
     .bind(job.kind)
     .bind(&job.job)
     .bind(job.max_attempts)
+    .bind(job.meta_key)
+    .bind(&job.meta_value)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(command) = inserted {
@@ -316,10 +317,18 @@ pub async fn apply_command(
 ) -> Result<ApplyOutcome, PersistenceError> {
     let (outcome, applying) = apply(tx, command_id, None).await?;
     if let Applying::Unwritten(mut unwritten) = applying {
+        // The run moves on: its next advancement is pushed with the resume.
+        let mut pushed = true;
+        let moves_on =
+            advance == AdvanceBy::Job && unwritten.state.run.status == RunStatus::Running;
+        let run_id = unwritten.write.run_id().clone();
+        if moves_on {
+            pushed = unwritten.write.enqueue(&Advance {
+                run_id: run_id.clone(),
+            });
+        }
         unwritten.write.write(tx).await?;
-        // The run moves on: its next advancement commits with the resume.
-        if advance == AdvanceBy::Job && unwritten.state.run.status == RunStatus::Running {
-            let run_id = unwritten.write.run_id().clone();
+        if !pushed {
             queue::enqueue(tx, &Advance { run_id }, None).await?;
         }
     }

@@ -68,7 +68,7 @@ pub use sessions::{NewSession, SessionRecord, delete_session, find_session, inse
 pub use snapshot::{
     AnsweredRequest, AuditRecord, RequestRecord, RequestView, ResponseRecord, RunRecord,
     RunSnapshot, RunState, load_request, load_run_state, load_run_state_in, load_snapshot,
-    load_snapshot_in,
+    load_snapshot_in, read_for_advance,
 };
 pub use transition::{TransitionWrite, Written, lock_for_write};
 

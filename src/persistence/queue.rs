@@ -99,31 +99,36 @@ pub(super) struct JobRow {
     pub kind: &'static str,
     pub job: Vec<u8>,
     pub max_attempts: i32,
+    /// Its apalis metadata (what it acts on), as a key and a value.
+    pub meta_key: Option<&'static str>,
+    pub meta_value: Option<String>,
 }
 
-/// An `insert into apalis.jobs` of one [`JobRow`] per row of `from`, its id, kind, job and
-/// max attempts bound to `$first` … `$first + 3` (as `push_tasks` writes it: pending, due
-/// now, priority 0).
+/// An `insert into apalis.jobs` of one [`JobRow`] per row of `from`, its id, kind, job,
+/// max attempts, metadata key and value bound to `$first` … `$first + 5` (as `push_tasks`
+/// writes it: pending, due now, priority 0).
 pub(super) fn insert_job_sql(first: u8, from: &str) -> String {
-    let [id, kind, job, max_attempts] = [first, first + 1, first + 2, first + 3];
+    let [id, kind, job, max_attempts, key, value] =
+        [first, first + 1, first + 2, first + 3, first + 4, first + 5];
     format!(
         "insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
-             priority) \
-         select ${id}, ${kind}, ${job}, 'Pending', 0, ${max_attempts}, now(), 0 from {from}"
+             priority, metadata) \
+         select ${id}, ${kind}, ${job}, 'Pending', 0, ${max_attempts}, now(), 0, \
+             coalesce(hstore(${key}::text, ${value}::text), ''::hstore) from {from}"
     )
 }
 
-/// The row of `job`, due now; `None` for a kind with metadata (pushed with `enqueue`).
-pub(super) fn job_row<P: JobPayload>(job: &P) -> Option<JobRow> {
-    if job.metadata().is_some() {
-        return None;
-    }
-    Some(JobRow {
+/// The row of `job`, due now.
+pub(super) fn job_row<P: JobPayload>(job: &P) -> JobRow {
+    let (meta_key, meta_value) = job.metadata().unzip();
+    JobRow {
         id: ulid::Ulid::generate().to_string(),
         kind: P::KIND,
         job: payload_of(job),
         max_attempts: DEFAULT_MAX_ATTEMPTS,
-    })
+        meta_key,
+        meta_value,
+    }
 }
 
 /// Pushes `job` in the caller's transaction (due now, or at `run_at`). Rolled back with

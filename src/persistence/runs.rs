@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::jobs::{Advance, Expire};
 use super::queue;
-use super::{AuditEntry, LockedRun, PersistenceError, Tx, append_audit, lock_run};
+use super::{AuditEntry, LockedRun, PersistenceError, Tx, lock_run};
 use crate::domain::{
     AuditAction, BriefId, RequestId, ResponseType, RunId, RunStatus, ThreadId, TimeoutAction,
     Transition,
@@ -50,81 +50,130 @@ pub struct CreatedRun {
 }
 
 /// Creates the brief (when new) and the run, `queued`, at version 1, with its
-/// `run_created` audit event.
+/// `run_created` audit event (the first of its chain, hashed and signed here), the
+/// deliveries of the channels that want it and the run's first advancement job, in one
+/// statement of the caller's transaction (no run without its job). A taken thread id
+/// leaves only the new brief written, which the caller's rollback undoes.
 pub async fn create_run(tx: &mut Tx<'_>, new: NewRun) -> Result<CreatedRun, PersistenceError> {
-    let brief_id = match new.brief {
-        BriefInput::New { title, content } => {
-            let id = BriefId::new();
-            crate::db::query("insert into briefs (brief_id, title, content) values ($1, $2, $3)")
-                .bind(&id)
-                .bind(title)
-                .bind(content)
-                .execute(&mut **tx)
-                .await?;
-            id
-        }
-        BriefInput::Existing(id) => {
-            let exists: bool =
-                crate::db::query_scalar("select exists(select 1 from briefs where brief_id = $1)")
-                    .bind(&id)
-                    .fetch_one(&mut **tx)
-                    .await?;
-            if !exists {
-                return Err(PersistenceError::NotFound {
-                    entity: "brief",
-                    id: id.to_string(),
-                });
-            }
-            id
-        }
+    let (brief_id, created_brief) = match new.brief {
+        BriefInput::New { title, content } => (BriefId::new(), Some((title, content))),
+        BriefInput::Existing(id) => (id, None),
     };
     let run_id = RunId::new();
     let thread_id = new.thread_id.unwrap_or_else(ThreadId::new);
+    let created_at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let entry = AuditEntry {
+        run_version: 1,
+        action: Some(AuditAction::RunCreated),
+        principal: new.principal.as_deref(),
+        to_status: Some(RunStatus::Queued),
+        ..AuditEntry::default()
+    };
+    let fields = super::audit::chain_fields(&run_id, &entry, None, created_at);
+    let hash = super::audit::event_hash(&fields);
+    let (signature, key_id) = super::audit::signature_of(&hash);
+    let job = queue::job_row(&Advance {
+        run_id: run_id.clone(),
+    });
+    let trace = crate::telemetry::current_trace_context().map(|c| json!({ "trace": c }));
+    let (title, content) = created_brief.unzip();
     // `on conflict do nothing` instead of catching the unique violation: a violation
     // would abort the caller's transaction.
-    let inserted = crate::db::query(
-        "insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan, \
-             execution_context, runner_metadata) \
-         values ($1, $2, $3, 'queued', $4, $5, $6) on conflict (thread_id) do nothing",
-    )
-    .bind(&run_id)
-    .bind(&thread_id)
-    .bind(&brief_id)
-    .bind(&new.plan)
-    .bind(&new.execution_context)
-    .bind(&new.runner_metadata)
-    .execute(&mut **tx)
-    .await?;
-    if inserted.rows_affected() == 0 {
+    let (brief_found, created): (bool, bool) =
+        crate::db::query_as(sqlx::AssertSqlSafe(create_sql()))
+            .bind(&run_id)
+            .bind(&thread_id)
+            .bind(&brief_id)
+            .bind(&new.plan)
+            .bind(&new.execution_context)
+            .bind(&new.runner_metadata)
+            .bind(title.is_some())
+            .bind(title)
+            .bind(content)
+            .bind(&fields.action)
+            .bind(&fields.to_status)
+            .bind(&fields.details)
+            .bind(&fields.principal)
+            .bind(fields.created_at)
+            .bind(&fields.trace_id)
+            .bind(hash.as_slice())
+            .bind(signature)
+            .bind(key_id)
+            .bind(AuditAction::RunCreated.event_name())
+            .bind(trace)
+            .bind(queue::DEFAULT_MAX_ATTEMPTS)
+            .bind(&job.id)
+            .bind(job.kind)
+            .bind(&job.job)
+            .bind(job.max_attempts)
+            .bind(job.meta_key)
+            .bind(&job.meta_value)
+            .fetch_one(&mut **tx)
+            .await?;
+    if !brief_found {
+        return Err(PersistenceError::NotFound {
+            entity: "brief",
+            id: brief_id.to_string(),
+        });
+    }
+    if !created {
         return Err(PersistenceError::ThreadTaken(thread_id.to_string()));
     }
-    append_audit(
-        tx,
-        &run_id,
-        AuditEntry {
-            run_version: 1,
-            action: Some(AuditAction::RunCreated),
-            principal: new.principal.as_deref(),
-            to_status: Some(RunStatus::Queued),
-            ..AuditEntry::default()
-        },
-    )
-    .await?;
-    // The run's first advancement, in the same transaction: no run without its job.
-    queue::enqueue(
-        tx,
-        &Advance {
-            run_id: run_id.clone(),
-        },
-        None,
-    )
-    .await?;
+    super::audit::remember_head(&run_id, 1, &hash);
+    super::remember_run(LockedRun {
+        run_id: run_id.clone(),
+        status: RunStatus::Queued,
+        pending_request_id: None,
+        version: 1,
+    });
     Ok(CreatedRun {
         run_id,
         thread_id,
         brief_id,
         status: RunStatus::Queued,
         version: 1,
+    })
+}
+
+/// The statement [`create_run`] runs: `$1`–`$6` the run, `$7`–`$9` a new brief (`$7`:
+/// whether there is one; else `$3` must exist), `$10`–`$18` its first event, `$19` the
+/// event's name for notifications, `$20`–`$21` the deliveries' jobs' trace and max
+/// attempts, `$22`–`$27` the advancement job.
+fn create_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "with brief_new as ( \
+                 insert into briefs (brief_id, title, content) \
+                 select $3, $8, $9 where $7 returning brief_id), \
+             brief as ( \
+                 select brief_id from brief_new \
+                 union all select brief_id from briefs where brief_id = $3 and not $7), \
+             run_write as ( \
+                 insert into orchestrator_runs (run_id, thread_id, brief_id, status, plan, \
+                     execution_context, runner_metadata) \
+                 select $1, $2, brief.brief_id, 'queued', $4, $5, $6 from brief \
+                 on conflict (thread_id) do nothing returning run_id), \
+             event as ( \
+                 insert into run_audit_events (run_id, run_version, action, to_status, \
+                     details, principal, created_at, trace_id, prev_hash, hash, signature, \
+                     key_id) \
+                 select $1, 1, $10, $11, $12, $13, $14, $15, null, $16, $17, $18 \
+                 from run_write \
+                 returning event_id, run_version, request_id), \
+             raised as (select null::text as request_id, null::text as node_id, \
+                 null::jsonb as assignees where false), \
+             {}, \
+             job as ({} returning 1) \
+             select exists (select 1 from brief), exists (select 1 from run_write)",
+            super::notifications::deliveries_cte(
+                "cross join (select $19::text, null::text, '[]'::jsonb, null::int) \
+                     as f(name, node_id, named, notice_seconds)",
+                "$20",
+                "$21",
+            ),
+            queue::insert_job_sql(22, "run_write")
+        )
     })
 }
 

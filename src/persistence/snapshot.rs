@@ -407,11 +407,46 @@ pub async fn load_run_state_in(
     load_parts(conn, run_id, false).await
 }
 
+/// What the advancement job reads, in one statement without a lock: the run as
+/// [`load_run_state`] reads it (one statement is its own consistent snapshot), and a
+/// write of its next steps fenced on the run as read and chained on its head as read.
+pub async fn read_for_advance(
+    pool: &PgPool,
+    run_id: &RunId,
+) -> Result<Option<(RunState, super::TransitionWrite)>, PersistenceError> {
+    let mut conn = crate::db::session(pool).await?;
+    let read = read_parts(&mut conn, run_id, false).await?;
+    conn.close().await?;
+    Ok(read.map(|(snapshot, head)| {
+        let fence = super::LockedRun {
+            run_id: snapshot.run.run_id.clone(),
+            status: snapshot.run.status,
+            pending_request_id: snapshot.run.pending_request_id.clone(),
+            version: snapshot.run.version,
+        };
+        (
+            snapshot.into(),
+            super::TransitionWrite::optimistic(fence, head),
+        )
+    }))
+}
+
 async fn load_parts(
     conn: &mut PgConnection,
     run_id: &RunId,
     with_audit: bool,
 ) -> Result<Option<RunSnapshot>, PersistenceError> {
+    Ok(read_parts(conn, run_id, with_audit)
+        .await?
+        .map(|(snapshot, _)| snapshot))
+}
+
+/// The snapshot, with the hash of the run's latest event.
+async fn read_parts(
+    conn: &mut PgConnection,
+    run_id: &RunId,
+    with_audit: bool,
+) -> Result<Option<(RunSnapshot, Option<Vec<u8>>)>, PersistenceError> {
     // The run with its requests and their answers in one statement: a row per answer,
     // or one with no answer, or one with no request at all. The run's columns are
     // prefixed (`run_`), so the request's keep the names `RequestRecord` reads.
@@ -425,7 +460,9 @@ async fn load_parts(
              s.response_id, coalesce(s.item_id, q.node_id) as item_id, s.response_type, \
              s.edited_arguments, s.approved, s.option_id, s.freeform_text, \
              s.responder_id, s.responder_display_name, s.command_id, \
-             s.created_at as answered_at \
+             s.created_at as answered_at, \
+             (select e.hash from run_audit_events e where e.run_id = o.run_id \
+              order by e.run_version desc limit 1) as chain_head \
          from orchestrator_runs o \
          left join hitl_requests q on q.run_id = o.run_id \
          left join hitl_responses s on s.request_id = q.request_id \
@@ -443,6 +480,7 @@ async fn load_parts(
         return Ok(None);
     };
     let run = PrefixedRun::from_row(first)?.into();
+    let head: Option<Vec<u8>> = first.try_get("chain_head")?;
     let rows = rows
         .iter()
         .filter_map(
@@ -481,11 +519,14 @@ async fn load_parts(
         }
     }
     if !with_audit {
-        return Ok(Some(RunSnapshot {
-            run,
-            hitl_requests: requests,
-            audit_log: Vec::new(),
-        }));
+        return Ok(Some((
+            RunSnapshot {
+                run,
+                hitl_requests: requests,
+                audit_log: Vec::new(),
+            },
+            head,
+        )));
     }
     let audit_log = crate::db::query_as::<AuditRow>(
         "select event_id, run_version, action, operator_id, operator_display_name, \
@@ -499,9 +540,12 @@ async fn load_parts(
     .into_iter()
     .map(AuditRecord::from)
     .collect();
-    Ok(Some(RunSnapshot {
-        run,
-        hitl_requests: requests,
-        audit_log,
-    }))
+    Ok(Some((
+        RunSnapshot {
+            run,
+            hitl_requests: requests,
+            audit_log,
+        },
+        head,
+    )))
 }

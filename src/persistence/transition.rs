@@ -105,6 +105,14 @@ pub struct TransitionWrite {
     assignees: Option<Value>,
     /// An approval of the pending request counted by the command.
     approval: Option<ApprovalRow>,
+    /// A job completed with the write, fenced on its claim, when no command's settle
+    /// names it (the advancement job's own): (job id, worker id).
+    job_claim: Option<(String, String)>,
+    /// Fenced on a run read without its lock (the advancement job's read): a fence that
+    /// fails means someone else moved the run on (`StaleVersion`), not a broken lock.
+    optimistic: bool,
+    /// The hash of the last event written, once written.
+    head_after: Option<Vec<u8>>,
     /// Set once written: (the run's version, whether the job was completed).
     written: Option<Written>,
 }
@@ -149,8 +157,42 @@ impl TransitionWrite {
             follow_up: None,
             assignees: None,
             approval: None,
+            job_claim: None,
+            optimistic: false,
+            head_after: None,
             written: None,
         }
+    }
+
+    /// A transition of the run `fence` describes as read without its lock (no statement
+    /// waits for it): the write's fence is the only check that nobody moved the run
+    /// since, and when it fails the write returns `StaleVersion`.
+    pub(super) fn optimistic(fence: LockedRun, head: Option<Vec<u8>>) -> Self {
+        TransitionWrite {
+            optimistic: true,
+            ..Self::new(fence, head)
+        }
+    }
+
+    /// Once written: a new write, fenced on the run as this one left it and chained on its
+    /// last event (the advancement job goes on after a node that called out).
+    pub fn next(&self) -> Option<Self> {
+        self.written?;
+        Some(TransitionWrite {
+            optimistic: self.optimistic,
+            ..Self::new(self.now.clone(), self.head_after.clone())
+        })
+    }
+
+    /// Whether no step has been added.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Completes the job `job_id` held by `worker_id` with the write (fenced on that
+    /// claim: [`Written::job_completed`] says whether it held).
+    pub fn complete_job(&mut self, job_id: &str, worker_id: &str) {
+        self.job_claim = Some((job_id.to_owned(), worker_id.to_owned()));
     }
 
     /// The run's id.
@@ -224,13 +266,13 @@ impl TransitionWrite {
     }
 
     /// Pushes `job` (due now) with the write; `false` when it cannot (the write is made,
-    /// or the kind has metadata): the caller enqueues it.
+    /// or it pushes another job already): the caller enqueues it.
     pub fn enqueue<P: super::jobs::JobPayload>(&mut self, job: &P) -> bool {
         if self.written.is_some() || self.job.is_some() {
             return false;
         }
-        self.job = super::queue::job_row(job);
-        self.job.is_some()
+        self.job = Some(super::queue::job_row(job));
+        true
     }
 
     /// Pushes `job` with the write, due at `at`; `false` as for [`Self::enqueue`].
@@ -241,7 +283,10 @@ impl TransitionWrite {
     ) -> bool {
         let pushed = self.enqueue(job);
         if pushed {
-            self.job_at = Some(at);
+            // The queue is read in whole seconds (as `queue::enqueue` rounds): up, so the
+            // job never runs before its time.
+            let up = i64::from(at.timestamp_subsec_nanos() > 0);
+            self.job_at = DateTime::from_timestamp(at.timestamp() + up, 0);
         }
         pushed
     }
@@ -323,6 +368,19 @@ impl TransitionWrite {
         Ok(self.now.version)
     }
 
+    /// `queued → running` ([`super::start_run`]), added to the write: the new version.
+    pub fn start(&mut self, expected_version: i64) -> Result<i64, PersistenceError> {
+        let outcome = self.check(&Transition::Start, expected_version)?;
+        let entry = AuditEntry {
+            action: Some(outcome.audit_action),
+            from_status: Some(self.now.status),
+            to_status: Some(outcome.status),
+            ..AuditEntry::default()
+        };
+        self.push(outcome.status, entry, now());
+        Ok(self.now.version)
+    }
+
     /// [`super::raise_request`]'s row, pause and event, added to the write: the new
     /// version. (A transition raises at most one request: the run then waits on it.)
     pub(super) fn raise(
@@ -400,6 +458,20 @@ impl TransitionWrite {
             return Ok(w);
         }
         let mut written = self.try_write(conn).await?;
+        if written.is_none() && self.optimistic {
+            let actual: Option<i64> =
+                crate::db::query_scalar("select version from orchestrator_runs where run_id = $1")
+                    .bind(&self.fence.run_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if actual != Some(self.fence.version) {
+                return Err(PersistenceError::StaleVersion {
+                    run_id: self.fence.run_id.clone(),
+                    expected: self.fence.version,
+                    actual: actual.unwrap_or(-1),
+                });
+            }
+        }
         if written.is_none() {
             // The head read with the lock was older than the stored one (a transition
             // committed while the read waited for the lock): hash over the stored head.
@@ -487,6 +559,7 @@ impl TransitionWrite {
         let q = self.raise.as_ref();
         let claim = self.claim.as_ref().and_then(Option::as_ref);
         let p = self.approval.as_ref();
+        let job = r.and_then(|r| r.job.as_ref()).or(self.job_claim.as_ref());
         let row: Option<(i64, bool)> = crate::db::query_as(sqlx::AssertSqlSafe(write_sql()))
             .bind(&self.fence.run_id)
             .bind(self.now.status)
@@ -516,8 +589,8 @@ impl TransitionWrite {
             .bind(r.map(|r| &r.resolved_by))
             .bind(r.and_then(|r| r.outcome.as_ref()))
             .bind(r.map(|r| r.finished_at))
-            .bind(r.and_then(|r| r.job.as_ref().map(|(id, _)| id)))
-            .bind(r.and_then(|r| r.job.as_ref().map(|(_, worker)| worker)))
+            .bind(job.map(|(id, _)| id))
+            .bind(job.map(|(_, worker)| worker))
             // $30: the events.
             .bind(&versions)
             .bind(&actions)
@@ -581,6 +654,9 @@ impl TransitionWrite {
             .bind(p.and_then(|p| p.principal.as_ref()))
             .bind(p.map(|p| &p.operator))
             .bind(p.map(|p| p.at))
+            // $83: the pushed job's metadata.
+            .bind(self.job.as_ref().and_then(|j| j.meta_key))
+            .bind(self.job.as_ref().and_then(|j| j.meta_value.as_ref()))
             .fetch_optional(&mut *conn)
             .await?;
         let Some((version, job_completed)) = row else {
@@ -588,6 +664,9 @@ impl TransitionWrite {
         };
         if let Some(last) = hashes.last() {
             super::audit::remember_head(&self.fence.run_id, version, last);
+            self.head_after = Some(last.clone());
+        } else {
+            self.head_after = self.head.clone();
         }
         Ok(Some(Written {
             version,
@@ -649,7 +728,8 @@ fn now() -> DateTime<Utc> {
 /// cleared first (a retry), `$71`–`$72` the channels each event names and its
 /// deadline notice's period, `$73` when the job pushed is due, `$74`–`$78` the pending
 /// request's claim (`$74`: it changes), follow-up and assignees (settled or not), and
-/// `$79`–`$82` an approval of it counted (approver, principal, operator, when).
+/// `$79`–`$82` an approval of it counted (approver, principal, operator, when), and
+/// `$83`–`$84` the pushed job's metadata key and value.
 ///
 /// The deliveries are `notifications::deliveries_cte`'s, each event's facets bound
 /// per event.
@@ -748,8 +828,9 @@ const WRITE_SQL: &str = "with run_write as ( \
     {deliveries}, \
     next_job as ( \
         insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
-            priority) \
-        select $52, $53, $54, 'Pending', 0, $55, coalesce($73, now()), 0 from run_write \
+            priority, metadata) \
+        select $52, $53, $54, 'Pending', 0, $55, coalesce($73, now()), 0, \
+            coalesce(hstore($83::text, $84::text), ''::hstore) from run_write \
         where $52::text is not null \
         returning 1) \
     select version, exists (select 1 from job_done) from run_write";
