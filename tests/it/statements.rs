@@ -500,6 +500,78 @@ async fn an_approval_short_of_the_number_costs_the_worker_one_read_and_one_write
     app.stop().await;
 }
 
+/// The API's statements for creating a run: BEGIN, the one write of the brief, the run,
+/// its first event with its deliveries and its advancement job, COMMIT.
+const CREATE_CEILING: i64 = 3;
+
+/// Creating a run costs the API one write; its advancement through a local node to its
+/// first pause costs the worker one read (no lock) and one write, which completes the
+/// job too.
+#[tokio::test]
+async fn creating_a_run_costs_the_api_one_write_and_its_advancement_one_read_and_one_write() {
+    let Some((app, worker)) = counted("{run_created,request_raised}").await else {
+        return;
+    };
+    // A first run, so that the worker's start-up jobs (rescan, rehydration, clean-up)
+    // are behind it.
+    app.parked_with(review_plan()).await;
+    quiet(&app.pool).await;
+    reset(&app.pool, API_ROLE).await;
+    reset(&app.pool, WORKER_ROLE).await;
+    let plan = json!({ "nodes": [
+        { "id": "draft", "type": "task", "capability": "set", "input": { "drafted": true } },
+        { "id": "review", "type": "hitl", "prompt": "Ship?", "responseTypes": ["approval"] } ] });
+    let body = json!({ "brief": { "title": "Launch", "content": { "text": "draft" } },
+                       "plan": plan });
+    let created = app
+        .post("/api/runs", crate::common::api::SUBMITTER, &body)
+        .await;
+    assert_eq!(created.status, 202, "{created:?}");
+    let api = ran(&app.pool, API_ROLE).await;
+    let run = created.body["runId"].as_str().unwrap().to_owned();
+    wait_status(&app.pool, &run, "awaiting_hitl").await;
+    quiet(&app.pool).await;
+    let worker_ran = ran(&app.pool, WORKER_ROLE).await;
+    worker.stop().await;
+    let (events, told, undone): (Vec<String>, i64, i64) = sqlx::query_as(
+        "select (select array_agg(action order by run_version) from run_audit_events \
+                 where run_id = $1), \
+             (select count(*) from notification_deliveries where run_id = $1), \
+             (select count(*) from apalis.jobs where job_type = 'hitl_advance' \
+              and status <> 'Done')",
+    )
+    .bind(&run)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        [
+            "run_created",
+            "run_started",
+            "node_completed",
+            "hitl_requested"
+        ]
+    );
+    assert_eq!(
+        (told, undone),
+        (2, 0),
+        "told of its creation and its request"
+    );
+    assert!(total(&api) <= CREATE_CEILING, "API ran {api:#?}");
+    assert_eq!(
+        calls_of(&worker_ran, "with run_write as"),
+        1,
+        "{worker_ran:#?}"
+    );
+    assert!(
+        total(&worker_ran) <= WORKER_CEILING,
+        "worker ran {worker_ran:#?}"
+    );
+    app.assert_audit_intact().await;
+    app.stop().await;
+}
+
 /// An agent that asks about `n` tool calls at once, then completes.
 fn agent_of(n: usize) -> std::sync::Arc<crate::agent_faults::RawAgent> {
     crate::agent_faults::raw_agent(move |body, _| {
