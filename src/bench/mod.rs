@@ -355,7 +355,7 @@ async fn seed(pool: &PgPool, n: usize, commands: bool) -> Result<(), BenchError>
         for (run, request) in chunk {
             let command = NewCommand {
                 kind: CommandKind::Resume,
-                run_id: run.clone(),
+                run_id: Some(run.clone()),
                 request_id: Some(request.clone()),
                 idempotency_key: None,
                 payload: json!({ "responses": [ { "responseType": "approval", "approved": true } ] }),

@@ -26,7 +26,8 @@ use crate::domain::{
 #[derive(Clone, Debug)]
 pub struct NewCommand {
     pub kind: CommandKind,
-    pub run_id: RunId,
+    /// The run (for [`submit_command`], `None`: the run of the thread it names).
+    pub run_id: Option<RunId>,
     /// Required for resume; optional for remove (when given, it must be pending).
     pub request_id: Option<RequestId>,
     pub idempotency_key: Option<String>,
@@ -45,7 +46,7 @@ pub struct NewCommand {
 }
 
 /// A command row.
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandRecord {
     pub command_id: CommandId,
@@ -93,17 +94,13 @@ pub async fn record_command(
     new: NewCommand,
 ) -> Result<RecordedCommand, PersistenceError> {
     let command_id = CommandId::new();
-    let job = match new.kind {
-        CommandKind::Resume => queue::job_row(&ApplyResume {
-            command_id: command_id.clone(),
-        }),
-        CommandKind::Remove => queue::job_row(&ApplyRemove {
-            command_id: command_id.clone(),
-        }),
-        CommandKind::Retry => queue::job_row(&ApplyRetry {
-            command_id: command_id.clone(),
-        }),
-    };
+    let job = command_job(new.kind, &command_id);
+    if new.run_id.is_none() {
+        return Err(PersistenceError::NotFound {
+            entity: "run",
+            id: String::new(),
+        });
+    }
     // No command without its job: the job is inserted only with the command, in the
     // same statement.
     let inserted: Option<CommandRecord> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
@@ -154,6 +151,148 @@ pub async fn record_command(
     Ok(RecordedCommand {
         command: existing,
         created: false,
+    })
+}
+
+/// What [`submit_command`] found, and what it recorded.
+#[derive(Debug)]
+pub struct Submission {
+    /// The command recorded earlier under the same kind and idempotency key: nothing
+    /// was written.
+    pub earlier: Option<CommandRecord>,
+    /// The command recorded now, `queued`, with its job (the caller's transaction
+    /// commits it once its checks pass, or rolls it back). `None` with no earlier one
+    /// either: no such run, or a submission under the same key committed meanwhile.
+    pub recorded: Option<CommandRecord>,
+    /// The run named, with its requests and their answers (no audit log), as the
+    /// statement saw it.
+    pub run: Option<super::RunSnapshot>,
+}
+
+/// The submission `new` in one statement of the caller's transaction: the idempotency
+/// lookup, the read of the run the early check needs (by `new.run_id`, else the run of
+/// `thread_id`), and — when there is no earlier command and the run (and the request
+/// named, in it) exists — the command with its job. The caller decides on what was read, then commits or rolls back.
+pub async fn submit_command(
+    conn: &mut PgConnection,
+    thread_id: Option<&crate::domain::ThreadId>,
+    new: NewCommand,
+) -> Result<Submission, PersistenceError> {
+    let command_id = CommandId::new();
+    let job = command_job(new.kind, &command_id);
+    let rows: Vec<sqlx::postgres::PgRow> = crate::db::query(sqlx::AssertSqlSafe(submit_sql()))
+        .bind(&command_id)
+        .bind(new.kind)
+        .bind(&new.run_id)
+        .bind(&new.request_id)
+        .bind(&new.idempotency_key)
+        .bind(&new.payload)
+        .bind(sqlx::types::Json(&new.operator))
+        .bind(&new.note)
+        .bind(&new.trace_context)
+        .bind(&new.principal)
+        .bind(&new.approver)
+        .bind(thread_id)
+        .bind(&job.id)
+        .bind(job.kind)
+        .bind(&job.job)
+        .bind(job.max_attempts)
+        .bind(job.meta_key)
+        .bind(&job.meta_value)
+        .fetch_all(&mut *conn)
+        .await?;
+    let (command, created) = match rows.first() {
+        Some(row) => {
+            use sqlx::Row;
+            let command: Option<sqlx::types::Json<CommandRecord>> = row.try_get("c_command")?;
+            let created: Option<bool> = row.try_get("c_created")?;
+            (command.map(|c| c.0), created.unwrap_or(false))
+        }
+        None => (None, false),
+    };
+    let run = super::snapshot::snapshot_rows(&rows)?.map(|(run, requests, _)| super::RunSnapshot {
+        run,
+        hitl_requests: requests,
+        audit_log: Vec::new(),
+    });
+    let (earlier, recorded) = match (command, created) {
+        (Some(c), true) => (None, Some(c)),
+        (Some(c), false) => (Some(c), None),
+        (None, _) => (None, None),
+    };
+    Ok(Submission {
+        earlier,
+        recorded,
+        run,
+    })
+}
+
+/// The job that applies a command of `kind`.
+fn command_job(kind: CommandKind, command_id: &CommandId) -> queue::JobRow {
+    let command_id = command_id.clone();
+    match kind {
+        CommandKind::Resume => queue::job_row(&ApplyResume { command_id }),
+        CommandKind::Remove => queue::job_row(&ApplyRemove { command_id }),
+        CommandKind::Retry => queue::job_row(&ApplyRetry { command_id }),
+    }
+}
+
+/// The statement [`submit_command`] runs: `$1`–`$11` the command (`$3` its run, or null
+/// for the run of thread `$12`), `$13`–`$18` its job. At least one row: the command (an
+/// earlier one, or the one inserted, as `c_command`, with `c_created`) beside each of
+/// the run's snapshot rows, or beside nulls when there is no such run.
+fn submit_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let json = COMMAND_COLUMNS
+            .split(", ")
+            .map(|c| {
+                let camel = c
+                    .split('_')
+                    .enumerate()
+                    .map(|(i, w)| {
+                        if i == 0 {
+                            w.to_owned()
+                        } else {
+                            w[..1].to_uppercase() + &w[1..]
+                        }
+                    })
+                    .collect::<String>();
+                format!("'{camel}', c.{c}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "with earlier as ( \
+                 select {COMMAND_COLUMNS} from hitl_commands \
+                 where $5::text is not null and kind = $2 and idempotency_key = $5), \
+             target as ( \
+                 select t.run_id from orchestrator_runs t \
+                 where t.run_id = coalesce($3, (select h.run_id from orchestrator_runs h \
+                     where $3::text is null and h.thread_id = $12))), \
+             command as ( \
+                 insert into hitl_commands (command_id, kind, run_id, request_id, \
+                     idempotency_key, payload, operator, note, trace_context, principal, \
+                     approver) \
+                 select $1, $2, target.run_id, $4, $5, $6, $7, $8, $9, $10, $11 from target \
+                 where not exists (select 1 from earlier) \
+                   and ($4::text is null or exists (select 1 from hitl_requests r \
+                        where r.request_id = $4 and r.run_id = target.run_id)) \
+                 on conflict (kind, idempotency_key) do nothing returning {COMMAND_COLUMNS}), \
+             job as ({} returning id), \
+             cmd as (select *, false as created from earlier \
+                 union all select *, true from command) \
+             select {}, \
+                 (select jsonb_build_object({json}) from cmd c) as c_command, \
+                 (select c.created from cmd c) as c_created \
+             from (select 1) one \
+             left join orchestrator_runs o on o.run_id = (select run_id from target) \
+             {} {}",
+            queue::insert_job_sql(13, "command"),
+            super::snapshot::snapshot_columns(),
+            super::snapshot::SNAPSHOT_JOINS,
+            super::snapshot::SNAPSHOT_ORDER,
+        )
     })
 }
 

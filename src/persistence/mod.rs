@@ -50,9 +50,9 @@ pub use claims::{
 };
 pub use commands::{
     ApplyOutcome, Applying, CommandRecord, JobClaim, JobCompletion, NewCommand, RecordedCommand,
-    Unwritten, apply_command, apply_command_for_job, claimed_refusal, explain_refusal,
+    Submission, Unwritten, apply_command, apply_command_for_job, claimed_refusal, explain_refusal,
     explain_retry_refusal, fail_command, find_command, find_command_by_idempotency_key,
-    record_command, run_commands,
+    record_command, run_commands, submit_command,
 };
 pub use requests::{
     Approval, Approvals, Assignees, EscalationStep, ExpireOutcome, FollowUp, ItemKind, ItemOption,

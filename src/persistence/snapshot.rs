@@ -451,7 +451,58 @@ async fn read_parts(
     // or one with no answer, or one with no request at all. The run's columns are
     // prefixed (`run_`), so the request's keep the names `RequestRecord` reads.
     let rows: Vec<sqlx::postgres::PgRow> = crate::db::query(sqlx::AssertSqlSafe(format!(
-        "select {}, \
+        "select {} from orchestrator_runs o {SNAPSHOT_JOINS} where o.run_id = $1 \
+         {SNAPSHOT_ORDER}",
+        snapshot_columns()
+    )))
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let Some((run, requests, head)) = snapshot_rows(&rows)? else {
+        return Ok(None);
+    };
+    if !with_audit {
+        return Ok(Some((
+            RunSnapshot {
+                run,
+                hitl_requests: requests,
+                audit_log: Vec::new(),
+            },
+            head,
+        )));
+    }
+    let audit_log = crate::db::query_as::<AuditRow>(
+        "select event_id, run_version, action, operator_id, operator_display_name, \
+             operator_email, principal, note, command_id, request_id, from_status, to_status, \
+             details, created_at, trace_id \
+         from run_audit_events where run_id = $1 order by event_id",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(AuditRecord::from)
+    .collect();
+    Ok(Some((
+        RunSnapshot {
+            run,
+            hitl_requests: requests,
+            audit_log,
+        },
+        head,
+    )))
+}
+
+/// The select list of a run's snapshot rows, the run aliased `o` and joined to its
+/// requests `q` and their answers `s` by [`SNAPSHOT_JOINS`]: a row per answer, or one
+/// with no answer, or one with no request at all. The run's columns are prefixed
+/// (`run_`), so the request's keep the names `RequestRecord` reads; `chain_head` is the
+/// hash of the run's latest event.
+pub(super) fn snapshot_columns() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "{}, \
              q.request_id, q.node_id, q.status, q.operator_prompt, q.response_types, \
              q.options, {} as items, q.assignees, {}, {} as approvals, q.follow_up, \
              q.contract_summary, \
@@ -462,23 +513,38 @@ async fn read_parts(
              s.responder_id, s.responder_display_name, s.command_id, \
              s.created_at as answered_at, \
              (select e.hash from run_audit_events e where e.run_id = o.run_id \
-              order by e.run_version desc limit 1) as chain_head \
-         from orchestrator_runs o \
-         left join hitl_requests q on q.run_id = o.run_id \
-         left join hitl_responses s on s.request_id = q.request_id \
-         where o.run_id = $1 \
-         order by q.created_at, q.request_id, s.command_id, s.position",
-        prefixed_run_columns("o"),
-        super::requests::items_sql("q"),
-        super::requests::claim_sql("q"),
-        super::requests::approvals_sql("q")
-    )))
-    .bind(run_id)
-    .fetch_all(&mut *conn)
-    .await?;
+              order by e.run_version desc limit 1) as chain_head",
+            prefixed_run_columns("o"),
+            super::requests::items_sql("q"),
+            super::requests::claim_sql("q"),
+            super::requests::approvals_sql("q")
+        )
+    })
+}
+
+/// How [`snapshot_columns`] joins a run `o` to its requests and their answers.
+pub(super) const SNAPSHOT_JOINS: &str = "left join hitl_requests q on q.run_id = o.run_id \
+     left join hitl_responses s on s.request_id = q.request_id";
+
+/// The order [`snapshot_rows`] reads the rows in.
+pub(super) const SNAPSHOT_ORDER: &str =
+    "order by q.created_at, q.request_id, s.command_id, s.position";
+
+/// A run, its requests with their answers, and its chain head.
+pub(super) type SnapshotParts = (RunRecord, Vec<RequestRecord>, Option<Vec<u8>>);
+
+/// The run, its requests with their answers, and its chain head, from rows of
+/// [`snapshot_columns`] in [`SNAPSHOT_ORDER`]; `None` for no rows, or rows without a run
+/// (an outer join that found none).
+pub(super) fn snapshot_rows(
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<Option<SnapshotParts>, PersistenceError> {
     let Some(first) = rows.first() else {
         return Ok(None);
     };
+    if first.try_get::<Option<RunId>, _>("run_run_id")?.is_none() {
+        return Ok(None);
+    }
     let run = PrefixedRun::from_row(first)?.into();
     let head: Option<Vec<u8>> = first.try_get("chain_head")?;
     let rows = rows
@@ -518,34 +584,5 @@ async fn read_parts(
             });
         }
     }
-    if !with_audit {
-        return Ok(Some((
-            RunSnapshot {
-                run,
-                hitl_requests: requests,
-                audit_log: Vec::new(),
-            },
-            head,
-        )));
-    }
-    let audit_log = crate::db::query_as::<AuditRow>(
-        "select event_id, run_version, action, operator_id, operator_display_name, \
-             operator_email, principal, note, command_id, request_id, from_status, to_status, \
-             details, created_at, trace_id \
-         from run_audit_events where run_id = $1 order by event_id",
-    )
-    .bind(run_id)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(AuditRecord::from)
-    .collect();
-    Ok(Some((
-        RunSnapshot {
-            run,
-            hitl_requests: requests,
-            audit_log,
-        },
-        head,
-    )))
+    Ok(Some((run, requests, head)))
 }

@@ -1,13 +1,14 @@
 //! Resume and remove: submitting a command (idempotency, the early check against the
-//! run, recording it with its job in one transaction), reading it, and waiting for a
-//! worker to apply it.
+//! run, recording it with its job), reading it, and waiting for a worker to apply it.
 //!
 //! The order of a submission: an earlier command under the same idempotency key is
 //! returned as it is (even once applied, before any other check); then the HITL flag;
 //! then the run and request must exist (404), the answers must fit the request (422),
 //! and the request must be the pending one (409, naming who settled it); then the
-//! command and its job are recorded together. The early check only spares a doomed
-//! command: the worker checks again under the run's lock.
+//! command and its job are committed. The lookup, the check's read and the command's
+//! insert are one statement (`persistence::submit_command`); the checks run in Rust on
+//! what it read, and a refusal rolls the insert back. The early check only spares a
+//! doomed command: the worker checks again under the run's lock.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use crate::domain::{
     CommandId, CommandKind, Operator, Refusal, RefusalContext, RequestId, ResponseType, RunId,
     ThreadId, Transition, next_status,
 };
-use crate::persistence::{self, CommandRecord, NewCommand, RequestShape, ResponseInput, RunRef};
+use crate::persistence::{self, CommandRecord, NewCommand, RequestShape, ResponseInput};
 use sqlx::PgConnection;
 
 /// How long to wait between looks at the command's row while a client waits.
@@ -180,44 +181,42 @@ impl Service {
     pub async fn submit(&self, submission: SubmitCommand) -> Result<Submitted, ServiceError> {
         let kind = submission.kind();
         let payload = submission.payload()?;
-        // Behind a transaction pooler the session is one transaction from the idempotency
-        // lookup to the write (`crate::db::session`); otherwise a pooled connection.
-        let mut conn = crate::db::session(&self.pool).await?;
-        if let Some(key) = &submission.idempotency_key
-            && let Some(earlier) =
-                persistence::find_command_by_idempotency_key(&mut *conn, kind, key.as_str()).await?
-        {
-            if earlier.payload != payload {
-                return Err(ServiceError::IdempotencyKeyReused);
-            }
-            return Ok(Submitted {
-                command: earlier,
-                replayed: true,
-            });
-        }
+        let key = submission
+            .idempotency_key
+            .as_ref()
+            .map(|k| k.as_str().to_owned());
         // A retry re-enters a failed node; it does not depend on HITL pausing.
         if kind != CommandKind::Retry && !self.engine.hitl_enabled() {
-            return Err(ServiceError::HitlDisabled);
+            let mut conn = crate::db::session(&self.pool).await?;
+            let earlier = match &key {
+                Some(key) => {
+                    persistence::find_command_by_idempotency_key(&mut *conn, kind, key).await?
+                }
+                None => None,
+            };
+            conn.close().await?;
+            return match earlier {
+                Some(earlier) => replayed(earlier, &payload),
+                None => Err(ServiceError::HitlDisabled),
+            };
         }
-        // Two statements, no transaction around them (straight to PostgreSQL): the early
-        // check's one read, then the command and its job in one write. The check is
-        // advice (the worker checks again under the run's lock and records any refusal),
-        // so it need not share a snapshot with the write.
-        let run_id = locate(&mut conn, &submission.target).await?;
-        check(&mut conn, &run_id, &submission).await?;
-        let recorded = persistence::record_command(
-            &mut conn,
+        // One statement: the idempotency lookup, the early check's read and the command
+        // with its job, committed once the check in Rust passes (and rolled back when it
+        // refuses). The check is advice — the worker checks again under the run's lock
+        // and records any refusal — but reading and writing in one statement costs one
+        // round trip, not two.
+        let mut tx = self.pool.begin().await?;
+        let submitted = persistence::submit_command(
+            &mut tx,
+            submission.target.thread_id.as_ref(),
             NewCommand {
                 kind,
-                run_id,
+                run_id: submission.target.run_id.clone(),
                 request_id: submission.request_id().cloned(),
-                idempotency_key: submission
-                    .idempotency_key
-                    .as_ref()
-                    .map(|k| k.as_str().to_owned()),
-                payload,
-                operator: submission.operator,
-                note: submission.note,
+                idempotency_key: key.clone(),
+                payload: payload.clone(),
+                operator: submission.operator.clone(),
+                note: submission.note.clone(),
                 principal: submission.principal.as_ref().map(|p| p.name.to_string()),
                 approver: match (&submission.input, &submission.principal) {
                     (CommandInput::Resume { .. }, Some(p)) => Some(p.approver()),
@@ -228,11 +227,54 @@ impl Service {
             },
         )
         .await?;
-        conn.close().await?;
-        let command = recorded.command;
+        if let Some(earlier) = submitted.earlier {
+            tx.rollback().await?;
+            return replayed(earlier, &payload);
+        }
+        let Some(snapshot) = submitted.run else {
+            tx.rollback().await?;
+            return Err(
+                match (&submission.target.run_id, &submission.target.thread_id) {
+                    (Some(run_id), _) => {
+                        ServiceError::not_found(Entity::Run, format!("run {run_id} not found"))
+                    }
+                    (None, Some(thread)) => ServiceError::not_found(
+                        Entity::Run,
+                        format!("no run has thread id {thread}"),
+                    ),
+                    (None, None) => {
+                        ServiceError::invalid("runId", "either runId or threadId is required")
+                    }
+                },
+            );
+        };
+        if let Err(refused) = check(&mut tx, &snapshot, &submission).await {
+            tx.rollback().await?;
+            return Err(refused);
+        }
+        let Some(command) = submitted.recorded else {
+            // A submission under the same key committed after this statement's snapshot
+            // was taken: its command is the answer.
+            tx.rollback().await?;
+            let mut conn = crate::db::session(&self.pool).await?;
+            let earlier = match &key {
+                Some(key) => {
+                    persistence::find_command_by_idempotency_key(&mut *conn, kind, key).await?
+                }
+                None => None,
+            };
+            conn.close().await?;
+            return match earlier {
+                Some(earlier) => replayed(earlier, &payload),
+                None => Err(ServiceError::Internal(
+                    "a command was neither recorded nor found".into(),
+                )),
+            };
+        };
+        tx.commit().await?;
         Ok(Submitted {
             command,
-            replayed: !recorded.created,
+            replayed: false,
         })
     }
 
@@ -290,34 +332,26 @@ impl Service {
     }
 }
 
-/// The run a target names (404 when none does).
-async fn locate(conn: &mut PgConnection, target: &RunTarget) -> Result<RunId, ServiceError> {
-    match (&target.run_id, &target.thread_id) {
-        (Some(run_id), _) => Ok(run_id.clone()),
-        (None, Some(thread)) => persistence::find_run(&mut *conn, &RunRef::Thread(thread.clone()))
-            .await?
-            .map(|run| run.run_id)
-            .ok_or_else(|| {
-                ServiceError::not_found(Entity::Run, format!("no run has thread id {thread}"))
-            }),
-        (None, None) => Err(ServiceError::invalid(
-            "runId",
-            "either runId or threadId is required",
-        )),
+/// An earlier command under the same key: the answer when the payload is the same (409
+/// `idempotency_key_reused` otherwise).
+fn replayed(earlier: CommandRecord, payload: &Value) -> Result<Submitted, ServiceError> {
+    if &earlier.payload != payload {
+        return Err(ServiceError::IdempotencyKeyReused);
     }
+    Ok(Submitted {
+        command: earlier,
+        replayed: true,
+    })
 }
 
-/// The early check: the run and the named request exist (404), the thread id agrees,
+/// The early check: the named request exists (404), the thread id agrees,
 /// the answers fit the request (422), and the state machine allows the command now (409
 /// with the refusal the worker would record).
 async fn check(
     tx: &mut PgConnection,
-    run_id: &RunId,
+    snapshot: &RunSnapshot,
     submission: &SubmitCommand,
 ) -> Result<(), ServiceError> {
-    let snapshot = persistence::load_run_state_in(tx, run_id)
-        .await?
-        .ok_or_else(|| ServiceError::not_found(Entity::Run, format!("run {run_id} not found")))?;
     let run = &snapshot.run;
     if let Some(thread) = &submission.target.thread_id
         && thread != &run.thread_id
@@ -326,7 +360,7 @@ async fn check(
         // the run's state is wrong; 422, that the body is).
         return Err(ServiceError::not_found(
             Entity::Run,
-            format!("run {run_id} is not the run of thread {thread}"),
+            format!("run {} is not the run of thread {thread}", run.run_id),
         ));
     }
     let request_id = submission.request_id();

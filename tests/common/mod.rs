@@ -572,7 +572,7 @@ pub mod fixtures {
     pub fn resume(run: &RunId, request: &RequestId, who: &str) -> NewCommand {
         NewCommand {
             kind: CommandKind::Resume,
-            run_id: run.clone(),
+            run_id: Some(run.clone()),
             request_id: Some(request.clone()),
             idempotency_key: None,
             payload: json!({ "responses": [ { "requestId": request, "responseType": "approval",
@@ -590,7 +590,7 @@ pub mod fixtures {
     pub fn remove(run: &RunId, request: Option<&RequestId>, who: &str) -> NewCommand {
         NewCommand {
             kind: CommandKind::Remove,
-            run_id: run.clone(),
+            run_id: Some(run.clone()),
             request_id: request.cloned(),
             idempotency_key: None,
             payload: json!({ "reason": "Duplicate request" }),

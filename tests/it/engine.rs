@@ -53,7 +53,7 @@ async fn snapshot(pool: &PgPool, run: &RunId) -> RunSnapshot {
 async fn answer(pool: &PgPool, run: &RunId, request: &RequestId, responses: Value) {
     let cmd = NewCommand {
         kind: CommandKind::Resume,
-        run_id: run.clone(),
+        run_id: Some(run.clone()),
         request_id: Some(request.clone()),
         idempotency_key: None,
         payload: json!({ "responses": responses }),
