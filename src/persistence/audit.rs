@@ -302,7 +302,8 @@ async fn append_over_stored_head(
         })
 }
 
-/// Inserts the event over `prev_hash` if that is the stored head; `None` if it is not.
+/// Inserts the event over `prev_hash` if that is the stored head, with the deliveries of
+/// the channels that want it and their jobs, in one statement; `None` if it is not.
 async fn try_append(
     conn: &mut PgConnection,
     run_id: &RunId,
@@ -310,163 +311,76 @@ async fn try_append(
     prev_hash: Option<Vec<u8>>,
     created_at: DateTime<Utc>,
 ) -> Result<Option<i64>, PersistenceError> {
-    Ok(
-        try_write_and_append(conn, run_id, e, prev_hash, created_at, None)
-            .await?
-            .1,
-    )
-}
-
-/// A write of the run made in the statement of the event recording it (see
-/// [`append_with_write`]).
-pub(super) enum RunWrite<'a> {
-    /// The run's state moves on (a step, its start, its end).
-    State(StateWrite<'a>),
-}
-
-/// A run state write.
-pub(super) struct StateWrite<'a> {
-    pub status: RunStatus,
-    pub state: Option<&'a super::StepState>,
-    pub status_reason: Option<&'a str>,
-    /// The run as the write expects it (version, status and pending request): the write
-    /// applies only to that.
-    pub fence: &'a super::LockedRun,
-}
-
-/// Writes the run (fenced on `write`'s fence) and appends the event recording it (at the
-/// fence's version + 1) in one statement. Returns the new version, or `None` when the
-/// run is not as fenced (nothing is written then).
-pub(super) async fn append_with_write(
-    conn: &mut PgConnection,
-    run_id: &RunId,
-    e: AuditEntry<'_>,
-    write: RunWrite<'_>,
-) -> Result<Option<i64>, PersistenceError> {
-    let created_at = Utc::now().trunc_subsecs(6);
-    let head = match remembered_head(run_id, e.run_version) {
-        Some(head) => Some(head),
-        None => stored_head(conn, run_id).await?,
-    };
-    let (version, event) =
-        try_write_and_append(conn, run_id, &e, head, created_at, Some(&write)).await?;
-    match (version, event) {
-        (None, _) => Ok(None),
-        (Some(v), Some(_)) => Ok(Some(v)),
-        // The run is written (and locked by that write), the head was not the one
-        // guessed: the event goes over the head as stored.
-        (Some(v), None) => {
-            append_over_stored_head(conn, run_id, &e, created_at).await?;
-            Ok(Some(v))
-        }
-    }
-}
-
-/// The run's state write as [`try_write_and_append`] runs it, its parameters from `$26`.
-const STATE_WRITE_SQL: &str = "run_write as (update orchestrator_runs set \
-        status = $26, \
-        execution_context = coalesce($27, execution_context), \
-        runner_metadata = coalesce($28, runner_metadata), \
-        plan = coalesce($29, plan), \
-        status_reason = coalesce($30, status_reason), \
-        finished_at = case when $26 in ('completed', 'failed', 'cancelled') then now() end, \
-        agent_retry = null, version = version + 1, updated_at = now() \
-    where run_id = $1 and version = $31 and status = $32 \
-      and pending_request_id is not distinct from $33 \
-    returning version), ";
-
-/// Inserts the event over `prev_hash` if that is the stored head, with `write` first if
-/// given (the event then only if the write applied): (the written version, the event id).
-async fn try_write_and_append(
-    conn: &mut PgConnection,
-    run_id: &RunId,
-    e: &AuditEntry<'_>,
-    prev_hash: Option<Vec<u8>>,
-    created_at: DateTime<Utc>,
-    write: Option<&RunWrite<'_>>,
-) -> Result<(Option<i64>, Option<i64>), PersistenceError> {
     let fields = chain_fields(run_id, e, prev_hash, created_at);
     let hash = event_hash(&fields);
     let (signature, key_id) = signature_of(&hash);
-    // The event, the deliveries of the channels that want it and their jobs, in one
-    // statement.
     let event = e.action.map(|a| a.event_name());
     let facets = super::notifications::EventFacets::of(&fields.details);
     let trace =
         crate::telemetry::current_trace_context().map(|c| serde_json::json!({ "trace": c }));
-    // The run's write first, when there is one: the event is inserted only from its row.
-    let (write_cte, from_write, written) = match write {
-        Some(RunWrite::State(_)) => (
-            STATE_WRITE_SQL,
-            "from run_write where run_write.version = $2 and",
-            "(select version from run_write)",
-        ),
-        None => ("", "where", "null::bigint"),
-    };
-    let query = crate::db::query_as::<(Option<i64>, Option<i64>)>(sqlx::AssertSqlSafe(format!(
-        "with {write_cte}event as ( \
-             insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
-                 operator_id, operator_display_name, operator_email, note, from_status, \
-                 to_status, details, principal, created_at, trace_id, prev_hash, hash, \
-                 signature, key_id) \
-             select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18, $19 \
-             {from_write} (select hash from run_audit_events where run_id = $1 \
-                    order by run_version desc limit 1) is not distinct from $16 \
-             returning event_id, run_version, request_id), \
-         raised as (select null::text as request_id, null::text as node_id, \
-             null::jsonb as assignees where false), \
-         {} \
-         select {written}, (select event_id from event)",
-        super::notifications::deliveries_cte(
-            "cross join (select $20::text, $21::text, $22::jsonb, $23::int) \
-                 as f(name, node_id, named, notice_seconds)",
-            "$24",
-            "$25",
-        )
-    )))
-    .bind(run_id)
-    .bind(e.run_version)
-    .bind(e.action)
-    .bind(e.request_id)
-    .bind(e.command_id)
-    .bind(&fields.operator_id)
-    .bind(&fields.operator_display_name)
-    .bind(&fields.operator_email)
-    .bind(e.note)
-    .bind(e.from_status)
-    .bind(e.to_status)
-    .bind(&fields.details)
-    .bind(e.principal)
-    .bind(fields.created_at)
-    .bind(&fields.trace_id)
-    .bind(&fields.prev_hash)
-    .bind(hash.as_slice())
-    .bind(signature)
-    .bind(key_id)
-    .bind(event)
-    .bind(facets.node_id)
-    .bind(serde_json::json!(facets.named))
-    .bind(facets.notice_seconds)
-    .bind(trace)
-    .bind(super::queue::DEFAULT_MAX_ATTEMPTS);
-    let query = match write {
-        None => query,
-        Some(RunWrite::State(w)) => query
-            .bind(w.status)
-            .bind(w.state.map(|s| &s.execution_context))
-            .bind(w.state.map(|s| &s.runner_metadata))
-            .bind(w.state.and_then(|s| s.plan.as_ref()))
-            .bind(w.status_reason)
-            .bind(w.fence.version)
-            .bind(w.fence.status)
-            .bind(w.fence.pending_request_id.as_ref()),
-    };
-    let (version, id) = query.fetch_one(&mut *conn).await?;
+    let id: Option<i64> = crate::db::query_scalar(sqlx::AssertSqlSafe(append_sql()))
+        .bind(run_id)
+        .bind(e.run_version)
+        .bind(e.action)
+        .bind(e.request_id)
+        .bind(e.command_id)
+        .bind(&fields.operator_id)
+        .bind(&fields.operator_display_name)
+        .bind(&fields.operator_email)
+        .bind(e.note)
+        .bind(e.from_status)
+        .bind(e.to_status)
+        .bind(&fields.details)
+        .bind(e.principal)
+        .bind(fields.created_at)
+        .bind(&fields.trace_id)
+        .bind(&fields.prev_hash)
+        .bind(hash.as_slice())
+        .bind(signature)
+        .bind(key_id)
+        .bind(event)
+        .bind(facets.node_id)
+        .bind(serde_json::json!(facets.named))
+        .bind(facets.notice_seconds)
+        .bind(trace)
+        .bind(super::queue::DEFAULT_MAX_ATTEMPTS)
+        .fetch_one(&mut *conn)
+        .await?;
     if id.is_some() {
         remember_head(run_id, e.run_version, &hash);
     }
-    Ok((version, id))
+    Ok(id)
+}
+
+/// The statement [`try_append`] runs: the event's columns `$1`–`$19` (inserted only over
+/// the stored head `$16`), its name, node, named channels and notice period `$20`–`$23`
+/// for the deliveries, whose jobs carry the trace `$24` and max attempts `$25`.
+fn append_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "with event as ( \
+                 insert into run_audit_events (run_id, run_version, action, request_id, \
+                     command_id, operator_id, operator_display_name, operator_email, note, \
+                     from_status, to_status, details, principal, created_at, trace_id, \
+                     prev_hash, hash, signature, key_id) \
+                 select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                     $16, $17, $18, $19 \
+                 where (select hash from run_audit_events where run_id = $1 \
+                        order by run_version desc limit 1) is not distinct from $16 \
+                 returning event_id, run_version, request_id), \
+             raised as (select null::text as request_id, null::text as node_id, \
+                 null::jsonb as assignees where false), \
+             {} \
+             select (select event_id from event)",
+            super::notifications::deliveries_cte(
+                "cross join (select $20::text, $21::text, $22::jsonb, $23::int) \
+                     as f(name, node_id, named, notice_seconds)",
+                "$24",
+                "$25",
+            )
+        )
+    })
 }
 
 /// What an event's hash covers, for `e` over `prev_hash` at `created_at`.

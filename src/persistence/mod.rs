@@ -148,32 +148,6 @@ struct LockedRun {
     version: i64,
 }
 
-/// The run as this process's last write left it, for each run it wrote (at most 4,096):
-/// what the next transition of the same run most likely starts from. Only a guess: a
-/// write made on it is fenced on every field of it (see `runs::write_state`).
-static RUN_GUESSES: std::sync::Mutex<Option<std::collections::HashMap<RunId, LockedRun>>> =
-    std::sync::Mutex::new(None);
-
-/// The run as this process last wrote it, if that was at `version`.
-fn guessed_run(run_id: &RunId, version: i64) -> Option<LockedRun> {
-    let guesses = RUN_GUESSES.lock().unwrap_or_else(|p| p.into_inner());
-    guesses
-        .as_ref()?
-        .get(run_id)
-        .filter(|r| r.version == version)
-        .cloned()
-}
-
-/// Remembers the run as a write (not yet committed) left it.
-fn remember_run(run: LockedRun) {
-    let mut guesses = RUN_GUESSES.lock().unwrap_or_else(|p| p.into_inner());
-    let map = guesses.get_or_insert_with(Default::default);
-    if map.len() >= 4096 && !map.contains_key(&run.run_id) {
-        map.clear();
-    }
-    map.insert(run.run_id.clone(), run);
-}
-
 async fn lock_run(conn: &mut PgConnection, run_id: &RunId) -> Result<LockedRun, PersistenceError> {
     crate::db::query_as::<LockedRun>(
         "select run_id, status, pending_request_id, version \

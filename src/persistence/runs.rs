@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::jobs::{Advance, Expire};
 use super::queue;
-use super::{AuditEntry, LockedRun, PersistenceError, Tx, lock_run};
+use super::{AuditEntry, PersistenceError, Tx};
 use crate::domain::{
     AuditAction, BriefId, RequestId, ResponseType, RunId, RunStatus, ThreadId, TimeoutAction,
     Transition,
@@ -120,12 +120,6 @@ pub async fn create_run(tx: &mut Tx<'_>, new: NewRun) -> Result<CreatedRun, Pers
         return Err(PersistenceError::ThreadTaken(thread_id.to_string()));
     }
     super::audit::remember_head(&run_id, 1, &hash);
-    super::remember_run(LockedRun {
-        run_id: run_id.clone(),
-        status: RunStatus::Queued,
-        pending_request_id: None,
-        version: 1,
-    });
     Ok(CreatedRun {
         run_id,
         thread_id,
@@ -292,115 +286,17 @@ pub(super) async fn write_runner_state(
     Ok(())
 }
 
-/// Checks `transition` at `expected_version`, writes the state it leads to and appends
-/// the event `entry` makes of it (given the run as it was and the outcome), in one
-/// statement: on the run as this process last left it when that is at
-/// `expected_version` (no statement to lock it: the write is fenced on it), else, or when
-/// that guess is wrong, on the run as locked. Returns the new version.
-async fn transition_state<'e>(
-    tx: &mut Tx<'_>,
-    run_id: &RunId,
-    expected_version: i64,
-    transition: &Transition,
-    state: Option<&StepState>,
-    status_reason: Option<&str>,
-    entry: impl Fn(&LockedRun, &crate::domain::TransitionOutcome) -> AuditEntry<'e>,
-) -> Result<i64, PersistenceError> {
-    if let Some(guess) = super::guessed_run(run_id, expected_version)
-        && let Ok(outcome) = guess.check(transition, Some(expected_version))
-        && let Some(version) = write_with_event(
-            tx,
-            run_id,
-            &guess,
-            outcome.status,
-            state,
-            status_reason,
-            entry(&guess, &outcome),
-        )
-        .await?
-    {
-        remember_written(&guess, outcome.status, version);
-        return Ok(version);
-    }
-    let run = lock_run(tx, run_id).await?;
-    let outcome = run.check(transition, Some(expected_version))?;
-    let version = write_with_event(
-        tx,
-        run_id,
-        &run,
-        outcome.status,
-        state,
-        status_reason,
-        entry(&run, &outcome),
-    )
-    .await?
-    .ok_or_else(|| PersistenceError::NotFound {
-        entity: "run",
-        id: run_id.to_string(),
-    })?;
-    remember_written(&run, outcome.status, version);
-    Ok(version)
-}
-
-/// The state write on `fence` and its event, then the node's runner state if it changed.
-async fn write_with_event(
-    tx: &mut Tx<'_>,
-    run_id: &RunId,
-    fence: &LockedRun,
-    status: RunStatus,
-    state: Option<&StepState>,
-    status_reason: Option<&str>,
-    entry: AuditEntry<'_>,
-) -> Result<Option<i64>, PersistenceError> {
-    let entry = AuditEntry {
-        run_version: fence.version + 1,
-        ..entry
-    };
-    let write = super::audit::RunWrite::State(super::audit::StateWrite {
-        status,
-        state,
-        status_reason,
-        fence,
-    });
-    let version = super::audit::append_with_write(tx, run_id, entry, write).await?;
-    if version.is_some() {
-        write_runner_state(tx, run_id, state.and_then(|s| s.runner_state.as_ref())).await?;
-    }
-    Ok(version)
-}
-
-/// Remembers `run` as a write to `status` at `version` left it (its pending request
-/// unchanged).
-fn remember_written(run: &LockedRun, status: RunStatus, version: i64) {
-    super::remember_run(LockedRun {
-        run_id: run.run_id.clone(),
-        status,
-        pending_request_id: run.pending_request_id.clone(),
-        version,
-    });
-}
-
-/// `queued → running`: a worker begins executing the run.
+/// `queued → running`: a worker begins executing the run (the run locked with its
+/// chain head, then one write).
 pub async fn start_run(
     tx: &mut Tx<'_>,
     run_id: &RunId,
     expected_version: i64,
 ) -> Result<i64, PersistenceError> {
-    transition_state(
-        tx,
-        run_id,
-        expected_version,
-        &Transition::Start,
-        None,
-        None,
-        |run, outcome| AuditEntry {
-            action: Some(outcome.audit_action),
-            from_status: Some(run.status),
-            to_status: Some(outcome.status),
-            ..AuditEntry::default()
-        },
-    )
-    .await
+    let mut write = super::lock_for_write(tx, run_id).await?;
+    let version = write.start(expected_version)?;
+    write.write(tx).await?;
+    Ok(version)
 }
 
 /// A node that finished, as a checkpoint records it.
@@ -426,23 +322,10 @@ pub async fn checkpoint(
     expected_version: i64,
     step: Checkpoint<'_>,
 ) -> Result<i64, PersistenceError> {
-    let details = checkpoint_details(&step);
-    transition_state(
-        tx,
-        run_id,
-        expected_version,
-        &Transition::Checkpoint,
-        Some(step.state),
-        None,
-        |run, outcome| AuditEntry {
-            action: Some(step.action),
-            from_status: Some(run.status),
-            to_status: Some(outcome.status),
-            details: Some(details.clone()),
-            ..AuditEntry::default()
-        },
-    )
-    .await
+    let mut write = super::lock_for_write(tx, run_id).await?;
+    let version = write.checkpoint(expected_version, step)?;
+    write.write(tx).await?;
+    Ok(version)
 }
 
 /// A HITL request to raise.
@@ -572,22 +455,8 @@ pub async fn finish_run(
     expected_version: i64,
     finish: &Finish,
 ) -> Result<i64, PersistenceError> {
-    let transition = finish_transition(run_id, finish.status)?;
-    transition_state(
-        tx,
-        run_id,
-        expected_version,
-        &transition,
-        finish.state.as_ref(),
-        finish.reason.as_deref(),
-        |run, outcome| AuditEntry {
-            action: Some(outcome.audit_action),
-            note: finish.reason.as_deref(),
-            from_status: Some(run.status),
-            to_status: Some(outcome.status),
-            details: Some(json!({ "nodeId": finish.node_id })),
-            ..AuditEntry::default()
-        },
-    )
-    .await
+    let mut write = super::lock_for_write(tx, run_id).await?;
+    let version = write.finish(expected_version, finish)?;
+    write.write(tx).await?;
+    Ok(version)
 }

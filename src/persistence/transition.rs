@@ -489,7 +489,6 @@ impl TransitionWrite {
                 super::runs::write_runner_state(conn, &self.fence.run_id, Some(&state)).await?;
             }
         }
-        super::remember_run(self.now.clone());
         self.written = Some(written);
         Ok(written)
     }
