@@ -94,8 +94,14 @@ async fn apply(
                 persistence::JobCompletion::LostClaim
             }
         }
-        // Refused, already final, or an approval short of the number needed: the run
-        // stays where it is.
+        // Refused: the rejection's write completed the job too.
+        persistence::Applying::Rejected {
+            job_completed: true,
+        } => persistence::JobCompletion::Completed,
+        persistence::Applying::Rejected {
+            job_completed: false,
+        } => persistence::JobCompletion::LostClaim,
+        // Already final: nothing was written.
         persistence::Applying::Left => persistence::JobCompletion::Left,
     };
     if completion == persistence::JobCompletion::LostClaim {

@@ -70,6 +70,18 @@ async fn expire(
                         Handled::LostClaim
                     }
                 }
+                Applying::Rejected {
+                    job_completed: true,
+                } => {
+                    tx.commit().await?;
+                    Handled::Done
+                }
+                Applying::Rejected {
+                    job_completed: false,
+                } => {
+                    tx.rollback().await?;
+                    Handled::LostClaim
+                }
                 Applying::Left => complete_with(ctx, tx, claimed).await?,
             };
             if let (Handled::Done, ExpireOutcome::Expired { run_status, .. }) = (&handled, &outcome)

@@ -490,8 +490,12 @@ pub struct Unwritten {
 
 /// What is left to do after [`apply_command_for_job`].
 pub enum Applying {
-    /// Its writes are made: the caller completes the job before committing.
+    /// Nothing (more) to write — the command had ended already, the deadline had
+    /// nothing to expire: the caller completes the job before committing.
     Left,
+    /// Refused: the command's rejection is written, with the job's completion (fenced on
+    /// its claim) when a job applied it — whether that held.
+    Rejected { job_completed: bool },
     /// A resume whose writes (the job's completion among them) are still to be made,
     /// with `TransitionWrite::write`; the caller may add the run's next steps first.
     Unwritten(Box<Unwritten>),
@@ -586,7 +590,7 @@ async fn apply(
             let why = Refusal::InvalidPayload {
                 message: e.to_string(),
             };
-            return Ok((reject(tx, &command, why).await?, Applying::Left));
+            return reject(tx, &command, why, job).await;
         }
     };
     match command.kind {
@@ -604,12 +608,11 @@ async fn apply_resume(
     subject: Subject,
     job: Option<JobClaim<'_>>,
 ) -> Result<(ApplyOutcome, Applying), PersistenceError> {
-    let left = |o: ApplyOutcome| (o, Applying::Left);
     let Some(request_id) = command.request_id.clone() else {
         let why = Refusal::InvalidPayload {
             message: "a resume names no request".into(),
         };
-        return Ok(left(reject(tx, &command, why).await?));
+        return reject(tx, &command, why, job).await;
     };
     let transition = Transition::Resume {
         request_id: request_id.clone(),
@@ -618,7 +621,7 @@ async fn apply_resume(
         Ok(o) => o,
         Err(PersistenceError::Transition { source, .. }) => {
             let why = explain_refusal(tx, run.context(Some(&request_id)), &source).await?;
-            return Ok(left(reject(tx, &command, why).await?));
+            return reject(tx, &command, why, job).await;
         }
         Err(e) => return Err(e),
     };
@@ -634,7 +637,7 @@ async fn apply_resume(
                 message: problem.to_string(),
                 field: problem.field,
             };
-            return Ok(left(reject(tx, &command, why).await?));
+            return reject(tx, &command, why, job).await;
         }
     };
     // Everything the resume writes (a claim it breaks, an approval it counts) joins
@@ -642,7 +645,7 @@ async fn apply_resume(
     let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
     let mut write = super::TransitionWrite::new(run.clone(), subject.chain_head.clone());
     if let Some(refused) = settle_claim(&mut write, &command, &payload, &request_id, &subject)? {
-        return Ok(left(reject(tx, &command, refused).await?));
+        return reject(tx, &command, refused, job).await;
     }
     let mut approvals = None;
     if let Some(required) = subject.approvals_required
@@ -652,7 +655,7 @@ async fn apply_resume(
             .all(|r| r.response_type == ResponseType::Approval && r.approved == Some(true))
     {
         match count_approval(&mut write, &command, &request_id, &subject, required, now)? {
-            Counted::Twice(why) => return Ok(left(reject(tx, &command, why).await?)),
+            Counted::Twice(why) => return reject(tx, &command, why, job).await,
             Counted::Short { approvals, version } => {
                 // The run keeps waiting on the same request.
                 let command_outcome = Succeeded {
@@ -1034,7 +1037,6 @@ async fn apply_remove(
     subject: Subject,
     job: Option<JobClaim<'_>>,
 ) -> Result<(ApplyOutcome, Applying), PersistenceError> {
-    let left = |o: ApplyOutcome| (o, Applying::Left);
     let transition = Transition::Remove {
         request_id: command.request_id.clone(),
     };
@@ -1043,7 +1045,7 @@ async fn apply_remove(
         Err(PersistenceError::Transition { source, .. }) => {
             let why =
                 explain_refusal(tx, run.context(command.request_id.as_ref()), &source).await?;
-            return Ok(left(reject(tx, &command, why).await?));
+            return reject(tx, &command, why, job).await;
         }
         Err(e) => return Err(e),
     };
@@ -1058,7 +1060,7 @@ async fn apply_remove(
     if let Some(request_id) = &denied
         && let Some(refused) = settle_claim(&mut write, &command, &payload, request_id, &subject)?
     {
-        return Ok(left(reject(tx, &command, refused).await?));
+        return reject(tx, &command, refused, job).await;
     }
     let version = write.run().version + 1;
     let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
@@ -1121,7 +1123,7 @@ async fn apply_retry(
         Err(PersistenceError::Transition { .. }) => {
             let why =
                 explain_retry_refusal(tx, run.context(None), Some(command.created_at)).await?;
-            return Ok((reject(tx, &command, why).await?, Applying::Left));
+            return reject(tx, &command, why, job).await;
         }
         Err(e) => return Err(e),
     };
@@ -1248,41 +1250,48 @@ impl Succeeded<'_> {
     }
 }
 
+/// Ends `command` `rejected` with `why`, and completes `job` (fenced on its claim) in
+/// the same statement.
 async fn reject(
     tx: &mut Tx<'_>,
     command: &CommandRecord,
     why: Refusal,
-) -> Result<ApplyOutcome, PersistenceError> {
-    let command = finish_command(
-        tx,
-        &command.command_id,
-        CommandStatus::Rejected,
-        why.to_json(),
-        None,
-    )
-    .await?;
-    Ok(ApplyOutcome::Rejected { command })
-}
-
-async fn finish_command(
-    conn: &mut PgConnection,
-    command_id: &CommandId,
-    status: CommandStatus,
-    outcome: Value,
-    error: Option<&str>,
-) -> Result<CommandRecord, PersistenceError> {
-    Ok(crate::db::query_as(sqlx::AssertSqlSafe(format!(
-        "update hitl_commands set status = $2, outcome = $3, error = $4, \
-             attempts = attempts + 1, started_at = coalesce(started_at, now()), \
-             finished_at = now(), updated_at = now() \
-         where command_id = $1 returning {COMMAND_COLUMNS}"
-    )))
-    .bind(command_id)
-    .bind(status)
-    .bind(outcome)
-    .bind(error)
-    .fetch_one(conn)
-    .await?)
+    job: Option<JobClaim<'_>>,
+) -> Result<(ApplyOutcome, Applying), PersistenceError> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "with command as ( \
+                 update hitl_commands set status = 'rejected', outcome = $2, error = null, \
+                     attempts = attempts + 1, started_at = coalesce(started_at, now()), \
+                     finished_at = now(), updated_at = now() \
+                 where command_id = $1 returning {COMMAND_COLUMNS}), \
+             job_done as ({} returning 1) \
+             select command.*, exists (select 1 from job_done) as job_completed from command",
+            queue::complete_sql("$3", "$4", "true")
+        )
+    });
+    #[derive(sqlx::FromRow)]
+    struct Rejected {
+        #[sqlx(flatten)]
+        command: CommandRecord,
+        job_completed: bool,
+    }
+    let rejected: Rejected = crate::db::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(&command.command_id)
+        .bind(why.to_json())
+        .bind(job.map(|j| j.job_id))
+        .bind(job.map(|j| j.worker_id))
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok((
+        ApplyOutcome::Rejected {
+            command: rejected.command,
+        },
+        Applying::Rejected {
+            job_completed: rejected.job_completed,
+        },
+    ))
 }
 
 /// Ends a command `failed` for good (its job ran out of attempts), unless it already

@@ -290,16 +290,22 @@ pub async fn complete(
     job_id: &str,
     worker_id: &str,
 ) -> Result<bool, PersistenceError> {
-    let done = crate::db::query(
-        "update apalis.jobs set status = 'Done', done_at = now(), attempts = attempts + 1, \
-             last_result = '{\"Ok\": null}'::jsonb \
-         where id = $1 and lock_by = $2 and status = 'Running'",
-    )
-    .bind(job_id)
-    .bind(worker_id)
-    .execute(conn)
-    .await?;
+    let done = crate::db::query(sqlx::AssertSqlSafe(complete_sql("$1", "$2", "true")))
+        .bind(job_id)
+        .bind(worker_id)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The update completing job `id` held by worker `worker` (SQL expressions) when `and`
+/// holds: `Done`, its attempt counted, as apalis's own completion writes it.
+pub(super) fn complete_sql(id: &str, worker: &str, and: &str) -> String {
+    format!(
+        "update apalis.jobs set status = 'Done', done_at = now(), attempts = attempts + 1, \
+             last_result = '{{\"Ok\": null}}'::jsonb \
+         where id = {id} and lock_by = {worker} and status = 'Running' and {and}"
+    )
 }
 
 /// Gives a failed attempt back to the queue, due again at `run_at` (the backoff).

@@ -735,16 +735,21 @@ fn now() -> DateTime<Utc> {
 fn write_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        WRITE_SQL.replace(
-            "{deliveries}",
-            &super::notifications::deliveries_cte(
-                "join unnest($30::bigint[], $48::text[], $49::text[], $71::jsonb[], \
+        WRITE_SQL
+            .replace(
+                "{job_done}",
+                &super::queue::complete_sql("$28", "$29", "exists (select 1 from run_write)"),
+            )
+            .replace(
+                "{deliveries}",
+                &super::notifications::deliveries_cte(
+                    "join unnest($30::bigint[], $48::text[], $49::text[], $71::jsonb[], \
                      $72::int[]) as f(run_version, name, node_id, named, notice_seconds) \
                  on f.run_version = event.run_version",
-                "$50",
-                "$51",
-            ),
-        )
+                    "$50",
+                    "$51",
+                ),
+            )
     })
 }
 
@@ -803,12 +808,7 @@ const WRITE_SQL: &str = "with run_write as ( \
             attempts = attempts + 1, started_at = coalesce(started_at, $27), \
             finished_at = $27, updated_at = $27, request_id = coalesce(request_id, $13) \
         where command_id = $14 and exists (select 1 from run_write)), \
-    job_done as ( \
-        update apalis.jobs set status = 'Done', done_at = now(), attempts = attempts + 1, \
-            last_result = '{\"Ok\": null}'::jsonb \
-        where id = $28 and lock_by = $29 and status = 'Running' \
-          and exists (select 1 from run_write) \
-        returning 1), \
+    job_done as ({job_done} returning 1), \
     event as ( \
         insert into run_audit_events (run_id, run_version, action, request_id, command_id, \
             operator_id, operator_display_name, operator_email, note, from_status, \
