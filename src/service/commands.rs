@@ -187,14 +187,7 @@ impl Service {
             .map(|k| k.as_str().to_owned());
         // A retry re-enters a failed node; it does not depend on HITL pausing.
         if kind != CommandKind::Retry && !self.engine.hitl_enabled() {
-            let mut conn = crate::db::session(&self.pool).await?;
-            let earlier = match &key {
-                Some(key) => {
-                    persistence::find_command_by_idempotency_key(&mut *conn, kind, key).await?
-                }
-                None => None,
-            };
-            conn.close().await?;
+            let earlier = self.earlier_command(kind, key.as_deref()).await?;
             return match earlier {
                 Some(earlier) => replayed(earlier, &payload),
                 None => Err(ServiceError::HitlDisabled),
@@ -256,14 +249,7 @@ impl Service {
             // A submission under the same key committed after this statement's snapshot
             // was taken: its command is the answer.
             tx.rollback().await?;
-            let mut conn = crate::db::session(&self.pool).await?;
-            let earlier = match &key {
-                Some(key) => {
-                    persistence::find_command_by_idempotency_key(&mut *conn, kind, key).await?
-                }
-                None => None,
-            };
-            conn.close().await?;
+            let earlier = self.earlier_command(kind, key.as_deref()).await?;
             return match earlier {
                 Some(earlier) => replayed(earlier, &payload),
                 None => Err(ServiceError::Internal(
@@ -276,6 +262,21 @@ impl Service {
             command,
             replayed: false,
         })
+    }
+
+    /// The command recorded earlier under idempotency key `key` for `kind`, if any.
+    async fn earlier_command(
+        &self,
+        kind: CommandKind,
+        key: Option<&str>,
+    ) -> Result<Option<CommandRecord>, ServiceError> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let mut conn = crate::db::session(&self.pool).await?;
+        let earlier = persistence::find_command_by_idempotency_key(&mut *conn, kind, key).await?;
+        conn.close().await?;
+        Ok(earlier)
     }
 
     /// The command `id`, with its run once it is final.
