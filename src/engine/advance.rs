@@ -25,6 +25,8 @@
 //!   not local, leaving it to a job. A resume that leads through local nodes to the next
 //!   pause or the end is then one statement and one commit.
 
+use std::collections::HashMap;
+
 use chrono::{Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -74,6 +76,8 @@ enum Store<'a, 'c> {
         job_completed: bool,
         /// The last write's transaction, once begun (a raised request's jobs go in it).
         last: Option<Tx<'static>>,
+        /// Each node's runner state, as read with the run and kept by the steps since.
+        runner_states: HashMap<String, String>,
     },
     /// The caller's transition, written in one statement with it: checkpoints, a raised
     /// request and the run's end join it.
@@ -81,6 +85,25 @@ enum Store<'a, 'c> {
 }
 
 impl Store<'_, '_> {
+    /// The runner state of `node_id` the advancement job knows (none in a batch: only
+    /// the job calls out).
+    fn runner_state(&self, node_id: &str) -> Option<String> {
+        match self {
+            Store::Pool { runner_states, .. } => runner_states.get(node_id).cloned(),
+            Store::Batch(..) => None,
+        }
+    }
+
+    /// Remembers a runner state a step keeps, for a later call of the same node.
+    fn keep_runner_state(&mut self, kept: Option<&NodeRunnerState>) {
+        if let (Store::Pool { runner_states, .. }, Some(kept)) = (self, kept) {
+            match &kept.state {
+                Some(state) => runner_states.insert(kept.node_id.clone(), state.clone()),
+                None => runner_states.remove(&kept.node_id),
+            };
+        }
+    }
+
     fn write(&mut self) -> &mut TransitionWrite {
         match self {
             Store::Pool { write, .. } => write,
@@ -140,6 +163,7 @@ impl Store<'_, '_> {
             job,
             job_completed,
             last,
+            ..
         } = self
         else {
             return Ok(());
@@ -294,15 +318,17 @@ impl Engine {
     ) -> Result<(AdvanceOutcome, bool), EngineError> {
         let span = tracing::info_span!("advance", run.id = %run_id, advance.inline = false);
         async {
-            let (state, write) = persistence::read_for_advance(pool, run_id)
+            let read = persistence::read_for_advance(pool, run_id)
                 .await?
                 .ok_or_else(|| EngineError::RunNotFound(run_id.clone()))?;
+            let state = read.state;
             let mut store = Store::Pool {
                 pool,
-                write: Box::new(write),
+                write: Box::new(read.write),
                 job,
                 job_completed: false,
                 last: None,
+                runner_states: read.runner_states,
             };
             let outcome = self.advance_state(&mut store, state).await?;
             let completed = matches!(
@@ -410,23 +436,18 @@ impl Engine {
                     // Only a node that calls out is an agent's; the inline loop never gets
                     // here. The steps before it are made first: no call runs inside a
                     // transaction, and its outcome is written on them.
-                    let state = match store {
-                        Store::Pool { pool, .. } if !self.is_local(t) => {
-                            let pool = *pool;
-                            if fenced(store.flush().await)?.is_none() {
-                                return Ok(AdvanceOutcome::Superseded);
-                            }
-                            let mut conn = crate::db::session(pool)
-                                .await
-                                .map_err(PersistenceError::from)?;
-                            let state =
-                                persistence::runner_state(&mut *conn, run_id, &node.id).await?;
-                            conn.close().await.map_err(PersistenceError::from)?;
-                            state
+                    let remote = matches!(store, Store::Pool { .. }) && !self.is_local(t);
+                    let state = if remote {
+                        if fenced(store.flush().await)?.is_none() {
+                            return Ok(AdvanceOutcome::Superseded);
                         }
-                        _ => None,
+                        store.runner_state(&node.id)
+                    } else {
+                        None
                     };
-                    self.task_step(&at, t, &mut work, state.as_deref()).await?
+                    let step = self.task_step(&at, t, &mut work, state.as_deref()).await?;
+                    store.keep_runner_state(work.runner_state.as_ref());
+                    step
                 }
             };
             match step {

@@ -66,9 +66,9 @@ pub use runs::{
 };
 pub use sessions::{NewSession, SessionRecord, delete_session, find_session, insert_session};
 pub use snapshot::{
-    AnsweredRequest, AuditRecord, RequestRecord, RequestView, ResponseRecord, RunRecord,
-    RunSnapshot, RunState, load_request, load_run_state, load_run_state_in, load_snapshot,
-    load_snapshot_in, read_for_advance,
+    AdvanceRead, AnsweredRequest, AuditRecord, RequestRecord, RequestView, ResponseRecord,
+    RunRecord, RunSnapshot, RunState, load_request, load_run_state, load_run_state_in,
+    load_snapshot, load_snapshot_in, read_for_advance,
 };
 pub use transition::{TransitionWrite, Written, lock_for_write};
 

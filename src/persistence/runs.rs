@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::PgExecutor;
 
 use super::jobs::{Advance, Expire};
 use super::queue;
@@ -249,41 +249,6 @@ pub async fn runner_state(
     .bind(node_id)
     .fetch_optional(executor)
     .await?)
-}
-
-pub(super) async fn write_runner_state(
-    conn: &mut PgConnection,
-    run_id: &RunId,
-    state: Option<&NodeRunnerState>,
-) -> Result<(), PersistenceError> {
-    match state {
-        None => {}
-        Some(NodeRunnerState {
-            node_id,
-            state: Some(text),
-        }) => {
-            crate::db::query(
-                "insert into run_runner_states (run_id, node_id, state) values ($1, $2, $3) \
-                 on conflict (run_id, node_id) do update set state = excluded.state, updated_at = now()",
-            )
-            .bind(run_id)
-            .bind(node_id)
-            .bind(text)
-            .execute(conn)
-            .await?;
-        }
-        Some(NodeRunnerState {
-            node_id,
-            state: None,
-        }) => {
-            crate::db::query("delete from run_runner_states where run_id = $1 and node_id = $2")
-                .bind(run_id)
-                .bind(node_id)
-                .execute(conn)
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 /// `queued → running`: a worker begins executing the run (the run locked with its

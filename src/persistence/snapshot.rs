@@ -3,6 +3,8 @@
 //! serialises to the run JSON of DESIGN.md (camelCase, every field present, `null` when
 //! empty), so the API and rehydration share one read model.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -408,27 +410,64 @@ pub async fn load_run_state_in(
 }
 
 /// What the advancement job reads, in one statement without a lock: the run as
-/// [`load_run_state`] reads it (one statement is its own consistent snapshot), and a
-/// write of its next steps fenced on the run as read and chained on its head as read.
+/// [`load_run_state`] reads it (one statement is its own consistent snapshot) with the
+/// runner states its agents sent, by node, and a write of its next steps fenced on the
+/// run as read and chained on its head as read.
 pub async fn read_for_advance(
     pool: &PgPool,
     run_id: &RunId,
-) -> Result<Option<(RunState, super::TransitionWrite)>, PersistenceError> {
-    let mut conn = crate::db::session(pool).await?;
-    let read = read_parts(&mut conn, run_id, false).await?;
-    conn.close().await?;
-    Ok(read.map(|(snapshot, head)| {
-        let fence = super::LockedRun {
-            run_id: snapshot.run.run_id.clone(),
-            status: snapshot.run.status,
-            pending_request_id: snapshot.run.pending_request_id.clone(),
-            version: snapshot.run.version,
-        };
-        (
-            snapshot.into(),
-            super::TransitionWrite::optimistic(fence, head),
+) -> Result<Option<AdvanceRead>, PersistenceError> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        // Bound by the parameter alone, the runner states are computed once, not per row.
+        format!(
+            "select {}, (select jsonb_object_agg(k.node_id, k.state) from run_runner_states k \
+                 where k.run_id = $1) as runner_states \
+             from orchestrator_runs o {SNAPSHOT_JOINS} where o.run_id = $1 {SNAPSHOT_ORDER}",
+            snapshot_columns()
         )
+    });
+    let mut conn = crate::db::session(pool).await?;
+    let rows: Vec<sqlx::postgres::PgRow> = crate::db::query(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(run_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    conn.close().await?;
+    let runner_states = match rows.first() {
+        Some(row) => row
+            .try_get::<Option<sqlx::types::Json<HashMap<String, String>>>, _>("runner_states")?
+            .map(|j| j.0)
+            .unwrap_or_default(),
+        None => HashMap::new(),
+    };
+    let Some((run, requests, head)) = snapshot_rows(&rows)? else {
+        return Ok(None);
+    };
+    let fence = super::LockedRun {
+        run_id: run.run_id.clone(),
+        status: run.status,
+        pending_request_id: run.pending_request_id.clone(),
+        version: run.version,
+    };
+    let snapshot = RunSnapshot {
+        run,
+        hitl_requests: requests,
+        audit_log: Vec::new(),
+    };
+    Ok(Some(AdvanceRead {
+        state: snapshot.into(),
+        write: super::TransitionWrite::optimistic(fence, head),
+        runner_states,
     }))
+}
+
+/// What [`read_for_advance`] read.
+pub struct AdvanceRead {
+    pub state: RunState,
+    /// The write of the steps, fenced on the run as read.
+    pub write: super::TransitionWrite,
+    /// The runner state of each node that has one, exactly as its agent sent it.
+    pub runner_states: HashMap<String, String>,
 }
 
 async fn load_parts(

@@ -260,6 +260,8 @@ impl TransitionWrite {
                 self.plan = Some(plan.clone());
             }
             if let Some(r) = &s.runner_state {
+                // One statement cannot write a row twice: a node's last state wins.
+                self.runner_states.retain(|kept| kept.node_id != r.node_id);
                 self.runner_states.push(r.clone());
             }
         }
@@ -484,11 +486,7 @@ impl TransitionWrite {
                 self.fence.run_id
             )))
         })?;
-        if !self.runner_states.is_empty() {
-            for state in std::mem::take(&mut self.runner_states) {
-                super::runs::write_runner_state(conn, &self.fence.run_id, Some(&state)).await?;
-            }
-        }
+        self.runner_states.clear();
         self.written = Some(written);
         Ok(written)
     }
@@ -656,6 +654,19 @@ impl TransitionWrite {
             // $83: the pushed job's metadata.
             .bind(self.job.as_ref().and_then(|j| j.meta_key))
             .bind(self.job.as_ref().and_then(|j| j.meta_value.as_ref()))
+            // $85: the runner states kept (a null state clears the node's).
+            .bind(
+                self.runner_states
+                    .iter()
+                    .map(|r| r.node_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                self.runner_states
+                    .iter()
+                    .map(|r| r.state.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .fetch_optional(&mut *conn)
             .await?;
         let Some((version, job_completed)) = row else {
@@ -728,7 +739,8 @@ fn now() -> DateTime<Utc> {
 /// deadline notice's period, `$73` when the job pushed is due, `$74`–`$78` the pending
 /// request's claim (`$74`: it changes), follow-up and assignees (settled or not), and
 /// `$79`–`$82` an approval of it counted (approver, principal, operator, when), and
-/// `$83`–`$84` the pushed job's metadata key and value.
+/// `$83`–`$84` the pushed job's metadata key and value, and `$85`–`$86` the runner
+/// states the steps keep, by node (a null state deletes the node's).
 ///
 /// The deliveries are `notifications::deliveries_cte`'s, each event's facets bound
 /// per event.
@@ -831,5 +843,15 @@ const WRITE_SQL: &str = "with run_write as ( \
         select $52, $53, $54, 'Pending', 0, $55, coalesce($73, now()), 0, \
             coalesce(hstore($83::text, $84::text), ''::hstore) from run_write \
         where $52::text is not null \
-        returning 1) \
+        returning 1), \
+    runner_kept as ( \
+        insert into run_runner_states (run_id, node_id, state) \
+        select $1, k.node_id, k.state from run_write, \
+            unnest($85::text[], $86::text[]) as k(node_id, state) \
+        where k.state is not null \
+        on conflict (run_id, node_id) do update set state = excluded.state, updated_at = now()), \
+    runner_cleared as ( \
+        delete from run_runner_states d using run_write, \
+            unnest($85::text[], $86::text[]) as k(node_id, state) \
+        where d.run_id = $1 and d.node_id = k.node_id and k.state is null) \
     select version, exists (select 1 from job_done) from run_write";

@@ -572,6 +572,98 @@ async fn creating_a_run_costs_the_api_one_write_and_its_advancement_one_read_and
     app.stop().await;
 }
 
+/// A resume of a calling node's question, where the agent keeps a runner state: the
+/// resume's job (one read and one write) defers to the advancement job, which reads the
+/// run with the node's runner state in its one read, calls the agent with it, and
+/// writes the node's end with its new runner state and the run's end in one write.
+#[tokio::test]
+async fn a_calling_nodes_runner_state_rides_in_the_advancement_jobs_one_read_and_one_write() {
+    let agent = crate::agent_faults::raw_agent(|body, _| {
+        if body["responses"].is_null() {
+            crate::agent_faults::reply(
+                200,
+                json!({ "status": "interrupted", "runnerState": { "turn": 1 },
+                        "request": { "prompt": "Send?", "responseTypes": ["approval"] } })
+                .to_string(),
+            )
+        } else {
+            crate::agent_faults::reply(
+                200,
+                json!({ "status": "completed", "output": { "sent": true },
+                        "runnerState": { "turn": 2 } })
+                .to_string(),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = crate::agent_faults::serve(listener, agent.clone());
+    let app = TestApp::spawn_with(AppOptions {
+        workers: false,
+        service_role: Some(API_ROLE),
+        engine: crate::agent_faults::webhook_engine(&url, 1 << 20, None),
+        ..AppOptions::default()
+    })
+    .await;
+    if !counting(&app.pool).await {
+        return;
+    }
+    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
+    let worker = quiet_worker(worker_pool, &app);
+    let plan = json!({ "nodes": [ { "id": "mail", "type": "task", "capability": "agent.webhook",
+                                    "config": { "url": url } } ] });
+    let (run, request) = app.parked_with(plan).await;
+    quiet(&app.pool).await;
+    reset(&app.pool, WORKER_ROLE).await;
+    let body = json!({ "runId": run, "requestId": request,
+                       "responses": [ { "responseType": "approval", "approved": true } ],
+                       "operator": { "id": "op" } });
+    let accepted = app.post("/api/hitl/resume", OPERATOR, &body).await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    wait_status(&app.pool, &run, "completed").await;
+    quiet(&app.pool).await;
+    let worker_ran = ran(&app.pool, WORKER_ROLE).await;
+    worker.stop().await;
+    let calls = agent.calls();
+    assert_eq!(calls.len(), 2, "asked, then answered");
+    assert_eq!(
+        calls[1].body["runnerState"],
+        json!({ "turn": 1 }),
+        "the state it kept"
+    );
+    let stored: String = sqlx::query_scalar(
+        "select state from run_runner_states where run_id = $1 and node_id = 'mail'",
+    )
+    .bind(&run)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&stored).unwrap(),
+        json!({ "turn": 2 })
+    );
+    let apart: Vec<_> = worker_ran
+        .iter()
+        .filter(|(q, _)| {
+            q.contains("run_runner_states")
+                && !q.contains(" with run_write as")
+                && !q.contains(" as runner_states from orchestrator_runs")
+        })
+        .collect();
+    assert!(
+        apart.is_empty(),
+        "runner states only in the job's read and the write: {apart:#?}"
+    );
+    assert_eq!(calls_of(&worker_ran, " as runner_states from"), 1);
+    // The resume's job (BEGIN, read, write, COMMIT), then the advancement job's read and
+    // its one write in BEGIN/COMMIT: nothing to write before the call.
+    assert!(
+        total(&worker_ran) <= WORKER_CEILING + 4,
+        "worker ran {worker_ran:#?}"
+    );
+    app.assert_audit_intact().await;
+    app.stop().await;
+}
+
 /// An agent that asks about `n` tool calls at once, then completes.
 fn agent_of(n: usize) -> std::sync::Arc<crate::agent_faults::RawAgent> {
     crate::agent_faults::raw_agent(move |body, _| {
