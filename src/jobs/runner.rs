@@ -230,15 +230,27 @@ impl Worker {
         if registry.get(<Cleanup as queue::JobPayload>::KIND).is_some() {
             schedule_cleanup(&ctx).await;
         }
-        if registry.get(<Rescan as queue::JobPayload>::KIND).is_some() {
-            schedule_rescan(&ctx).await;
-        }
+        let rescan_at = if registry.get(<Rescan as queue::JobPayload>::KIND).is_some() {
+            schedule_rescan(&ctx).await
+        } else {
+            None
+        };
         // On stdout, apart from the logs, so scripts and tests know the worker is up.
         if self.announce {
             println!("hitl-orchestrator worker {} running", ctx.worker_id);
         }
 
         let wake = Arc::new(Notify::new());
+        if let Some(at) = rescan_at {
+            // A job due later sends no notification, and the poll would find it up to a
+            // poll interval late: after a start, that delay is every parked run's.
+            let wake = wake.clone();
+            let wait = (at - Utc::now()).to_std().unwrap_or_default() + RESCAN_WAKE_MARGIN;
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                wake.notify_one();
+            });
+        }
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         let background = CancellationToken::new();
         let heart = tokio::spawn(heartbeat_loop(
@@ -537,23 +549,41 @@ async fn schedule_cleanup(ctx: &JobContext) {
     }
 }
 
-/// Enqueues this start's rescan of unfinished runs (a no-op while one is active).
-async fn schedule_rescan(ctx: &JobContext) {
+/// How long after the start-up rescan is due the claim loop is woken for it: the job's
+/// due time is compared with the database's clock, which may run a little behind ours.
+const RESCAN_WAKE_MARGIN: Duration = Duration::from_millis(5);
+
+/// Enqueues this start's rescan of unfinished runs (a no-op while one is active); when
+/// this call scheduled it, when it is due.
+async fn schedule_rescan(ctx: &JobContext) -> Option<chrono::DateTime<Utc>> {
     let result = async {
         let mut tx = ctx.pool.begin().await?;
         // Workers of one deployment start within moments of each other; a short delay
         // lets them all join the first one's rescan instead of each running its own.
+        // Due on a whole second, as the queue stores it: the wake-up is then exact.
         let at = Utc::now() + chrono::Duration::milliseconds(500);
+        let at = chrono::DateTime::from_timestamp(
+            at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0),
+            0,
+        )
+        .unwrap_or(at);
         let scheduled = queue::enqueue_singleton(&mut tx, &Rescan::default(), Some(at)).await?;
         tx.commit().await?;
-        Ok::<_, crate::persistence::PersistenceError>(scheduled)
+        Ok::<_, crate::persistence::PersistenceError>(scheduled.then_some(at))
     }
     .await;
     match result {
-        Ok(true) => tracing::info!("rescan of unfinished runs scheduled"),
-        Ok(false) => tracing::info!("a rescan is already active"),
+        Ok(Some(at)) => {
+            tracing::info!("rescan of unfinished runs scheduled");
+            Some(at)
+        }
+        Ok(None) => {
+            tracing::info!("a rescan is already active");
+            None
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "could not schedule the rescan; the sweep covers stranded runs")
+            tracing::warn!(error = %e, "could not schedule the rescan; the sweep covers stranded runs");
+            None
         }
     }
 }
