@@ -41,7 +41,7 @@ use crate::domain::{
 };
 use crate::persistence::{
     self, AnsweredRequest, Checkpoint, Finish, NewRequest, NodeRunnerState, PersistenceError,
-    ResponseRecord, RunState, StepState, TransitionWrite, Tx,
+    ResponseRecord, RunState, StepState, TransitionWrite,
 };
 use tracing::Instrument;
 
@@ -63,7 +63,7 @@ pub enum AdvanceOutcome {
 }
 
 /// Where an advancement's writes go: every step joins a `TransitionWrite`.
-enum Store<'a, 'c> {
+enum Store<'a> {
     /// The advancement job's own: the steps since the run was read (without its lock)
     /// gather in `write`, fenced on the run as read, and are made in one transaction
     /// before a node that calls out (no call runs inside a transaction) and at the end,
@@ -74,17 +74,15 @@ enum Store<'a, 'c> {
         job: Option<persistence::JobClaim<'a>>,
         /// Whether the last write completed the job (fenced on its claim).
         job_completed: bool,
-        /// The last write's transaction, once begun (a raised request's jobs go in it).
-        last: Option<Tx<'static>>,
         /// Each node's runner state, as read with the run and kept by the steps since.
         runner_states: HashMap<String, String>,
     },
     /// The caller's transition, written in one statement with it: checkpoints, a raised
     /// request and the run's end join it.
-    Batch(&'a mut Tx<'c>, &'a mut TransitionWrite),
+    Batch(&'a mut TransitionWrite),
 }
 
-impl Store<'_, '_> {
+impl Store<'_> {
     /// The runner state of `node_id` the advancement job knows (none in a batch: only
     /// the job calls out).
     fn runner_state(&self, node_id: &str) -> Option<String> {
@@ -107,7 +105,7 @@ impl Store<'_, '_> {
     fn write(&mut self) -> &mut TransitionWrite {
         match self {
             Store::Pool { write, .. } => write,
-            Store::Batch(_, write) => write,
+            Store::Batch(write) => write,
         }
     }
 
@@ -129,28 +127,14 @@ impl Store<'_, '_> {
         Ok(())
     }
 
-    /// Raises `request` in the write (its deadline's and follow-ups' jobs pushed
-    /// beside it, in the last write's transaction).
-    async fn raise(
+    /// Raises `request` in the write, its deadline's and follow-ups' jobs with it.
+    fn raise(
         &mut self,
         version: i64,
         request: &NewRequest,
         state: &StepState,
     ) -> Result<(RequestId, i64), PersistenceError> {
-        match self {
-            Store::Batch(tx, write) => {
-                persistence::raise_into(tx, write, version, request, state).await
-            }
-            Store::Pool {
-                pool, write, last, ..
-            } => {
-                let tx = match last {
-                    Some(tx) => tx,
-                    None => last.insert(pool.begin().await?),
-                };
-                persistence::raise_into(tx, write, version, request, state).await
-            }
-        }
+        persistence::raise_into(self.write(), version, request, state)
     }
 
     /// The last write of an advancement (the run paused or ended) in the job's store, in
@@ -162,16 +146,12 @@ impl Store<'_, '_> {
             write,
             job,
             job_completed,
-            last,
             ..
         } = self
         else {
             return Ok(());
         };
-        let mut tx = match last.take() {
-            Some(tx) => tx,
-            None => pool.begin().await?,
-        };
+        let mut tx = pool.begin().await?;
         if let Some(j) = job {
             write.complete_job(j.job_id, j.worker_id);
         }
@@ -327,7 +307,6 @@ impl Engine {
                 write: Box::new(read.write),
                 job,
                 job_completed: false,
-                last: None,
                 runner_states: read.runner_states,
             };
             let outcome = self.advance_state(&mut store, state).await?;
@@ -348,21 +327,19 @@ impl Engine {
     /// from `state` (the run as the write leaves it), through local nodes only, to the
     /// next pause, the end, or [`AdvanceOutcome::Deferred`] before a node that calls out:
     /// checkpoints, a raised request and the run's end join `write`, so a resume that
-    /// leads to the run's end or its next pause is one statement (a deadline's or
-    /// follow-up's jobs are pushed beside it). Nothing is committed here, and nothing
-    /// written but what a step cannot put in `write`; the caller makes the write. What
+    /// leads to the run's end or its next pause is one statement (a deadline's and
+    /// follow-ups' jobs with it). Nothing is written here; the caller makes the write. What
     /// `write` holds before a refusal (a broken plan) is a consistent checkpoint; after a
     /// failed write the caller's transaction is lost and must be retried (see
     /// `jobs::continue_written`).
     pub async fn advance_written(
         &self,
-        tx: &mut Tx<'_>,
         write: &mut TransitionWrite,
         state: RunState,
     ) -> Result<AdvanceOutcome, EngineError> {
         let span =
             tracing::info_span!("advance", run.id = %state.run.run_id, advance.inline = true);
-        self.advance_state(&mut Store::Batch(tx, write), state)
+        self.advance_state(&mut Store::Batch(write), state)
             .instrument(span)
             .await
     }
@@ -370,7 +347,7 @@ impl Engine {
     /// Advances the run `snap` describes (see [`Engine::advance`]).
     async fn advance_state(
         &self,
-        store: &mut Store<'_, '_>,
+        store: &mut Store<'_>,
         snap: RunState,
     ) -> Result<AdvanceOutcome, EngineError> {
         let run_id = &snap.run.run_id.clone();
@@ -494,7 +471,7 @@ impl Engine {
                     work.meta.cursor = Some(node.id.clone());
                     work.meta.awaiting_request_id = Some(request.request_id.clone());
                     let state = step_state(run_id, &work)?;
-                    let raised = fenced(store.raise(version, &request, &state).await)?;
+                    let raised = fenced(store.raise(version, &request, &state))?;
                     let Some((request_id, v)) = raised else {
                         return Ok(AdvanceOutcome::Superseded);
                     };

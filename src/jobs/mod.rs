@@ -251,7 +251,7 @@ pub(crate) async fn continue_written(
 ) -> Result<Option<&'static str>, JobError> {
     let run_id = write.run_id().clone();
     if claimed.attempts == 0 && ctx.can_retry {
-        match ctx.engine.advance_written(tx, write, state).await {
+        match ctx.engine.advance_written(write, state).await {
             Ok(AdvanceOutcome::Deferred { .. }) => {}
             Ok(outcome) => {
                 tracing::debug!(%run_id, ?outcome, "run advanced inline");

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::jobs::{Escalate, ExpiringNotice, Remind};
+use super::jobs::{Escalate, Remind};
 use super::requests::{Assignees, FollowUp, claim_sql};
 use super::{AuditEntry, LockedRun, PersistenceError, Tx, explain_refusal, queue};
 use crate::domain::{
@@ -292,53 +292,28 @@ pub(super) fn note_in(
     )
 }
 
-/// Schedules the follow-up jobs of a request just raised (in the transaction raising it):
-/// the first reminder and every escalation step, counted from now.
-pub(super) async fn schedule_follow_up(
-    tx: &mut Tx<'_>,
+/// Pushes the follow-up jobs of a request raised in `write` with it: the first reminder
+/// and every escalation step, counted from now.
+pub(super) fn follow_up_jobs(
+    write: &mut super::TransitionWrite,
     request_id: &RequestId,
     follow_up: &FollowUp,
-) -> Result<(), PersistenceError> {
+) {
     let now = Utc::now();
     let after = |secs: u64| now + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(0));
     if let Some(every) = follow_up.remind_every_seconds {
         let job = Remind {
             request_id: request_id.clone(),
         };
-        queue::enqueue(tx, &job, Some(after(every))).await?;
+        write.enqueue_at(&job, after(every));
     }
     for (step, e) in follow_up.escalation.iter().enumerate() {
         let job = Escalate {
             request_id: request_id.clone(),
             step,
         };
-        queue::enqueue(tx, &job, Some(after(e.after_seconds))).await?;
+        write.enqueue_at(&job, after(e.after_seconds));
     }
-    Ok(())
-}
-
-/// Schedules a `request_expiring` notice for each notice period the published channels
-/// want of node `node_id`, `period` before the deadline `at` (at once when that is
-/// already past).
-pub(super) async fn schedule_expiring_notices(
-    tx: &mut Tx<'_>,
-    request_id: &RequestId,
-    node_id: &str,
-    at: DateTime<Utc>,
-) -> Result<(), PersistenceError> {
-    let now = Utc::now();
-    if at <= now {
-        return Ok(());
-    }
-    for notice_seconds in super::notifications::expiring_notice_periods(tx, node_id).await? {
-        let due = (at - chrono::Duration::seconds(i64::from(notice_seconds))).max(now);
-        let job = ExpiringNotice {
-            request_id: request_id.clone(),
-            notice_seconds,
-        };
-        queue::enqueue(tx, &job, Some(due)).await?;
-    }
-    Ok(())
 }
 
 /// Tells the channels whose notice period is `notice_seconds` that request

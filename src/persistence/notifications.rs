@@ -316,20 +316,3 @@ pub async fn resend(
         }
     }
 }
-
-/// The distinct notice periods of the channels wanting `request_expiring` of node
-/// `node_id`'s requests: one notice job each is scheduled for a request with a deadline.
-/// (Groups are checked when the notice is sent: an escalation may add one meanwhile.)
-pub(super) async fn expiring_notice_periods(
-    conn: &mut PgConnection,
-    node_id: &str,
-) -> Result<Vec<i32>, PersistenceError> {
-    Ok(crate::db::query_scalar(
-        "select distinct expiring_notice_seconds from notification_channels \
-         where 'request_expiring' = any(events) and expiring_notice_seconds is not null \
-           and (cardinality(nodes) = 0 or $1 = any(nodes))",
-    )
-    .bind(node_id)
-    .fetch_all(conn)
-    .await?)
-}

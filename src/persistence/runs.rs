@@ -332,7 +332,7 @@ pub async fn raise_request(
     state: &StepState,
 ) -> Result<(RequestId, i64), PersistenceError> {
     let mut write = super::lock_for_write(tx, run_id).await?;
-    let raised = raise_into(tx, &mut write, expected_version, request, state).await?;
+    let raised = raise_into(&mut write, expected_version, request, state)?;
     write.write(tx).await?;
     Ok(raised)
 }
@@ -346,10 +346,9 @@ pub(super) fn raise_details(request: &NewRequest) -> Value {
 }
 
 /// [`raise_request`] as a step of `write` (a transition kept for one statement): the
-/// request's row, the run's pause and the event join the write; a deadline's expiry job
-/// and notices, and reminders and escalations, are pushed in `tx` beside it.
-pub async fn raise_into(
-    tx: &mut Tx<'_>,
+/// request's row, the run's pause and the event, and the jobs of its deadline (the
+/// expiry and the notices) and its follow-ups (reminders, escalations) join the write.
+pub fn raise_into(
     write: &mut super::TransitionWrite,
     expected_version: i64,
     request: &NewRequest,
@@ -357,15 +356,15 @@ pub async fn raise_into(
 ) -> Result<(RequestId, i64), PersistenceError> {
     let version = write.raise(expected_version, request, state)?;
     let request_id = request.request_id.clone();
+    // The deadline's notices are the write's own (from the channels that want them).
     if let Some((at, _)) = request.deadline {
         let expire = Expire {
             request_id: request_id.clone(),
         };
-        queue::enqueue(tx, &expire, Some(at)).await?;
-        super::claims::schedule_expiring_notices(tx, &request_id, &request.node_id, at).await?;
+        write.enqueue_at(&expire, at);
     }
     if let Some(follow_up) = &request.follow_up {
-        super::claims::schedule_follow_up(tx, &request_id, follow_up).await?;
+        super::claims::follow_up_jobs(write, &request_id, follow_up);
     }
     Ok((request_id, version))
 }

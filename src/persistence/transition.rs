@@ -94,10 +94,10 @@ pub struct TransitionWrite {
     /// Whether the run's `status_reason` is cleared (a retry) before `status_reason`.
     clear_reason: bool,
     runner_states: Vec<NodeRunnerState>,
-    /// A job to push with the write (the advancement that takes the run on from here,
-    /// or a follow-up), and when it is due (`None`: now).
-    job: Option<super::queue::JobRow>,
-    job_at: Option<DateTime<Utc>>,
+    /// The jobs to push with the write (the advancement that takes the run on from
+    /// here, a raised request's expiry and follow-ups, the next reminder), each with
+    /// when it is due (`None`: now).
+    jobs: Vec<(super::queue::JobRow, Option<DateTime<Utc>>)>,
     /// The pending request's claim as the transition leaves it: `Some(None)` cleared.
     claim: Option<Option<super::Claim>>,
     /// The pending request's follow-up bookkeeping and assignees, when they change.
@@ -151,8 +151,7 @@ impl TransitionWrite {
             status_reason: None,
             clear_reason: false,
             runner_states: Vec::new(),
-            job: None,
-            job_at: None,
+            jobs: Vec::new(),
             claim: None,
             follow_up: None,
             assignees: None,
@@ -267,14 +266,10 @@ impl TransitionWrite {
         }
     }
 
-    /// Pushes `job` (due now) with the write; `false` when it cannot (the write is made,
-    /// or it pushes another job already): the caller enqueues it.
+    /// Pushes `job` (due now) with the write; `false` when it cannot (the write is
+    /// made): the caller enqueues it.
     pub fn enqueue<P: super::jobs::JobPayload>(&mut self, job: &P) -> bool {
-        if self.written.is_some() || self.job.is_some() {
-            return false;
-        }
-        self.job = Some(super::queue::job_row(job));
-        true
+        self.push_job(job, None)
     }
 
     /// Pushes `job` with the write, due at `at`; `false` as for [`Self::enqueue`].
@@ -283,14 +278,18 @@ impl TransitionWrite {
         job: &P,
         at: DateTime<Utc>,
     ) -> bool {
-        let pushed = self.enqueue(job);
-        if pushed {
-            // The queue is read in whole seconds (as `queue::enqueue` rounds): up, so the
-            // job never runs before its time.
-            let up = i64::from(at.timestamp_subsec_nanos() > 0);
-            self.job_at = DateTime::from_timestamp(at.timestamp() + up, 0);
+        // The queue is read in whole seconds (as `queue::enqueue` rounds): up, so the
+        // job never runs before its time.
+        let up = i64::from(at.timestamp_subsec_nanos() > 0);
+        self.push_job(job, DateTime::from_timestamp(at.timestamp() + up, 0))
+    }
+
+    fn push_job<P: super::jobs::JobPayload>(&mut self, job: &P, at: Option<DateTime<Utc>>) -> bool {
+        if self.written.is_some() {
+            return false;
         }
-        pushed
+        self.jobs.push((super::queue::job_row(job), at));
+        true
     }
 
     /// The command's success and its job's completion, in a transition that settles no
@@ -557,6 +556,9 @@ impl TransitionWrite {
         let claim = self.claim.as_ref().and_then(Option::as_ref);
         let p = self.approval.as_ref();
         let job = r.and_then(|r| r.job.as_ref()).or(self.job_claim.as_ref());
+        let pushed = |f: &dyn Fn(&super::queue::JobRow) -> Option<String>| {
+            self.jobs.iter().map(|(j, _)| f(j)).collect::<Vec<_>>()
+        };
         let row: Option<(i64, bool)> = crate::db::query_as(sqlx::AssertSqlSafe(write_sql()))
             .bind(&self.fence.run_id)
             .bind(self.now.status)
@@ -613,10 +615,20 @@ impl TransitionWrite {
             .bind(trace)
             .bind(super::queue::DEFAULT_MAX_ATTEMPTS)
             // $52: the job pushed with the write, if any.
-            .bind(self.job.as_ref().map(|j| &j.id))
-            .bind(self.job.as_ref().map(|j| j.kind))
-            .bind(self.job.as_ref().map(|j| &j.job))
-            .bind(self.job.as_ref().map(|j| j.max_attempts))
+            .bind(pushed(&|j| Some(j.id.clone())))
+            .bind(pushed(&|j| Some(j.kind.to_owned())))
+            .bind(
+                self.jobs
+                    .iter()
+                    .map(|(j, _)| j.job.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                self.jobs
+                    .iter()
+                    .map(|(j, _)| j.max_attempts)
+                    .collect::<Vec<_>>(),
+            )
             // $56: the request raised, if any.
             .bind(q.map(|q| &q.request_id))
             .bind(q.map(|q| &q.node_id))
@@ -639,7 +651,7 @@ impl TransitionWrite {
             .bind(&named)
             .bind(&notices)
             // $73: when the job pushed is due.
-            .bind(self.job_at)
+            .bind(self.jobs.iter().map(|(_, at)| *at).collect::<Vec<_>>())
             // $74: the pending request's claim, follow-up and assignees, when they change.
             .bind(self.claim.is_some())
             .bind(claim.map(|c| sqlx::types::Json(&c.claimed_by)))
@@ -652,8 +664,8 @@ impl TransitionWrite {
             .bind(p.map(|p| &p.operator))
             .bind(p.map(|p| p.at))
             // $83: the pushed job's metadata.
-            .bind(self.job.as_ref().and_then(|j| j.meta_key))
-            .bind(self.job.as_ref().and_then(|j| j.meta_value.as_ref()))
+            .bind(pushed(&|j| j.meta_key.map(str::to_owned)))
+            .bind(pushed(&|j| j.meta_value.clone()))
             // $85: the runner states kept (a null state clears the node's).
             .bind(
                 self.runner_states
@@ -729,18 +741,26 @@ fn now() -> DateTime<Utc> {
 /// fence (version, status, pending request, chain head), `$13`–`$29` a command's
 /// request, answers, command and job (all null or empty without one), `$30`–`$47` the
 /// events, `$48`–`$49` their names and nodes for notifications, `$50` the trace context
-/// the delivery jobs carry, `$51` their max attempts, `$52`–`$55` a job pushed with the
-/// write (its id, kind, payload and max attempts; null for none), `$56`–`$67` a request
-/// raised (null for none; the deliveries read its node and assignees from its insert,
-/// which the statement's snapshot of `hitl_requests` does not show), and `$68`–`$69` the
+/// the delivery jobs carry, `$51` their max attempts, `$52`–`$55` the jobs pushed with
+/// the write (their ids, kinds, payloads and max attempts, as arrays), `$56`–`$67` a
+/// request raised (null for none; the deliveries read its node and assignees from its
+/// insert, which the statement's snapshot of `hitl_requests` does not show; the deadline
+/// notices its channels want are pushed from `notification_channels` in the statement;
+/// groups are checked when a notice is sent, as an escalation may add one meanwhile), and `$68`–`$69` the
 /// settled request's new status and a remove's reason (a command that named no request
 /// comes to name the one it settled), `$70` whether the run's failure reason is
 /// cleared first (a retry), `$71`–`$72` the channels each event names and its
-/// deadline notice's period, `$73` when the job pushed is due, `$74`–`$78` the pending
+/// deadline notice's period, `$73` when each job pushed is due (null: now), `$74`–`$78` the pending
 /// request's claim (`$74`: it changes), follow-up and assignees (settled or not), and
 /// `$79`–`$82` an approval of it counted (approver, principal, operator, when), and
-/// `$83`–`$84` the pushed job's metadata key and value, and `$85`–`$86` the runner
+/// `$83`–`$84` each pushed job's metadata key and value, and `$85`–`$86` the runner
 /// states the steps keep, by node (a null state deletes the node's).
+///
+/// The statement's parts run in an order PostgreSQL does not promise by itself, so where
+/// one must see another's effect it reads that part's rows: the raised request's insert
+/// counts the settled one's update first, or the new pending request would meet the old
+/// one in `hitl_requests_one_pending_per_run` (a resume leading to the run's next
+/// request failed its inline write that way and was left to an advancement job).
 ///
 /// The deliveries are `notifications::deliveries_cte`'s, each event's facets bound
 /// per event.
@@ -780,14 +800,6 @@ const WRITE_SQL: &str = "with run_write as ( \
           and (select hash from run_audit_events where run_id = $1 \
                order by run_version desc limit 1) is not distinct from $12 \
         returning version, thread_id, brief_id), \
-    raised as ( \
-        insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, \
-            operator_prompt, response_types, options, contract_summary, expires_at, \
-            on_timeout, items, assignees, approvals_required, follow_up) \
-        select $56, $1, run_write.thread_id, run_write.brief_id, $57, $58, $59::text[], $60, \
-            $61, $62, $63, $64, $65, $66, $67 \
-        from run_write where $56::text is not null \
-        returning request_id, node_id, assignees), \
     answers as ( \
         insert into hitl_responses (response_id, request_id, run_id, position, \
             response_type, approved, option_id, freeform_text, responder_id, \
@@ -810,7 +822,17 @@ const WRITE_SQL: &str = "with run_write as ( \
             follow_up = coalesce($77, follow_up), assignees = coalesce($78, assignees) \
         where request_id = coalesce($13, $11) \
           and ($13::text is not null or $74 or $77::jsonb is not null) \
-          and exists (select 1 from run_write)), \
+          and exists (select 1 from run_write) \
+        returning 1), \
+    raised as ( \
+        insert into hitl_requests (request_id, run_id, thread_id, brief_id, node_id, \
+            operator_prompt, response_types, options, contract_summary, expires_at, \
+            on_timeout, items, assignees, approvals_required, follow_up) \
+        select $56, $1, run_write.thread_id, run_write.brief_id, $57, $58, $59::text[], $60, \
+            $61, $62, $63, $64, $65, $66, $67 \
+        from run_write where $56::text is not null \
+          and (select count(*) from request) >= 0 \
+        returning request_id, node_id, assignees), \
     approval as ( \
         insert into hitl_approvals (request_id, approver, command_id, principal, operator, \
             created_at) \
@@ -840,9 +862,27 @@ const WRITE_SQL: &str = "with run_write as ( \
     next_job as ( \
         insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
             priority, metadata) \
-        select $52, $53, $54, 'Pending', 0, $55, coalesce($73, now()), 0, \
-            coalesce(hstore($83::text, $84::text), ''::hstore) from run_write \
-        where $52::text is not null \
+        select j.id, j.kind, j.job, 'Pending', 0, j.max_attempts, coalesce(j.run_at, now()), \
+            0, coalesce(hstore(j.meta_key, j.meta_value), ''::hstore) \
+        from run_write, unnest($52::text[], $53::text[], $54::bytea[], $55::int[], \
+            $73::timestamptz[], $83::text[], $84::text[]) \
+            as j(id, kind, job, max_attempts, run_at, meta_key, meta_value) \
+        returning 1), \
+    notice_job as ( \
+        insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
+            priority, metadata) \
+        select apalis.generate_ulid(), 'hitl_expiring', \
+            convert_to(jsonb_build_object('requestId', $56::text, \
+                'noticeSeconds', p.notice_seconds)::text, 'UTF8'), \
+            'Pending', 0, $51, \
+            to_timestamp(ceil(extract(epoch from \
+                greatest($62 - make_interval(secs => p.notice_seconds), now())))), \
+            0, hstore('request_id', $56::text) \
+        from run_write, (select distinct c.expiring_notice_seconds as notice_seconds \
+            from notification_channels c \
+            where 'request_expiring' = any(c.events) and c.expiring_notice_seconds is not null \
+              and (cardinality(c.nodes) = 0 or $57 = any(c.nodes))) p \
+        where $56::text is not null and $62 > now() \
         returning 1), \
     runner_kept as ( \
         insert into run_runner_states (run_id, node_id, state) \

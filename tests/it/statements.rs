@@ -572,6 +572,115 @@ async fn creating_a_run_costs_the_api_one_write_and_its_advancement_one_read_and
     app.stop().await;
 }
 
+/// A resume whose run goes on to a request with a deadline, a reminder and an escalation
+/// costs the worker no more than one that completes the run: the request's expiry job,
+/// the deadline notice its channel wants, the reminder and the escalation are pushed by
+/// the resume's one write.
+#[tokio::test]
+async fn a_resume_that_raises_a_request_with_a_deadline_and_follow_ups_is_still_one_write() {
+    let Some((app, worker)) = counted("{resumed}").await else {
+        return;
+    };
+    sqlx::query(
+        "insert into notification_channels (name, format, events, expiring_notice_seconds) \
+         values ('soon', 'json', '{request_expiring}', 60)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let plan = json!({ "nodes": [
+        { "id": "review", "type": "hitl", "prompt": "Ship?", "responseTypes": ["approval"] },
+        { "id": "sign", "type": "hitl", "prompt": "Sign?", "responseTypes": ["approval"],
+          "timeoutSeconds": 3600, "onTimeout": "reject", "remindEverySeconds": 600,
+          "escalation": [ { "afterSeconds": 1200, "addAssignees": { "groups": ["leads"] } } ] } ] });
+    let (run, request) = app.parked_with(plan).await;
+    quiet(&app.pool).await;
+    reset(&app.pool, WORKER_ROLE).await;
+    let body = json!({ "runId": run, "requestId": request,
+                       "responses": [ { "responseType": "approval", "approved": true } ],
+                       "operator": { "id": "op" } });
+    let accepted = app.post("/api/hitl/resume", OPERATOR, &body).await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    wait_final(&app.pool, accepted.body["commandId"].as_str().unwrap()).await;
+    quiet(&app.pool).await;
+    let worker_ran = ran(&app.pool, WORKER_ROLE).await;
+    worker.stop().await;
+    let next: String = sqlx::query_scalar(
+        "select pending_request_id from orchestrator_runs where run_id = $1 and status = 'awaiting_hitl'",
+    )
+    .bind(&run)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    // Each job due at its time (whole seconds), acting on the new request.
+    let jobs: Vec<(String, String, f64)> = sqlx::query_as(
+        "select j.job_type, convert_from(j.job, 'UTF8'), \
+             extract(epoch from j.run_at - q.created_at)::float8 \
+         from apalis.jobs j, hitl_requests q \
+         where q.request_id = $1 and j.job_type in ('hitl_expire', 'hitl_expiring', \
+               'hitl_remind', 'hitl_escalate') \
+           and convert_from(j.job, 'UTF8')::jsonb ->> 'requestId' = q.request_id \
+           and (j.job_type not in ('hitl_expire', 'hitl_expiring') \
+                or j.metadata -> 'request_id' = q.request_id) \
+         order by j.run_at",
+    )
+    .bind(&next)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let kinds: Vec<&str> = jobs.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "hitl_remind",
+            "hitl_escalate",
+            "hitl_expiring",
+            "hitl_expire"
+        ],
+        "{jobs:#?}"
+    );
+    for ((kind, _, after), due) in jobs.iter().zip([600.0, 1200.0, 3540.0, 3600.0]) {
+        assert!(
+            (after - due).abs() < 3.0,
+            "{kind} due {after} s after, not {due}"
+        );
+    }
+    let notice: Value = serde_json::from_str(&jobs[2].1).unwrap();
+    assert_eq!(notice, json!({ "requestId": next, "noticeSeconds": 60 }));
+    assert_eq!(
+        calls_of(&worker_ran, " with run_write as"),
+        1,
+        "{worker_ran:#?}"
+    );
+    assert!(
+        total(&worker_ran) <= WORKER_CEILING,
+        "worker ran {worker_ran:#?}"
+    );
+    app.stop().await;
+}
+
+/// An app as [`counted`] makes it (no channel), whose engine calls `agent` over HTTP,
+/// with the agent's URL; `None` where `pg_stat_statements` is not loaded.
+async fn with_agent(
+    agent: std::sync::Arc<crate::agent_faults::RawAgent>,
+) -> Option<(TestApp, RunningWorker, String)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = crate::agent_faults::serve(listener, agent);
+    let app = TestApp::spawn_with(AppOptions {
+        workers: false,
+        service_role: Some(API_ROLE),
+        engine: crate::agent_faults::webhook_engine(&url, 1 << 20, None),
+        ..AppOptions::default()
+    })
+    .await;
+    if !counting(&app.pool).await {
+        return None;
+    }
+    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
+    let worker = quiet_worker(worker_pool, &app);
+    Some((app, worker, url))
+}
+
 /// A resume of a calling node's question, where the agent keeps a runner state: the
 /// resume's job (one read and one write) defers to the advancement job, which reads the
 /// run with the node's runner state in its one read, calls the agent with it, and
@@ -595,20 +704,9 @@ async fn a_calling_nodes_runner_state_rides_in_the_advancement_jobs_one_read_and
             )
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = crate::agent_faults::serve(listener, agent.clone());
-    let app = TestApp::spawn_with(AppOptions {
-        workers: false,
-        service_role: Some(API_ROLE),
-        engine: crate::agent_faults::webhook_engine(&url, 1 << 20, None),
-        ..AppOptions::default()
-    })
-    .await;
-    if !counting(&app.pool).await {
+    let Some((app, worker, url)) = with_agent(agent.clone()).await else {
         return;
-    }
-    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
-    let worker = quiet_worker(worker_pool, &app);
+    };
     let plan = json!({ "nodes": [ { "id": "mail", "type": "task", "capability": "agent.webhook",
                                     "config": { "url": url } } ] });
     let (run, request) = app.parked_with(plan).await;
@@ -687,18 +785,9 @@ fn agent_of(n: usize) -> std::sync::Arc<crate::agent_faults::RawAgent> {
 
 /// The statements (query ids) the API and the worker ran for one resume of `n` items.
 async fn texts_for(n: usize) -> (Vec<String>, Vec<String>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = crate::agent_faults::serve(listener, agent_of(n));
-    let app = TestApp::spawn_with(AppOptions {
-        workers: false,
-        service_role: Some(API_ROLE),
-        engine: crate::agent_faults::webhook_engine(&url, 1 << 20, None),
-        ..AppOptions::default()
-    })
-    .await;
-    assert!(counting(&app.pool).await);
-    let worker_pool = crate::common::pool_as(&app.db, WORKER_ROLE).await;
-    let worker = quiet_worker(worker_pool, &app);
+    let (app, worker, url) = with_agent(agent_of(n))
+        .await
+        .expect("pg_stat_statements is loaded");
     let plan = json!({ "nodes": [ { "id": "tools", "type": "task", "capability": "agent.webhook",
                                     "config": { "url": url } } ] });
     let (run, request) = app.parked_with(plan).await;
