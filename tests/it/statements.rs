@@ -133,6 +133,16 @@ fn total(statements: &[(String, i64)]) -> i64 {
     statements.iter().map(|(_, n)| n).sum()
 }
 
+/// `statements` made the transition's write exactly once, within `ceiling` statements.
+fn assert_one_write(statements: &[(String, i64)], ceiling: i64) {
+    assert_eq!(
+        calls_of(statements, "with run_write as"),
+        1,
+        "{statements:#?}"
+    );
+    assert!(total(statements) <= ceiling, "ran {statements:#?}");
+}
+
 /// Waits until run `run` has `status`, reading as the test's own user.
 async fn wait_status(pool: &PgPool, run: &str, status: &str) {
     crate::common::queue_support::wait_for_count(
@@ -487,15 +497,7 @@ async fn an_approval_short_of_the_number_costs_the_worker_one_read_and_one_write
     assert_eq!((status.as_str(), approvals, told), ("awaiting_hitl", 1, 1));
     assert_eq!(outcome["approvals"]["have"], 1, "{outcome}");
     assert_eq!(outcome["run"]["pendingRequestId"], request.as_str());
-    assert_eq!(
-        calls_of(&worker_ran, "with run_write as"),
-        1,
-        "{worker_ran:#?}"
-    );
-    assert!(
-        total(&worker_ran) <= WORKER_CEILING,
-        "worker ran {worker_ran:#?}"
-    );
+    assert_one_write(&worker_ran, WORKER_CEILING);
     app.assert_audit_intact().await;
     app.stop().await;
 }
@@ -559,15 +561,7 @@ async fn creating_a_run_costs_the_api_one_write_and_its_advancement_one_read_and
         "told of its creation and its request"
     );
     assert!(total(&api) <= CREATE_CEILING, "API ran {api:#?}");
-    assert_eq!(
-        calls_of(&worker_ran, "with run_write as"),
-        1,
-        "{worker_ran:#?}"
-    );
-    assert!(
-        total(&worker_ran) <= WORKER_CEILING,
-        "worker ran {worker_ran:#?}"
-    );
+    assert_one_write(&worker_ran, WORKER_CEILING);
     app.assert_audit_intact().await;
     app.stop().await;
 }
@@ -647,15 +641,7 @@ async fn a_resume_that_raises_a_request_with_a_deadline_and_follow_ups_is_still_
     }
     let notice: Value = serde_json::from_str(&jobs[2].1).unwrap();
     assert_eq!(notice, json!({ "requestId": next, "noticeSeconds": 60 }));
-    assert_eq!(
-        calls_of(&worker_ran, " with run_write as"),
-        1,
-        "{worker_ran:#?}"
-    );
-    assert!(
-        total(&worker_ran) <= WORKER_CEILING,
-        "worker ran {worker_ran:#?}"
-    );
+    assert_one_write(&worker_ran, WORKER_CEILING);
     app.stop().await;
 }
 
