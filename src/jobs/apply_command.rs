@@ -85,7 +85,7 @@ async fn apply(
         persistence::Applying::Unwritten(unwritten) => {
             let persistence::Unwritten { mut write, state } = *unwritten;
             if state.run.status == RunStatus::Running {
-                reached = super::continue_written(ctx, &mut tx, claimed, &mut write, state).await?;
+                reached = super::continue_written(ctx, claimed, &mut write, state).await?;
             }
             let written = write.write(&mut tx).await?;
             if written.job_completed {

@@ -59,8 +59,7 @@ async fn expire(
                 Applying::Unwritten(unwritten) => {
                     let persistence::Unwritten { mut write, state } = *unwritten;
                     if state.run.status == RunStatus::Running {
-                        reached = super::continue_written(ctx, &mut tx, claimed, &mut write, state)
-                            .await?;
+                        reached = super::continue_written(ctx, claimed, &mut write, state).await?;
                     }
                     if write.write(&mut tx).await?.job_completed {
                         tx.commit().await?;

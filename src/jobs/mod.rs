@@ -241,10 +241,9 @@ impl Registry {
 /// trips on every resume.)
 ///
 /// Returns the status the run reached (`awaiting_hitl` or a final one), if it moved to
-/// one, for the caller to count once `tx` commits.
+/// one, for the caller to count once its write commits.
 pub(crate) async fn continue_written(
     ctx: &JobContext,
-    tx: &mut Tx<'_>,
     claimed: &ClaimedJob,
     write: &mut persistence::TransitionWrite,
     state: persistence::RunState,
@@ -267,10 +266,7 @@ pub(crate) async fn continue_written(
             }
         }
     }
-    let advance = jobs::Advance { run_id };
-    if !write.enqueue(&advance) {
-        persistence::queue::enqueue(tx, &advance, None).await?;
-    }
+    write.enqueue(&jobs::Advance { run_id });
     Ok(None)
 }
 

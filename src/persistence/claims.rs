@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::jobs::{Escalate, Remind};
 use super::requests::{Assignees, FollowUp, claim_sql};
-use super::{AuditEntry, LockedRun, PersistenceError, Tx, explain_refusal, queue};
+use super::{AuditEntry, LockedRun, PersistenceError, Tx, explain_refusal};
 use crate::domain::{
     ClaimHolder, Operator, Refusal, RequestId, RequestNote, RequestStatus, RunId, Transition,
 };
@@ -388,11 +388,8 @@ pub async fn remind(
     let job = Remind {
         request_id: request_id.clone(),
     };
-    let pushed = subject.write.enqueue_at(&job, next);
+    subject.write.enqueue_at(&job, next);
     subject.write.write(tx).await?;
-    if !pushed {
-        queue::enqueue(tx, &job, Some(next)).await?;
-    }
     Ok(FollowUpOutcome::Applied)
 }
 

@@ -457,19 +457,11 @@ pub async fn apply_command(
     let (outcome, applying) = apply(tx, command_id, None).await?;
     if let Applying::Unwritten(mut unwritten) = applying {
         // The run moves on: its next advancement is pushed with the resume.
-        let mut pushed = true;
-        let moves_on =
-            advance == AdvanceBy::Job && unwritten.state.run.status == RunStatus::Running;
-        let run_id = unwritten.write.run_id().clone();
-        if moves_on {
-            pushed = unwritten.write.enqueue(&Advance {
-                run_id: run_id.clone(),
-            });
+        if advance == AdvanceBy::Job && unwritten.state.run.status == RunStatus::Running {
+            let run_id = unwritten.write.run_id().clone();
+            unwritten.write.enqueue(&Advance { run_id });
         }
         unwritten.write.write(tx).await?;
-        if !pushed {
-            queue::enqueue(tx, &Advance { run_id }, None).await?;
-        }
     }
     Ok(outcome)
 }

@@ -266,30 +266,23 @@ impl TransitionWrite {
         }
     }
 
-    /// Pushes `job` (due now) with the write; `false` when it cannot (the write is
-    /// made): the caller enqueues it.
-    pub fn enqueue<P: super::jobs::JobPayload>(&mut self, job: &P) -> bool {
-        self.push_job(job, None)
+    /// Pushes `job` (due now) with the write, which is not made yet.
+    pub fn enqueue<P: super::jobs::JobPayload>(&mut self, job: &P) {
+        self.push_job(job, None);
     }
 
-    /// Pushes `job` with the write, due at `at`; `false` as for [`Self::enqueue`].
-    pub(super) fn enqueue_at<P: super::jobs::JobPayload>(
-        &mut self,
-        job: &P,
-        at: DateTime<Utc>,
-    ) -> bool {
+    /// Pushes `job` with the write, due at `at`.
+    pub(super) fn enqueue_at<P: super::jobs::JobPayload>(&mut self, job: &P, at: DateTime<Utc>) {
         // The queue is read in whole seconds (as `queue::enqueue` rounds): up, so the
         // job never runs before its time.
         let up = i64::from(at.timestamp_subsec_nanos() > 0);
-        self.push_job(job, DateTime::from_timestamp(at.timestamp() + up, 0))
+        self.push_job(job, DateTime::from_timestamp(at.timestamp() + up, 0));
     }
 
-    fn push_job<P: super::jobs::JobPayload>(&mut self, job: &P, at: Option<DateTime<Utc>>) -> bool {
-        if self.written.is_some() {
-            return false;
-        }
+    fn push_job<P: super::jobs::JobPayload>(&mut self, job: &P, at: Option<DateTime<Utc>>) {
+        // Every caller pushes before the write; one pushed after it would be lost.
+        debug_assert!(self.written.is_none(), "a job pushed after the write");
         self.jobs.push((super::queue::job_row(job), at));
-        true
     }
 
     /// The command's success and its job's completion, in a transition that settles no
@@ -556,9 +549,23 @@ impl TransitionWrite {
         let claim = self.claim.as_ref().and_then(Option::as_ref);
         let p = self.approval.as_ref();
         let job = r.and_then(|r| r.job.as_ref()).or(self.job_claim.as_ref());
-        let pushed = |f: &dyn Fn(&super::queue::JobRow) -> Option<String>| {
-            self.jobs.iter().map(|(j, _)| f(j)).collect::<Vec<_>>()
-        };
+        let jobs = &self.jobs;
+        let (job_ids, job_kinds): (Vec<&str>, Vec<&str>) =
+            jobs.iter().map(|(j, _)| (j.id.as_str(), j.kind)).unzip();
+        let (job_payloads, job_attempts): (Vec<&[u8]>, Vec<i32>) = jobs
+            .iter()
+            .map(|(j, _)| (j.job.as_slice(), j.max_attempts))
+            .unzip();
+        let job_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|(_, at)| *at).collect();
+        let (job_meta_keys, job_meta_values): (Vec<Option<&str>>, Vec<Option<&str>>) = jobs
+            .iter()
+            .map(|(j, _)| (j.meta_key, j.meta_value.as_deref()))
+            .unzip();
+        let (state_nodes, states): (Vec<&str>, Vec<Option<&str>>) = self
+            .runner_states
+            .iter()
+            .map(|r| (r.node_id.as_str(), r.state.as_deref()))
+            .unzip();
         let row: Option<(i64, bool)> = crate::db::query_as(sqlx::AssertSqlSafe(write_sql()))
             .bind(&self.fence.run_id)
             .bind(self.now.status)
@@ -614,21 +621,11 @@ impl TransitionWrite {
             .bind(&nodes)
             .bind(trace)
             .bind(super::queue::DEFAULT_MAX_ATTEMPTS)
-            // $52: the job pushed with the write, if any.
-            .bind(pushed(&|j| Some(j.id.clone())))
-            .bind(pushed(&|j| Some(j.kind.to_owned())))
-            .bind(
-                self.jobs
-                    .iter()
-                    .map(|(j, _)| j.job.as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                self.jobs
-                    .iter()
-                    .map(|(j, _)| j.max_attempts)
-                    .collect::<Vec<_>>(),
-            )
+            // $52: the jobs pushed with the write.
+            .bind(&job_ids)
+            .bind(&job_kinds)
+            .bind(&job_payloads)
+            .bind(&job_attempts)
             // $56: the request raised, if any.
             .bind(q.map(|q| &q.request_id))
             .bind(q.map(|q| &q.node_id))
@@ -650,8 +647,8 @@ impl TransitionWrite {
             // $71: the channels each event names, and its deadline notice's period.
             .bind(&named)
             .bind(&notices)
-            // $73: when the job pushed is due.
-            .bind(self.jobs.iter().map(|(_, at)| *at).collect::<Vec<_>>())
+            // $73: when each is due.
+            .bind(&job_ats)
             // $74: the pending request's claim, follow-up and assignees, when they change.
             .bind(self.claim.is_some())
             .bind(claim.map(|c| sqlx::types::Json(&c.claimed_by)))
@@ -663,22 +660,12 @@ impl TransitionWrite {
             .bind(p.and_then(|p| p.principal.as_ref()))
             .bind(p.map(|p| &p.operator))
             .bind(p.map(|p| p.at))
-            // $83: the pushed job's metadata.
-            .bind(pushed(&|j| j.meta_key.map(str::to_owned)))
-            .bind(pushed(&|j| j.meta_value.clone()))
+            // $83: each pushed job's metadata.
+            .bind(&job_meta_keys)
+            .bind(&job_meta_values)
             // $85: the runner states kept (a null state clears the node's).
-            .bind(
-                self.runner_states
-                    .iter()
-                    .map(|r| r.node_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                self.runner_states
-                    .iter()
-                    .map(|r| r.state.as_deref())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(&state_nodes)
+            .bind(&states)
             .fetch_optional(&mut *conn)
             .await?;
         let Some((version, job_completed)) = row else {
